@@ -1,0 +1,96 @@
+//! Global per-CPU counters of what the programs saw and did. One enum is the
+//! index into the `COUNTERS` map and the word the CLI prints.
+
+/// Defines a `#[repr(u32)]` enum whose variants are dense indices, with the
+/// word each one is shown as.
+macro_rules! indexed_enum {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($(#[$vmeta:meta])* $var:ident = $word:literal,)* }) => {
+        $(#[$meta])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        $vis enum $name { $($(#[$vmeta])* $var,)* }
+
+        impl $name {
+            /// Every variant, in index order.
+            pub const ALL: &'static [$name] = &[$($name::$var,)*];
+            /// Number of variants: the size of a map indexed by this enum.
+            pub const COUNT: u32 = $name::ALL.len() as u32;
+
+            /// The word operators see for this variant.
+            pub const fn name(self) -> &'static str {
+                match self { $($name::$var => $word,)* }
+            }
+
+            /// The variant with this index, if any.
+            pub fn from_index(i: u32) -> Option<$name> {
+                $name::ALL.get(i as usize).copied()
+            }
+
+            /// The map index of this variant.
+            #[inline(always)]
+            pub const fn index(self) -> u32 {
+                self as u32
+            }
+        }
+    };
+}
+#[allow(unused_imports)] // kept for the next indexed enums (drop reasons)
+pub(crate) use indexed_enum;
+
+indexed_enum! {
+    /// What the uplink program counts for every frame it sees.
+    pub enum Counter {
+        /// Frames seen.
+        Packets = "packets",
+        /// Bytes seen (whole frames).
+        Bytes = "bytes",
+        /// Frames with one or two 802.1Q/802.1ad tags.
+        Vlan = "vlan_tagged",
+        Ipv4 = "ipv4",
+        Ipv6 = "ipv6",
+        Tcp = "tcp",
+        Udp = "udp",
+        Icmp = "icmp",
+        Icmpv6 = "icmpv6",
+        /// IP packets of another transport protocol.
+        OtherL4 = "other_l4",
+        /// IPv4/IPv6 fragments after the first: they carry no transport header.
+        Fragment = "fragment",
+        /// Frames that are not IP (ARP, LLDP, ...).
+        NonIp = "non_ip",
+        /// The frame ended inside a header it announced.
+        MalformedTruncated = "malformed_truncated",
+        /// IPv4 header with IHL < 5, a total length shorter than the header,
+        /// or an IP version that does not match the ethertype.
+        MalformedIpHeader = "malformed_ip_header",
+        /// IPv6 with more extension headers than the parser follows.
+        MalformedIpv6ExtHeaders = "malformed_ipv6_ext_headers",
+        /// TCP header with a data offset below 5 words.
+        MalformedTcpHeader = "malformed_tcp_header",
+        /// More VLAN tags than the parser follows (two).
+        MalformedVlanDepth = "malformed_vlan_depth",
+        /// Verdicts.
+        ActionPass = "action_pass",
+        ActionDrop = "action_drop",
+        ActionTx = "action_tx",
+        ActionRedirect = "action_redirect",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_are_dense_and_names_unique() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(c.index() as usize, i);
+            assert_eq!(Counter::from_index(i as u32), Some(*c));
+        }
+        assert_eq!(Counter::from_index(Counter::COUNT), None);
+        let mut names: std::vec::Vec<_> = Counter::ALL.iter().map(|c| c.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Counter::ALL.len());
+    }
+}

@@ -1,0 +1,34 @@
+//! carwash's XDP/TC programs. Entry points are thin: each calls a `try_*`
+//! body and maps its result to an action in one visible place.
+#![no_std]
+#![no_main]
+
+mod counters;
+mod maps;
+mod packet;
+mod parse;
+mod uplink;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+/// XDP on `uplink`: everything that arrives from the internet.
+#[xdp]
+pub fn carwash_uplink(ctx: XdpContext) -> u32 {
+    uplink::run(&ctx)
+}
+
+/// The yardstick for benchmarks: the cheapest program XDP can run.
+#[xdp]
+pub fn carwash_bench_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

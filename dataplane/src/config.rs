@@ -1,0 +1,149 @@
+//! Host configuration (`/etc/carwash/carwash.toml`): every key has a default
+//! or a clear error; command-line flags override the file.
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use carwash_policy::MacAddr;
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_CONFIG: &str = "/etc/carwash/carwash.toml";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnatConfig {
+    /// Source ports for SNAT, `LOW-HIGH` inclusive.
+    pub port_range: String,
+}
+
+impl Default for SnatConfig {
+    fn default() -> Self {
+        SnatConfig {
+            port_range: "20000-59999".into(),
+        }
+    }
+}
+
+impl SnatConfig {
+    pub fn ports(&self) -> Result<(u16, u16)> {
+        let (lo, hi) = self
+            .port_range
+            .split_once('-')
+            .with_context(|| format!("snat.port_range {:?}: expected LOW-HIGH", self.port_range))?;
+        let lo: u16 = lo
+            .trim()
+            .parse()
+            .with_context(|| format!("snat.port_range: bad low port {lo:?}"))?;
+        let hi: u16 = hi
+            .trim()
+            .parse()
+            .with_context(|| format!("snat.port_range: bad high port {hi:?}"))?;
+        if lo == 0 || lo > hi {
+            bail!(
+                "snat.port_range {:?}: need 1 <= LOW <= HIGH",
+                self.port_range
+            );
+        }
+        Ok((lo, hi))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConntrackConfig {
+    pub max_entries: u32,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        ConntrackConfig {
+            max_entries: 262144,
+        }
+    }
+}
+
+/// The host configuration of DESIGN.md.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    pub uplink: String,
+    /// Defaults to `uplink`.
+    #[serde(default)]
+    pub fabric: Option<String>,
+    pub vtep: Ipv4Addr,
+    /// Defaults to fabric's MAC.
+    #[serde(default)]
+    pub router_mac: Option<MacAddr>,
+    #[serde(default = "default_policy_dir")]
+    pub policy_dir: PathBuf,
+    #[serde(default = "default_pin_path")]
+    pub pin_path: PathBuf,
+    #[serde(default = "default_api_socket")]
+    pub api_socket: PathBuf,
+    #[serde(default = "default_metrics")]
+    pub metrics: String,
+    #[serde(default)]
+    pub snat: SnatConfig,
+    #[serde(default)]
+    pub conntrack: ConntrackConfig,
+}
+
+fn default_policy_dir() -> PathBuf {
+    "/etc/carwash/policies".into()
+}
+pub fn default_pin_path() -> PathBuf {
+    "/sys/fs/bpf/carwash".into()
+}
+fn default_api_socket() -> PathBuf {
+    "/run/carwash/api.sock".into()
+}
+fn default_metrics() -> String {
+    "127.0.0.1:9464".into()
+}
+
+impl HostConfig {
+    pub fn parse(text: &str) -> Result<HostConfig> {
+        let cfg: HostConfig = toml::from_str(text)?;
+        cfg.snat.ports()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<HostConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading host configuration {}", path.display()))?;
+        HostConfig::parse(&text).with_context(|| format!("host configuration {}", path.display()))
+    }
+
+    /// The interface facing the VPC tunnel endpoints.
+    pub fn fabric(&self) -> &str {
+        self.fabric.as_deref().unwrap_or(&self.uplink)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_the_optional_keys() {
+        let c = HostConfig::parse("uplink = \"eth0\"\nvtep = \"10.200.0.1\"\n").unwrap();
+        assert_eq!(c.fabric(), "eth0");
+        assert_eq!(c.pin_path, PathBuf::from("/sys/fs/bpf/carwash"));
+        assert_eq!(c.snat.ports().unwrap(), (20000, 59999));
+        assert_eq!(c.conntrack.max_entries, 262144);
+    }
+
+    #[test]
+    fn missing_and_unknown_keys_are_errors() {
+        let e = HostConfig::parse("vtep = \"10.200.0.1\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("uplink"), "{e:#}");
+        let e =
+            HostConfig::parse("uplink = \"eth0\"\nvtep = \"10.200.0.1\"\nbogus = 1\n").unwrap_err();
+        assert!(format!("{e:#}").contains("bogus"), "{e:#}");
+        let e = HostConfig::parse(
+            "uplink = \"eth0\"\nvtep = \"10.200.0.1\"\n[snat]\nport_range = \"9-3\"\n",
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("port_range"), "{e:#}");
+    }
+}

@@ -1,0 +1,2 @@
+//! The `carwash` binary: the agent and the operator's commands.
+fn main() {}

@@ -1,0 +1,17 @@
+//! The kernel test harness of carwash: packet fixtures run through
+//! `BPF_PROG_TEST_RUN` (see [`fixture`]) and packet builders on top of
+//! etherparse (see [`packets`]). End-to-end tests use the `netlab` crate's
+//! namespaces.
+pub mod fixture;
+pub mod packets;
+
+/// Kernel tests load BPF programs and create namespaces: they need root.
+/// Fails (never skips) so that a run without privileges cannot look green.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "carwash's kernel tests need root (BPF and network namespaces); run them with sudo or as root"
+    );
+}
