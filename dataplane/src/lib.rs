@@ -3,5 +3,6 @@
 pub mod config;
 pub mod counters;
 pub mod loader;
+pub mod pin;
 
 pub use loader::Dataplane;

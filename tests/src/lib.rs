@@ -2,6 +2,7 @@
 //! `BPF_PROG_TEST_RUN` (see [`fixture`]) and packet builders on top of
 //! etherparse (see [`packets`]). End-to-end tests use the `netlab` crate's
 //! namespaces.
+pub mod bench;
 pub mod fixture;
 pub mod packets;
 

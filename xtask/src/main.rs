@@ -1,1 +1,152 @@
-fn main() {}
+//! `cargo xtask`: set-up, build, tests, the netns lab, the demo and the
+//! benchmarks. Every command first makes sure the toolchain is in place
+//! (see `setup`), so a fresh machine needs nothing but this.
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "carwash's build, test, lab and benchmark tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: nightly rust-src, LLVM 22, bpf-linker, bpffs, lab tools.
+    Setup,
+    /// Build the eBPF object and the `carwash` binary (release).
+    Build,
+    /// Run every test: unit, BPF_PROG_TEST_RUN fixtures, end-to-end in namespaces.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The netns lab: the default topology with the repo's tenants.
+    Lab {
+        #[command(subcommand)]
+        cmd: LabCmd,
+        /// Lab name: prefix of its namespaces.
+        #[arg(long, default_value = "cwlab", global = true)]
+        name: String,
+    },
+    /// Bring the lab up, run the agent on it, drive traffic, print what happened.
+    Demo {
+        /// Leave the lab up afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// The main job: the agent on the lab topology with the repo's policies, until Ctrl-C.
+    Run,
+    /// Benchmarks (BPF_PROG_TEST_RUN, against a minimal XDP_PASS program in the same run).
+    Bench {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    Up,
+    Down,
+    Status,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::Build => {
+            setup::run()?;
+            build_release()?;
+            Ok(())
+        }
+        Cmd::Test { args } => {
+            setup::run()?;
+            let mut cmd = cargo();
+            cmd.args(["test", "--workspace", "--no-fail-fast"]);
+            if !args.is_empty() {
+                cmd.arg("--").args(args);
+            }
+            run(&mut cmd)
+        }
+        Cmd::Lab { cmd, name } => {
+            setup::run()?;
+            lab(cmd, &name)
+        }
+        Cmd::Demo { keep } => {
+            setup::run()?;
+            demo(keep)
+        }
+        Cmd::Run => {
+            setup::run()?;
+            main_job()
+        }
+        Cmd::Bench { args } => {
+            setup::run()?;
+            let mut cmd = cargo();
+            cmd.args(["bench", "-p", "carwash-tests", "--bench", "dataplane"]);
+            if !args.is_empty() {
+                cmd.arg("--").args(args);
+            }
+            run(&mut cmd)
+        }
+    }
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c.env("PATH", setup::path_with_tools());
+    c
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Builds `carwash` in release mode and returns its path.
+fn build_release() -> Result<PathBuf> {
+    run(cargo().args(["build", "--release", "-p", "dataplane", "--bin", "carwash"]))?;
+    Ok(root().join("target/release/carwash"))
+}
+
+fn lab(cmd: LabCmd, name: &str) -> Result<()> {
+    let cfg = netlab::lab::LabConfig {
+        name: name.to_string(),
+        policies: root().join("policies"),
+    };
+    match cmd {
+        LabCmd::Up => {
+            let lab = netlab::lab::Lab::up(&cfg)?;
+            println!("lab {name} is up");
+            print!("{}", netlab::lab::Lab::status(&lab.name)?);
+        }
+        LabCmd::Down => {
+            netlab::lab::Lab::down(name)?;
+            println!("lab {name} is down");
+        }
+        LabCmd::Status => print!("{}", netlab::lab::Lab::status(name)?),
+    }
+    Ok(())
+}
+
+mod lab_run;
+use lab_run::{demo, main_job};

@@ -1,0 +1,28 @@
+//! Output of read commands: aligned tables by default, one complete JSON
+//! document with `-o json`.
+use comfy_table::{Table, presets::NOTHING};
+use serde::Serialize;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+/// An aligned table without borders, header in capitals.
+pub fn table<I, S>(header: I) -> Table
+where
+    I: IntoIterator<Item = S>,
+    S: ToString,
+{
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header(header.into_iter().map(|h| h.to_string().to_uppercase()));
+    t
+}
+
+pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
