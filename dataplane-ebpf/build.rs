@@ -1,4 +1,5 @@
-//! Rebuild the programs when bpf-linker changes (a new LLVM changes codegen).
+//! Link options for the programs, and a rebuild when bpf-linker changes (a
+//! new LLVM changes codegen).
 use which::which;
 
 fn main() {

@@ -77,6 +77,10 @@ indexed_enum! {
     }
 }
 
+/// The global counters of one CPU: a single map value, so a packet costs
+/// one map lookup however many counters it moves.
+pub type CounterBlock = [u64; Counter::COUNT as usize];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ extern crate std;
 pub mod checksum;
 pub mod counters;
 
-pub use counters::Counter;
+pub use counters::{Counter, CounterBlock};
 
 /// Version of the map layout. A new binary refuses to adopt pinned maps of
 /// another version instead of misreading them.
@@ -31,6 +31,6 @@ pub mod programs {
 /// Names of the maps in the eBPF object; also their file names under the pin
 /// path.
 pub mod maps {
-    /// Per-CPU array of u64 indexed by [`crate::Counter`].
+    /// Per-CPU array of one [`crate::CounterBlock`], indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
 }
