@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, PerCpuArray};
-use dataplane_common::Counter;
+use dataplane_common::{Counter, CounterBlock};
 
 /// The global counters, summed over CPUs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -14,14 +14,19 @@ impl Counters {
         self.0.get(&c).copied().unwrap_or(0)
     }
 
-    pub fn read<T: std::borrow::Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> Result<Counters> {
-        let mut out = BTreeMap::new();
-        for &c in Counter::ALL {
-            let per_cpu = map
-                .get(&c.index(), 0)
-                .with_context(|| format!("reading counter {}", c.name()))?;
-            out.insert(c, per_cpu.iter().sum());
-        }
+    pub fn read<T: std::borrow::Borrow<MapData>>(
+        map: &PerCpuArray<T, CounterBlock>,
+    ) -> Result<Counters> {
+        let per_cpu = map.get(&0, 0).context("reading the counters")?;
+        let out = Counter::ALL
+            .iter()
+            .map(|&c| {
+                (
+                    c,
+                    per_cpu.iter().map(|block| block[c.index() as usize]).sum(),
+                )
+            })
+            .collect();
         Ok(Counters(out))
     }
 

@@ -8,7 +8,7 @@ use aya::{
     maps::{MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode, xdp::XdpLinkId},
 };
-use dataplane_common::{maps, programs};
+use dataplane_common::{CounterBlock, maps, programs};
 
 use crate::counters::Counters;
 
@@ -115,7 +115,7 @@ impl Dataplane {
             .ebpf
             .map(maps::COUNTERS)
             .ok_or_else(|| anyhow!("no map {}", maps::COUNTERS))?;
-        Counters::read(&PerCpuArray::<_, u64>::try_from(map)?)
+        Counters::read(&PerCpuArray::<_, CounterBlock>::try_from(map)?)
     }
 }
 
@@ -125,5 +125,5 @@ pub fn pinned_counters(pin_dir: &Path) -> Result<Counters> {
     let data = MapData::from_pin(&path)
         .with_context(|| format!("opening pinned map {}", path.display()))?;
     let map = aya::maps::Map::PerCpuArray(data);
-    Counters::read(&PerCpuArray::<_, u64>::try_from(map)?)
+    Counters::read(&PerCpuArray::<_, CounterBlock>::try_from(map)?)
 }
