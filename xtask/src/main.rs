@@ -70,7 +70,9 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             setup::run()?;
             let mut cmd = cargo();
-            cmd.args(["test", "--workspace", "--no-fail-fast"]);
+            // The default members: everything but the eBPF crate, which only builds
+            // for the bpf target (through dataplane's build script).
+            cmd.args(["test", "--no-fail-fast"]);
             if !args.is_empty() {
                 cmd.arg("--").args(args);
             }
