@@ -4,9 +4,13 @@
 #![no_main]
 
 mod counters;
+mod encap;
+mod icmp;
 mod maps;
+mod mss;
 mod packet;
 mod parse;
+mod steer;
 mod uplink;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

@@ -1,7 +1,52 @@
-//! Every map of the programs, in one place, sized by named constants.
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use dataplane_common::CounterBlock;
+//! Every map of the programs, in one place, sized by named constants from
+//! the shared ABI crate.
+use aya_ebpf::{
+    btf_maps::{ArrayOfMaps, LpmTrie},
+    macros::{btf_map, map},
+    maps::{Array, HashMap, PerCpuArray},
+};
+use dataplane_common::{
+    CounterBlock,
+    types::{
+        AddrKey, AddrValue, Allow4, Allow6, AllowMask, HostConfig, MAX_ADDRS, MAX_ALLOW_PREFIXES,
+        MAX_ALLOW_SLOTS, MAX_SERVICES, MAX_TENANTS, ServiceKey, ServiceValue, TenantInfo,
+        TenantStats,
+    },
+};
 
 /// Global counters: one block per CPU.
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(1, 0);
+
+/// Host settings written by the agent.
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<HostConfig> = Array::with_max_entries(1, 0);
+
+/// VIPs and egress IPs: the first lookup of every packet from the uplink;
+/// a miss means the packet is none of carwash's business.
+#[map(name = "ADDRS")]
+pub static ADDRS: HashMap<AddrKey, AddrValue> = HashMap::with_max_entries(MAX_ADDRS, 0);
+
+#[map(name = "SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+#[map(name = "TENANTS")]
+pub static TENANTS: HashMap<u32, TenantInfo> = HashMap::with_max_entries(MAX_TENANTS, 0);
+
+/// Per-tenant counters, indexed by tenant id.
+#[map(name = "TENANT_STATS")]
+pub static TENANT_STATS: PerCpuArray<TenantStats> = PerCpuArray::with_max_entries(MAX_TENANTS, 0);
+
+/// One LPM trie per allow slot: a lookup costs the same whatever the number
+/// of tenants, since each trie holds one tenant's prefixes only.
+#[btf_map]
+pub static ALLOW_V4: ArrayOfMaps<
+    LpmTrie<Allow4, AllowMask, { MAX_ALLOW_PREFIXES as usize }>,
+    { MAX_ALLOW_SLOTS as usize },
+> = ArrayOfMaps::new();
+
+#[btf_map]
+pub static ALLOW_V6: ArrayOfMaps<
+    LpmTrie<Allow6, AllowMask, { MAX_ALLOW_PREFIXES as usize }>,
+    { MAX_ALLOW_SLOTS as usize },
+> = ArrayOfMaps::new();

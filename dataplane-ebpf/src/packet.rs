@@ -16,6 +16,31 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
     Some((start + off) as *const T)
 }
 
+/// Mutable twin of [`ptr_at`].
+#[inline(always)]
+pub fn ptr_at_mut<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    ptr_at::<T>(ctx, off).map(|p| p as *mut T)
+}
+
+/// Writes `v` at `off`; `false` when the packet is too short.
+#[inline(always)]
+pub fn write<T: Copy>(ctx: &XdpContext, off: usize, v: T) -> bool {
+    match ptr_at_mut::<T>(ctx, off) {
+        // SAFETY: inside the packet, alignment 1 (byte-array types).
+        Some(p) => {
+            unsafe { *p = v };
+            true
+        }
+        None => false,
+    }
+}
+
+/// Frame length in bytes.
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext) -> usize {
+    ctx.data_end() - ctx.data()
+}
+
 /// Reads a copy of the `T` at `off`.
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
@@ -28,6 +53,8 @@ pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
+
+pub const TCP_FLAG_SYN: u8 = 0x02;
 
 pub const IPPROTO_HOPOPTS: u8 = 0;
 pub const IPPROTO_ICMP: u8 = 1;

@@ -9,7 +9,7 @@ use crate::packet::*;
 /// How many VLAN tags are followed (QinQ).
 const MAX_VLANS: usize = 2;
 /// How many IPv6 extension headers are followed before giving up.
-const MAX_IPV6_EXT: usize = 6;
+const MAX_IPV6_EXT: usize = 4;
 
 /// The fields of a parsed IP packet. IPv4 addresses sit in the first four
 /// bytes of `src`/`dst`.
@@ -32,6 +32,9 @@ pub struct Flow {
     pub tcp_flags: u8,
     /// A fragment after the first: no transport header.
     pub later_fragment: bool,
+    /// IPv4 "don't fragment" (always true for IPv6, which routers never
+    /// fragment).
+    pub dont_fragment: bool,
 }
 
 /// Why a frame yields no [`Flow`].
@@ -77,6 +80,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Flow, NotIp> {
         dport: 0,
         tcp_flags: 0,
         later_fragment: false,
+        dont_fragment: true,
     };
     match ethertype {
         ETH_P_IPV4 => parse_ipv4(ctx, &mut flow)?,
@@ -105,7 +109,9 @@ fn parse_ipv4(ctx: &XdpContext, flow: &mut Flow) -> Result<(), NotIp> {
     flow.proto = ip.proto;
     flow.src[..4].copy_from_slice(&ip.src);
     flow.dst[..4].copy_from_slice(&ip.dst);
-    flow.later_fragment = be16(ip.frag_off) & 0x1fff != 0;
+    let frag = be16(ip.frag_off);
+    flow.later_fragment = frag & 0x1fff != 0;
+    flow.dont_fragment = frag & 0x4000 != 0;
     Ok(())
 }
 

@@ -1,11 +1,37 @@
-//! The `uplink` program: traffic from the internet. At this stage it
-//! classifies and counts; everything passes to the host stack.
+//! The `uplink` program: traffic from the internet (path 1). What is not
+//! addressed to a VIP or egress IP passes to the host stack untouched;
+//! traffic to a VIP is checked against the tenant's policy and steered into
+//! its VPC, or dropped with a counted reason.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use dataplane_common::Counter;
+use dataplane_common::{
+    Counter, DropReason,
+    hash::flow_hash,
+    types::{ADDR_EGRESS, AddrKey, CLASS_NONE, FAMILY_V4, FAMILY_V6},
+};
 
-use crate::counters::Counters;
-use crate::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
-use crate::parse::{NotIp, parse};
+use crate::counters::{Counters, tenant_dropped, tenant_steered};
+use crate::encap::{ENCAP_OVERHEAD, encapsulate};
+use crate::maps::{ADDRS, CONFIG};
+use crate::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, frame_len};
+use crate::parse::{Flow, NotIp, parse};
+use crate::{icmp, mss, steer};
+
+/// A packet carwash did not forward: why, and what became of it (dropped,
+/// or turned into an ICMP answer and sent back).
+pub struct Refused {
+    pub why: DropReason,
+    pub action: u32,
+}
+
+impl From<DropReason> for Refused {
+    #[inline(always)]
+    fn from(why: DropReason) -> Self {
+        Refused {
+            why,
+            action: xdp_action::XDP_DROP,
+        }
+    }
+}
 
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
@@ -13,7 +39,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     stats.inc(Counter::Packets);
-    stats.add(Counter::Bytes, (ctx.data_end() - ctx.data()) as u64);
+    stats.add(Counter::Bytes, frame_len(ctx) as u64);
     let action = try_uplink(ctx, &stats);
     stats.inc(match action {
         xdp_action::XDP_DROP => Counter::ActionDrop,
@@ -32,13 +58,47 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
             stats.inc(Counter::NonIp);
             return xdp_action::XDP_PASS;
         }
-        // The host stack drops what it cannot parse either; passing keeps
-        // carwash out of traffic that is not addressed to it.
+        // What cannot be parsed cannot be matched to a VIP either; the host
+        // stack drops it in turn.
         Err(NotIp::Malformed(why)) => {
             stats.inc(why);
             return xdp_action::XDP_PASS;
         }
     };
+    count_protocols(stats, &flow);
+
+    let key = AddrKey {
+        addr: flow.dst,
+        family: if flow.v6 { FAMILY_V6 } else { FAMILY_V4 },
+        _pad: [0; 3],
+    };
+    // SAFETY: copied out at once.
+    let Some(addr) = (unsafe { ADDRS.get(&key) }).copied() else {
+        return xdp_action::XDP_PASS;
+    };
+    let bytes = frame_len(ctx) as u64;
+    let mut class = CLASS_NONE;
+    let result = if addr.kind == ADDR_EGRESS {
+        Err(DropReason::NoConntrack.into())
+    } else {
+        steer_to_vpc(ctx, &flow, &mut class)
+    };
+    match result {
+        Ok(action) => {
+            stats.inc(Counter::Steered);
+            tenant_steered(addr.tenant, class, bytes);
+            action
+        }
+        Err(r) => {
+            stats.drop(r.why);
+            tenant_dropped(addr.tenant, class, r.why, bytes);
+            r.action
+        }
+    }
+}
+
+#[inline(always)]
+fn count_protocols(stats: &Counters, flow: &Flow) {
     if flow.vlans > 0 {
         stats.inc(Counter::Vlan);
     }
@@ -49,7 +109,7 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
     });
     if flow.later_fragment {
         stats.inc(Counter::Fragment);
-        return xdp_action::XDP_PASS;
+        return;
     }
     stats.inc(match flow.proto {
         IPPROTO_TCP => Counter::Tcp,
@@ -58,5 +118,57 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
         IPPROTO_ICMPV6 => Counter::Icmpv6,
         _ => Counter::OtherL4,
     });
-    xdp_action::XDP_PASS
+}
+
+/// Path 1 for a packet addressed to a VIP. Sets `class` as soon as the
+/// service is known, for the counters.
+#[inline(always)]
+fn steer_to_vpc(ctx: &XdpContext, flow: &Flow, class: &mut u8) -> Result<u32, Refused> {
+    if flow.later_fragment {
+        return Err(DropReason::Fragment.into());
+    }
+    let svc = steer::service(flow).ok_or(DropReason::NoService)?;
+    *class = svc.class;
+    let t = steer::tenant(svc.tenant)?;
+    if !steer::allowed(t, flow, svc.class) {
+        return Err(DropReason::NotAllowed.into());
+    }
+    let hash = flow_hash(&flow.src, &flow.dst, flow.sport, flow.dport, flow.proto);
+    let backend = steer::backend(t, svc.class, hash)?;
+    let cfg = match CONFIG.get(0) {
+        Some(c) if c.ready != 0 => c,
+        _ => return Err(DropReason::NoConfig.into()),
+    };
+
+    let usable = cfg.fabric_mtu.saturating_sub(ENCAP_OVERHEAD as u16);
+    // MSS = usable MTU - IP header - TCP header.
+    let ip_hdr = if flow.v6 { 40 } else { 20 };
+    mss::clamp(ctx, flow, usable.saturating_sub(ip_hdr + 20));
+    let ip_len = frame_len(ctx) - flow.l3_off;
+    if ip_len > usable as usize {
+        return Err(too_big(ctx, flow, usable));
+    }
+    Ok(encapsulate(ctx, flow, cfg, t.vni, &backend, hash)?)
+}
+
+/// A packet that would not fit the fabric once encapsulated.
+#[inline(always)]
+fn too_big(ctx: &XdpContext, flow: &Flow, usable: u16) -> Refused {
+    let answered = if flow.v6 {
+        icmp::packet_too_big_v6(ctx, flow, usable)
+    } else if flow.dont_fragment {
+        icmp::frag_needed_v4(ctx, flow, usable)
+    } else {
+        // XDP cannot fragment, and the sender did not ask for PMTU
+        // discovery: drop and count it (see README).
+        false
+    };
+    if answered {
+        Refused {
+            why: DropReason::TooBigIcmpSent,
+            action: xdp_action::XDP_TX,
+        }
+    } else {
+        DropReason::TooBig.into()
+    }
 }

@@ -17,7 +17,16 @@ pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane-ebpf"));
 
 /// Every map of the object, for pinning.
-const ALL_MAPS: &[&str] = &[maps::COUNTERS];
+const ALL_MAPS: &[&str] = &[
+    maps::COUNTERS,
+    maps::CONFIG,
+    maps::ADDRS,
+    maps::SERVICES,
+    maps::TENANTS,
+    maps::TENANT_STATS,
+    maps::ALLOW_V4,
+    maps::ALLOW_V6,
+];
 
 /// Where a map lives under a pin directory.
 pub fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {

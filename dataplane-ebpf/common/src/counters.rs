@@ -34,7 +34,6 @@ macro_rules! indexed_enum {
         }
     };
 }
-#[allow(unused_imports)] // kept for the next indexed enums (drop reasons)
 pub(crate) use indexed_enum;
 
 indexed_enum! {
@@ -74,12 +73,18 @@ indexed_enum! {
         ActionDrop = "action_drop",
         ActionTx = "action_tx",
         ActionRedirect = "action_redirect",
+        /// Packets encapsulated towards a tenant machine.
+        Steered = "steered",
     }
 }
 
+/// Slots of the global counter block: the [`Counter`]s, then one per
+/// [`crate::DropReason`].
+pub const GLOBAL_SLOTS: usize = Counter::COUNT as usize + crate::DropReason::COUNT as usize;
+
 /// The global counters of one CPU: a single map value, so a packet costs
 /// one map lookup however many counters it moves.
-pub type CounterBlock = [u64; Counter::COUNT as usize];
+pub type CounterBlock = [u64; GLOBAL_SLOTS];
 
 #[cfg(test)]
 mod tests {

@@ -12,8 +12,12 @@ extern crate std;
 
 pub mod checksum;
 pub mod counters;
+pub mod drop;
+pub mod hash;
+pub mod types;
 
 pub use counters::{Counter, CounterBlock};
+pub use drop::DropReason;
 
 /// Version of the map layout. A new binary refuses to adopt pinned maps of
 /// another version instead of misreading them.
@@ -33,4 +37,18 @@ pub mod programs {
 pub mod maps {
     /// Per-CPU array of one [`crate::CounterBlock`], indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// [`crate::types::HostConfig`], one entry.
+    pub const CONFIG: &str = "CONFIG";
+    /// VIPs and egress IPs: [`crate::types::AddrKey`] → [`crate::types::AddrValue`].
+    pub const ADDRS: &str = "ADDRS";
+    /// [`crate::types::ServiceKey`] → [`crate::types::ServiceValue`].
+    pub const SERVICES: &str = "SERVICES";
+    /// tenant id → [`crate::types::TenantInfo`].
+    pub const TENANTS: &str = "TENANTS";
+    /// Array of LPM tries (one per allow slot), IPv4 sources → allow mask.
+    pub const ALLOW_V4: &str = "ALLOW_V4";
+    /// Array of LPM tries (one per allow slot), IPv6 sources → allow mask.
+    pub const ALLOW_V6: &str = "ALLOW_V6";
+    /// Per-CPU [`crate::types::TenantStats`] indexed by tenant id.
+    pub const TENANT_STATS: &str = "TENANT_STATS";
 }

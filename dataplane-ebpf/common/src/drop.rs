@@ -1,0 +1,51 @@
+//! Why a packet was dropped: one enum that indexes the counters, is
+//! returned by the programs' `try_*` bodies and is printed by the CLI.
+use crate::counters::indexed_enum;
+
+indexed_enum! {
+    /// The reasons carwash drops a packet.
+    pub enum DropReason {
+        /// Addressed to a VIP, but no service on that protocol and port.
+        NoService = "no_service",
+        /// The source is in no allow entry of the tenant for the port's class.
+        NotAllowed = "not_allowed",
+        /// The tenant's policy is not (yet, or no longer) fully in place.
+        NotReady = "tenant_not_ready",
+        /// The tenant has no machine for the class (none configured, or all down).
+        NoBackend = "no_backend",
+        /// Too big for the fabric once encapsulated, IPv4 without DF: XDP
+        /// cannot fragment, and the sender did not ask for PMTU discovery.
+        TooBig = "too_big",
+        /// Too big once encapsulated: answered with ICMP fragmentation
+        /// needed / packet too big, carrying the usable MTU.
+        TooBigIcmpSent = "too_big_icmp_sent",
+        /// A later fragment addressed to a VIP: it has no ports to steer by.
+        Fragment = "fragment",
+        /// No route or neighbour towards the backend's VTEP.
+        NoRoute = "no_route",
+        /// Host configuration (VTEP, fabric) not loaded yet.
+        NoConfig = "no_config",
+        /// Growing the frame for the tunnel headers failed.
+        EncapFailed = "encap_failed",
+        /// To an egress IP, but no connection-tracking entry matches.
+        NoConntrack = "no_conntrack",
+        /// Malformed packet addressed to a VIP or egress IP.
+        Malformed = "malformed",
+    }
+}
+
+/// Counter slots per tenant and class: steered packets and bytes, then one
+/// per drop reason.
+pub const STEERED_PACKETS: usize = 0;
+pub const STEERED_BYTES: usize = 1;
+pub const DROPPED_BYTES: usize = 2;
+pub const FIRST_DROP_SLOT: usize = 3;
+pub const TENANT_STAT_SLOTS: usize = FIRST_DROP_SLOT + DropReason::COUNT as usize;
+
+impl DropReason {
+    /// The slot of this reason in a tenant's counter block.
+    #[inline(always)]
+    pub const fn slot(self) -> usize {
+        FIRST_DROP_SLOT + self as usize
+    }
+}

@@ -1,0 +1,188 @@
+//! Keys and values of the maps. Addresses and ports are in network byte
+//! order as they sit in the packet (`_be` or byte arrays), everything else
+//! in host order. No implicit padding: explicit `_pad` fields, sizes tested.
+
+/// Tenant ids index per-tenant arrays; 0 is never a tenant.
+pub const MAX_TENANTS: u32 = 16384;
+/// Services (VIP, protocol, port) over all tenants.
+pub const MAX_SERVICES: u32 = 262_144;
+/// VIPs and egress IPs over all tenants.
+pub const MAX_ADDRS: u32 = 65_536;
+/// Allowlist slots: two per tenant, so a tenant's new allowlist is built
+/// in a free slot and switched to in one update.
+pub const MAX_ALLOW_SLOTS: u32 = 2 * MAX_TENANTS;
+/// Prefixes per tenant and address family.
+pub const MAX_ALLOW_PREFIXES: u32 = 4096;
+/// Maglev lookup table size: a prime well above 100× the connectors of a
+/// lane (two), which keeps their shares within 1% of each other.
+pub const MAGLEV_SIZE: usize = 251;
+/// Machines per role in a double lane.
+pub const MAX_MACHINES: usize = 2;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// Port classes. The numbers index counters and allow masks.
+pub const CLASS_HTTPS: u8 = 0;
+pub const CLASS_JMS: u8 = 1;
+/// Traffic to a VIP whose class is unknown (no service).
+pub const CLASS_NONE: u8 = 2;
+pub const CLASSES: usize = 3;
+
+/// `AddrValue::kind`.
+pub const ADDR_VIP: u8 = 1;
+pub const ADDR_EGRESS: u8 = 2;
+
+/// `TenantInfo::flags`: every map entry of the tenant is in place.
+pub const TENANT_READY: u32 = 1;
+
+/// An address as carwash keys it: IPv4 in the first four bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AddrKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A VIP or egress IP: whose it is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrValue {
+    pub tenant: u32,
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A service: (VIP, protocol, port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub addr: [u8; 16],
+    pub port_be: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    pub tenant: u32,
+    pub class: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A VPC machine: its tunnel endpoint and the MAC its tunnel device answers to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendEntry {
+    pub vtep: [u8; 4],
+    pub mac: [u8; 6],
+    /// 1 when the machine takes traffic.
+    pub up: u8,
+    pub _pad: u8,
+}
+
+/// Everything the fast path needs about a tenant, in one value, so that a
+/// packet reads one consistent version of it (hash map updates replace the
+/// whole value at once).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TenantInfo {
+    /// VNI in the low 24 bits.
+    pub vni: u32,
+    /// `TENANT_READY` ...
+    pub flags: u32,
+    /// Slot of the tenant's allowlists in `ALLOW_V4` / `ALLOW_V6`.
+    pub allow_slot: u32,
+    /// Index into `cores` of the active core.
+    pub active_core: u8,
+    pub n_connectors: u8,
+    pub n_cores: u8,
+    pub _pad: u8,
+    pub connectors: [BackendEntry; MAX_MACHINES],
+    pub cores: [BackendEntry; MAX_MACHINES],
+    /// Maglev table: connector index per bucket (entries past
+    /// `MAGLEV_SIZE` are padding).
+    pub maglev: [u8; 256],
+}
+
+impl Default for TenantInfo {
+    fn default() -> Self {
+        TenantInfo {
+            vni: 0,
+            flags: 0,
+            allow_slot: 0,
+            active_core: 0,
+            n_connectors: 0,
+            n_cores: 0,
+            _pad: 0,
+            connectors: [BackendEntry::default(); MAX_MACHINES],
+            cores: [BackendEntry::default(); MAX_MACHINES],
+            maglev: [0; 256],
+        }
+    }
+}
+
+/// Key of the allowlist tries: an LPM key's data part (the prefix length is
+/// aya's `Key` wrapper).
+pub type Allow4 = [u8; 4];
+pub type Allow6 = [u8; 16];
+/// Value of an allowlist prefix: the classes it allows, one bit per class
+/// (`1 << CLASS_HTTPS` ...), already merged with every shorter prefix that
+/// covers it, so the longest match answers for all of them.
+pub type AllowMask = u32;
+
+/// Host-wide settings: one entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostConfig {
+    /// The map layout the writer used; see `LAYOUT_VERSION`.
+    pub layout_version: u32,
+    /// This host's tunnel source address.
+    pub vtep: [u8; 4],
+    /// Source MAC of the inner frames (what backends route towards).
+    pub router_mac: [u8; 6],
+    /// MTU of the fabric interface: what an encapsulated packet must fit.
+    pub fabric_mtu: u16,
+    pub fabric_ifindex: u32,
+    /// 1 once the agent filled this entry.
+    pub ready: u32,
+}
+
+/// Per-tenant counters of one CPU: `[class][slot]`, slots as in
+/// `drop::TENANT_STAT_SLOTS`.
+pub type TenantStats = [[u64; crate::drop::TENANT_STAT_SLOTS]; CLASSES];
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: repr(C), no padding (checked by the size tests), every bit
+    // pattern valid.
+    unsafe impl aya::Pod for AddrKey {}
+    unsafe impl aya::Pod for AddrValue {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for BackendEntry {}
+    unsafe impl aya::Pod for TenantInfo {}
+    unsafe impl aya::Pod for HostConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn sizes_have_no_hidden_padding() {
+        assert_eq!(size_of::<AddrKey>(), 20);
+        assert_eq!(size_of::<AddrValue>(), 8);
+        assert_eq!(size_of::<ServiceKey>(), 20);
+        assert_eq!(size_of::<ServiceValue>(), 8);
+        assert_eq!(size_of::<BackendEntry>(), 12);
+        assert_eq!(size_of::<TenantInfo>(), 16 + 4 * 12 + 256);
+        assert_eq!(align_of::<TenantInfo>(), 4);
+        assert_eq!(size_of::<HostConfig>(), 24);
+        assert!(MAGLEV_SIZE <= 256);
+    }
+}

@@ -1,0 +1,84 @@
+//! Inbound steering (path 1): service → tenant and class, the tenant's
+//! allowlist for that class, then the backend: a connector by Maglev for
+//! https, the active core for jms.
+use aya_ebpf::btf_maps::lpm_trie::Key;
+use dataplane_common::{
+    DropReason,
+    types::{
+        BackendEntry, CLASS_HTTPS, FAMILY_V4, FAMILY_V6, MAGLEV_SIZE, ServiceKey, TENANT_READY,
+        TenantInfo,
+    },
+};
+
+use crate::maps::{ALLOW_V4, ALLOW_V6, SERVICES, TENANTS};
+use crate::parse::Flow;
+
+/// The service a packet is for.
+pub struct Service {
+    pub tenant: u32,
+    pub class: u8,
+}
+
+#[inline(always)]
+pub fn service(flow: &Flow) -> Option<Service> {
+    let key = ServiceKey {
+        addr: flow.dst,
+        port_be: flow.dport.to_be_bytes(),
+        proto: flow.proto,
+        family: if flow.v6 { FAMILY_V6 } else { FAMILY_V4 },
+    };
+    // SAFETY: the value is copied out at once.
+    let v = unsafe { SERVICES.get(&key) }?;
+    Some(Service {
+        tenant: v.tenant,
+        class: v.class,
+    })
+}
+
+/// The tenant's fast-path record, if its policy is fully in place.
+#[inline(always)]
+pub fn tenant(id: u32) -> Result<&'static TenantInfo, DropReason> {
+    // SAFETY: hash map values stay valid for the program's run (RCU), and an
+    // update replaces the value as a whole.
+    match unsafe { TENANTS.get(&id) } {
+        Some(t) if t.flags & TENANT_READY != 0 => Ok(t),
+        _ => Err(DropReason::NotReady),
+    }
+}
+
+/// Whether the tenant allows the packet's source for `class`.
+#[inline(always)]
+pub fn allowed(t: &TenantInfo, flow: &Flow, class: u8) -> bool {
+    let mask = if flow.v6 {
+        ALLOW_V6.get_value_ptr_mut(t.allow_slot, &Key::new(128, flow.src))
+    } else {
+        let src4 = [flow.src[0], flow.src[1], flow.src[2], flow.src[3]];
+        ALLOW_V4.get_value_ptr_mut(t.allow_slot, &Key::new(32, src4))
+    };
+    match mask {
+        // SAFETY: a value of the trie, read once.
+        Some(m) => (unsafe { *m } & (1 << class)) != 0,
+        None => false,
+    }
+}
+
+/// The machine that receives the flow.
+#[inline(always)]
+pub fn backend(t: &TenantInfo, class: u8, hash: u32) -> Result<BackendEntry, DropReason> {
+    let b = if class == CLASS_HTTPS {
+        let bucket = hash % MAGLEV_SIZE as u32;
+        // LLVM turns the modulo into a multiply-shift whose range the
+        // verifier cannot follow; a volatile read keeps the mask (a no-op,
+        // since bucket < 251) from being optimised away.
+        // SAFETY: reading a local.
+        let bucket = unsafe { core::ptr::read_volatile(&bucket) } as usize & 0xff;
+        let idx = t.maglev.get(bucket).copied().unwrap_or(0) as usize;
+        t.connectors.get(idx & 1).copied()
+    } else {
+        t.cores.get(t.active_core as usize & 1).copied()
+    };
+    match b {
+        Some(b) if b.up != 0 && b.vtep != [0; 4] => Ok(b),
+        _ => Err(DropReason::NoBackend),
+    }
+}
