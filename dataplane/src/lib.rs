@@ -3,6 +3,8 @@
 pub mod config;
 pub mod counters;
 pub mod loader;
+pub mod maglev;
 pub mod pin;
+pub mod tables;
 
 pub use loader::Dataplane;

@@ -35,7 +35,7 @@ pub fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
 
 /// A loaded eBPF object.
 pub struct Dataplane {
-    ebpf: Ebpf,
+    pub(crate) ebpf: Ebpf,
 }
 
 impl Dataplane {

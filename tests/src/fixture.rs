@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use anyhow::{Result, bail};
 use dataplane::Dataplane;
-use dataplane_common::Counter;
+use dataplane_common::{Counter, DropReason};
 
 pub use aya::programs::xdp::XdpMode;
 
@@ -45,6 +45,8 @@ pub struct Case {
     /// and the action's counter, which every case checks. Every other
     /// counter must stay put.
     pub counters: Vec<(Counter, u64)>,
+    /// Drops by reason: exactly these must move.
+    pub drops: Vec<(DropReason, u64)>,
 }
 
 fn action_counter(a: u32) -> Counter {
@@ -103,6 +105,12 @@ pub fn check(dp: &Dataplane, prog: &str, case: &Case) -> Result<()> {
                 delta.get(c),
                 expect
             );
+        }
+    }
+    for &r in DropReason::ALL {
+        let expect: u64 = case.drops.iter().filter(|(w, _)| *w == r).map(|(_, n)| n).sum();
+        if delta.dropped(r) != expect {
+            let _ = writeln!(errors, "  dropped {}: moved by {}, want {}", r.name(), delta.dropped(r), expect);
         }
     }
     if !errors.is_empty() {

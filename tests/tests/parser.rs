@@ -21,6 +21,7 @@ fn pass(name: &'static str, packet: Vec<u8>, counters: &[Counter]) -> Case {
         action: XDP_PASS,
         output: Output::Unchanged,
         counters: counters.iter().map(|&c| (c, 1)).collect(),
+        drops: vec![],
     }
 }
 

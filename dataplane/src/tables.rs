@@ -1,0 +1,357 @@
+//! Writing tenants and host settings into the maps: the one place that turns
+//! policy into map entries. The agent and the tests both go through here;
+//! nothing else writes map bytes.
+//!
+//! Order matters (fail closed): a tenant's VIPs are claimed, pointing at a
+//! tenant record that is not ready, before anything else, so its traffic is
+//! dropped rather than handed to the host stack; the record is marked ready
+//! last, when its allowlists and services are in place.
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::maps::{ArrayOfMaps, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
+use carwash_policy::{Class, Lane, Tenant};
+use dataplane_common::{
+    LAYOUT_VERSION, maps,
+    types::{
+        ADDR_EGRESS, ADDR_VIP, AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendEntry, CLASS_HTTPS, CLASS_JMS,
+        CLASSES, FAMILY_V4, FAMILY_V6, HostConfig, MAX_ALLOW_PREFIXES, MAX_TENANTS, ServiceKey, ServiceValue,
+        TENANT_READY, TenantInfo, TenantStats,
+    },
+};
+use ipnetwork::IpNetwork;
+
+use crate::Dataplane;
+use crate::maglev;
+
+/// `BPF_F_NO_PREALLOC`: LPM tries require it.
+const NO_PREALLOC: u32 = 1;
+const IPPROTO_TCP: u8 = 6;
+
+/// Host settings for the programs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostParams {
+    pub vtep: Ipv4Addr,
+    pub router_mac: [u8; 6],
+    pub fabric_ifindex: u32,
+    pub fabric_mtu: u16,
+}
+
+fn class_bit(c: Class) -> AllowMask {
+    match c {
+        Class::Https => 1 << CLASS_HTTPS,
+        Class::Jms => 1 << CLASS_JMS,
+    }
+}
+
+pub fn addr_key(ip: IpAddr) -> AddrKey {
+    let mut k = AddrKey::default();
+    match ip {
+        IpAddr::V4(v4) => {
+            k.addr[..4].copy_from_slice(&v4.octets());
+            k.family = FAMILY_V4;
+        }
+        IpAddr::V6(v6) => {
+            k.addr = v6.octets();
+            k.family = FAMILY_V6;
+        }
+    }
+    k
+}
+
+/// The services of a tenant: every VIP × every port of each class, TCP.
+pub fn services(t: &Tenant) -> Vec<(ServiceKey, u8)> {
+    let mut out = Vec::new();
+    for vip in &t.vips {
+        let a = addr_key(*vip);
+        for (ports, class) in [(&t.https_ports, CLASS_HTTPS), (&t.jms_ports, CLASS_JMS)] {
+            for p in ports {
+                out.push((
+                    ServiceKey {
+                        addr: a.addr,
+                        port_be: p.to_be_bytes(),
+                        proto: IPPROTO_TCP,
+                        family: a.family,
+                    },
+                    class,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Allow prefixes of one family with their class masks, each merged with
+/// the masks of every shorter prefix that covers it: the trie answers with
+/// the longest match only, which must then speak for all matches.
+pub fn allow_masks(t: &Tenant, v6: bool) -> Vec<(IpNetwork, AllowMask)> {
+    let mut own: BTreeMap<IpNetwork, AllowMask> = BTreeMap::new();
+    for a in t.allow.iter().filter(|a| a.cidr.is_ipv6() == v6) {
+        let net = IpNetwork::new(a.cidr.network(), a.cidr.prefix()).expect("prefix from a valid network");
+        *own.entry(net).or_default() |= a.classes.iter().map(|c| class_bit(*c)).fold(0, |x, y| x | y);
+    }
+    own.iter()
+        .map(|(net, _)| {
+            let mask = own
+                .iter()
+                .filter(|(other, _)| other.prefix() <= net.prefix() && other.contains(net.network()))
+                .fold(0, |m, (_, bits)| m | bits);
+            (*net, mask)
+        })
+        .collect()
+}
+
+fn backend(b: &carwash_policy::Backend, up: bool) -> BackendEntry {
+    BackendEntry {
+        vtep: b.vtep.octets(),
+        mac: b.mac.0,
+        up: up as u8,
+        _pad: 0,
+    }
+}
+
+/// Which machines take traffic, and which core is active. Policy puts every
+/// machine up and the first core active; the library can change both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub connectors_up: [bool; 2],
+    pub active_core: u8,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            connectors_up: [true, true],
+            active_core: 0,
+        }
+    }
+}
+
+/// The fast-path record of a tenant.
+pub fn tenant_info(t: &Tenant, allow_slot: u32, health: &Health, ready: bool) -> TenantInfo {
+    let mut info = TenantInfo {
+        vni: t.vni,
+        flags: if ready { TENANT_READY } else { 0 },
+        allow_slot,
+        active_core: health.active_core,
+        n_connectors: t.connectors.len() as u8,
+        n_cores: t.cores.len() as u8,
+        ..Default::default()
+    };
+    for (i, c) in t.connectors.iter().take(2).enumerate() {
+        info.connectors[i] = backend(c, health.connectors_up[i]);
+    }
+    for (i, c) in t.cores.iter().take(2).enumerate() {
+        info.cores[i] = backend(c, true);
+    }
+    let ids: Vec<maglev::Identity> = t.connectors.iter().map(|c| (c.vtep.octets(), c.mac.0)).collect();
+    let up: Vec<bool> = (0..ids.len()).map(|i| health.connectors_up.get(i).copied().unwrap_or(false)).collect();
+    info.maglev = maglev::build(&ids, &up);
+    if t.lane == Lane::Single {
+        info.active_core = 0;
+    }
+    info
+}
+
+impl Dataplane {
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name).ok_or_else(|| anyhow!("no map {name} in the eBPF object"))
+    }
+
+    fn map_ref(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf.map(name).ok_or_else(|| anyhow!("no map {name} in the eBPF object"))
+    }
+
+    /// Writes the host settings; until then VIP traffic is dropped (`no_config`).
+    pub fn set_host(&mut self, p: &HostParams) -> Result<()> {
+        let mut cfg: aya::maps::Array<_, HostConfig> = aya::maps::Array::try_from(self.map_mut(maps::CONFIG)?)?;
+        cfg.set(
+            0,
+            HostConfig {
+                layout_version: LAYOUT_VERSION,
+                vtep: p.vtep.octets(),
+                router_mac: p.router_mac,
+                fabric_mtu: p.fabric_mtu,
+                fabric_ifindex: p.fabric_ifindex,
+                ready: 1,
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// Builds the tenant's allowlists in allow slot `slot`: fresh tries,
+    /// swapped in whole.
+    fn write_allow(&mut self, slot: u32, t: &Tenant) -> Result<()> {
+        let mut v4: LpmTrie<MapData, Allow4, AllowMask> = LpmTrie::create(MAX_ALLOW_PREFIXES, NO_PREALLOC)?;
+        let mut v6: LpmTrie<MapData, Allow6, AllowMask> = LpmTrie::create(MAX_ALLOW_PREFIXES, NO_PREALLOC)?;
+        for (net, mask) in allow_masks(t, false) {
+            let IpAddr::V4(a) = net.network() else { unreachable!("filtered by family") };
+            v4.insert(&Key::new(net.prefix() as u32, a.octets()), mask, 0)
+                .with_context(|| format!("tenant {}: allow {net}", t.name))?;
+        }
+        for (net, mask) in allow_masks(t, true) {
+            let IpAddr::V6(a) = net.network() else { unreachable!("filtered by family") };
+            v6.insert(&Key::new(net.prefix() as u32, a.octets()), mask, 0)
+                .with_context(|| format!("tenant {}: allow {net}", t.name))?;
+        }
+        let mut outer4: ArrayOfMaps<_, LpmTrie<MapData, Allow4, AllowMask>> =
+            ArrayOfMaps::try_from(self.map_mut(maps::ALLOW_V4)?)?;
+        outer4.set(slot, &v4, 0)?;
+        let mut outer6: ArrayOfMaps<_, LpmTrie<MapData, Allow6, AllowMask>> =
+            ArrayOfMaps::try_from(self.map_mut(maps::ALLOW_V6)?)?;
+        outer6.set(slot, &v6, 0)?;
+        Ok(())
+    }
+
+    fn tenants_map(&mut self) -> Result<HashMap<&mut MapData, u32, TenantInfo>> {
+        Ok(HashMap::try_from(self.map_mut(maps::TENANTS)?)?)
+    }
+
+    /// The tenant record as the maps hold it.
+    pub fn tenant_info(&self, id: u32) -> Result<Option<TenantInfo>> {
+        let m: HashMap<&MapData, u32, TenantInfo> = HashMap::try_from(self.map_ref(maps::TENANTS)?)?;
+        match m.get(&id, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Installs or replaces tenant `id` (1..MAX_TENANTS) from its policy,
+    /// with every machine up and the first core active.
+    pub fn install_tenant(&mut self, id: u32, t: &Tenant) -> Result<()> {
+        self.install_tenant_with(id, t, &Health::default())
+    }
+
+    pub fn install_tenant_with(&mut self, id: u32, t: &Tenant, health: &Health) -> Result<()> {
+        if id == 0 || id >= MAX_TENANTS {
+            bail!("tenant id {id} out of range 1..{MAX_TENANTS}");
+        }
+        let current = self.tenant_info(id)?;
+        // The new allowlists go into the slot the tenant does not use now.
+        let slot = match current {
+            Some(c) if c.allow_slot == 2 * id => 2 * id + 1,
+            _ => 2 * id,
+        };
+        if current.is_none() {
+            self.tenants_map()?.insert(id, tenant_info(t, slot, health, false), 0)?;
+        }
+        {
+            let mut addrs: HashMap<_, AddrKey, AddrValue> = HashMap::try_from(self.map_mut(maps::ADDRS)?)?;
+            let vips = t.vips.iter().map(|ip| (*ip, ADDR_VIP));
+            let egress = t.egress.iter().flat_map(|e| {
+                std::iter::once(IpAddr::V4(e.snat_ipv4)).chain(e.snat_ipv6.map(IpAddr::V6)).map(|ip| (ip, ADDR_EGRESS))
+            });
+            for (ip, kind) in vips.chain(egress) {
+                addrs
+                    .insert(addr_key(ip), AddrValue { tenant: id, kind, _pad: [0; 3] }, 0)
+                    .with_context(|| format!("tenant {}: address {ip}", t.name))?;
+            }
+        }
+        self.write_allow(slot, t)?;
+        {
+            let mut svcs: HashMap<_, ServiceKey, ServiceValue> = HashMap::try_from(self.map_mut(maps::SERVICES)?)?;
+            for (key, class) in services(t) {
+                svcs.insert(key, ServiceValue { tenant: id, class, _pad: [0; 3] }, 0)
+                    .with_context(|| format!("tenant {}: service", t.name))?;
+            }
+        }
+        self.tenants_map()?.insert(id, tenant_info(t, slot, health, true), 0)?;
+        Ok(())
+    }
+
+    /// Makes core `index` of tenant `id` the active one: one map update.
+    pub fn set_active_core(&mut self, id: u32, index: u8) -> Result<()> {
+        let mut info = self.tenant_info(id)?.ok_or_else(|| anyhow!("no tenant {id}"))?;
+        if index >= info.n_cores {
+            bail!("tenant {id} has {} cores; no core {index}", info.n_cores);
+        }
+        info.active_core = index;
+        self.tenants_map()?.insert(id, info, 0)?;
+        Ok(())
+    }
+
+    /// Removes tenant `id`: its addresses first, so its traffic is none of
+    /// carwash's business at once, then the rest.
+    pub fn remove_tenant(&mut self, id: u32, t: &Tenant) -> Result<()> {
+        {
+            let mut addrs: HashMap<_, AddrKey, AddrValue> = HashMap::try_from(self.map_mut(maps::ADDRS)?)?;
+            let ips = t.vips.iter().copied().chain(
+                t.egress.iter().flat_map(|e| std::iter::once(IpAddr::V4(e.snat_ipv4)).chain(e.snat_ipv6.map(IpAddr::V6))),
+            );
+            for ip in ips {
+                if let Ok(v) = addrs.get(&addr_key(ip), 0)
+                    && v.tenant == id
+                {
+                    addrs.remove(&addr_key(ip))?;
+                }
+            }
+        }
+        {
+            let mut svcs: HashMap<_, ServiceKey, ServiceValue> = HashMap::try_from(self.map_mut(maps::SERVICES)?)?;
+            for (key, _) in services(t) {
+                let _ = svcs.remove(&key);
+            }
+        }
+        let _ = self.tenants_map()?.remove(&id);
+        Ok(())
+    }
+
+    /// Per-tenant counters summed over CPUs: `[class][slot]`.
+    pub fn tenant_stats(&self, id: u32) -> Result<TenantStats> {
+        let m: PerCpuArray<&MapData, TenantStats> = PerCpuArray::try_from(self.map_ref(maps::TENANT_STATS)?)?;
+        let per_cpu = m.get(&id, 0)?;
+        let mut out = [[0u64; dataplane_common::drop::TENANT_STAT_SLOTS]; CLASSES];
+        for block in per_cpu.iter() {
+            for (c, row) in block.iter().enumerate() {
+                for (s, v) in row.iter().enumerate() {
+                    out[c][s] += v;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(extra: &str) -> Tenant {
+        Tenant::from_toml(&format!(
+            r#"name = "t"
+vni = 7
+lane = "single"
+vips = ["203.0.113.7", "2001:db8::7"]
+https_ports = [443, 8443]
+jms_ports = [61616]
+vpc_cidrs = ["10.0.0.0/16"]
+connectors = [{{ vtep = "10.200.9.10", mac = "02:00:00:00:00:0a" }}]
+cores = [{{ vtep = "10.200.9.20", mac = "02:00:00:00:00:14" }}]
+{extra}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn services_cover_every_vip_and_port() {
+        let s = services(&tenant(""));
+        assert_eq!(s.len(), 2 * 3);
+        assert_eq!(s.iter().filter(|(_, c)| *c == CLASS_JMS).count(), 2);
+    }
+
+    #[test]
+    fn overlapping_prefixes_inherit_the_classes_of_wider_ones() {
+        let t = tenant(
+            "[[allow]]\ncidr = \"198.51.100.0/24\"\nclasses = [\"https\"]\n[[allow]]\ncidr = \"198.51.100.128/25\"\nclasses = [\"jms\"]\n[[allow]]\ncidr = \"2001:db8:beef::/48\"\n",
+        );
+        let v4 = allow_masks(&t, false);
+        let wide = v4.iter().find(|(n, _)| n.prefix() == 24).unwrap().1;
+        let narrow = v4.iter().find(|(n, _)| n.prefix() == 25).unwrap().1;
+        assert_eq!(wide, 1 << CLASS_HTTPS);
+        assert_eq!(narrow, (1 << CLASS_HTTPS) | (1 << CLASS_JMS));
+        assert_eq!(allow_masks(&t, true), vec![("2001:db8:beef::/48".parse().unwrap(), 3)]);
+    }
+}
