@@ -21,11 +21,16 @@ impl Counters {
         self.drops.get(&r).copied().unwrap_or(0)
     }
 
-    pub fn read<T: std::borrow::Borrow<MapData>>(map: &PerCpuArray<T, CounterBlock>) -> Result<Counters> {
+    pub fn read<T: std::borrow::Borrow<MapData>>(
+        map: &PerCpuArray<T, CounterBlock>,
+    ) -> Result<Counters> {
         let per_cpu = map.get(&0, 0).context("reading the counters")?;
         let sum = |slot: usize| per_cpu.iter().map(|block| block[slot]).sum();
         Ok(Counters {
-            counters: Counter::ALL.iter().map(|&c| (c, sum(c.index() as usize))).collect(),
+            counters: Counter::ALL
+                .iter()
+                .map(|&c| (c, sum(c.index() as usize)))
+                .collect(),
             drops: DropReason::ALL
                 .iter()
                 .map(|&r| (r, sum(Counter::COUNT as usize + r.index() as usize)))
@@ -36,7 +41,10 @@ impl Counters {
     /// What changed from `before` to `self`.
     pub fn since(&self, before: &Counters) -> Counters {
         Counters {
-            counters: Counter::ALL.iter().map(|&c| (c, self.get(c).saturating_sub(before.get(c)))).collect(),
+            counters: Counter::ALL
+                .iter()
+                .map(|&c| (c, self.get(c).saturating_sub(before.get(c))))
+                .collect(),
             drops: DropReason::ALL
                 .iter()
                 .map(|&r| (r, self.dropped(r).saturating_sub(before.dropped(r))))

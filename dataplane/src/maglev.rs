@@ -33,11 +33,16 @@ fn permutation_params(id: &Identity) -> (usize, usize) {
 /// the program finds machine 0 down.
 pub fn build(machines: &[Identity], up: &[bool]) -> [u8; 256] {
     let mut table = [0u8; 256];
-    let live: Vec<usize> = (0..machines.len()).filter(|&i| up.get(i).copied().unwrap_or(false)).collect();
+    let live: Vec<usize> = (0..machines.len())
+        .filter(|&i| up.get(i).copied().unwrap_or(false))
+        .collect();
     if live.is_empty() {
         return table;
     }
-    let params: Vec<(usize, usize)> = live.iter().map(|&i| permutation_params(&machines[i])).collect();
+    let params: Vec<(usize, usize)> = live
+        .iter()
+        .map(|&i| permutation_params(&machines[i]))
+        .collect();
     let mut next = vec![0usize; live.len()];
     let mut filled = [false; MAGLEV_SIZE];
     let mut n = 0;

@@ -108,9 +108,20 @@ pub fn check(dp: &Dataplane, prog: &str, case: &Case) -> Result<()> {
         }
     }
     for &r in DropReason::ALL {
-        let expect: u64 = case.drops.iter().filter(|(w, _)| *w == r).map(|(_, n)| n).sum();
+        let expect: u64 = case
+            .drops
+            .iter()
+            .filter(|(w, _)| *w == r)
+            .map(|(_, n)| n)
+            .sum();
         if delta.dropped(r) != expect {
-            let _ = writeln!(errors, "  dropped {}: moved by {}, want {}", r.name(), delta.dropped(r), expect);
+            let _ = writeln!(
+                errors,
+                "  dropped {}: moved by {}, want {}",
+                r.name(),
+                delta.dropped(r),
+                expect
+            );
         }
     }
     if !errors.is_empty() {

@@ -145,3 +145,156 @@ pub fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
     f.extend_from_slice(&target.octets());
     f
 }
+
+/// What a VXLAN peer expects to receive: `inner_ip` (an IP packet)
+/// encapsulated from `src_vtep` to `dst_vtep` with VNI `vni`, outer
+/// Ethernet `src_mac` → `dst_mac`, inner Ethernet `inner_src` →
+/// `inner_dst`; outer IPv4 with DF and TTL 64, UDP checksum 0.
+#[allow(clippy::too_many_arguments)]
+pub fn vxlan_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src_vtep: Ipv4Addr,
+    dst_vtep: Ipv4Addr,
+    udp_sport: u16,
+    vni: u32,
+    inner_src: [u8; 6],
+    inner_dst: [u8; 6],
+    inner_ip: &[u8],
+) -> Vec<u8> {
+    use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, UdpHeader};
+    let v6 = inner_ip[0] >> 4 == 6;
+    let udp_len = 8 + 8 + 14 + inner_ip.len();
+    let mut ip = Ipv4Header::new(
+        udp_len as u16,
+        64,
+        IpNumber::UDP,
+        src_vtep.octets(),
+        dst_vtep.octets(),
+    )
+    .expect("fits");
+    ip.dont_fragment = true;
+    ip.header_checksum = ip.calc_header_checksum();
+    let udp = UdpHeader {
+        source_port: udp_sport,
+        destination_port: 4789,
+        length: udp_len as u16,
+        checksum: 0,
+    };
+    let mut f = Vec::new();
+    Ethernet2Header {
+        source: src_mac,
+        destination: dst_mac,
+        ether_type: EtherType::IPV4,
+    }
+    .write(&mut f)
+    .unwrap();
+    ip.write(&mut f).unwrap();
+    udp.write(&mut f).unwrap();
+    f.extend_from_slice(&[0x08, 0, 0, 0]);
+    f.extend_from_slice(&vni.to_be_bytes()[1..]);
+    f.push(0);
+    Ethernet2Header {
+        source: inner_src,
+        destination: inner_dst,
+        ether_type: if v6 { EtherType::IPV6 } else { EtherType::IPV4 },
+    }
+    .write(&mut f)
+    .unwrap();
+    f.extend_from_slice(inner_ip);
+    f
+}
+
+/// The IP packet inside a frame without VLAN tags.
+pub fn ip_of(frame: &[u8]) -> &[u8] {
+    &frame[14..]
+}
+
+/// A TCP SYN announcing `mss`.
+pub fn syn_with_mss(
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    sport: u16,
+    dport: u16,
+    mss: u16,
+) -> Vec<u8> {
+    use etherparse::TcpOptionElement::MaximumSegmentSize;
+    use std::net::IpAddr;
+    let b = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth().ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth().ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed families"),
+    };
+    b.tcp(sport, dport, 1000, 64240)
+        .syn()
+        .options(&[MaximumSegmentSize(mss)])
+        .expect("one option fits")
+        .bytes(&[])
+}
+
+/// An IPv4 TCP segment of `ip_len` bytes (headers included), DF as asked.
+pub fn tcp4_sized_df(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    ip_len: usize,
+    df: bool,
+) -> Vec<u8> {
+    use etherparse::{IpHeaders, IpNumber, Ipv4Header};
+    let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, src.octets(), dst.octets()).unwrap();
+    ip.dont_fragment = df;
+    eth()
+        .ip(IpHeaders::Ipv4(ip, Default::default()))
+        .tcp(sport, dport, 1000, 64240)
+        .ack(1)
+        .bytes(&vec![0x5a; ip_len - 40])
+}
+
+/// A TCP segment to `dst` whose IP packet is `ip_len` bytes.
+pub fn tcp_sized(
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    sport: u16,
+    dport: u16,
+    ip_len: usize,
+) -> Vec<u8> {
+    use std::net::IpAddr;
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => tcp4(s, d, sport, dport, &vec![0x33; ip_len - 40]),
+        (IpAddr::V6(s), IpAddr::V6(d)) => tcp6(s, d, sport, dport, &vec![0x33; ip_len - 60]),
+        _ => panic!("mixed families"),
+    }
+}
+
+/// The ICMP fragmentation-needed answer carwash sends for `frame`.
+pub fn frag_needed_for(frame: &[u8], mtu: u16) -> Vec<u8> {
+    use etherparse::{Icmpv4Type, IpHeaders, IpNumber, Ipv4Header, icmpv4::DestUnreachableHeader};
+    let ip = &frame[14..];
+    let (src, dst) = (
+        <[u8; 4]>::try_from(&ip[12..16]).unwrap(),
+        <[u8; 4]>::try_from(&ip[16..20]).unwrap(),
+    );
+    let mut h = Ipv4Header::new(0, 64, IpNumber::ICMP, dst, src).unwrap();
+    h.dont_fragment = false;
+    PacketBuilder::ethernet2(HOST_MAC, CLIENT_MAC)
+        .ip(IpHeaders::Ipv4(h, Default::default()))
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
+        ))
+        .bytes(&ip[..28])
+}
+
+/// The ICMPv6 packet-too-big answer carwash sends for `frame`.
+pub fn packet_too_big_for(frame: &[u8], mtu: u32) -> Vec<u8> {
+    use etherparse::Icmpv6Type;
+    let ip = &frame[14..];
+    let (src, dst) = (
+        <[u8; 16]>::try_from(&ip[8..24]).unwrap(),
+        <[u8; 16]>::try_from(&ip[24..40]).unwrap(),
+    );
+    PacketBuilder::ethernet2(HOST_MAC, CLIENT_MAC)
+        .ipv6(dst, src, 64)
+        .icmpv6(Icmpv6Type::PacketTooBig { mtu })
+        .bytes(&ip[..48])
+}
