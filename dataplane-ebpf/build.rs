@@ -3,11 +3,7 @@
 use which::which;
 
 fn main() {
-    let bpf_linker = which("bpf-linker").expect(
-        "bpf-linker not found on PATH: run `cargo xtask setup` (it installs bpf-linker built against LLVM 22)",
-    );
-    println!(
-        "cargo:rerun-if-changed={}",
-        bpf_linker.to_str().unwrap_or_default()
-    );
+    let bpf_linker = which("bpf-linker")
+        .expect("bpf-linker not found on PATH: run `cargo xtask setup` (it installs bpf-linker built against LLVM 22)");
+    println!("cargo:rerun-if-changed={}", bpf_linker.to_str().unwrap_or_default());
 }

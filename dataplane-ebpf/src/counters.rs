@@ -6,16 +6,56 @@ use dataplane_common::{
     types::CLASSES,
 };
 
+use aya_ebpf::bindings::xdp_action;
+
 use crate::maps::{COUNTERS, TENANT_STATS};
+use crate::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
+use crate::parse::Flow;
 
 pub struct Counters(*mut CounterBlock);
 
 impl Counters {
-    /// This CPU's block. The map is an array with one slot, so the lookup
-    /// cannot miss; should it, counting is skipped rather than the packet.
+    /// This CPU's block of program `side` (`SIDE_*`). The lookup cannot
+    /// miss for a valid side; should it, counting is skipped rather than the
+    /// packet.
     #[inline(always)]
-    pub fn this_cpu() -> Option<Counters> {
-        COUNTERS.get_ptr_mut(0).map(Counters)
+    pub fn this_cpu(side: u32) -> Option<Counters> {
+        COUNTERS.get_ptr_mut(side).map(Counters)
+    }
+
+    /// Counts a frame and its verdict around `f`.
+    #[inline(always)]
+    pub fn around(&self, bytes: usize, f: impl FnOnce() -> u32) -> u32 {
+        self.inc(Counter::Packets);
+        self.add(Counter::Bytes, bytes as u64);
+        let action = f();
+        self.inc(match action {
+            xdp_action::XDP_DROP => Counter::ActionDrop,
+            xdp_action::XDP_TX => Counter::ActionTx,
+            xdp_action::XDP_REDIRECT => Counter::ActionRedirect,
+            _ => Counter::ActionPass,
+        });
+        action
+    }
+
+    /// The protocol counters of a parsed packet.
+    #[inline(always)]
+    pub fn protocols(&self, flow: &Flow) {
+        if flow.vlans > 0 {
+            self.inc(Counter::Vlan);
+        }
+        self.inc(if flow.v6 { Counter::Ipv6 } else { Counter::Ipv4 });
+        if flow.later_fragment {
+            self.inc(Counter::Fragment);
+            return;
+        }
+        self.inc(match flow.proto {
+            IPPROTO_TCP => Counter::Tcp,
+            IPPROTO_UDP => Counter::Udp,
+            IPPROTO_ICMP => Counter::Icmp,
+            IPPROTO_ICMPV6 => Counter::Icmpv6,
+            _ => Counter::OtherL4,
+        });
     }
 
     #[inline(always)]

@@ -10,13 +10,12 @@ use aya_ebpf::{
 use dataplane_common::{
     DropReason, checksum,
     hash::vxlan_source_port,
-    types::{BackendEntry, HostConfig},
+    types::{BackendEntry, HostConfig, VXLAN_PORT},
 };
 
 use crate::packet::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, frame_len, ptr_at_mut};
 use crate::parse::Flow;
 
-pub const VXLAN_PORT: u16 = 4789;
 /// Outer IPv4 + UDP + VXLAN + inner Ethernet: what encapsulation adds to
 /// the IP packet, and so what the fabric MTU must leave room for.
 pub const ENCAP_OVERHEAD: usize = 20 + 8 + 8 + ETH_LEN;
@@ -24,9 +23,11 @@ pub const ENCAP_OVERHEAD: usize = 20 + 8 + 8 + ETH_LEN;
 const HEADERS: usize = ETH_LEN + ENCAP_OVERHEAD;
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
 
 /// The route towards a VTEP: egress interface and MACs.
+#[derive(Default)]
 pub struct NextHop {
     pub ifindex: u32,
     pub smac: [u8; 6],
@@ -34,33 +35,69 @@ pub struct NextHop {
 }
 
 /// Asks the kernel's FIB (and neighbour table) for the next hop to `vtep`.
-// Not inlined: the 64-byte parameter block lives in its own frame, which
-// keeps the uplink program's stack within the verifier's 512 bytes.
-#[inline(never)]
+#[inline(always)]
 pub fn next_hop(ctx: &XdpContext, cfg: &HostConfig, vtep: [u8; 4]) -> Result<NextHop, DropReason> {
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src[..4].copy_from_slice(&cfg.vtep);
+    dst[..4].copy_from_slice(&vtep);
+    route(&RouteQuery {
+        ctx,
+        ifindex: cfg.fabric_ifindex,
+        v6: false,
+        src: &src,
+        dst: &dst,
+    })
+}
+
+/// A route lookup: from `src` to `dst` (IPv4 in the first four bytes), as
+/// if the packet had arrived on `ifindex`.
+pub struct RouteQuery<'a> {
+    pub ctx: &'a XdpContext,
+    pub ifindex: u32,
+    pub v6: bool,
+    pub src: &'a [u8; 16],
+    pub dst: &'a [u8; 16],
+}
+
+#[inline(always)]
+pub fn route(q: &RouteQuery) -> Result<NextHop, DropReason> {
+    let mut nh = NextHop::default();
+    if fib(q, &mut nh) {
+        Ok(nh)
+    } else {
+        Err(DropReason::NoRoute)
+    }
+}
+
+// Not inlined: the 64-byte parameter block lives in its own frame, which
+// keeps the programs' stacks within the verifier's 512 bytes. (BPF calls
+// take five arguments at most, hence the query struct and out-parameter.)
+#[inline(never)]
+fn fib(q: &RouteQuery, nh: &mut NextHop) -> bool {
+    let (ctx, src, dst) = (q.ctx, q.src, q.dst);
     // SAFETY: an all-zero bpf_fib_lookup is a valid input.
     let mut p: FibParams = unsafe { core::mem::zeroed() };
-    p.family = AF_INET;
-    p.ifindex = cfg.fabric_ifindex;
-    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(cfg.vtep);
-    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(vtep);
-    // SAFETY: valid context and parameter struct of the size passed.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx as *mut _,
-            &mut p,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS {
-        return Err(DropReason::NoRoute);
+    p.ifindex = q.ifindex;
+    if q.v6 {
+        p.family = AF_INET6;
+        // SAFETY: [u8; 16] and [u32; 4] have the same size; any bits valid.
+        p.__bindgen_anon_3.ipv6_src = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*src) };
+        p.__bindgen_anon_4.ipv6_dst = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*dst) };
+    } else {
+        p.family = AF_INET;
+        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
+        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
     }
-    Ok(NextHop {
-        ifindex: p.ifindex,
-        smac: p.smac,
-        dmac: p.dmac,
-    })
+    // SAFETY: valid context and parameter struct of the size passed.
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, &mut p, core::mem::size_of::<FibParams>() as i32, 0) };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS {
+        return false;
+    }
+    nh.ifindex = p.ifindex;
+    nh.smac = p.smac;
+    nh.dmac = p.dmac;
+    true
 }
 
 /// Encapsulates and transmits. `ip_len` is the inner IP packet's length.
@@ -126,12 +163,19 @@ pub fn encapsulate(
     let ethertype = if flow.v6 { ETH_P_IPV6 } else { ETH_P_IPV4 };
     h[62..64].copy_from_slice(&ethertype.to_be_bytes());
 
+    Ok(transmit(ctx, nh.ifindex))
+}
+
+/// Sends the frame out of `ifindex`: back where it came from with XDP_TX,
+/// elsewhere with a redirect.
+#[inline(always)]
+pub fn transmit(ctx: &XdpContext, ifindex: u32) -> u32 {
     // SAFETY: valid context.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    if nh.ifindex == ingress {
-        Ok(xdp_action::XDP_TX)
+    if ifindex == ingress {
+        xdp_action::XDP_TX
     } else {
         // SAFETY: plain helper call.
-        Ok(unsafe { bpf_redirect(nh.ifindex, 0) } as u32)
+        unsafe { bpf_redirect(ifindex, 0) as u32 }
     }
 }

@@ -5,6 +5,7 @@
 
 mod counters;
 mod encap;
+mod fabric;
 mod icmp;
 mod maps;
 mod mss;
@@ -19,6 +20,12 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 #[xdp]
 pub fn carwash_uplink(ctx: XdpContext) -> u32 {
     uplink::run(&ctx)
+}
+
+/// XDP on `fabric`: VXLAN from the tenants' machines.
+#[xdp]
+pub fn carwash_fabric(ctx: XdpContext) -> u32 {
+    fabric::run(&ctx)
 }
 
 /// The yardstick for benchmarks: the cheapest program XDP can run.

@@ -8,15 +8,14 @@ use aya_ebpf::{
 use dataplane_common::{
     CounterBlock,
     types::{
-        AddrKey, AddrValue, Allow4, Allow6, AllowMask, HostConfig, MAX_ADDRS, MAX_ALLOW_PREFIXES,
-        MAX_ALLOW_SLOTS, MAX_SERVICES, MAX_TENANTS, ServiceKey, ServiceValue, TenantInfo,
-        TenantStats,
+        AddrKey, AddrValue, Allow4, Allow6, AllowMask, HostConfig, MAX_ADDRS, MAX_ALLOW_PREFIXES, MAX_ALLOW_SLOTS,
+        MAX_SERVICES, MAX_TENANTS, SIDES, ServiceKey, ServiceValue, TenantInfo, TenantStats,
     },
 };
 
-/// Global counters: one block per CPU.
+/// Global counters: one block per program and CPU.
 #[map(name = "COUNTERS")]
-pub static COUNTERS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(1, 0);
+pub static COUNTERS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(SIDES, 0);
 
 /// Host settings written by the agent.
 #[map(name = "CONFIG")]
@@ -29,6 +28,10 @@ pub static ADDRS: HashMap<AddrKey, AddrValue> = HashMap::with_max_entries(MAX_AD
 
 #[map(name = "SERVICES")]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// VNI → tenant id, for traffic from the fabric.
+#[map(name = "VNIS")]
+pub static VNIS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TENANTS, 0);
 
 #[map(name = "TENANTS")]
 pub static TENANTS: HashMap<u32, TenantInfo> = HashMap::with_max_entries(MAX_TENANTS, 0);

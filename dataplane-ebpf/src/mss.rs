@@ -49,8 +49,7 @@ pub fn clamp(ctx: &XdpContext, flow: &Flow, max_mss: u16) -> bool {
                     return false;
                 }
                 let check = checksum::update16(be16(tcp.check), mss, max_mss);
-                return write(ctx, off + 2, max_mss.to_be_bytes())
-                    && write(ctx, flow.l4_off + 16, check.to_be_bytes());
+                return write(ctx, off + 2, max_mss.to_be_bytes()) && write(ctx, flow.l4_off + 16, check.to_be_bytes());
             }
             _ => return false,
         }

@@ -52,9 +52,16 @@ fn truncated() -> NotIp {
 
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Flow, NotIp> {
-    let eth: EthHdr = read(ctx, 0).ok_or_else(truncated)?;
+    parse_from(ctx, 0)
+}
+
+/// Parses the frame whose Ethernet header starts at `eth_off` (0, or the
+/// inner frame of a VXLAN packet).
+#[inline(always)]
+pub fn parse_from(ctx: &XdpContext, eth_off: usize) -> Result<Flow, NotIp> {
+    let eth: EthHdr = read(ctx, eth_off).ok_or_else(truncated)?;
     let mut ethertype = be16(eth.ethertype);
-    let mut off = ETH_LEN;
+    let mut off = eth_off + ETH_LEN;
     let mut vlans = 0u8;
     for _ in 0..MAX_VLANS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {

@@ -5,13 +5,25 @@ use aya_ebpf::btf_maps::lpm_trie::Key;
 use dataplane_common::{
     DropReason,
     types::{
-        BackendEntry, CLASS_HTTPS, FAMILY_V4, FAMILY_V6, MAGLEV_SIZE, ServiceKey, TENANT_READY,
+        AddrKey, AddrValue, BackendEntry, CLASS_HTTPS, FAMILY_V4, FAMILY_V6, MAGLEV_SIZE, ServiceKey, TENANT_READY,
         TenantInfo,
     },
 };
 
-use crate::maps::{ALLOW_V4, ALLOW_V6, SERVICES, TENANTS};
+use crate::maps::{ADDRS, ALLOW_V4, ALLOW_V6, SERVICES, TENANTS};
 use crate::parse::Flow;
+
+/// Whose VIP or egress IP `addr` is, if anyone's.
+#[inline(always)]
+pub fn address(addr: &[u8; 16], v6: bool) -> Option<AddrValue> {
+    let key = AddrKey {
+        addr: *addr,
+        family: if v6 { FAMILY_V6 } else { FAMILY_V4 },
+        _pad: [0; 3],
+    };
+    // SAFETY: copied out at once.
+    unsafe { ADDRS.get(&key) }.copied()
+}
 
 /// The service a packet is for.
 pub struct Service {

@@ -6,13 +6,13 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use dataplane_common::{
     Counter, DropReason,
     hash::flow_hash,
-    types::{ADDR_EGRESS, AddrKey, CLASS_NONE, FAMILY_V4, FAMILY_V6},
+    types::{ADDR_EGRESS, CLASS_NONE, SIDE_UPLINK},
 };
 
 use crate::counters::{Counters, tenant_dropped, tenant_steered};
 use crate::encap::{ENCAP_OVERHEAD, encapsulate};
-use crate::maps::{ADDRS, CONFIG};
-use crate::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, frame_len};
+use crate::maps::CONFIG;
+use crate::packet::frame_len;
 use crate::parse::{Flow, NotIp, parse};
 use crate::{icmp, mss, steer};
 
@@ -35,19 +35,10 @@ impl From<DropReason> for Refused {
 
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
-    let Some(stats) = Counters::this_cpu() else {
+    let Some(stats) = Counters::this_cpu(SIDE_UPLINK) else {
         return xdp_action::XDP_PASS;
     };
-    stats.inc(Counter::Packets);
-    stats.add(Counter::Bytes, frame_len(ctx) as u64);
-    let action = try_uplink(ctx, &stats);
-    stats.inc(match action {
-        xdp_action::XDP_DROP => Counter::ActionDrop,
-        xdp_action::XDP_TX => Counter::ActionTx,
-        xdp_action::XDP_REDIRECT => Counter::ActionRedirect,
-        _ => Counter::ActionPass,
-    });
-    action
+    stats.around(frame_len(ctx), || try_uplink(ctx, &stats))
 }
 
 #[inline(always)]
@@ -65,15 +56,9 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
             return xdp_action::XDP_PASS;
         }
     };
-    count_protocols(stats, &flow);
+    stats.protocols(&flow);
 
-    let key = AddrKey {
-        addr: flow.dst,
-        family: if flow.v6 { FAMILY_V6 } else { FAMILY_V4 },
-        _pad: [0; 3],
-    };
-    // SAFETY: copied out at once.
-    let Some(addr) = (unsafe { ADDRS.get(&key) }).copied() else {
+    let Some(addr) = steer::address(&flow.dst, flow.v6) else {
         return xdp_action::XDP_PASS;
     };
     let bytes = frame_len(ctx) as u64;
@@ -95,29 +80,6 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
             r.action
         }
     }
-}
-
-#[inline(always)]
-fn count_protocols(stats: &Counters, flow: &Flow) {
-    if flow.vlans > 0 {
-        stats.inc(Counter::Vlan);
-    }
-    stats.inc(if flow.v6 {
-        Counter::Ipv6
-    } else {
-        Counter::Ipv4
-    });
-    if flow.later_fragment {
-        stats.inc(Counter::Fragment);
-        return;
-    }
-    stats.inc(match flow.proto {
-        IPPROTO_TCP => Counter::Tcp,
-        IPPROTO_UDP => Counter::Udp,
-        IPPROTO_ICMP => Counter::Icmp,
-        IPPROTO_ICMPV6 => Counter::Icmpv6,
-        _ => Counter::OtherL4,
-    });
 }
 
 /// Path 1 for a packet addressed to a VIP. Sets `class` as soon as the

@@ -39,10 +39,7 @@ impl SnatConfig {
             .parse()
             .with_context(|| format!("snat.port_range: bad high port {hi:?}"))?;
         if lo == 0 || lo > hi {
-            bail!(
-                "snat.port_range {:?}: need 1 <= LOW <= HIGH",
-                self.port_range
-            );
+            bail!("snat.port_range {:?}: need 1 <= LOW <= HIGH", self.port_range);
         }
         Ok((lo, hi))
     }
@@ -56,9 +53,7 @@ pub struct ConntrackConfig {
 
 impl Default for ConntrackConfig {
     fn default() -> Self {
-        ConntrackConfig {
-            max_entries: 262144,
-        }
+        ConntrackConfig { max_entries: 262144 }
     }
 }
 
@@ -109,8 +104,8 @@ impl HostConfig {
     }
 
     pub fn load(path: &Path) -> Result<HostConfig> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading host configuration {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading host configuration {}", path.display()))?;
         HostConfig::parse(&text).with_context(|| format!("host configuration {}", path.display()))
     }
 
@@ -137,13 +132,10 @@ mod tests {
     fn missing_and_unknown_keys_are_errors() {
         let e = HostConfig::parse("vtep = \"10.200.0.1\"\n").unwrap_err();
         assert!(format!("{e:#}").contains("uplink"), "{e:#}");
-        let e =
-            HostConfig::parse("uplink = \"eth0\"\nvtep = \"10.200.0.1\"\nbogus = 1\n").unwrap_err();
+        let e = HostConfig::parse("uplink = \"eth0\"\nvtep = \"10.200.0.1\"\nbogus = 1\n").unwrap_err();
         assert!(format!("{e:#}").contains("bogus"), "{e:#}");
-        let e = HostConfig::parse(
-            "uplink = \"eth0\"\nvtep = \"10.200.0.1\"\n[snat]\nport_range = \"9-3\"\n",
-        )
-        .unwrap_err();
+        let e =
+            HostConfig::parse("uplink = \"eth0\"\nvtep = \"10.200.0.1\"\n[snat]\nport_range = \"9-3\"\n").unwrap_err();
         assert!(format!("{e:#}").contains("port_range"), "{e:#}");
     }
 }

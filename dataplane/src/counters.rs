@@ -21,16 +21,11 @@ impl Counters {
         self.drops.get(&r).copied().unwrap_or(0)
     }
 
-    pub fn read<T: std::borrow::Borrow<MapData>>(
-        map: &PerCpuArray<T, CounterBlock>,
-    ) -> Result<Counters> {
-        let per_cpu = map.get(&0, 0).context("reading the counters")?;
+    pub fn read<T: std::borrow::Borrow<MapData>>(map: &PerCpuArray<T, CounterBlock>, side: u32) -> Result<Counters> {
+        let per_cpu = map.get(&side, 0).context("reading the counters")?;
         let sum = |slot: usize| per_cpu.iter().map(|block| block[slot]).sum();
         Ok(Counters {
-            counters: Counter::ALL
-                .iter()
-                .map(|&c| (c, sum(c.index() as usize)))
-                .collect(),
+            counters: Counter::ALL.iter().map(|&c| (c, sum(c.index() as usize))).collect(),
             drops: DropReason::ALL
                 .iter()
                 .map(|&r| (r, sum(Counter::COUNT as usize + r.index() as usize)))

@@ -13,8 +13,7 @@ use dataplane_common::{CounterBlock, maps, programs};
 use crate::counters::Counters;
 
 /// The eBPF object built from `dataplane-ebpf`, embedded in the binary.
-pub static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane-ebpf"));
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane-ebpf"));
 
 /// Every map of the object, for pinning.
 const ALL_MAPS: &[&str] = &[
@@ -22,6 +21,7 @@ const ALL_MAPS: &[&str] = &[
     maps::CONFIG,
     maps::ADDRS,
     maps::SERVICES,
+    maps::VNIS,
     maps::TENANTS,
     maps::TENANT_STATS,
     maps::ALLOW_V4,
@@ -52,10 +52,8 @@ impl Dataplane {
                 loader.map_pin_path(name, map_pin(dir, name));
             }
         }
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .context("loading the eBPF object")?;
-        for name in [programs::UPLINK, programs::BENCH_PASS] {
+        let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object")?;
+        for name in [programs::UPLINK, programs::FABRIC, programs::BENCH_PASS] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
@@ -91,6 +89,13 @@ impl Dataplane {
             .with_context(|| format!("attaching {} to {iface}", programs::UPLINK))
     }
 
+    /// Attaches the fabric program to `iface`.
+    pub fn attach_fabric(&mut self, iface: &str, mode: XdpMode) -> Result<XdpLinkId> {
+        self.xdp_mut(programs::FABRIC)?
+            .attach(iface, mode)
+            .with_context(|| format!("attaching {} to {iface}", programs::FABRIC))
+    }
+
     /// Runs program `name` once on `packet` through `BPF_PROG_TEST_RUN`;
     /// returns the verdict and the packet as the program left it.
     pub fn run(&self, name: &str, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
@@ -102,13 +107,7 @@ impl Dataplane {
     }
 
     /// `BPF_PROG_TEST_RUN` with `repeat` runs; for benchmarks.
-    pub fn test_run(
-        &self,
-        name: &str,
-        packet: &[u8],
-        out: Option<&mut [u8]>,
-        repeat: u32,
-    ) -> Result<TestRunResult> {
+    pub fn test_run(&self, name: &str, packet: &[u8], out: Option<&mut [u8]>, repeat: u32) -> Result<TestRunResult> {
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
         opts.data_out = out;
@@ -118,21 +117,22 @@ impl Dataplane {
             .with_context(|| format!("test run of {name}"))
     }
 
-    /// The global counters, summed over CPUs.
-    pub fn counters(&self) -> Result<Counters> {
+    /// The counters of program `side` (`SIDE_UPLINK`, `SIDE_FABRIC`),
+    /// summed over CPUs.
+    pub fn counters(&self, side: u32) -> Result<Counters> {
         let map = self
             .ebpf
             .map(maps::COUNTERS)
             .ok_or_else(|| anyhow!("no map {}", maps::COUNTERS))?;
-        Counters::read(&PerCpuArray::<_, CounterBlock>::try_from(map)?)
+        Counters::read(&PerCpuArray::<_, CounterBlock>::try_from(map)?, side)
     }
 }
 
-/// The global counters read from the pinned map, with or without an agent.
-pub fn pinned_counters(pin_dir: &Path) -> Result<Counters> {
+/// The counters of program `side`, read from the pinned map, with or
+/// without an agent.
+pub fn pinned_counters(pin_dir: &Path, side: u32) -> Result<Counters> {
     let path = map_pin(pin_dir, maps::COUNTERS);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
     let map = aya::maps::Map::PerCpuArray(data);
-    Counters::read(&PerCpuArray::<_, CounterBlock>::try_from(map)?)
+    Counters::read(&PerCpuArray::<_, CounterBlock>::try_from(map)?, side)
 }

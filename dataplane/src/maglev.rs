@@ -39,10 +39,7 @@ pub fn build(machines: &[Identity], up: &[bool]) -> [u8; 256] {
     if live.is_empty() {
         return table;
     }
-    let params: Vec<(usize, usize)> = live
-        .iter()
-        .map(|&i| permutation_params(&machines[i]))
-        .collect();
+    let params: Vec<(usize, usize)> = live.iter().map(|&i| permutation_params(&machines[i])).collect();
     let mut next = vec![0usize; live.len()];
     let mut filled = [false; MAGLEV_SIZE];
     let mut n = 0;

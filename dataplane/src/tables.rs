@@ -15,9 +15,9 @@ use carwash_policy::{Class, Lane, Tenant};
 use dataplane_common::{
     LAYOUT_VERSION, maps,
     types::{
-        ADDR_EGRESS, ADDR_VIP, AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendEntry,
-        CLASS_HTTPS, CLASS_JMS, CLASSES, FAMILY_V4, FAMILY_V6, HostConfig, MAX_ALLOW_PREFIXES,
-        MAX_TENANTS, ServiceKey, ServiceValue, TENANT_READY, TenantInfo, TenantStats,
+        ADDR_EGRESS, ADDR_VIP, AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendEntry, CLASS_HTTPS, CLASS_JMS,
+        CLASSES, FAMILY_V4, FAMILY_V6, HostConfig, MAX_ALLOW_PREFIXES, MAX_TENANTS, ServiceKey, ServiceValue,
+        TENANT_READY, TenantInfo, TenantStats,
     },
 };
 use ipnetwork::IpNetwork;
@@ -36,6 +36,7 @@ pub struct HostParams {
     pub router_mac: [u8; 6],
     pub fabric_ifindex: u32,
     pub fabric_mtu: u16,
+    pub uplink_ifindex: u32,
 }
 
 fn class_bit(c: Class) -> AllowMask {
@@ -88,21 +89,14 @@ pub fn services(t: &Tenant) -> Vec<(ServiceKey, u8)> {
 pub fn allow_masks(t: &Tenant, v6: bool) -> Vec<(IpNetwork, AllowMask)> {
     let mut own: BTreeMap<IpNetwork, AllowMask> = BTreeMap::new();
     for a in t.allow.iter().filter(|a| a.cidr.is_ipv6() == v6) {
-        let net =
-            IpNetwork::new(a.cidr.network(), a.cidr.prefix()).expect("prefix from a valid network");
-        *own.entry(net).or_default() |= a
-            .classes
-            .iter()
-            .map(|c| class_bit(*c))
-            .fold(0, |x, y| x | y);
+        let net = IpNetwork::new(a.cidr.network(), a.cidr.prefix()).expect("prefix from a valid network");
+        *own.entry(net).or_default() |= a.classes.iter().map(|c| class_bit(*c)).fold(0, |x, y| x | y);
     }
     own.iter()
         .map(|(net, _)| {
             let mask = own
                 .iter()
-                .filter(|(other, _)| {
-                    other.prefix() <= net.prefix() && other.contains(net.network())
-                })
+                .filter(|(other, _)| other.prefix() <= net.prefix() && other.contains(net.network()))
                 .fold(0, |m, (_, bits)| m | bits);
             (*net, mask)
         })
@@ -152,11 +146,7 @@ pub fn tenant_info(t: &Tenant, allow_slot: u32, health: &Health, ready: bool) ->
     for (i, c) in t.cores.iter().take(2).enumerate() {
         info.cores[i] = backend(c, true);
     }
-    let ids: Vec<maglev::Identity> = t
-        .connectors
-        .iter()
-        .map(|c| (c.vtep.octets(), c.mac.0))
-        .collect();
+    let ids: Vec<maglev::Identity> = t.connectors.iter().map(|c| (c.vtep.octets(), c.mac.0)).collect();
     let up: Vec<bool> = (0..ids.len())
         .map(|i| health.connectors_up.get(i).copied().unwrap_or(false))
         .collect();
@@ -182,8 +172,7 @@ impl Dataplane {
 
     /// Writes the host settings; until then VIP traffic is dropped (`no_config`).
     pub fn set_host(&mut self, p: &HostParams) -> Result<()> {
-        let mut cfg: aya::maps::Array<_, HostConfig> =
-            aya::maps::Array::try_from(self.map_mut(maps::CONFIG)?)?;
+        let mut cfg: aya::maps::Array<_, HostConfig> = aya::maps::Array::try_from(self.map_mut(maps::CONFIG)?)?;
         cfg.set(
             0,
             HostConfig {
@@ -192,6 +181,7 @@ impl Dataplane {
                 router_mac: p.router_mac,
                 fabric_mtu: p.fabric_mtu,
                 fabric_ifindex: p.fabric_ifindex,
+                uplink_ifindex: p.uplink_ifindex,
                 ready: 1,
             },
             0,
@@ -202,10 +192,8 @@ impl Dataplane {
     /// Builds the tenant's allowlists in allow slot `slot`: fresh tries,
     /// swapped in whole.
     fn write_allow(&mut self, slot: u32, t: &Tenant) -> Result<()> {
-        let mut v4: LpmTrie<MapData, Allow4, AllowMask> =
-            LpmTrie::create(MAX_ALLOW_PREFIXES, NO_PREALLOC)?;
-        let mut v6: LpmTrie<MapData, Allow6, AllowMask> =
-            LpmTrie::create(MAX_ALLOW_PREFIXES, NO_PREALLOC)?;
+        let mut v4: LpmTrie<MapData, Allow4, AllowMask> = LpmTrie::create(MAX_ALLOW_PREFIXES, NO_PREALLOC)?;
+        let mut v6: LpmTrie<MapData, Allow6, AllowMask> = LpmTrie::create(MAX_ALLOW_PREFIXES, NO_PREALLOC)?;
         for (net, mask) in allow_masks(t, false) {
             let IpAddr::V4(a) = net.network() else {
                 unreachable!("filtered by family")
@@ -235,8 +223,7 @@ impl Dataplane {
 
     /// The tenant record as the maps hold it.
     pub fn tenant_info(&self, id: u32) -> Result<Option<TenantInfo>> {
-        let m: HashMap<&MapData, u32, TenantInfo> =
-            HashMap::try_from(self.map_ref(maps::TENANTS)?)?;
+        let m: HashMap<&MapData, u32, TenantInfo> = HashMap::try_from(self.map_ref(maps::TENANTS)?)?;
         match m.get(&id, 0) {
             Ok(v) => Ok(Some(v)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
@@ -261,12 +248,13 @@ impl Dataplane {
             _ => 2 * id,
         };
         if current.is_none() {
-            self.tenants_map()?
-                .insert(id, tenant_info(t, slot, health, false), 0)?;
+            self.tenants_map()?.insert(id, tenant_info(t, slot, health, false), 0)?;
         }
+        let mut vnis: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(maps::VNIS)?)?;
+        vnis.insert(t.vni, id, 0)
+            .with_context(|| format!("tenant {}: vni {}", t.name, t.vni))?;
         {
-            let mut addrs: HashMap<_, AddrKey, AddrValue> =
-                HashMap::try_from(self.map_mut(maps::ADDRS)?)?;
+            let mut addrs: HashMap<_, AddrKey, AddrValue> = HashMap::try_from(self.map_mut(maps::ADDRS)?)?;
             let vips = t.vips.iter().map(|ip| (*ip, ADDR_VIP));
             let egress = t.egress.iter().flat_map(|e| {
                 std::iter::once(IpAddr::V4(e.snat_ipv4))
@@ -289,8 +277,7 @@ impl Dataplane {
         }
         self.write_allow(slot, t)?;
         {
-            let mut svcs: HashMap<_, ServiceKey, ServiceValue> =
-                HashMap::try_from(self.map_mut(maps::SERVICES)?)?;
+            let mut svcs: HashMap<_, ServiceKey, ServiceValue> = HashMap::try_from(self.map_mut(maps::SERVICES)?)?;
             for (key, class) in services(t) {
                 svcs.insert(
                     key,
@@ -304,16 +291,13 @@ impl Dataplane {
                 .with_context(|| format!("tenant {}: service", t.name))?;
             }
         }
-        self.tenants_map()?
-            .insert(id, tenant_info(t, slot, health, true), 0)?;
+        self.tenants_map()?.insert(id, tenant_info(t, slot, health, true), 0)?;
         Ok(())
     }
 
     /// Makes core `index` of tenant `id` the active one: one map update.
     pub fn set_active_core(&mut self, id: u32, index: u8) -> Result<()> {
-        let mut info = self
-            .tenant_info(id)?
-            .ok_or_else(|| anyhow!("no tenant {id}"))?;
+        let mut info = self.tenant_info(id)?.ok_or_else(|| anyhow!("no tenant {id}"))?;
         if index >= info.n_cores {
             bail!("tenant {id} has {} cores; no core {index}", info.n_cores);
         }
@@ -326,11 +310,12 @@ impl Dataplane {
     /// carwash's business at once, then the rest.
     pub fn remove_tenant(&mut self, id: u32, t: &Tenant) -> Result<()> {
         {
-            let mut addrs: HashMap<_, AddrKey, AddrValue> =
-                HashMap::try_from(self.map_mut(maps::ADDRS)?)?;
-            let ips = t.vips.iter().copied().chain(t.egress.iter().flat_map(|e| {
-                std::iter::once(IpAddr::V4(e.snat_ipv4)).chain(e.snat_ipv6.map(IpAddr::V6))
-            }));
+            let mut addrs: HashMap<_, AddrKey, AddrValue> = HashMap::try_from(self.map_mut(maps::ADDRS)?)?;
+            let ips = t.vips.iter().copied().chain(
+                t.egress
+                    .iter()
+                    .flat_map(|e| std::iter::once(IpAddr::V4(e.snat_ipv4)).chain(e.snat_ipv6.map(IpAddr::V6))),
+            );
             for ip in ips {
                 if let Ok(v) = addrs.get(&addr_key(ip), 0)
                     && v.tenant == id
@@ -340,11 +325,14 @@ impl Dataplane {
             }
         }
         {
-            let mut svcs: HashMap<_, ServiceKey, ServiceValue> =
-                HashMap::try_from(self.map_mut(maps::SERVICES)?)?;
+            let mut svcs: HashMap<_, ServiceKey, ServiceValue> = HashMap::try_from(self.map_mut(maps::SERVICES)?)?;
             for (key, _) in services(t) {
                 let _ = svcs.remove(&key);
             }
+        }
+        let mut vnis: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(maps::VNIS)?)?;
+        if vnis.get(&t.vni, 0).ok() == Some(id) {
+            vnis.remove(&t.vni)?;
         }
         let _ = self.tenants_map()?.remove(&id);
         Ok(())
@@ -352,8 +340,7 @@ impl Dataplane {
 
     /// Per-tenant counters summed over CPUs: `[class][slot]`.
     pub fn tenant_stats(&self, id: u32) -> Result<TenantStats> {
-        let m: PerCpuArray<&MapData, TenantStats> =
-            PerCpuArray::try_from(self.map_ref(maps::TENANT_STATS)?)?;
+        let m: PerCpuArray<&MapData, TenantStats> = PerCpuArray::try_from(self.map_ref(maps::TENANT_STATS)?)?;
         let per_cpu = m.get(&id, 0)?;
         let mut out = [[0u64; dataplane_common::drop::TENANT_STAT_SLOTS]; CLASSES];
         for block in per_cpu.iter() {
@@ -404,9 +391,6 @@ cores = [{{ vtep = "10.200.9.20", mac = "02:00:00:00:00:14" }}]
         let narrow = v4.iter().find(|(n, _)| n.prefix() == 25).unwrap().1;
         assert_eq!(wide, 1 << CLASS_HTTPS);
         assert_eq!(narrow, (1 << CLASS_HTTPS) | (1 << CLASS_JMS));
-        assert_eq!(
-            allow_masks(&t, true),
-            vec![("2001:db8:beef::/48".parse().unwrap(), 3)]
-        );
+        assert_eq!(allow_masks(&t, true), vec![("2001:db8:beef::/48".parse().unwrap(), 3)]);
     }
 }

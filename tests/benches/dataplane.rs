@@ -18,10 +18,7 @@ fn main() -> anyhow::Result<()> {
     let c6: Ipv6Addr = "2001:db8:beef::10".parse()?;
     let d6: Ipv6Addr = "2001:db8:99::80".parse()?;
     let scenarios: Vec<(&str, Vec<u8>)> = vec![
-        (
-            "parse + pass: IPv4 TCP, 64 B",
-            tcp4(c4, d4, 40000, 443, &[0u8; 10]),
-        ),
+        ("parse + pass: IPv4 TCP, 64 B", tcp4(c4, d4, 40000, 443, &[0u8; 10])),
         (
             "parse + pass: IPv6 TCP behind hop-by-hop",
             tcp6_hop_by_hop(c6, d6, 40000, 443, &[0u8; 10]),
@@ -43,10 +40,6 @@ fn main() -> anyhow::Result<()> {
             target: Some(1.5),
         });
     }
-    print_table(
-        "uplink program, non-VIP traffic (pass-through)",
-        baseline,
-        &rows,
-    );
+    print_table("uplink program, non-VIP traffic (pass-through)", baseline, &rows);
     Ok(())
 }

@@ -6,13 +6,7 @@ use anyhow::Result;
 use dataplane::Dataplane;
 
 /// Mean ns/packet of `prog` on `packet`, best of `rounds` rounds of `repeat`.
-pub fn ns_per_packet(
-    dp: &Dataplane,
-    prog: &str,
-    packet: &[u8],
-    repeat: u32,
-    rounds: usize,
-) -> Result<f64> {
+pub fn ns_per_packet(dp: &Dataplane, prog: &str, packet: &[u8], repeat: u32, rounds: usize) -> Result<f64> {
     let mut out = vec![0u8; packet.len() + 256];
     let mut best = f64::INFINITY;
     for _ in 0..rounds {
@@ -37,17 +31,11 @@ pub fn print_table(title: &str, baseline_ns: f64, rows: &[Row]) {
     println!("| scenario | ns/packet | × minimal | target |");
     println!("| --- | ---: | ---: | ---: |");
     for r in rows {
-        let target = r
-            .target
-            .map(|t| format!("≤ {t}×"))
-            .unwrap_or_else(|| "-".into());
+        let target = r.target.map(|t| format!("≤ {t}×")).unwrap_or_else(|| "-".into());
         let flag = match r.target {
             Some(t) if r.ratio > t => " (over)",
             _ => "",
         };
-        println!(
-            "| {} | {:.1} | {:.2}{flag} | {target} |",
-            r.scenario, r.ns, r.ratio
-        );
+        println!("| {} | {:.1} | {:.2}{flag} | {target} |", r.scenario, r.ns, r.ratio);
     }
 }

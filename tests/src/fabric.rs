@@ -16,6 +16,9 @@ pub const HOST_VTEP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 pub const FABRIC_MAC: [u8; 6] = [0x02, 0xfa, 0xb0, 0, 0, 0x01];
 pub const ROUTER_MAC: [u8; 6] = [0x02, 0x00, 0x0a, 0xc8, 0x00, 0x01];
 pub const FABRIC_MTU: u16 = 1500;
+pub const UPLINK_MAC: [u8; 6] = [0x02, 0x0b, 0x11, 0, 0, 0x01];
+/// The internet-side router the uplink's default routes point to.
+pub const INTERNET_ROUTER_MAC: [u8; 6] = [0x02, 0x0b, 0x11, 0, 0, 0x02];
 
 /// The next-hop MAC the fixture namespace resolves a VTEP to.
 pub fn vtep_mac(vtep: Ipv4Addr) -> [u8; 6] {
@@ -26,6 +29,7 @@ pub fn vtep_mac(vtep: Ipv4Addr) -> [u8; 6] {
 pub struct FabricNs {
     pub ns: NetNs,
     pub fabric_ifindex: u32,
+    pub uplink_ifindex: u32,
 }
 
 impl FabricNs {
@@ -40,8 +44,22 @@ impl FabricNs {
                 ns.neigh("fabric", &b.vtep.to_string(), MacAddr(vtep_mac(b.vtep)))?;
             }
         }
-        let fabric_ifindex = ns.enter(|| nix_ifindex("fabric"))??;
-        Ok(FabricNs { ns, fabric_ifindex })
+        // The uplink: the internet behind a router with a known MAC.
+        veth_pair(&ns, "uplink", Some(MacAddr(UPLINK_MAC)), &ns, "upeer", None)?;
+        ns.addr("uplink", "100.64.0.1/30")?;
+        ns.addr("uplink", "fd00:64::1/64")?;
+        ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        ns.neigh("uplink", "100.64.0.2", MacAddr(INTERNET_ROUTER_MAC))?;
+        ns.neigh("uplink", "fd00:64::2", MacAddr(INTERNET_ROUTER_MAC))?;
+        ns.route("default", "100.64.0.2", Some("uplink"))?;
+        ns.route("default", "fd00:64::2", Some("uplink"))?;
+        let fabric_ifindex = ns.enter(|| ifindex("fabric"))??;
+        let uplink_ifindex = ns.enter(|| ifindex("uplink"))??;
+        Ok(FabricNs {
+            ns,
+            fabric_ifindex,
+            uplink_ifindex,
+        })
     }
 
     pub fn host_params(&self) -> HostParams {
@@ -50,17 +68,17 @@ impl FabricNs {
             router_mac: ROUTER_MAC,
             fabric_ifindex: self.fabric_ifindex,
             fabric_mtu: FABRIC_MTU,
+            uplink_ifindex: self.uplink_ifindex,
         }
     }
 }
 
-fn nix_ifindex(name: &str) -> Result<u32> {
+pub fn ifindex(name: &str) -> Result<u32> {
     let c = std::ffi::CString::new(name)?;
     // SAFETY: valid NUL-terminated string.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if i == 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("if_nametoindex({name})"));
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("if_nametoindex({name})"));
     }
     Ok(i)
 }

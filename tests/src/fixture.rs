@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use anyhow::{Result, bail};
 use dataplane::Dataplane;
+use dataplane_common::types::{SIDE_FABRIC, SIDE_UPLINK};
 use dataplane_common::{Counter, DropReason};
 
 pub use aya::programs::xdp::XdpMode;
@@ -60,9 +61,14 @@ fn action_counter(a: u32) -> Counter {
 
 /// Runs one case on program `prog`; the error lists every mismatch.
 pub fn check(dp: &Dataplane, prog: &str, case: &Case) -> Result<()> {
-    let before = dp.counters()?;
+    let side = if prog == dataplane_common::programs::FABRIC {
+        SIDE_FABRIC
+    } else {
+        SIDE_UPLINK
+    };
+    let before = dp.counters(side)?;
     let (action, out) = dp.run(prog, &case.packet)?;
-    let delta = dp.counters()?.since(&before);
+    let delta = dp.counters(side)?.since(&before);
     let mut errors = String::new();
     if action != case.action {
         let _ = writeln!(
@@ -81,11 +87,7 @@ pub fn check(dp: &Dataplane, prog: &str, case: &Case) -> Result<()> {
             );
         }
         Output::Exact(want) if &out != want => {
-            let _ = writeln!(
-                errors,
-                "  output:\n    got  {:02x?}\n    want {:02x?}",
-                out, want
-            );
+            let _ = writeln!(errors, "  output:\n    got  {:02x?}\n    want {:02x?}", out, want);
         }
         _ => {}
     }
@@ -108,12 +110,7 @@ pub fn check(dp: &Dataplane, prog: &str, case: &Case) -> Result<()> {
         }
     }
     for &r in DropReason::ALL {
-        let expect: u64 = case
-            .drops
-            .iter()
-            .filter(|(w, _)| *w == r)
-            .map(|(_, n)| n)
-            .sum();
+        let expect: u64 = case.drops.iter().filter(|(w, _)| *w == r).map(|(_, n)| n).sum();
         if delta.dropped(r) != expect {
             let _ = writeln!(
                 errors,

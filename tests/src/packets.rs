@@ -89,16 +89,9 @@ pub fn icmp6_echo(src: Ipv6Addr, dst: Ipv6Addr, id: u16, seq: u16) -> Vec<u8> {
 }
 
 /// IPv6 TCP behind a hop-by-hop options header (a PadN option filling it).
-pub fn tcp6_hop_by_hop(
-    src: Ipv6Addr,
-    dst: Ipv6Addr,
-    sport: u16,
-    dport: u16,
-    payload: &[u8],
-) -> Vec<u8> {
+pub fn tcp6_hop_by_hop(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     use etherparse::{IpHeaders, IpNumber, Ipv6Extensions, Ipv6Header, Ipv6RawExtHeader};
-    let hbh =
-        Ipv6RawExtHeader::new_raw(IpNumber::TCP, &[1, 4, 0, 0, 0, 0]).expect("6-byte payload");
+    let hbh = Ipv6RawExtHeader::new_raw(IpNumber::TCP, &[1, 4, 0, 0, 0, 0]).expect("6-byte payload");
     let header = Ipv6Header {
         hop_limit: 64,
         source: src.octets(),
@@ -165,14 +158,8 @@ pub fn vxlan_frame(
     use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, UdpHeader};
     let v6 = inner_ip[0] >> 4 == 6;
     let udp_len = 8 + 8 + 14 + inner_ip.len();
-    let mut ip = Ipv4Header::new(
-        udp_len as u16,
-        64,
-        IpNumber::UDP,
-        src_vtep.octets(),
-        dst_vtep.octets(),
-    )
-    .expect("fits");
+    let mut ip =
+        Ipv4Header::new(udp_len as u16, 64, IpNumber::UDP, src_vtep.octets(), dst_vtep.octets()).expect("fits");
     ip.dont_fragment = true;
     ip.header_checksum = ip.calc_header_checksum();
     let udp = UdpHeader {
@@ -211,13 +198,7 @@ pub fn ip_of(frame: &[u8]) -> &[u8] {
 }
 
 /// A TCP SYN announcing `mss`.
-pub fn syn_with_mss(
-    src: std::net::IpAddr,
-    dst: std::net::IpAddr,
-    sport: u16,
-    dport: u16,
-    mss: u16,
-) -> Vec<u8> {
+pub fn syn_with_mss(src: std::net::IpAddr, dst: std::net::IpAddr, sport: u16, dport: u16, mss: u16) -> Vec<u8> {
     use etherparse::TcpOptionElement::MaximumSegmentSize;
     use std::net::IpAddr;
     let b = match (src, dst) {
@@ -233,14 +214,7 @@ pub fn syn_with_mss(
 }
 
 /// An IPv4 TCP segment of `ip_len` bytes (headers included), DF as asked.
-pub fn tcp4_sized_df(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-    ip_len: usize,
-    df: bool,
-) -> Vec<u8> {
+pub fn tcp4_sized_df(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, ip_len: usize, df: bool) -> Vec<u8> {
     use etherparse::{IpHeaders, IpNumber, Ipv4Header};
     let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, src.octets(), dst.octets()).unwrap();
     ip.dont_fragment = df;
@@ -252,13 +226,7 @@ pub fn tcp4_sized_df(
 }
 
 /// A TCP segment to `dst` whose IP packet is `ip_len` bytes.
-pub fn tcp_sized(
-    src: std::net::IpAddr,
-    dst: std::net::IpAddr,
-    sport: u16,
-    dport: u16,
-    ip_len: usize,
-) -> Vec<u8> {
+pub fn tcp_sized(src: std::net::IpAddr, dst: std::net::IpAddr, sport: u16, dport: u16, ip_len: usize) -> Vec<u8> {
     use std::net::IpAddr;
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => tcp4(s, d, sport, dport, &vec![0x33; ip_len - 40]),

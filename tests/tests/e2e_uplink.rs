@@ -10,6 +10,7 @@ use carwash_tests::require_root;
 use dataplane::Dataplane;
 use dataplane::loader::pinned_counters;
 use dataplane_common::Counter;
+use dataplane_common::types::SIDE_UPLINK;
 use netlab::netns::{NetNs, PinDir, veth};
 
 const TRANSFER: usize = 1 << 20;
@@ -28,14 +29,11 @@ fn uplink_counts_a_real_tcp_transfer() {
     host.enter(|| dp.attach_uplink("uplink", XdpMode::Default))
         .unwrap()
         .unwrap();
-    let before = pinned_counters(pins.path()).unwrap();
+    let before = pinned_counters(pins.path(), SIDE_UPLINK).unwrap();
 
     // A socket keeps the namespace it was created in, so the listener can be
     // served from any thread.
-    let listener = host
-        .enter(|| TcpListener::bind("192.0.2.2:7000"))
-        .unwrap()
-        .unwrap();
+    let listener = host.enter(|| TcpListener::bind("192.0.2.2:7000")).unwrap().unwrap();
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         let mut buf = vec![0u8; TRANSFER];
@@ -46,10 +44,7 @@ fn uplink_counts_a_real_tcp_transfer() {
     let sent: Vec<u8> = (0..TRANSFER).map(|i| (i * 7 % 251) as u8).collect();
     let reply = client
         .enter(|| {
-            let mut s = TcpStream::connect_timeout(
-                &"192.0.2.2:7000".parse().unwrap(),
-                Duration::from_secs(5),
-            )?;
+            let mut s = TcpStream::connect_timeout(&"192.0.2.2:7000".parse().unwrap(), Duration::from_secs(5))?;
             s.set_read_timeout(Some(Duration::from_secs(10)))?;
             s.write_all(&sent)?;
             let mut r = [0u8; 4];
@@ -59,12 +54,9 @@ fn uplink_counts_a_real_tcp_transfer() {
         .unwrap()
         .unwrap();
     assert_eq!(&reply, b"done");
-    assert_eq!(
-        server.join().unwrap(),
-        sent.iter().map(|&b| b as u64).sum::<u64>()
-    );
+    assert_eq!(server.join().unwrap(), sent.iter().map(|&b| b as u64).sum::<u64>());
 
-    let seen = pinned_counters(pins.path()).unwrap().since(&before);
+    let seen = pinned_counters(pins.path(), SIDE_UPLINK).unwrap().since(&before);
     // The client's segments (SYN, data, ACK of "done", FIN...) all crossed
     // the uplink: at least the handshake plus 1 MiB of payload.
     assert!(seen.get(Counter::Tcp) >= 3, "{seen:?}");
@@ -75,13 +67,9 @@ fn uplink_counts_a_real_tcp_transfer() {
         "{seen:?}"
     );
     // Nothing is carwash's business here: everything passed.
-    assert_eq!(
-        seen.get(Counter::ActionPass),
-        seen.get(Counter::Packets),
-        "{seen:?}"
-    );
+    assert_eq!(seen.get(Counter::ActionPass), seen.get(Counter::Packets), "{seen:?}");
     assert_eq!(seen.get(Counter::ActionDrop), 0);
     // The counters stay readable from the pin after the loader is gone.
     drop(dp);
-    assert!(pinned_counters(pins.path()).unwrap().get(Counter::Tcp) >= seen.get(Counter::Tcp));
+    assert!(pinned_counters(pins.path(), SIDE_UPLINK).unwrap().get(Counter::Tcp) >= seen.get(Counter::Tcp));
 }

@@ -4,9 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use carwash_policy::Tenant;
-use carwash_tests::fabric::{
-    FABRIC_MAC, FabricNs, HOST_VTEP, ROUTER_MAC, loaded, repo_policies, vtep_mac,
-};
+use carwash_tests::fabric::{FABRIC_MAC, FabricNs, HOST_VTEP, ROUTER_MAC, loaded, repo_policies, vtep_mac};
 use carwash_tests::fixture::{Case, Output, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, check_all};
 use carwash_tests::packets::*;
 use carwash_tests::require_root;
@@ -85,14 +83,7 @@ fn steered(
 }
 
 /// Which connector the Maglev table of `tenant` gives this flow.
-fn connector_for(
-    dp: &dataplane::Dataplane,
-    id: u32,
-    src: IpAddr,
-    dst: IpAddr,
-    sport: u16,
-    dport: u16,
-) -> usize {
+fn connector_for(dp: &dataplane::Dataplane, id: u32, src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> usize {
     let info = dp.tenant_info(id).unwrap().unwrap();
     let h = flow_hash(&addr16(src), &addr16(dst), sport, dport, 6);
     info.maglev[(h % dataplane_common::types::MAGLEV_SIZE as u32) as usize] as usize
@@ -119,10 +110,7 @@ fn drop_case(name: &'static str, packet: Vec<u8>, why: DropReason, v6: bool) -> 
         packet,
         action: XDP_DROP,
         output: Output::Unchanged,
-        counters: vec![
-            (if v6 { Counter::Ipv6 } else { Counter::Ipv4 }, 1),
-            (Counter::Tcp, 1),
-        ],
+        counters: vec![(if v6 { Counter::Ipv6 } else { Counter::Ipv4 }, 1), (Counter::Tcp, 1)],
         drops: vec![(why, 1)],
     }
 }
@@ -234,13 +222,7 @@ fn inbound_fixtures() {
         ),
         drop_case(
             "v6 source in no allowlist",
-            tcp6(
-                "2001:db8:dead::66".parse().unwrap(),
-                ACME6,
-                40000,
-                443,
-                b"x",
-            ),
+            tcp6("2001:db8:dead::66".parse().unwrap(), ACME6, 40000, 443, b"x"),
             DropReason::NotAllowed,
             true,
         ),
@@ -296,13 +278,7 @@ fn inbound_fixtures() {
         },
         Case {
             name: "not a VIP v6: passes untouched",
-            packet: tcp6(
-                ALLOWED6,
-                "2001:db8:10::99".parse().unwrap(),
-                40000,
-                443,
-                b"x",
-            ),
+            packet: tcp6(ALLOWED6, "2001:db8:10::99".parse().unwrap(), 40000, 443, b"x"),
             action: XDP_PASS,
             output: Output::Unchanged,
             counters: vec![(Counter::Ipv6, 1), (Counter::Tcp, 1)],
@@ -355,14 +331,8 @@ fn inbound_fixtures() {
     // its jms class is the one that was refused.
     let beta_stats = dp.tenant_stats(2).unwrap();
     let na = DropReason::NotAllowed.slot();
-    assert_eq!(
-        beta_stats[dataplane_common::types::CLASS_JMS as usize][na],
-        1
-    );
-    assert_eq!(
-        beta_stats[dataplane_common::types::CLASS_HTTPS as usize][na],
-        1
-    );
+    assert_eq!(beta_stats[dataplane_common::types::CLASS_JMS as usize][na], 1);
+    assert_eq!(beta_stats[dataplane_common::types::CLASS_HTTPS as usize][na], 1);
     let acme_stats = dp.tenant_stats(1).unwrap();
     let https = &acme_stats[dataplane_common::types::CLASS_HTTPS as usize];
     assert_eq!(https[dataplane_common::drop::STEERED_PACKETS], 6);

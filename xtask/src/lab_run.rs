@@ -54,10 +54,7 @@ fn start() -> Result<Running> {
     std::fs::create_dir_all(&state)?;
     let config = state.join("carwash.toml");
     let api = state.join("api.sock");
-    std::fs::write(
-        &config,
-        lab.host_config_toml(&pin_path, &api, &root().join("policies")),
-    )?;
+    std::fs::write(&config, lab.host_config_toml(&pin_path, &api, &root().join("policies")))?;
     // nsenter enters only the network namespace: the agent keeps the host's
     // /sys/fs/bpf, so its pins outlive it (`ip netns exec` would give it a
     // private sysfs).
@@ -75,10 +72,7 @@ fn start() -> Result<Running> {
         pin_path,
         config,
     };
-    wait_for(
-        &running.pin_path.join("maps/COUNTERS"),
-        Duration::from_secs(20),
-    )?;
+    wait_for(&running.pin_path.join("maps/COUNTERS"), Duration::from_secs(20))?;
     Ok(running)
 }
 
@@ -120,10 +114,7 @@ pub fn main_job() -> Result<()> {
 
 /// Runs a command in a lab namespace and says what came of it.
 fn drive(lab_ns: &str, what: &str, args: &[&str]) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", lab_ns])
-        .args(args)
-        .output();
+    let out = Command::new("ip").args(["netns", "exec", lab_ns]).args(args).output();
     match out {
         Ok(o) if o.status.success() => {
             let text = String::from_utf8_lossy(&o.stdout);
@@ -148,14 +139,8 @@ pub fn demo(keep: bool) -> Result<()> {
     for t in &r.lab.tenants {
         for vip in &t.vips {
             let (url, src) = match vip {
-                std::net::IpAddr::V6(_) => (
-                    format!("https://[{vip}]/whoami"),
-                    ALLOWED_CLIENT_V6.to_string(),
-                ),
-                std::net::IpAddr::V4(_) => (
-                    format!("https://{vip}/whoami"),
-                    ALLOWED_CLIENT_V4.to_string(),
-                ),
+                std::net::IpAddr::V6(_) => (format!("https://[{vip}]/whoami"), ALLOWED_CLIENT_V6.to_string()),
+                std::net::IpAddr::V4(_) => (format!("https://{vip}/whoami"), ALLOWED_CLIENT_V4.to_string()),
             };
             let what = format!("allowed client → {} VIP {vip}:443", t.name);
             drive(

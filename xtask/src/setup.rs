@@ -53,8 +53,7 @@ fn have_command(name: &str) -> bool {
 }
 
 fn deb_installed(pkg: &str) -> bool {
-    stdout(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
-        .contains("install ok installed")
+    stdout(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg])).contains("install ok installed")
 }
 
 fn is_root() -> bool {
@@ -63,9 +62,7 @@ fn is_root() -> bool {
 
 fn apt_install(pkgs: &[&str]) -> Result<()> {
     if !is_root() {
-        bail!(
-            "missing Debian packages {pkgs:?}; installing them needs root (run as root, or apt-get install them)"
-        );
+        bail!("missing Debian packages {pkgs:?}; installing them needs root (run as root, or apt-get install them)");
     }
     println!("setup: apt-get install {}", pkgs.join(" "));
     crate::run(Command::new("apt-get").args(["update", "-qq"]))
@@ -89,30 +86,14 @@ pub fn run() -> Result<()> {
             "the nightly Rust toolchain is missing: `rustup toolchain install nightly` (the eBPF target needs nightly's -Z build-std)"
         );
     }
-    let installed = stdout(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]));
+    let installed = stdout(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]));
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         println!("setup: rustup component add rust-src --toolchain nightly");
-        crate::run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+        crate::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
         did.push("rust-src");
     }
 
-    let mut missing: Vec<&str> = LLVM_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !deb_installed(p))
-        .collect();
+    let mut missing: Vec<&str> = LLVM_PACKAGES.iter().copied().filter(|p| !deb_installed(p)).collect();
     for (cmd, pkg) in TOOLS {
         if !have_command(cmd) && !missing.contains(pkg) {
             missing.push(pkg);
@@ -161,8 +142,7 @@ fn bpffs_mounted() -> bool {
     std::fs::read_to_string("/proc/mounts")
         .map(|m| {
             m.lines().any(|l| {
-                l.split_whitespace().nth(1) == Some("/sys/fs/bpf")
-                    && l.split_whitespace().nth(2) == Some("bpf")
+                l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.split_whitespace().nth(2) == Some("bpf")
             })
         })
         .unwrap_or(false)

@@ -37,7 +37,8 @@ macro_rules! indexed_enum {
 pub(crate) use indexed_enum;
 
 indexed_enum! {
-    /// What the uplink program counts for every frame it sees.
+    /// What each program counts for every frame it sees (the fabric
+    /// program describes the outer headers).
     pub enum Counter {
         /// Frames seen.
         Packets = "packets",
@@ -75,6 +76,8 @@ indexed_enum! {
         ActionRedirect = "action_redirect",
         /// Packets encapsulated towards a tenant machine.
         Steered = "steered",
+        /// Packets from a tenant machine, decapsulated and sent on.
+        Decapsulated = "decapsulated",
     }
 }
 

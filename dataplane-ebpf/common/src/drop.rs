@@ -29,8 +29,18 @@ indexed_enum! {
         EncapFailed = "encap_failed",
         /// To an egress IP, but no connection-tracking entry matches.
         NoConntrack = "no_conntrack",
-        /// Malformed packet addressed to a VIP or egress IP.
+        /// Malformed packet addressed to a VIP or egress IP, or a malformed
+        /// VXLAN packet or inner frame from the fabric.
         Malformed = "malformed",
+        /// VXLAN with a VNI that names no tenant.
+        UnknownVni = "unknown_vni",
+        /// VXLAN whose outer source is not a VTEP of the tenant the VNI names.
+        VtepNotOfTenant = "vtep_not_of_tenant",
+        /// A tunnelled frame that is not IP.
+        InnerNotIp = "inner_not_ip",
+        /// Inner source neither a VIP of the tenant nor (with egress) inside
+        /// its VPC.
+        InnerSourceNotAllowed = "inner_source_not_allowed",
     }
 }
 

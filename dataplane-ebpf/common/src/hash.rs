@@ -60,9 +60,7 @@ mod tests {
         assert_ne!(base, flow_hash(&a, &b, 1000, 444, 6));
         assert_ne!(base, flow_hash(&a, &b, 1000, 443, 17));
         // Source ports 0..10000 over 2 buckets: close to half each.
-        let ones = (0..10000u16)
-            .filter(|p| flow_hash(&a, &b, *p, 443, 6) & 1 == 1)
-            .count();
+        let ones = (0..10000u16).filter(|p| flow_hash(&a, &b, *p, 443, 6) & 1 == 1).count();
         assert!((4500..5500).contains(&ones), "{ones}");
     }
 

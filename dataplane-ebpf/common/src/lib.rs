@@ -27,6 +27,8 @@ pub const LAYOUT_VERSION: u32 = 1;
 pub mod programs {
     /// XDP on `uplink`: traffic from the internet.
     pub const UPLINK: &str = "carwash_uplink";
+    /// XDP on `fabric`: VXLAN from the tenants' machines.
+    pub const FABRIC: &str = "carwash_fabric";
     /// The smallest possible XDP program (returns XDP_PASS): the yardstick
     /// every benchmark figure is divided by.
     pub const BENCH_PASS: &str = "carwash_bench_pass";
@@ -35,7 +37,8 @@ pub mod programs {
 /// Names of the maps in the eBPF object; also their file names under the pin
 /// path.
 pub mod maps {
-    /// Per-CPU array of one [`crate::CounterBlock`], indexed by [`crate::Counter`].
+    /// Per-CPU array of [`crate::CounterBlock`]s, one per program (`SIDE_*`),
+    /// indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
     /// [`crate::types::HostConfig`], one entry.
     pub const CONFIG: &str = "CONFIG";
@@ -43,6 +46,8 @@ pub mod maps {
     pub const ADDRS: &str = "ADDRS";
     /// [`crate::types::ServiceKey`] → [`crate::types::ServiceValue`].
     pub const SERVICES: &str = "SERVICES";
+    /// VNI → tenant id.
+    pub const VNIS: &str = "VNIS";
     /// tenant id → [`crate::types::TenantInfo`].
     pub const TENANTS: &str = "TENANTS";
     /// Array of LPM tries (one per allow slot), IPv4 sources → allow mask.

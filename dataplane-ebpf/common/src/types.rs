@@ -2,6 +2,9 @@
 //! order as they sit in the packet (`_be` or byte arrays), everything else
 //! in host order. No implicit padding: explicit `_pad` fields, sizes tested.
 
+/// The UDP port VXLAN uses (IANA).
+pub const VXLAN_PORT: u16 = 4789;
+
 /// Tenant ids index per-tenant arrays; 0 is never a tenant.
 pub const MAX_TENANTS: u32 = 16384;
 /// Services (VIP, protocol, port) over all tenants.
@@ -28,6 +31,11 @@ pub const CLASS_JMS: u8 = 1;
 /// Traffic to a VIP whose class is unknown (no service).
 pub const CLASS_NONE: u8 = 2;
 pub const CLASSES: usize = 3;
+
+/// Which program's counter block (index into `COUNTERS`).
+pub const SIDE_UPLINK: u32 = 0;
+pub const SIDE_FABRIC: u32 = 1;
+pub const SIDES: u32 = 2;
 
 /// `AddrValue::kind`.
 pub const ADDR_VIP: u8 = 1;
@@ -146,6 +154,7 @@ pub struct HostConfig {
     /// MTU of the fabric interface: what an encapsulated packet must fit.
     pub fabric_mtu: u16,
     pub fabric_ifindex: u32,
+    pub uplink_ifindex: u32,
     /// 1 once the agent filled this entry.
     pub ready: u32,
 }
@@ -182,7 +191,7 @@ mod tests {
         assert_eq!(size_of::<BackendEntry>(), 12);
         assert_eq!(size_of::<TenantInfo>(), 16 + 4 * 12 + 256);
         assert_eq!(align_of::<TenantInfo>(), 4);
-        assert_eq!(size_of::<HostConfig>(), 24);
+        assert_eq!(size_of::<HostConfig>(), 28);
         assert!(MAGLEV_SIZE <= 256);
     }
 }

@@ -24,9 +24,7 @@ pub use digest::PolicySet;
 pub use error::{PolicyError, PolicyErrors};
 pub use load::{load_path, read_dir_or_file};
 pub use model::{Allow, Backend, Class, Egress, Lane, MacAddr, Tenant};
-pub use parse::{
-    Document, parse_document, parse_json, parse_json_document, parse_toml, parse_toml_document,
-};
+pub use parse::{Document, parse_document, parse_json, parse_json_document, parse_toml, parse_toml_document};
 pub use positions::Positions;
 pub use validate::{MAX_VNI, valid_name, validate_set};
 

@@ -72,10 +72,7 @@ fn policy_files(path: &Path, errors: &mut Vec<PolicyError>) -> Vec<PathBuf> {
     let entries = match std::fs::read_dir(path) {
         Ok(entries) => entries,
         Err(e) => {
-            errors.push(PolicyError::file(
-                path,
-                format!("cannot list directory: {e}"),
-            ));
+            errors.push(PolicyError::file(path, format!("cannot list directory: {e}")));
             return Vec::new();
         }
     };
@@ -84,18 +81,14 @@ fn policy_files(path: &Path, errors: &mut Vec<PolicyError>) -> Vec<PathBuf> {
         let entry = match entry {
             Ok(entry) => entry,
             Err(e) => {
-                errors.push(PolicyError::file(
-                    path,
-                    format!("cannot list directory: {e}"),
-                ));
+                errors.push(PolicyError::file(path, format!("cannot list directory: {e}")));
                 continue;
             }
         };
         let p = entry.path();
         let hidden = entry.file_name().to_string_lossy().starts_with('.');
         let ext = p.extension().and_then(|e| e.to_str());
-        let policy_ext =
-            ext.is_some_and(|e| e.eq_ignore_ascii_case("toml") || e.eq_ignore_ascii_case("json"));
+        let policy_ext = ext.is_some_and(|e| e.eq_ignore_ascii_case("toml") || e.eq_ignore_ascii_case("json"));
         // A dangling symlink is kept, so that reading it reports it.
         if !hidden && policy_ext && !p.is_dir() {
             files.push(p);

@@ -74,12 +74,9 @@ impl std::str::FromStr for MacAddr {
                 .next()
                 .ok_or_else(|| format!("MAC address {s:?} has fewer than 6 octets"))?;
             if p.len() != 2 {
-                return Err(format!(
-                    "MAC address {s:?}: octet {p:?} is not two hex digits"
-                ));
+                return Err(format!("MAC address {s:?}: octet {p:?} is not two hex digits"));
             }
-            *b = u8::from_str_radix(p, 16)
-                .map_err(|_| format!("MAC address {s:?}: octet {p:?} is not hex"))?;
+            *b = u8::from_str_radix(p, 16).map_err(|_| format!("MAC address {s:?}: octet {p:?} is not hex"))?;
         }
         if parts.next().is_some() {
             return Err(format!("MAC address {s:?} has more than 6 octets"));
@@ -107,9 +104,7 @@ impl Serialize for MacAddr {
 
 impl<'de> Deserialize<'de> for MacAddr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(ParseVisitor::<MacAddr>::new(
-            "a MAC address like 02:00:0a:c8:01:0a",
-        ))
+        d.deserialize_str(ParseVisitor::<MacAddr>::new("a MAC address like 02:00:0a:c8:01:0a"))
     }
 }
 
@@ -157,10 +152,7 @@ impl<'de> Deserialize<'de> for Net {
 }
 
 fn de_nets<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpNetwork>, D::Error> {
-    Ok(Vec::<Net>::deserialize(d)?
-        .into_iter()
-        .map(|n| n.0)
-        .collect())
+    Ok(Vec::<Net>::deserialize(d)?.into_iter().map(|n| n.0).collect())
 }
 
 fn default_classes() -> Vec<Class> {

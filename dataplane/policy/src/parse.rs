@@ -36,10 +36,7 @@ fn validated(doc: Document) -> Result<Tenant, PolicyErrors> {
 
 /// Parses a document as JSON if `file` ends in `.json`, else as TOML.
 pub fn parse_document(file: &Path, text: &str) -> Result<Document, PolicyErrors> {
-    if file
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-    {
+    if file.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
         parse_json_document(file, text)
     } else {
         parse_toml_document(file, text)
@@ -67,9 +64,7 @@ pub fn parse_toml_document(file: &Path, text: &str) -> Result<Document, PolicyEr
     let missing = missing_field(&message).map(str::to_string);
     let field = match toml_positions(text) {
         Some(positions) => {
-            let (base, hit) = positions
-                .field_at_span(&span)
-                .unwrap_or((String::new(), Hit::Inside));
+            let (base, hit) = positions.field_at_span(&span).unwrap_or((String::new(), Hit::Inside));
             if hit == Hit::Value && missing.is_none() {
                 append_found(&mut message, &text[span.clone()]);
             }

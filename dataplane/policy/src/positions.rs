@@ -93,17 +93,10 @@ impl Positions {
     /// Same for serde_json, which reports only where it stopped: on the last
     /// byte of the offending token.
     pub(crate) fn field_ending_at(&self, offset: usize) -> Option<(String, Hit)> {
-        self.find(
-            |l| l.end == offset + 1,
-            |l| l.start <= offset && offset < l.end,
-        )
+        self.find(|l| l.end == offset + 1, |l| l.start <= offset && offset < l.end)
     }
 
-    fn find(
-        &self,
-        exact: impl Fn(&Loc) -> bool,
-        inside: impl Fn(&Loc) -> bool,
-    ) -> Option<(String, Hit)> {
+    fn find(&self, exact: impl Fn(&Loc) -> bool, inside: impl Fn(&Loc) -> bool) -> Option<(String, Hit)> {
         for (path, e) in &self.entries {
             if e.key.as_ref().is_some_and(&exact) {
                 return Some((path.clone(), Hit::Key));

@@ -223,12 +223,7 @@ fn toml_syntax_errors() {
         25,
         "egress.snat_ipv4",
     );
-    bad_acme(
-        r#"{ vtep = "10.200.1.11","#,
-        "{ vtep = 10.200.1.11,",
-        10,
-        "connectors",
-    );
+    bad_acme(r#"{ vtep = "10.200.1.11","#, "{ vtep = 10.200.1.11,", 10, "connectors");
     bad_acme("vni = 1001\n", "vni = 1001\nvni = 1002\n", 3, "vni");
     bad_acme(
         r#"cidr = "2001:db8:beef::/48""#,
@@ -268,23 +263,13 @@ fn toml_wrong_types_and_missing_fields() {
 
     let e = bad_acme("vni = 1001\n", "", 1, "vni");
     assert!(e.message.contains("missing field `vni`"), "{e}");
-    bad_acme(
-        "snat_ipv4 = \"203.0.113.200\"\n",
-        "",
-        24,
-        "egress.snat_ipv4",
-    );
+    bad_acme("snat_ipv4 = \"203.0.113.200\"\n", "", 24, "egress.snat_ipv4");
     bad_acme(r#", mac = "02:00:0a:c8:01:14""#, "", 13, "cores[0].mac");
 }
 
 #[test]
 fn toml_bad_addresses() {
-    bad_acme(
-        "2001:db8:beef::/48",
-        "2001:db8:beef::/129",
-        22,
-        "allow[1].cidr",
-    );
+    bad_acme("2001:db8:beef::/48", "2001:db8:beef::/129", 22, "allow[1].cidr");
     bad_acme("fd10:101::/64", "fd10:101::/6x", 7, "vpc_cidrs[1]");
     bad_acme(r#""::/0""#, r#""::/z""#, 27, "egress.allow[1]");
     let e = bad_acme("203.0.113.10", "203.0.113.300", 4, "vips[0]");
@@ -296,25 +281,10 @@ fn toml_bad_addresses() {
 
 #[test]
 fn toml_bad_macs() {
-    let e = bad_acme(
-        "02:00:0a:c8:01:0b",
-        "02:00:0a:c8:01",
-        10,
-        "connectors[1].mac",
-    );
+    let e = bad_acme("02:00:0a:c8:01:0b", "02:00:0a:c8:01", 10, "connectors[1].mac");
     assert!(e.message.contains("fewer than 6 octets"), "{e}");
-    bad_acme(
-        "02:00:0a:c8:01:0b",
-        "02:00:0a:c8:01:xx",
-        10,
-        "connectors[1].mac",
-    );
-    let e = bad_acme(
-        "02:00:0a:c8:01:0b",
-        "03:00:0a:c8:01:0b",
-        10,
-        "connectors[1].mac",
-    );
+    bad_acme("02:00:0a:c8:01:0b", "02:00:0a:c8:01:xx", 10, "connectors[1].mac");
+    let e = bad_acme("02:00:0a:c8:01:0b", "03:00:0a:c8:01:0b", 10, "connectors[1].mac");
     assert!(e.message.contains("multicast"), "{e}");
     bad_acme("02:00:0a:c8:01:15", "00:00:00:00:00:00", 14, "cores[1].mac");
     bad_acme("02:00:0a:c8:01:15", "ff:ff:ff:ff:ff:ff", 14, "cores[1].mac");
@@ -329,11 +299,7 @@ fn vni_range() {
     let e = bad_acme("vni = 1001", "vni = 0", 2, "vni");
     assert!(e.message.contains("1..=16777215"), "{e}");
     bad_acme("vni = 1001", "vni = 16777216", 2, "vni");
-    parse_toml(
-        Path::new("acme.toml"),
-        &edit(ACME, "vni = 1001", "vni = 16777215"),
-    )
-    .unwrap();
+    parse_toml(Path::new("acme.toml"), &edit(ACME, "vni = 1001", "vni = 16777215")).unwrap();
     parse_toml(Path::new("acme.toml"), &edit(ACME, "vni = 1001", "vni = 1")).unwrap();
 }
 
@@ -353,11 +319,7 @@ fn machine_count_per_lane() {
     assert_eq!(errors.len(), 2);
     assert_at(&errors[0], "acme.toml", 8, "connectors");
     assert_at(&errors[1], "acme.toml", 12, "cores");
-    assert!(
-        errors[1].message.contains("exactly 1 core, found 2"),
-        "{}",
-        errors[1]
-    );
+    assert!(errors[1].message.contains("exactly 1 core, found 2"), "{}", errors[1]);
 
     // single lane, two cores
     let two_cores = edit(
@@ -365,12 +327,7 @@ fn machine_count_per_lane() {
         r#"mac = "02:00:0a:c8:02:14" }"#,
         r#"mac = "02:00:0a:c8:02:14" }, { vtep = "10.200.2.21", mac = "02:00:0a:c8:02:15" }"#,
     );
-    assert_at(
-        &one(toml_errors("beta.toml", &two_cores)),
-        "beta.toml",
-        7,
-        "cores",
-    );
+    assert_at(&one(toml_errors("beta.toml", &two_cores)), "beta.toml", 7, "cores");
 
     // double lane, one of each
     let errors = toml_errors("beta.toml", &edit(BETA, r#""single""#, r#""double""#));
@@ -381,11 +338,7 @@ fn machine_count_per_lane() {
     // no machines at all
     let errors = toml_errors(
         "beta.toml",
-        &edit(
-            BETA,
-            r#"[{ vtep = "10.200.2.10", mac = "02:00:0a:c8:02:0a" }]"#,
-            "[]",
-        ),
+        &edit(BETA, r#"[{ vtep = "10.200.2.10", mac = "02:00:0a:c8:02:0a" }]"#, "[]"),
     );
     assert_at(&one(errors), "beta.toml", 6, "connectors");
 }
@@ -394,15 +347,9 @@ fn machine_count_per_lane() {
 fn name_rules() {
     let e = one(toml_errors("beta.toml", ACME));
     assert_at(&e, "beta.toml", 1, "name");
-    assert!(
-        e.message.contains("beta.toml must hold name = \"beta\""),
-        "{e}"
-    );
+    assert!(e.message.contains("beta.toml must hold name = \"beta\""), "{e}");
 
-    let e = one(toml_errors(
-        "Acme.toml",
-        &edit(ACME, r#""acme""#, r#""Acme""#),
-    ));
+    let e = one(toml_errors("Acme.toml", &edit(ACME, r#""acme""#, r#""Acme""#)));
     assert_at(&e, "Acme.toml", 1, "name");
     assert!(e.message.contains("not a valid tenant name"), "{e}");
 
@@ -424,27 +371,13 @@ fn ports() {
     assert!(e.message.contains("both an https and a jms port"), "{e}");
 
     // jms_ports left at its default [61616]: the error goes where it is written.
-    let text = edit(
-        &edit(ACME, "jms_ports = [61616, 61617]\n", ""),
-        "[443]",
-        "[443, 61616]",
-    );
-    assert_at(
-        &one(toml_errors("acme.toml", &text)),
-        "acme.toml",
-        5,
-        "https_ports[1]",
-    );
+    let text = edit(&edit(ACME, "jms_ports = [61616, 61617]\n", ""), "[443]", "[443, 61616]");
+    assert_at(&one(toml_errors("acme.toml", &text)), "acme.toml", 5, "https_ports[1]");
 }
 
 #[test]
 fn vip_rules() {
-    let e = bad_acme(
-        r#"vips = ["203.0.113.10", "2001:db8:10::10"]"#,
-        "vips = []",
-        4,
-        "vips",
-    );
+    let e = bad_acme(r#"vips = ["203.0.113.10", "2001:db8:10::10"]"#, "vips = []", 4, "vips");
     assert!(e.message.contains("at least one VIP"), "{e}");
     let e = bad_acme("203.0.113.10", "10.101.3.4", 4, "vips[0]");
     assert!(e.message.contains("vpc_cidrs"), "{e}");
@@ -475,12 +408,7 @@ fn networks_with_host_bits() {
 
 #[test]
 fn allow_classes() {
-    bad_acme(
-        r#"classes = ["https", "jms"]"#,
-        "classes = []",
-        19,
-        "allow[0].classes",
-    );
+    bad_acme(r#"classes = ["https", "jms"]"#, "classes = []", 19, "allow[0].classes");
     let e = bad_acme(
         r#"["https", "jms"]"#,
         r#"["https", "https"]"#,
@@ -488,12 +416,7 @@ fn allow_classes() {
         "allow[0].classes[1]",
     );
     assert!(e.message.contains("\"https\" is listed twice"), "{e}");
-    bad_acme(
-        r#"["https", "jms"]"#,
-        r#"["https", "ftp"]"#,
-        19,
-        "allow[0].classes[1]",
-    );
+    bad_acme(r#"["https", "jms"]"#, r#"["https", "ftp"]"#, 19, "allow[0].classes[1]");
 }
 
 #[test]
@@ -517,28 +440,13 @@ fn vtep_rules() {
 fn egress_rules() {
     let e = bad_acme("203.0.113.200", "203.0.113.10", 25, "egress.snat_ipv4");
     assert!(e.message.contains("this tenant's VIPs"), "{e}");
-    bad_acme(
-        "2001:db8:10::200",
-        "2001:db8:10::10",
-        26,
-        "egress.snat_ipv6",
-    );
+    bad_acme("2001:db8:10::200", "2001:db8:10::10", 26, "egress.snat_ipv6");
     bad_acme("203.0.113.200", "0.0.0.0", 25, "egress.snat_ipv4");
-    let e = bad_acme(
-        r#"allow = ["0.0.0.0/0", "::/0"]"#,
-        "allow = []",
-        27,
-        "egress.allow",
-    );
+    let e = bad_acme(r#"allow = ["0.0.0.0/0", "::/0"]"#, "allow = []", 27, "egress.allow");
     assert!(e.message.contains("remove [egress]"), "{e}");
     // Without [egress] there simply is no outbound access.
     let no_egress = &ACME[..ACME.find("[egress]").unwrap()];
-    assert_eq!(
-        parse_toml(Path::new("acme.toml"), no_egress)
-            .unwrap()
-            .egress,
-        None
-    );
+    assert_eq!(parse_toml(Path::new("acme.toml"), no_egress).unwrap().egress, None);
 }
 
 #[test]
@@ -564,10 +472,7 @@ fn all_errors_of_a_document_are_reported_in_line_order() {
 
 #[test]
 fn json_syntax_error() {
-    let e = one(json_errors(
-        "acme.json",
-        &edit(ACME_JSON, r#""double""#, "double"),
-    ));
+    let e = one(json_errors("acme.json", &edit(ACME_JSON, r#""double""#, "double")));
     assert_at(&e, "acme.json", 4, "lane");
     assert_eq!(e.column, 11);
     let e = one(json_errors(
@@ -583,11 +488,7 @@ fn json_syntax_error() {
 fn json_type_errors() {
     let e = one(json_errors(
         "acme.json",
-        &edit(
-            ACME_JSON,
-            r#""vni": 1001,"#,
-            "\"vni\": 1001,\n  \"bogus\": 1,",
-        ),
+        &edit(ACME_JSON, r#""vni": 1001,"#, "\"vni\": 1001,\n  \"bogus\": 1,"),
     ));
     assert_at(&e, "acme.json", 4, "bogus");
     let e = one(json_errors(
@@ -606,10 +507,7 @@ fn json_type_errors() {
     ));
     assert_at(&e, "acme.json", 5, "vips[0]");
     assert!(e.message.contains("203.0.113.300"), "{e}");
-    let e = one(json_errors(
-        "acme.json",
-        &edit(ACME_JSON, "  \"vni\": 1001,\n", ""),
-    ));
+    let e = one(json_errors("acme.json", &edit(ACME_JSON, "  \"vni\": 1001,\n", "")));
     assert_eq!(e.field, "vni");
     assert!(e.message.contains("missing field"), "{e}");
     let e = one(json_errors(
@@ -688,10 +586,7 @@ fn duplicate_tenant_name() {
     dir.write("acme.json", ACME_JSON);
     dir.write("acme.toml", ACME);
     let errors = dir_errors(&dir);
-    let e = errors
-        .iter()
-        .find(|e| e.field == "name")
-        .expect("a name error");
+    let e = errors.iter().find(|e| e.field == "name").expect("a name error");
     assert_at(e, &dir.file("acme.toml"), 1, "name");
     assert!(e.message.contains(&dir.file("acme.json")), "{e}");
     // And everything else acme.toml claims a second time.
@@ -703,10 +598,7 @@ fn duplicate_tenant_name() {
         "cores[1].vtep",
         "egress.snat_ipv4",
     ] {
-        assert!(
-            errors.iter().any(|e| e.field == field),
-            "no error for {field}"
-        );
+        assert!(errors.iter().any(|e| e.field == field), "no error for {field}");
     }
 }
 
@@ -723,13 +615,7 @@ fn every_error_of_every_file_together() {
     let errors = dir_errors(&dir);
     let at: Vec<_> = errors
         .iter()
-        .map(|e| {
-            (
-                e.file.file_name().unwrap().to_str().unwrap(),
-                e.line,
-                e.field.as_str(),
-            )
-        })
+        .map(|e| (e.file.file_name().unwrap().to_str().unwrap(), e.line, e.field.as_str()))
         .collect();
     assert!(at.contains(&("beta.toml", 2, "vni")), "{at:?}");
     assert!(at.contains(&("broken.toml", 2, "vni")), "{at:?}");
@@ -771,8 +657,7 @@ fn unreadable_files_are_named() {
     let e = one(load_path(missing).unwrap_err().0);
     assert_eq!((e.file.as_path(), e.line), (missing, 0));
     assert!(
-        e.to_string()
-            .starts_with("/nonexistent/carwash/policies: cannot read:"),
+        e.to_string().starts_with("/nonexistent/carwash/policies: cannot read:"),
         "{e}"
     );
 
@@ -783,19 +668,12 @@ fn unreadable_files_are_named() {
     std::os::unix::fs::symlink(dir.0.join("gone.toml"), dir.0.join("gamma.toml")).unwrap();
     let errors = dir_errors(&dir);
     assert_at(&errors[0], &dir.file("beta.toml"), 0, "");
-    assert!(
-        errors[0].message.starts_with("cannot read"),
-        "{}",
-        errors[0]
-    );
+    assert!(errors[0].message.starts_with("cannot read"), "{}", errors[0]);
     #[cfg(unix)]
     assert_at(&errors[1], &dir.file("gamma.toml"), 0, "");
 
     let err = read_dir_or_file(&dir.0).unwrap_err();
-    assert!(
-        format!("{err:#}").contains("beta.toml: cannot read"),
-        "{err:#}"
-    );
+    assert!(format!("{err:#}").contains("beta.toml: cannot read"), "{err:#}");
 }
 
 #[test]
@@ -815,10 +693,7 @@ fn digest_ignores_form_and_order() {
     a.write("beta.toml", BETA);
     let b = TempDir::new("digest-b");
     b.write("acme.toml", ACME_SAME_AS_JSON);
-    b.write(
-        "beta.toml",
-        format!("# reformatted\n{}", BETA.replace(" = ", "=")),
-    );
+    b.write("beta.toml", format!("# reformatted\n{}", BETA.replace(" = ", "=")));
     let set_a = load_path(&a.0).unwrap();
     let set_b = load_path(&b.0).unwrap();
     assert_eq!(set_a.digest(), set_b.digest());
@@ -855,10 +730,7 @@ fn error_display() {
         e.clone(),
         PolicyError::file(Path::new("x.toml"), "cannot read: gone"),
     ]);
-    assert_eq!(
-        errors.to_string(),
-        format!("{e}\nx.toml: cannot read: gone")
-    );
+    assert_eq!(errors.to_string(), format!("{e}\nx.toml: cannot read: gone"));
     let as_error: &dyn std::error::Error = &errors;
     assert!(as_error.to_string().lines().count() == 2);
 }

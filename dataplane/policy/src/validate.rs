@@ -24,9 +24,7 @@ pub fn validate_set(docs: &[Document]) -> Result<PolicySet, PolicyErrors> {
     }
     check_claims(docs, &mut errors);
     if errors.is_empty() {
-        Ok(PolicySet::new(
-            docs.iter().map(|d| d.tenant.clone()).collect(),
-        ))
+        Ok(PolicySet::new(docs.iter().map(|d| d.tenant.clone()).collect()))
     } else {
         Err(PolicyErrors::sorted(errors))
     }
@@ -116,10 +114,9 @@ fn check_tenant(doc: &Document, errors: &mut Vec<PolicyError>) {
             format!(
                 "name {:?} does not match the file name: {} must hold name = {:?}",
                 t.name,
-                doc.file.file_name().map_or_else(
-                    || doc.file.display().to_string(),
-                    |f| f.to_string_lossy().into()
-                ),
+                doc.file
+                    .file_name()
+                    .map_or_else(|| doc.file.display().to_string(), |f| f.to_string_lossy().into()),
                 stem
             ),
         ));
@@ -134,10 +131,7 @@ fn check_tenant(doc: &Document, errors: &mut Vec<PolicyError>) {
     }
 
     let n = t.lane.machines();
-    for (role, one, list) in [
-        ("connectors", "connector", &t.connectors),
-        ("cores", "core", &t.cores),
-    ] {
+    for (role, one, list) in [("connectors", "connector", &t.connectors), ("cores", "core", &t.cores)] {
         if list.len() != n {
             errors.push(err(
                 doc,
@@ -219,11 +213,7 @@ fn check_tenant(doc: &Document, errors: &mut Vec<PolicyError>) {
         if let Some(v6) = e.snat_ipv6
             && let Some(why) = not_unicast(IpAddr::V6(v6))
         {
-            errors.push(err(
-                doc,
-                "egress.snat_ipv6",
-                format!("egress IP {v6} is {why}"),
-            ));
+            errors.push(err(doc, "egress.snat_ipv6", format!("egress IP {v6} is {why}")));
         }
         if e.allow.is_empty() {
             errors.push(err(
@@ -248,11 +238,7 @@ fn check_ports(doc: &Document, errors: &mut Vec<PolicyError>) {
             if p == 0 {
                 errors.push(err(doc, field, "port 0 is not a port"));
             } else if let Some(j) = seen.get(&p) {
-                errors.push(err(
-                    doc,
-                    field,
-                    format!("port {p} is listed twice (also {name}[{j}])"),
-                ));
+                errors.push(err(doc, field, format!("port {p} is listed twice (also {name}[{j}])")));
             } else {
                 seen.insert(p, i);
             }
@@ -278,9 +264,7 @@ fn check_ports(doc: &Document, errors: &mut Vec<PolicyError>) {
         errors.push(err(
             doc,
             field,
-            format!(
-                "port {p} is both an https and a jms port; a port leads to one class of machine"
-            ),
+            format!("port {p} is both an https and a jms port; a port leads to one class of machine"),
         ));
     }
 }
@@ -296,10 +280,7 @@ fn check_backends(doc: &Document, errors: &mut Vec<PolicyError>) {
                 errors.push(err(
                     doc,
                     format!("{at}.vtep"),
-                    format!(
-                        "VTEP {} is {why}; a VTEP is one machine's underlay address",
-                        b.vtep
-                    ),
+                    format!("VTEP {} is {why}; a VTEP is one machine's underlay address", b.vtep),
                 ));
             }
             // Each machine terminates its own tunnel: two on one VTEP
@@ -320,11 +301,7 @@ fn check_backends(doc: &Document, errors: &mut Vec<PolicyError>) {
 
             let m = b.mac.0;
             if m == [0; 6] {
-                errors.push(err(
-                    doc,
-                    format!("{at}.mac"),
-                    "the all-zero MAC is not a machine",
-                ));
+                errors.push(err(doc, format!("{at}.mac"), "the all-zero MAC is not a machine"));
             } else if m[0] & 1 == 1 {
                 errors.push(err(
                     doc,
@@ -362,11 +339,7 @@ struct Claim<'a> {
 
 impl Claim<'_> {
     fn describe(&self) -> String {
-        format!(
-            "tenant {:?} ({})",
-            self.doc.tenant.name,
-            place(self.doc, &self.field)
-        )
+        format!("tenant {:?} ({})", self.doc.tenant.name, place(self.doc, &self.field))
     }
 }
 
@@ -379,11 +352,7 @@ fn check_claims(docs: &[Document], errors: &mut Vec<PolicyError>) {
             errors.push(err(
                 doc,
                 "name",
-                format!(
-                    "tenant name {:?} is already used by {}",
-                    t.name,
-                    first.describe()
-                ),
+                format!("tenant name {:?} is already used by {}", t.name, first.describe()),
             ));
         } else {
             names.insert(
@@ -419,10 +388,7 @@ fn check_claims(docs: &[Document], errors: &mut Vec<PolicyError>) {
                 Some(first) if std::ptr::eq(first.doc, doc) => errors.push(err(
                     doc,
                     &field,
-                    format!(
-                        "VIP {vip} is listed twice (also {})",
-                        place(doc, &first.field)
-                    ),
+                    format!("VIP {vip} is listed twice (also {})", place(doc, &first.field)),
                 )),
                 Some(first) => errors.push(err(
                     doc,
@@ -444,12 +410,7 @@ fn check_claims(docs: &[Document], errors: &mut Vec<PolicyError>) {
             .iter()
             .enumerate()
             .map(|(i, b)| (format!("connectors[{i}]"), b));
-        let machines = machines.chain(
-            t.cores
-                .iter()
-                .enumerate()
-                .map(|(i, b)| (format!("cores[{i}]"), b)),
-        );
+        let machines = machines.chain(t.cores.iter().enumerate().map(|(i, b)| (format!("cores[{i}]"), b)));
         for (at, b) in machines {
             let field = format!("{at}.vtep");
             match vteps.get(&b.vtep) {
@@ -460,11 +421,7 @@ fn check_claims(docs: &[Document], errors: &mut Vec<PolicyError>) {
                 Some(first) => errors.push(err(
                     doc,
                     &field,
-                    format!(
-                        "VTEP {} is already a machine of {}",
-                        b.vtep,
-                        first.describe()
-                    ),
+                    format!("VTEP {} is already a machine of {}", b.vtep, first.describe()),
                 )),
                 None => {
                     vteps.insert(b.vtep, Claim { doc, field });
@@ -502,10 +459,7 @@ fn check_claims(docs: &[Document], errors: &mut Vec<PolicyError>) {
                 errors.push(err(
                     doc,
                     field,
-                    format!(
-                        "egress IP {ip} is already the egress IP of {}",
-                        first.describe()
-                    ),
+                    format!("egress IP {ip} is already the egress IP of {}", first.describe()),
                 ));
             } else {
                 egress.insert(

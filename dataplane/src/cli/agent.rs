@@ -57,23 +57,15 @@ fn config(args: &AgentArgs) -> Result<HostConfig> {
 
 pub fn run(args: AgentArgs) -> Result<ExitCode> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cfg = config(&args)?;
     dataplane::pin::ensure_bpffs(&cfg.pin_path)?;
     let mut dp = Dataplane::load(Some(&cfg.pin_path))?;
-    let mode = if args.skb_mode {
-        XdpMode::Skb
-    } else {
-        XdpMode::Default
-    };
+    let mode = if args.skb_mode { XdpMode::Skb } else { XdpMode::Default };
     dp.attach_uplink(&cfg.uplink, mode)?;
     info!(uplink = %cfg.uplink, pin_path = %cfg.pin_path.display(), "carwash agent running");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;

@@ -22,13 +22,9 @@ struct Stats {
 
 pub fn run(args: StatsArgs) -> Result<ExitCode> {
     let pin = args.pin.resolve()?;
-    let counters = dataplane::loader::pinned_counters(&pin)?;
+    let counters = dataplane::loader::pinned_counters(&pin, dataplane_common::types::SIDE_UPLINK)?;
     let stats = Stats {
-        global: counters
-            .counters
-            .iter()
-            .map(|(c, n)| (c.name(), *n))
-            .collect(),
+        global: counters.counters.iter().map(|(c, n)| (c.name(), *n)).collect(),
         dropped: counters.drops.iter().map(|(r, n)| (r.name(), *n)).collect(),
     };
     match args.output {

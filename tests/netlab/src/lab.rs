@@ -247,9 +247,7 @@ impl LabTenant {
     }
 
     pub fn machine(&self, role: Role, index: usize) -> Option<&Machine> {
-        self.machines
-            .iter()
-            .find(|m| m.role == role && m.index == index)
+        self.machines.iter().find(|m| m.role == role && m.index == index)
     }
 
     pub fn vip_v4(&self) -> Option<Ipv4Addr> {
@@ -384,9 +382,7 @@ impl Lab {
                         private_v4: Ipv4Addr::from(net4 + host),
                         private_v4_prefix: v4net.prefix(),
                         private_v6: v6net.map(|n| {
-                            Ipv6Addr::from(
-                                u128::from(n.network()) + u128::from((host / 10) * 16 + host % 10),
-                            )
+                            Ipv6Addr::from(u128::from(n.network()) + u128::from((host / 10) * 16 + host % 10))
                         }),
                         private_v6_prefix: v6net.map_or(128, |n| n.prefix()),
                         gateway_v4,
@@ -488,9 +484,7 @@ impl Lab {
         for n in &names {
             out.push_str(&format!("\n{n}\n"));
             let ns = NetNs::open(n)?;
-            let addrs = ns
-                .ip(&["-br", "addr"])
-                .unwrap_or_else(|e| format!("{e:#}\n"));
+            let addrs = ns.ip(&["-br", "addr"]).unwrap_or_else(|e| format!("{e:#}\n"));
             for l in addrs.lines() {
                 out.push_str(&format!("  {l}\n"));
             }
@@ -516,12 +510,7 @@ impl Lab {
 
     /// A carwash host configuration (DESIGN.md "Host configuration") for an
     /// agent running in this lab's host namespace.
-    pub fn host_config_toml(
-        &self,
-        pin_path: &Path,
-        api_socket: &Path,
-        policy_dir: &Path,
-    ) -> String {
+    pub fn host_config_toml(&self, pin_path: &Path, api_socket: &Path, policy_dir: &Path) -> String {
         let q = |s: &str| toml::Value::String(s.to_string()).to_string();
         let mut out = String::new();
         for (k, v) in [
@@ -560,11 +549,7 @@ impl Lab {
 
     /// All VIPs and egress addresses (routed from the internet to the host).
     pub fn public_addrs(&self) -> Vec<IpAddr> {
-        let set: BTreeSet<IpAddr> = self
-            .tenants
-            .iter()
-            .flat_map(LabTenant::public_addrs)
-            .collect();
+        let set: BTreeSet<IpAddr> = self.tenants.iter().flat_map(LabTenant::public_addrs).collect();
         set.into_iter().collect()
     }
 
@@ -582,13 +567,9 @@ impl Lab {
     }
 
     fn build(&self) -> Result<()> {
-        std::fs::create_dir_all(&self.state_dir)
-            .with_context(|| format!("creating {}", self.state_dir.display()))?;
+        std::fs::create_dir_all(&self.state_dir).with_context(|| format!("creating {}", self.state_dir.display()))?;
         // Written first so `down` finds everything even if we die half-way.
-        std::fs::write(
-            self.state_dir.join("namespaces"),
-            self.namespaces().join("\n") + "\n",
-        )?;
+        std::fs::write(self.state_dir.join("namespaces"), self.namespaces().join("\n") + "\n")?;
         self.write_files()?;
 
         let inet = NetNs::named(&self.inet)?.disown();
@@ -606,10 +587,7 @@ impl Lab {
         ];
         inet.sysctls(&common)?;
         host.sysctls(&common)?;
-        host.sysctls(&[
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv6.conf.all.forwarding", "1"),
-        ])?;
+        host.sysctls(&[("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")])?;
         // The bridge only switches frames; keep its ports quiet.
         ul.sysctls(&[
             ("net.ipv6.conf.all.disable_ipv6", "1"),
@@ -627,14 +605,8 @@ impl Lab {
         )?;
         inet.addr(INET_IF, &format!("{INET_V4}/{UPLINK_PREFIX_V4}"))?;
         inet.addr(INET_IF, &format!("{INET_V6}/{UPLINK_PREFIX_V6}"))?;
-        host.addr(
-            &self.uplink,
-            &format!("{HOST_UPLINK_V4}/{UPLINK_PREFIX_V4}"),
-        )?;
-        host.addr(
-            &self.uplink,
-            &format!("{HOST_UPLINK_V6}/{UPLINK_PREFIX_V6}"),
-        )?;
+        host.addr(&self.uplink, &format!("{HOST_UPLINK_V4}/{UPLINK_PREFIX_V4}"))?;
+        host.addr(&self.uplink, &format!("{HOST_UPLINK_V6}/{UPLINK_PREFIX_V6}"))?;
         // Static neighbours: an XDP program's FIB lookup must not depend on
         // ARP/ND having happened.
         inet.neigh(INET_IF, &HOST_UPLINK_V4.to_string(), self.host_uplink_mac)?;
@@ -674,10 +646,7 @@ impl Lab {
             None,
         )?;
         ul.ip(&["link", "set", "dev", HOST_UNDERLAY_PORT, "master", BRIDGE])?;
-        host.addr(
-            &self.fabric,
-            &format!("{}/{UNDERLAY_PREFIX}", self.host_vtep),
-        )?;
+        host.addr(&self.fabric, &format!("{}/{UNDERLAY_PREFIX}", self.host_vtep))?;
 
         for m in self.machines() {
             let ns = NetNs::named(&m.netns)?.disown();
@@ -696,15 +665,8 @@ impl Lab {
                 None,
             )?;
             ul.ip(&["link", "set", "dev", &m.underlay_port, "master", BRIDGE])?;
-            ns.addr(
-                MACHINE_UNDERLAY_IF,
-                &format!("{}/{UNDERLAY_PREFIX}", m.vtep),
-            )?;
-            ns.neigh(
-                MACHINE_UNDERLAY_IF,
-                &self.host_vtep.to_string(),
-                self.host_fabric_mac,
-            )?;
+            ns.addr(MACHINE_UNDERLAY_IF, &format!("{}/{UNDERLAY_PREFIX}", m.vtep))?;
+            ns.neigh(MACHINE_UNDERLAY_IF, &self.host_vtep.to_string(), self.host_fabric_mac)?;
             host.neigh(&self.fabric, &m.vtep.to_string(), m.underlay_mac)?;
             vxlan(
                 &ns,
@@ -715,10 +677,7 @@ impl Lab {
                 m.mac,
                 MACHINE_UNDERLAY_IF,
             )?;
-            ns.addr(
-                MACHINE_VXLAN_IF,
-                &format!("{}/{}", m.private_v4, m.private_v4_prefix),
-            )?;
+            ns.addr(MACHINE_VXLAN_IF, &format!("{}/{}", m.private_v4, m.private_v4_prefix))?;
             if let Some(v6) = m.private_v6 {
                 ns.addr(MACHINE_VXLAN_IF, &format!("{v6}/{}", m.private_v6_prefix))?;
             }
@@ -945,9 +904,7 @@ pub fn one_mib() -> Vec<u8> {
 /// peer=198.51.100.10`, `peer=203.0.113.200 port=20001`), IPv4-mapped
 /// addresses turned into IPv4.
 pub fn parse_peer(reply: &str) -> Option<IpAddr> {
-    let a = reply
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("peer="))?;
+    let a = reply.split_whitespace().find_map(|w| w.strip_prefix("peer="))?;
     let a = a.trim_start_matches('[').trim_end_matches(']');
     a.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
@@ -993,19 +950,15 @@ fn is_lab_namespace(lab: &str, ns: &str) -> bool {
     let Some((tenant, machine)) = rest.rsplit_once('-') else {
         return false;
     };
-    let num = machine
-        .strip_prefix("conn")
-        .or_else(|| machine.strip_prefix("core"));
-    !tenant.is_empty()
-        && num.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    let num = machine.strip_prefix("conn").or_else(|| machine.strip_prefix("core"));
+    !tenant.is_empty() && num.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The lab's existing namespaces: those its manifest lists plus any whose
 /// name fits the lab's naming scheme (e.g. from a different policy set).
 fn lab_namespaces(name: &str) -> Result<Vec<String>> {
     let existing = netns::list_netns()?;
-    let manifest = std::fs::read_to_string(Path::new(STATE_ROOT).join(name).join("namespaces"))
-        .unwrap_or_default();
+    let manifest = std::fs::read_to_string(Path::new(STATE_ROOT).join(name).join("namespaces")).unwrap_or_default();
     let listed: BTreeSet<&str> = manifest.lines().map(str::trim).collect();
     Ok(existing
         .into_iter()
@@ -1120,14 +1073,8 @@ mod tests {
         let conn = lab.machine("beta", Role::Connector, 0).unwrap();
         assert_eq!(conn.private_v4, Ipv4Addr::new(10, 101, 0, 10));
         assert_eq!(conn.https_ports, vec![443, 8443]);
-        assert!(
-            lab.public_addrs()
-                .contains(&"203.0.113.201".parse().unwrap())
-        );
-        assert!(
-            lab.public_addrs()
-                .contains(&"2001:db8:10::200".parse().unwrap())
-        );
+        assert!(lab.public_addrs().contains(&"203.0.113.201".parse().unwrap()));
+        assert!(lab.public_addrs().contains(&"2001:db8:10::200".parse().unwrap()));
         for m in lab.machines() {
             assert!(m.netns.len() <= MAX_NETNS_NAME);
             assert!(m.underlay_port.len() <= MAX_IFNAME);
@@ -1137,11 +1084,7 @@ mod tests {
     #[test]
     fn host_config_parses() {
         let lab = repo_lab();
-        let text = lab.host_config_toml(
-            Path::new("/sys/fs/bpf/x"),
-            Path::new("/run/x.sock"),
-            Path::new("/p"),
-        );
+        let text = lab.host_config_toml(Path::new("/sys/fs/bpf/x"), Path::new("/run/x.sock"), Path::new("/p"));
         let v: toml::Table = toml::from_str(&text).unwrap();
         assert_eq!(v["uplink"].as_str(), Some("uplink"));
         assert_eq!(v["fabric"].as_str(), Some("fabric"));
@@ -1226,10 +1169,7 @@ cores = [{ vtep = "10.200.7.20", mac = "02:00:0a:c8:07:14" }]
         assert_eq!(m.gateway_v4, Ipv4Addr::new(192, 168, 7, 254));
         assert_eq!(m.private_v6, Some("fd77::20".parse().unwrap()));
         assert_eq!(lab.tenants[0].egress_v4, None);
-        assert_eq!(
-            lab.public_addrs(),
-            vec!["203.0.113.77".parse::<IpAddr>().unwrap()]
-        );
+        assert_eq!(lab.public_addrs(), vec!["203.0.113.77".parse::<IpAddr>().unwrap()]);
 
         let too_long = LabConfig {
             name: "cwlab-longer".into(),

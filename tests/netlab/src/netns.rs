@@ -254,8 +254,7 @@ impl NetNs {
     /// A command that will run inside this namespace; callers may still set
     /// stdio, environment and working directory on it.
     pub fn command(&self, program: &str) -> Result<Command> {
-        let file = File::open(self.path())
-            .with_context(|| format!("opening {}", self.path().display()))?;
+        let file = File::open(self.path()).with_context(|| format!("opening {}", self.path().display()))?;
         let mut cmd = Command::new(program);
         // SAFETY: the closure only makes the setns syscall, which is
         // async-signal-safe, and owns the fd it uses.
@@ -299,9 +298,7 @@ impl NetNs {
     /// [`Daemon`] is dropped. Stdout is discarded, stderr inherited.
     pub fn spawn(&self, args: &[&str]) -> Result<Daemon> {
         let mut cmd = self.command_for(args)?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
         Daemon::start(cmd).with_context(|| format!("in namespace {}", self.name))
     }
 
@@ -312,16 +309,14 @@ impl NetNs {
         F: FnOnce() -> T + Send,
         T: Send,
     {
-        let file = File::open(self.path())
-            .with_context(|| format!("opening {}", self.path().display()))?;
+        let file = File::open(self.path()).with_context(|| format!("opening {}", self.path().display()))?;
         let name = &self.name;
         let joined = std::thread::scope(|s| {
             s.spawn(move || -> Result<T> {
                 // SAFETY: setns on our own thread with a valid fd; only this
                 // thread's network namespace changes.
                 if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(io::Error::last_os_error())
-                        .with_context(|| format!("setns into {name}"));
+                    return Err(io::Error::last_os_error()).with_context(|| format!("setns into {name}"));
                 }
                 drop(file);
                 Ok(f())
@@ -341,8 +336,7 @@ impl NetNs {
         self.enter(|| -> Result<()> {
             for (key, value) in pairs {
                 let path = Path::new("/proc/sys").join(key.replace('.', "/"));
-                std::fs::write(&path, value)
-                    .with_context(|| format!("sysctl {key}={value} ({})", path.display()))?;
+                std::fs::write(&path, value).with_context(|| format!("sysctl {key}={value} ({})", path.display()))?;
             }
             Ok(())
         })?
@@ -408,18 +402,8 @@ impl NetNs {
     /// A permanent neighbour entry, so nothing waits on ARP/ND.
     pub fn neigh(&self, dev: &str, ip: &str, mac: MacAddr) -> Result<()> {
         let mac = mac.to_string();
-        self.ip(&[
-            "neigh",
-            "replace",
-            ip,
-            "lladdr",
-            &mac,
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ])
-        .map(drop)
+        self.ip(&["neigh", "replace", ip, "lladdr", &mac, "dev", dev, "nud", "permanent"])
+            .map(drop)
     }
 
     /// Pids of the processes inside.
@@ -442,11 +426,7 @@ impl NetNs {
         let deadline = Instant::now() + timeout;
         loop {
             let open = self.listening_ports(udp)?;
-            let missing: Vec<u16> = ports
-                .iter()
-                .copied()
-                .filter(|p| !open.contains(p))
-                .collect();
+            let missing: Vec<u16> = ports.iter().copied().filter(|p| !open.contains(p)).collect();
             if missing.is_empty() {
                 return Ok(());
             }
@@ -610,15 +590,7 @@ pub fn ensure_bpffs() -> Result<()> {
     std::fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
     let (src, target, fstype) = (c"bpf", c"/sys/fs/bpf", c"bpf");
     // SAFETY: all pointers are valid NUL-terminated strings; data is null.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         let err = io::Error::last_os_error();
         // Another process may have mounted it between our check and now.
@@ -686,10 +658,7 @@ mod tests {
         let tags: Vec<String> = (0..500).map(|_| unique_tag()).collect();
         for t in &tags {
             assert_eq!(t.len(), 6);
-            assert!(
-                t.chars()
-                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-            );
+            assert!(t.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         }
         let set: HashSet<&String> = tags.iter().collect();
         assert_eq!(set.len(), tags.len());

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use netlab::lab::{
-    self, ALLOWED_CLIENT_V4, ALLOWED_CLIENT_V6, HOST_UPLINK_V4, HOST_UPLINK_V6, PARTNER_TCP_PORT,
-    PARTNER_UDP_PORT, PARTNER_V4, PARTNER_V6, STATE_ROOT,
+    self, ALLOWED_CLIENT_V4, ALLOWED_CLIENT_V6, HOST_UPLINK_V4, HOST_UPLINK_V6, PARTNER_TCP_PORT, PARTNER_UDP_PORT,
+    PARTNER_V4, PARTNER_V6, STATE_ROOT,
 };
 use netlab::netns::list_netns;
 use netlab::{Lab, LabConfig, LabGuard, Role};
@@ -87,11 +87,8 @@ fn lab_up_works_without_carwash_and_down_cleans_up() {
             let port = m.jms_ports[0];
             let (banner, echo) = ns
                 .enter(|| {
-                    let mut s = TcpStream::connect_timeout(
-                        &SocketAddr::new(vip, port),
-                        Duration::from_secs(5),
-                    )
-                    .unwrap();
+                    let mut s =
+                        TcpStream::connect_timeout(&SocketAddr::new(vip, port), Duration::from_secs(5)).unwrap();
                     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
                     let mut r = BufReader::new(s.try_clone().unwrap());
                     let mut banner = String::new();
@@ -120,20 +117,10 @@ fn lab_up_works_without_carwash_and_down_cleans_up() {
                 &url(IpAddr::V6(vip6), 443, lab::BIG_FILE),
             ])
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{:?}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{:?}", String::from_utf8_lossy(&out.stderr));
         assert!(out.stdout == lab::one_mib(), "1MiB.bin differs");
         let out = ns
-            .exec(&[
-                "curl",
-                "-sSgk",
-                "--max-time",
-                "5",
-                &url(IpAddr::V6(vip6), 443, "peer"),
-            ])
+            .exec(&["curl", "-sSgk", "--max-time", "5", &url(IpAddr::V6(vip6), 443, "peer")])
             .unwrap();
         assert_eq!(stdout(&out), format!("{} peer={vip6}\n", conn.label()));
         let out = ns
@@ -172,17 +159,10 @@ fn lab_up_works_without_carwash_and_down_cleans_up() {
                     let mut buf = [0u8; 256];
                     let (n, from) = s.recv_from(&mut buf).unwrap();
                     let port = s.local_addr().unwrap().port();
-                    (
-                        String::from_utf8_lossy(&buf[..n]).into_owned(),
-                        (from, port),
-                    )
+                    (String::from_utf8_lossy(&buf[..n]).into_owned(), (from, port))
                 })
                 .unwrap();
-            assert_eq!(
-                from.0.ip(),
-                partner,
-                "UDP reply must come from the partner address"
-            );
+            assert_eq!(from.0.ip(), partner, "UDP reply must come from the partner address");
             assert_eq!(lab::parse_peer(&reply), Some(client), "{reply:?}");
             assert_eq!(lab::parse_peer_port(&reply), Some(from.1), "{reply:?}");
         }
@@ -191,26 +171,16 @@ fn lab_up_works_without_carwash_and_down_cleans_up() {
         let host = lab.host_ns().unwrap();
         let host_addrs = host.ip(&["-br", "addr"]).unwrap();
         for a in lab.public_addrs() {
-            assert!(
-                !host_addrs.contains(&a.to_string()),
-                "{a} on the host: {host_addrs}"
-            );
+            assert!(!host_addrs.contains(&a.to_string()), "{a} on the host: {host_addrs}");
         }
 
         let status = Lab::status(&name).unwrap();
         for ns in lab.namespaces() {
             assert!(status.contains(&ns), "{ns} not in status:\n{status}");
         }
-        assert!(
-            status.contains("*:443") || status.contains("[::]:443"),
-            "{status}"
-        );
+        assert!(status.contains("*:443") || status.contains("[::]:443"), "{status}");
 
-        let cfg_text = lab.host_config_toml(
-            Path::new("/sys/fs/bpf/x"),
-            Path::new("/run/x.sock"),
-            &lab.policies,
-        );
+        let cfg_text = lab.host_config_toml(Path::new("/sys/fs/bpf/x"), Path::new("/run/x.sock"), &lab.policies);
         assert!(cfg_text.contains("uplink = \"uplink\""), "{cfg_text}");
 
         // Bringing the same lab up again replaces it.
@@ -220,13 +190,7 @@ fn lab_up_works_without_carwash_and_down_cleans_up() {
         let out = m
             .ns()
             .unwrap()
-            .exec(&[
-                "curl",
-                "-sSk",
-                "--max-time",
-                "5",
-                &url(m.vips[0], 8443, "whoami"),
-            ])
+            .exec(&["curl", "-sSk", "--max-time", "5", &url(m.vips[0], 8443, "whoami")])
             .unwrap();
         assert_eq!(stdout(&out), format!("{}\n", m.label()));
     }

@@ -36,10 +36,7 @@ fn veth_carries_tcp_and_drop_removes_namespaces() {
 
         // A std listener created inside b; accepting on a thread of the root
         // namespace is fine, the socket stays where it was made.
-        let listener = b
-            .enter(|| TcpListener::bind("10.99.0.2:0"))
-            .unwrap()
-            .unwrap();
+        let listener = b.enter(|| TcpListener::bind("10.99.0.2:0")).unwrap().unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
             let (mut s, peer) = listener.accept().unwrap();
@@ -64,10 +61,7 @@ fn veth_carries_tcp_and_drop_removes_namespaces() {
         let peer = server.join().unwrap();
         assert_eq!(peer.ip().to_string(), "10.99.0.1");
         assert_eq!(reply.len(), 8 + 1024);
-        assert_eq!(
-            u64::from_be_bytes(reply[..8].try_into().unwrap()),
-            256 * 1024
-        );
+        assert_eq!(u64::from_be_bytes(reply[..8].try_into().unwrap()), 256 * 1024);
         assert_eq!(&reply[8..], &payload[..1024]);
 
         // IPv6 works at once (no DAD) and commands run inside.
@@ -80,12 +74,7 @@ fn veth_carries_tcp_and_drop_removes_namespaces() {
         // sysctls are per namespace.
         a.sysctl("net.ipv4.ip_forward", "1").unwrap();
         assert_eq!(a.read_sysctl("net.ipv4.ip_forward").unwrap(), "1");
-        assert_eq!(
-            a.run(&["sysctl", "-n", "net.ipv4.ip_forward"])
-                .unwrap()
-                .trim(),
-            "1"
-        );
+        assert_eq!(a.run(&["sysctl", "-n", "net.ipv4.ip_forward"]).unwrap().trim(), "1");
         assert_eq!(b.read_sysctl("net.ipv4.ip_forward").unwrap(), "0");
 
         // A daemon is inside, and gone once dropped.
@@ -141,17 +130,9 @@ fn owned_and_opened_handles() {
         let other = NetNs::open(&name).unwrap();
         assert!(!other.is_owned());
     }
-    assert!(
-        list_netns().unwrap().contains(&name),
-        "open() handle deleted it"
-    );
-    assert!(
-        NetNs::named(&name).is_err(),
-        "creating an existing name must fail"
-    );
-    let err = ns
-        .ip(&["link", "set", "dev", "nosuchdev", "up"])
-        .unwrap_err();
+    assert!(list_netns().unwrap().contains(&name), "open() handle deleted it");
+    assert!(NetNs::named(&name).is_err(), "creating an existing name must fail");
+    let err = ns.ip(&["link", "set", "dev", "nosuchdev", "up"]).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("nosuchdev") && msg.contains("ip -n"), "{msg}");
     drop(ns);

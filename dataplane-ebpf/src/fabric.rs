@@ -1,0 +1,130 @@
+//! The `fabric` program: VXLAN from the tenants' machines (paths 2, 3).
+//! The VNI names a tenant, the outer source must be one of that tenant's
+//! VTEPs; the inner frame is then a reply from one of the tenant's VIPs,
+//! which leaves decapsulated for the internet. Everything that is not VXLAN
+//! to this host's VTEP passes to the host stack untouched.
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use dataplane_common::{
+    Counter, DropReason,
+    types::{ADDR_VIP, CLASS_NONE, HostConfig, SIDE_FABRIC, TenantInfo, VXLAN_PORT},
+};
+
+use crate::counters::{Counters, tenant_dropped, tenant_steered};
+use crate::encap::{RouteQuery, route, transmit};
+use crate::maps::{CONFIG, VNIS};
+use crate::packet::{IPPROTO_UDP, frame_len, read, write};
+use crate::parse::{Flow, NotIp, parse, parse_from};
+use crate::steer;
+use crate::uplink::Refused;
+
+const UDP_VXLAN: usize = 8 + 8;
+
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    let Some(stats) = Counters::this_cpu(SIDE_FABRIC) else {
+        return xdp_action::XDP_PASS;
+    };
+    stats.around(frame_len(ctx), || try_fabric(ctx, &stats))
+}
+
+#[inline(always)]
+fn try_fabric(ctx: &XdpContext, stats: &Counters) -> u32 {
+    let outer = match parse(ctx) {
+        Ok(f) => f,
+        Err(NotIp::Other) => {
+            stats.inc(Counter::NonIp);
+            return xdp_action::XDP_PASS;
+        }
+        Err(NotIp::Malformed(why)) => {
+            stats.inc(why);
+            return xdp_action::XDP_PASS;
+        }
+    };
+    stats.protocols(&outer);
+    if outer.v6 || outer.proto != IPPROTO_UDP || outer.dport != VXLAN_PORT || outer.later_fragment {
+        return xdp_action::XDP_PASS;
+    }
+    let cfg = match CONFIG.get(0) {
+        Some(c) if c.ready != 0 => c,
+        _ => return xdp_action::XDP_PASS,
+    };
+    if outer.dst[..4] != cfg.vtep {
+        return xdp_action::XDP_PASS;
+    }
+    let bytes = frame_len(ctx) as u64;
+    let mut tenant = 0;
+    match from_vpc(ctx, &outer, cfg, &mut tenant) {
+        Ok(action) => {
+            stats.inc(Counter::Decapsulated);
+            tenant_steered(tenant, CLASS_NONE, bytes);
+            action
+        }
+        Err(r) => {
+            stats.drop(r.why);
+            if tenant != 0 {
+                tenant_dropped(tenant, CLASS_NONE, r.why, bytes);
+            }
+            r.action
+        }
+    }
+}
+
+/// Whether `vtep` is one of the tenant's machines.
+#[inline(always)]
+fn is_tenant_vtep(t: &TenantInfo, vtep: &[u8]) -> bool {
+    let n_conn = t.n_connectors as usize;
+    let n_core = t.n_cores as usize;
+    (n_conn > 0 && t.connectors[0].vtep == vtep)
+        || (n_conn > 1 && t.connectors[1].vtep == vtep)
+        || (n_core > 0 && t.cores[0].vtep == vtep)
+        || (n_core > 1 && t.cores[1].vtep == vtep)
+}
+
+#[inline(always)]
+fn from_vpc(ctx: &XdpContext, outer: &Flow, cfg: &HostConfig, tenant: &mut u32) -> Result<u32, Refused> {
+    let vx: [u8; 8] = read(ctx, outer.l4_off + 8).ok_or(DropReason::Malformed)?;
+    if vx[0] & 0x08 == 0 {
+        return Err(DropReason::Malformed.into());
+    }
+    let vni = u32::from_be_bytes([0, vx[4], vx[5], vx[6]]);
+    // SAFETY: copied out at once.
+    let id = unsafe { VNIS.get(&vni) }.copied().ok_or(DropReason::UnknownVni)?;
+    *tenant = id;
+    let t = steer::tenant(id)?;
+    // The isolation check: a VNI is only believed from its tenant's VTEPs.
+    if !is_tenant_vtep(t, &outer.src[..4]) {
+        return Err(DropReason::VtepNotOfTenant.into());
+    }
+    let inner_off = outer.l4_off + UDP_VXLAN;
+    let inner = match parse_from(ctx, inner_off) {
+        Ok(f) if f.vlans == 0 => f,
+        Ok(_) => return Err(DropReason::Malformed.into()),
+        Err(NotIp::Other) => return Err(DropReason::InnerNotIp.into()),
+        Err(NotIp::Malformed(_)) => return Err(DropReason::Malformed.into()),
+    };
+    match steer::address(&inner.src, inner.v6) {
+        Some(a) if a.tenant == id && a.kind == ADDR_VIP => Ok(to_internet(ctx, &inner, inner_off, cfg)?),
+        _ => Err(DropReason::InnerSourceNotAllowed.into()),
+    }
+}
+
+/// Strips the tunnel headers and sends the inner packet towards its
+/// destination through the uplink.
+#[inline(always)]
+fn to_internet(ctx: &XdpContext, inner: &Flow, inner_off: usize, cfg: &HostConfig) -> Result<u32, DropReason> {
+    let nh = route(&RouteQuery {
+        ctx,
+        ifindex: cfg.uplink_ifindex,
+        v6: inner.v6,
+        src: &inner.src,
+        dst: &inner.dst,
+    })?;
+    // SAFETY: valid context; pointers are re-derived afterwards.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, inner_off as i32) } != 0 {
+        return Err(DropReason::Malformed);
+    }
+    if !write(ctx, 0, nh.dmac) || !write(ctx, 6, nh.smac) {
+        return Err(DropReason::Malformed);
+    }
+    Ok(transmit(ctx, nh.ifindex))
+}
