@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod fabric;
 pub mod fixture;
+pub mod labrun;
 pub mod packets;
 
 /// Kernel tests load BPF programs and create namespaces: they need root.

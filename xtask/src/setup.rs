@@ -19,6 +19,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("nft", "nftables"),
     ("ss", "iproute2"),
+    ("ethtool", "ethtool"),
+    ("tcpdump", "tcpdump"),
 ];
 
 /// PATH with cargo's bin directory (where bpf-linker lands) in front.

@@ -529,8 +529,18 @@ pub fn veth_pair(
     }
     args.extend(["netns", b.name()]);
     a.ip(&args)?;
+    like_a_nic(a, a_if)?;
+    like_a_nic(b, b_if)?;
     a.link_up(a_if)?;
     b.link_up(b_if)
+}
+
+/// Makes a veth end behave like a physical NIC towards XDP: frames carry
+/// complete checksums (a veth otherwise hands on the sender's partial,
+/// offloaded checksum, which an XDP program forwarding the frame cannot
+/// complete), and NAPI is on, so XDP_REDIRECT and XDP_TX into it deliver.
+pub fn like_a_nic(ns: &NetNs, dev: &str) -> Result<()> {
+    ns.run(&["ethtool", "-K", dev, "tx", "off", "gro", "on"]).map(drop)
 }
 
 /// Creates a Linux VXLAN device on `underlay_dev` (UDP 4789, no learning,
@@ -572,6 +582,9 @@ pub fn vxlan(
         underlay_dev,
         "nolearning",
     ])?;
+    // Tunnelled frames leave with complete inner checksums, as a NIC
+    // without encapsulation offload would send them.
+    ns.run(&["ethtool", "-K", ifname, "tx", "off"])?;
     ns.link_up(ifname)
 }
 
