@@ -9,7 +9,7 @@ use dataplane_common::{
     CounterBlock,
     types::{
         AddrKey, AddrValue, Allow4, Allow6, AllowMask, HostConfig, MAX_ADDRS, MAX_ALLOW_PREFIXES, MAX_ALLOW_SLOTS,
-        MAX_SERVICES, MAX_TENANTS, SIDES, ServiceKey, ServiceValue, TenantInfo, TenantStats,
+        MAX_SERVICES, MAX_TENANTS, Meta, SIDES, ServiceKey, ServiceValue, TenantInfo, TenantName, TenantStats,
     },
 };
 
@@ -28,6 +28,15 @@ pub static ADDRS: HashMap<AddrKey, AddrValue> = HashMap::with_max_entries(MAX_AD
 
 #[map(name = "SERVICES")]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Tenant names by id: written and read by userspace only, kept in the
+/// object so that they are created and pinned with everything else.
+#[map(name = "TENANT_NAMES")]
+pub static TENANT_NAMES: HashMap<u32, TenantName> = HashMap::with_max_entries(MAX_TENANTS, 0);
+
+/// The policy generation in force: userspace only, like `TENANT_NAMES`.
+#[map(name = "META")]
+pub static META: Array<Meta> = Array::with_max_entries(1, 0);
 
 /// VNI → tenant id, for traffic from the fabric.
 #[map(name = "VNIS")]

@@ -22,6 +22,8 @@ const ALL_MAPS: &[&str] = &[
     maps::ADDRS,
     maps::SERVICES,
     maps::VNIS,
+    maps::TENANT_NAMES,
+    maps::META,
     maps::TENANTS,
     maps::TENANT_STATS,
     maps::ALLOW_V4,

@@ -17,7 +17,7 @@ use dataplane_common::{
     types::{
         ADDR_EGRESS, ADDR_VIP, AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendEntry, CLASS_HTTPS, CLASS_JMS,
         CLASSES, FAMILY_V4, FAMILY_V6, HostConfig, MAX_ALLOW_PREFIXES, MAX_TENANTS, ServiceKey, ServiceValue,
-        TENANT_READY, TenantInfo, TenantStats,
+        TENANT_READY, TenantInfo, TenantName, TenantStats,
     },
 };
 use ipnetwork::IpNetwork;
@@ -335,6 +335,8 @@ impl Dataplane {
             vnis.remove(&t.vni)?;
         }
         let _ = self.tenants_map()?.remove(&id);
+        let mut names: HashMap<_, u32, TenantName> = HashMap::try_from(self.map_mut(maps::TENANT_NAMES)?)?;
+        let _ = names.remove(&id);
         Ok(())
     }
 

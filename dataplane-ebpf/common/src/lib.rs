@@ -46,6 +46,10 @@ pub mod maps {
     pub const ADDRS: &str = "ADDRS";
     /// [`crate::types::ServiceKey`] → [`crate::types::ServiceValue`].
     pub const SERVICES: &str = "SERVICES";
+    /// tenant id → [`crate::types::TenantName`] (userspace only).
+    pub const TENANT_NAMES: &str = "TENANT_NAMES";
+    /// [`crate::types::Meta`], one entry (userspace only).
+    pub const META: &str = "META";
     /// VNI → tenant id.
     pub const VNIS: &str = "VNIS";
     /// tenant id → [`crate::types::TenantInfo`].

@@ -159,6 +159,51 @@ pub struct HostConfig {
     pub ready: u32,
 }
 
+/// A tenant's name as the maps keep it, for the CLI and for an agent that
+/// adopts pinned state after a restart (`[a-z0-9-]{1,32}`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TenantName {
+    pub len: u8,
+    pub name: [u8; 32],
+    pub _pad: [u8; 3],
+}
+
+impl TenantName {
+    /// `None` when the name is longer than 32 bytes.
+    pub fn new(s: &str) -> Option<TenantName> {
+        let b = s.as_bytes();
+        if b.len() > 32 {
+            return None;
+        }
+        let mut n = TenantName {
+            len: b.len() as u8,
+            ..Default::default()
+        };
+        n.name[..b.len()].copy_from_slice(b);
+        Some(n)
+    }
+
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.name[..(self.len as usize).min(32)]).unwrap_or("?")
+    }
+}
+
+/// What the agent last applied, for `carwash status` and for adoption.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// `LAYOUT_VERSION` of the agent that created the maps.
+    pub layout_version: u32,
+    pub _pad: u32,
+    /// Generation of the policy set in force (0: none yet).
+    pub generation: u64,
+    /// Unix time (seconds) the set was applied.
+    pub applied_at: u64,
+    /// SHA-256 of the policy set in force.
+    pub digest: [u8; 32],
+}
+
 /// Per-tenant counters of one CPU: `[class][slot]`, slots as in
 /// `drop::TENANT_STAT_SLOTS`.
 pub type TenantStats = [[u64; crate::drop::TENANT_STAT_SLOTS]; CLASSES];
@@ -175,12 +220,20 @@ mod pod {
     unsafe impl aya::Pod for BackendEntry {}
     unsafe impl aya::Pod for TenantInfo {}
     unsafe impl aya::Pod for HostConfig {}
+    unsafe impl aya::Pod for TenantName {}
+    unsafe impl aya::Pod for Meta {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use core::mem::{align_of, size_of};
+
+    #[test]
+    fn tenant_names_round_trip() {
+        assert_eq!(TenantName::new("acme").unwrap().as_str(), "acme");
+        assert!(TenantName::new(&"x".repeat(33)).is_none());
+    }
 
     #[test]
     fn sizes_have_no_hidden_padding() {
@@ -192,6 +245,8 @@ mod tests {
         assert_eq!(size_of::<TenantInfo>(), 16 + 4 * 12 + 256);
         assert_eq!(align_of::<TenantInfo>(), 4);
         assert_eq!(size_of::<HostConfig>(), 28);
+        assert_eq!(size_of::<TenantName>(), 36);
+        assert_eq!(size_of::<Meta>(), 56);
         assert!(MAGLEV_SIZE <= 256);
     }
 }
