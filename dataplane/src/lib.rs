@@ -1,9 +1,11 @@
 //! carwash's userspace: loading the eBPF object, pinning it, reading and
 //! writing its maps. The agent, the CLI and the tests all go through here.
+pub mod batch;
 pub mod config;
 pub mod counters;
 pub mod loader;
 pub mod maglev;
+pub mod memory;
 pub mod pin;
 pub mod tables;
 

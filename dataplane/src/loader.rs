@@ -16,7 +16,7 @@ use crate::counters::Counters;
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane-ebpf"));
 
 /// Every map of the object, for pinning.
-const ALL_MAPS: &[&str] = &[
+pub const ALL_MAPS: &[&str] = &[
     maps::COUNTERS,
     maps::CONFIG,
     maps::ADDRS,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{ArrayOfMaps, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
+use aya::maps::{HashMap, IterableMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use carwash_policy::{Class, Lane, Tenant};
 use dataplane_common::{
     LAYOUT_VERSION, maps,
@@ -22,12 +22,22 @@ use dataplane_common::{
 };
 use ipnetwork::IpNetwork;
 
+use std::os::fd::{AsFd, AsRawFd};
+
 use crate::Dataplane;
+use crate::batch;
 use crate::maglev;
 
 /// `BPF_F_NO_PREALLOC`: LPM tries require it.
 const NO_PREALLOC: u32 = 1;
 const IPPROTO_TCP: u8 = 6;
+
+type Trie4 = LpmTrie<MapData, Allow4, AllowMask>;
+type Trie6 = LpmTrie<MapData, Allow6, AllowMask>;
+
+fn raw_fd(m: &MapData) -> u32 {
+    m.fd().as_fd().as_raw_fd() as u32
+}
 
 /// Host settings for the programs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,9 +199,8 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Builds the tenant's allowlists in allow slot `slot`: fresh tries,
-    /// swapped in whole.
-    fn write_allow(&mut self, slot: u32, t: &Tenant) -> Result<()> {
+    /// Builds a tenant's allowlists as fresh tries, to be swapped in whole.
+    fn build_allow(t: &Tenant) -> Result<(Trie4, Trie6)> {
         let mut v4: LpmTrie<MapData, Allow4, AllowMask> = LpmTrie::create(MAX_ALLOW_PREFIXES, NO_PREALLOC)?;
         let mut v6: LpmTrie<MapData, Allow6, AllowMask> = LpmTrie::create(MAX_ALLOW_PREFIXES, NO_PREALLOC)?;
         for (net, mask) in allow_masks(t, false) {
@@ -208,12 +217,21 @@ impl Dataplane {
             v6.insert(&Key::new(net.prefix() as u32, a.octets()), mask, 0)
                 .with_context(|| format!("tenant {}: allow {net}", t.name))?;
         }
-        let mut outer4: ArrayOfMaps<_, LpmTrie<MapData, Allow4, AllowMask>> =
-            ArrayOfMaps::try_from(self.map_mut(maps::ALLOW_V4)?)?;
-        outer4.set(slot, &v4, 0)?;
-        let mut outer6: ArrayOfMaps<_, LpmTrie<MapData, Allow6, AllowMask>> =
-            ArrayOfMaps::try_from(self.map_mut(maps::ALLOW_V6)?)?;
-        outer6.set(slot, &v6, 0)?;
+        Ok((v4, v6))
+    }
+
+    /// Points allow slots at new tries: one batch per family, so one RCU
+    /// wait however many tenants change.
+    fn swap_allow(&mut self, slots: &[u32], tries: &[(Trie4, Trie6)]) -> Result<()> {
+        let fds4: Vec<u32> = tries.iter().map(|(v4, _)| raw_fd(v4.map())).collect();
+        let fds6: Vec<u32> = tries.iter().map(|(_, v6)| raw_fd(v6.map())).collect();
+        for (name, fds) in [(maps::ALLOW_V4, &fds4), (maps::ALLOW_V6, &fds6)] {
+            let outer = match self.map_mut(name)? {
+                aya::maps::Map::ArrayOfMaps(d) => d,
+                _ => bail!("map {name} is not an array of maps"),
+            };
+            batch::set_inner_maps(outer.fd().as_fd(), slots, fds).with_context(|| format!("updating {name}"))?;
+        }
         Ok(())
     }
 
@@ -238,22 +256,35 @@ impl Dataplane {
     }
 
     pub fn install_tenant_with(&mut self, id: u32, t: &Tenant, health: &Health) -> Result<()> {
-        if id == 0 || id >= MAX_TENANTS {
-            bail!("tenant id {id} out of range 1..{MAX_TENANTS}");
-        }
-        let current = self.tenant_info(id)?;
-        // The new allowlists go into the slot the tenant does not use now.
-        let slot = match current {
-            Some(c) if c.allow_slot == 2 * id => 2 * id + 1,
-            _ => 2 * id,
-        };
-        if current.is_none() {
-            self.tenants_map()?.insert(id, tenant_info(t, slot, health, false), 0)?;
-        }
-        let mut vnis: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(maps::VNIS)?)?;
-        vnis.insert(t.vni, id, 0)
-            .with_context(|| format!("tenant {}: vni {}", t.name, t.vni))?;
-        {
+        self.install_tenants(&[(id, t, health.clone())])
+    }
+
+    /// Installs or replaces several tenants. Each tenant is switched to its
+    /// new state as a whole; the expensive part (swapping allowlist tries)
+    /// is done for all of them at once.
+    pub fn install_tenants(&mut self, tenants: &[(u32, &Tenant, Health)]) -> Result<()> {
+        let mut slots = Vec::with_capacity(tenants.len());
+        for (id, t, health) in tenants {
+            let (id, t) = (*id, *t);
+            if id == 0 || id >= MAX_TENANTS {
+                bail!("tenant id {id} out of range 1..{MAX_TENANTS}");
+            }
+            let current = self.tenant_info(id)?;
+            // The new allowlists go into the slot the tenant does not use now.
+            let slot = match current {
+                Some(c) if c.allow_slot == 2 * id => 2 * id + 1,
+                _ => 2 * id,
+            };
+            slots.push(slot);
+            if current.is_none() {
+                self.tenants_map()?.insert(id, tenant_info(t, slot, health, false), 0)?;
+            }
+            let name = TenantName::new(&t.name).ok_or_else(|| anyhow!("tenant name {:?} longer than 32 bytes", t.name))?;
+            let mut names: HashMap<_, u32, TenantName> = HashMap::try_from(self.map_mut(maps::TENANT_NAMES)?)?;
+            names.insert(id, name, 0)?;
+            let mut vnis: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(maps::VNIS)?)?;
+            vnis.insert(t.vni, id, 0)
+                .with_context(|| format!("tenant {}: vni {}", t.name, t.vni))?;
             let mut addrs: HashMap<_, AddrKey, AddrValue> = HashMap::try_from(self.map_mut(maps::ADDRS)?)?;
             let vips = t.vips.iter().map(|ip| (*ip, ADDR_VIP));
             let egress = t.egress.iter().flat_map(|e| {
@@ -262,36 +293,34 @@ impl Dataplane {
                     .map(|ip| (ip, ADDR_EGRESS))
             });
             for (ip, kind) in vips.chain(egress) {
+                let v = AddrValue {
+                    tenant: id,
+                    kind,
+                    _pad: [0; 3],
+                };
                 addrs
-                    .insert(
-                        addr_key(ip),
-                        AddrValue {
-                            tenant: id,
-                            kind,
-                            _pad: [0; 3],
-                        },
-                        0,
-                    )
+                    .insert(addr_key(ip), v, 0)
                     .with_context(|| format!("tenant {}: address {ip}", t.name))?;
             }
         }
-        self.write_allow(slot, t)?;
-        {
+        let tries = tenants
+            .iter()
+            .map(|(_, t, _)| Self::build_allow(t))
+            .collect::<Result<Vec<_>>>()?;
+        self.swap_allow(&slots, &tries)?;
+        for ((id, t, health), slot) in tenants.iter().zip(&slots) {
             let mut svcs: HashMap<_, ServiceKey, ServiceValue> = HashMap::try_from(self.map_mut(maps::SERVICES)?)?;
             for (key, class) in services(t) {
-                svcs.insert(
-                    key,
-                    ServiceValue {
-                        tenant: id,
-                        class,
-                        _pad: [0; 3],
-                    },
-                    0,
-                )
-                .with_context(|| format!("tenant {}: service", t.name))?;
+                let v = ServiceValue {
+                    tenant: *id,
+                    class,
+                    _pad: [0; 3],
+                };
+                svcs.insert(key, v, 0)
+                    .with_context(|| format!("tenant {}: service", t.name))?;
             }
+            self.tenants_map()?.insert(*id, tenant_info(t, *slot, health, true), 0)?;
         }
-        self.tenants_map()?.insert(id, tenant_info(t, slot, health, true), 0)?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@ pub mod fabric;
 pub mod fixture;
 pub mod labrun;
 pub mod packets;
+pub mod synthetic;
 
 /// Kernel tests load BPF programs and create namespaces: they need root.
 /// Fails (never skips) so that a run without privileges cannot look green.
