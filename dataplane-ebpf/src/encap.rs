@@ -4,15 +4,16 @@
 //! VNI, inner Ethernet to the backend's MAC from the router MAC.
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
-    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
 use dataplane_common::{
     DropReason, checksum,
     hash::vxlan_source_port,
-    types::{BackendEntry, HostConfig, VXLAN_PORT},
+    types::{BackendEntry, HostConfig, NEXT_HOP_TTL_NS, NextHopEntry, NextHopKey, VXLAN_PORT},
 };
 
+use crate::maps::NEXT_HOPS;
 use crate::packet::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, frame_len, ptr_at_mut};
 use crate::parse::Flow;
 
@@ -60,20 +61,49 @@ pub struct RouteQuery<'a> {
     pub dst: &'a [u8; 16],
 }
 
-#[inline(always)]
+/// The next hop, from the cache while it is fresh, else from the FIB.
+// Not inlined: the key, the cache entry and the FIB's 64-byte parameter
+// block live in this frame, which keeps the programs' stacks within the
+// verifier's 512 bytes.
+#[inline(never)]
 pub fn route(q: &RouteQuery) -> Result<NextHop, DropReason> {
-    let mut nh = NextHop::default();
-    if fib(q, &mut nh) {
-        Ok(nh)
-    } else {
-        Err(DropReason::NoRoute)
+    let key = NextHopKey {
+        ifindex: q.ifindex,
+        family: q.v6 as u8,
+        _pad: [0; 3],
+        addr: *q.dst,
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: copied out at once.
+    if let Some(e) = unsafe { NEXT_HOPS.get(&key) }
+        && now < e.expires_ns
+    {
+        return Ok(NextHop {
+            ifindex: e.ifindex,
+            smac: e.smac,
+            dmac: e.dmac,
+        });
     }
+    let mut nh = NextHop::default();
+    if !fib(q, &mut nh) {
+        return Err(DropReason::NoRoute);
+    }
+    let entry = NextHopEntry {
+        ifindex: nh.ifindex,
+        smac: nh.smac,
+        dmac: nh.dmac,
+        expires_ns: now + NEXT_HOP_TTL_NS,
+    };
+    // A full cache evicts its least recently used entry; a failed insert
+    // only means the next packet asks the FIB again.
+    let _ = NEXT_HOPS.insert(&key, &entry, 0);
+    Ok(nh)
 }
 
-// Not inlined: the 64-byte parameter block lives in its own frame, which
-// keeps the programs' stacks within the verifier's 512 bytes. (BPF calls
-// take five arguments at most, hence the query struct and out-parameter.)
-#[inline(never)]
+// BPF calls take five arguments at most, hence the query struct and the
+// out-parameter.
+#[inline(always)]
 fn fib(q: &RouteQuery, nh: &mut NextHop) -> bool {
     let (ctx, src, dst) = (q.ctx, q.src, q.dst);
     // SAFETY: an all-zero bpf_fib_lookup is a valid input.

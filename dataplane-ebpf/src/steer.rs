@@ -4,14 +4,25 @@
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use dataplane_common::{
     DropReason,
+    hash::addr_filter_bit,
     types::{
         AddrKey, AddrValue, BackendEntry, CLASS_HTTPS, FAMILY_V4, FAMILY_V6, MAGLEV_SIZE, ServiceKey, TENANT_READY,
         TenantInfo,
     },
 };
 
-use crate::maps::{ADDRS, ALLOW_V4, ALLOW_V6, SERVICES, TENANTS};
+use crate::maps::{ADDR_FILTER, ADDRS, ALLOW_V4, ALLOW_V6, SERVICES, TENANTS};
 use crate::parse::Flow;
+
+/// Whether `addr` may be a VIP or egress IP (no false negatives).
+#[inline(always)]
+pub fn maybe_ours(addr: &[u8; 16]) -> bool {
+    let bit = addr_filter_bit(addr);
+    match ADDR_FILTER.get(bit >> 6) {
+        Some(w) => (*w >> (bit & 63)) & 1 != 0,
+        None => true,
+    }
+}
 
 /// Whose VIP or egress IP `addr` is, if anyone's.
 #[inline(always)]

@@ -6,12 +6,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
 use carwash_tests::bench::{Row, ns_per_packet, ns_per_packet_loop, print_table};
-use dataplane::tables::Health;
 use carwash_tests::fabric::FabricNs;
 use carwash_tests::fixture::{XDP_DROP, XDP_PASS, XDP_REDIRECT};
 use carwash_tests::packets::*;
 use carwash_tests::synthetic;
 use dataplane::Dataplane;
+use dataplane::tables::Health;
 use dataplane_common::programs;
 use netlab::netns::PinDir;
 
@@ -49,7 +49,13 @@ fn scenarios(i: u32) -> Vec<Scenario> {
         },
         Scenario {
             name: "not a VIP (pass-through), IPv4",
-            packet: tcp4(synthetic::allowed4(i), Ipv4Addr::new(192, 0, 2, 80), 40000, 443, &[0u8; 10]),
+            packet: tcp4(
+                synthetic::allowed4(i),
+                Ipv4Addr::new(192, 0, 2, 80),
+                40000,
+                443,
+                &[0u8; 10],
+            ),
             verdict: XDP_PASS,
             target: 1.5,
         },
@@ -68,7 +74,11 @@ fn main() -> anyhow::Result<()> {
         let mut dp = Dataplane::load(Some(pins.path()))?;
         dp.set_host(&fab.host_params())?;
         let tenants: Vec<_> = (1..=scale).map(synthetic::tenant).collect();
-        let batch: Vec<_> = tenants.iter().enumerate().map(|(i, t)| (i as u32 + 1, t, Health::default())).collect();
+        let batch: Vec<_> = tenants
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i as u32 + 1, t, Health::default()))
+            .collect();
         let t0 = Instant::now();
         dp.install_tenants(&batch)?;
         let install = t0.elapsed();
@@ -77,7 +87,11 @@ fn main() -> anyhow::Result<()> {
             let baseline = ns_per_packet(&dp, programs::BENCH_PASS, &base_pkt, XDP_PASS, RUNS, ROUNDS)?;
             let mut figures = Vec::new();
             for s in scenarios(m) {
-                figures.push((s.name, ns_per_packet(&dp, programs::UPLINK, &s.packet, s.verdict, RUNS, ROUNDS)?, s.target));
+                figures.push((
+                    s.name,
+                    ns_per_packet(&dp, programs::UPLINK, &s.packet, s.verdict, RUNS, ROUNDS)?,
+                    s.target,
+                ));
             }
             let base_loop = ns_per_packet_loop(&dp, programs::BENCH_PASS, &base_pkt, XDP_PASS, 1_000_000, ROUNDS)?;
             eprintln!("loop: minimal {base_loop:.1}");
@@ -105,9 +119,14 @@ fn main() -> anyhow::Result<()> {
     }
     let (small, large) = (&per_scale[0], &per_scale[1]);
     print_table("uplink program (path 1)", small.1, &rows);
-    println!("(minimal program in the {}-tenant run: {:.1} ns/packet)", large.0, large.1);
+    println!(
+        "(minimal program in the {}-tenant run: {:.1} ns/packet)",
+        large.0, large.1
+    );
 
-    println!("\n### 10,000 tenants against 10 (same scenario, each against its own run's minimal program; target ≤ 1.25×)\n");
+    println!(
+        "\n### 10,000 tenants against 10 (same scenario, each against its own run's minimal program; target ≤ 1.25×)\n"
+    );
     println!("| scenario | 10 tenants | 10,000 tenants | ratio |");
     println!("| --- | ---: | ---: | ---: |");
     for ((name, a, _), (_, b, _)) in small.2.iter().zip(&large.2) {
@@ -121,7 +140,11 @@ fn main() -> anyhow::Result<()> {
     for ((name, a), (_, b)) in small.3.iter().zip(&large.3) {
         println!("| {name} | {} KiB | {} KiB |", a / 1024, b / 1024);
     }
-    println!("| total | {:.1} MiB | {:.1} MiB |", small.4 as f64 / 1048576.0, large.4 as f64 / 1048576.0);
+    println!(
+        "| total | {:.1} MiB | {:.1} MiB |",
+        small.4 as f64 / 1048576.0,
+        large.4 as f64 / 1048576.0
+    );
     println!(
         "\ninstalling the tenants through the library: {} in {:.2?}, {} in {:.2?}",
         small.0, small.5, large.0, large.5

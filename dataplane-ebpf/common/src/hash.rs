@@ -65,9 +65,38 @@ mod tests {
     }
 
     #[test]
+    fn filter_bits_fit_and_spread() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..10_000u32 {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&(0xcb00_7100u32 + i).to_be_bytes());
+            let b = addr_filter_bit(&a);
+            assert!(b < ADDR_FILTER_WORDS * 64);
+            seen.insert(b);
+        }
+        assert!(seen.len() > 9_980, "{}", seen.len());
+    }
+
+    #[test]
     fn vxlan_source_ports_are_ephemeral() {
         for h in [0, 1, u32::MAX, 0xdead_beef] {
             assert!(vxlan_source_port(h) >= 49152);
         }
     }
+}
+
+/// Words of the address filter: one bit per hash bucket, 4 Mi bits.
+pub const ADDR_FILTER_WORDS: u32 = 1 << 16;
+
+/// The filter bit of an address (IPv4 in the first four bytes). The
+/// uplink program reads it before any hash map: most internet traffic is
+/// not for a VIP, and an array word is far cheaper than a hash lookup.
+#[inline(always)]
+pub fn addr_filter_bit(addr: &[u8; 16]) -> u32 {
+    let h = word(addr, 0).wrapping_mul(0x9e37_79b1)
+        ^ word(addr, 4).wrapping_mul(0x85eb_ca77)
+        ^ word(addr, 8).wrapping_mul(0xc2b2_ae3d)
+        ^ word(addr, 12).wrapping_mul(0x27d4_eb2f);
+    let h = h ^ (h >> 15);
+    h.wrapping_mul(0x2c1b_3c6d) >> 10
 }

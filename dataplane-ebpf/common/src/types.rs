@@ -141,6 +141,33 @@ pub type Allow6 = [u8; 16];
 /// covers it, so the longest match answers for all of them.
 pub type AllowMask = u32;
 
+/// Next hops the programs looked up in the kernel's FIB, cached: a FIB and
+/// neighbour lookup per packet would cost more than the rest of the path.
+pub const MAX_NEXT_HOPS: u32 = 65_536;
+/// How long a cached next hop is trusted: a neighbour's new MAC, or a
+/// changed route, is followed within this time.
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
+/// A destination as looked up from an interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHopKey {
+    pub ifindex: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHopEntry {
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    /// `bpf_ktime_get_coarse_ns` after which the entry is looked up anew.
+    pub expires_ns: u64,
+}
+
 /// Host-wide settings: one entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -220,6 +247,8 @@ mod pod {
     unsafe impl aya::Pod for BackendEntry {}
     unsafe impl aya::Pod for TenantInfo {}
     unsafe impl aya::Pod for HostConfig {}
+    unsafe impl aya::Pod for NextHopKey {}
+    unsafe impl aya::Pod for NextHopEntry {}
     unsafe impl aya::Pod for TenantName {}
     unsafe impl aya::Pod for Meta {}
 }
@@ -246,6 +275,8 @@ mod tests {
         assert_eq!(align_of::<TenantInfo>(), 4);
         assert_eq!(size_of::<HostConfig>(), 28);
         assert_eq!(size_of::<TenantName>(), 36);
+        assert_eq!(size_of::<NextHopKey>(), 24);
+        assert_eq!(size_of::<NextHopEntry>(), 24);
         assert_eq!(size_of::<Meta>(), 56);
         assert!(MAGLEV_SIZE <= 256);
     }
