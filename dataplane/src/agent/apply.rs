@@ -11,14 +11,19 @@
 //!    adopts pins with a zero digest and a non-zero generation knows that
 //!    some tenants may be half-way and re-installs every tenant);
 //! 2. new and changed tenants are installed through
-//!    [`Dataplane::install_tenant`], which keeps each of them fail-closed
-//!    and switches it as a whole; unchanged tenants are not touched;
+//!    [`Dataplane::install_tenants`] in one batch, which keeps each of them
+//!    fail-closed and switches each as a whole; unchanged tenants are not
+//!    touched; machine health (a connector marked down, the active core)
+//!    is carried over for machines the new policy keeps;
 //! 3. keys that changed tenants no longer have, and all keys of removed
 //!    tenants, are deleted, each only if it still points to that tenant
 //!    (so a VIP that moved from one tenant to another in this set is never
 //!    unclaimed in between); removed tenants' records go last;
 //! 4. `META` gets generation + 1, the set's digest and the time, and the
 //!    state file (per-tenant digests, for the next agent) is rewritten.
+//!
+//! The allow slots of removed tenants are emptied later ([`Engine::housekeep`]),
+//! once no packet can still be using them.
 //!
 //! A failure in step 2 or 3 rolls back to the previous set when the engine
 //! knows all of it, else leaves `META.digest` zero so that the next apply
@@ -36,7 +41,7 @@ use dataplane_common::{
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::maps::TenantEntries;
+use super::maps::{TenantEntries, carried_health};
 use crate::Dataplane;
 use crate::tables::allow_masks;
 
@@ -352,14 +357,9 @@ impl Engine {
         })?;
         self.digest.clear();
 
-        // Slots of tenants removed by an earlier apply are free by now.
-        for id in std::mem::take(&mut self.pending_clear) {
-            if !self.installed.contains_key(&id) {
-                dp.clear_allow_slots(id)?;
-            }
-        }
-
-        // 2. New and changed tenants.
+        // 2. New and changed tenants, in one batch (one RCU grace period
+        // for all their allowlist swaps), each switched as a whole.
+        let mut batch = Vec::with_capacity(plan.len());
         for &(id, t, new) in &plan {
             let wanted_entries = TenantEntries::of(t);
             let entry = self.installed.entry(id).or_insert_with(|| Installed {
@@ -368,7 +368,7 @@ impl Engine {
                 digest: None,
                 entries: TenantEntries::default(),
             });
-            // Until install_tenant returns, the tenant may own old and new keys.
+            // Until the install is done, the tenant may own old and new keys.
             entry.name = t.name.clone();
             entry.policy = None;
             entry.digest = None;
@@ -377,8 +377,15 @@ impl Engine {
                 dp.clear_tenant_stats(id)?;
             }
             dp.set_tenant_name(id, &t.name)?;
-            dp.install_tenant(id, t)
-                .with_context(|| format!("installing tenant {} (id {id})", t.name))?;
+            let current = if new { None } else { dp.tenant_info(id)? };
+            batch.push((id, t, carried_health(current.as_ref(), t)));
+        }
+        dp.install_tenants(&batch).with_context(|| {
+            let names: Vec<&str> = plan.iter().map(|(_, t, _)| t.name.as_str()).collect();
+            format!("installing tenants {}", names.join(", "))
+        })?;
+        for &(id, t, new) in &plan {
+            let entry = self.installed.get_mut(&id).expect("inserted above");
             entry.policy = Some(t.clone());
             entry.digest = Some(tenant_digest(t));
             if new {
@@ -419,6 +426,22 @@ impl Engine {
         report.generation = self.generation;
         report.micros = t0.elapsed().as_micros() as u64;
         Ok(report)
+    }
+
+    /// Empties the allow slots of tenants removed by earlier applies (not
+    /// in the apply itself: a packet may still be using them then, and
+    /// each emptying costs an RCU grace period the apply need not wait
+    /// for). Returns how many tenants' slots were emptied.
+    pub fn housekeep(&mut self, dp: &mut Dataplane) -> Result<usize> {
+        let ids: Vec<u32> = self
+            .pending_clear
+            .iter()
+            .copied()
+            .filter(|id| !self.installed.contains_key(id))
+            .collect();
+        dp.clear_allow_slots(&ids)?;
+        self.pending_clear.clear();
+        Ok(ids.len())
     }
 
     fn finish(&mut self, dp: &mut Dataplane, digest: &str) -> Result<()> {

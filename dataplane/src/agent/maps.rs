@@ -7,15 +7,23 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use std::os::fd::{AsFd, AsRawFd};
+
+use aya::maps::{HashMap, IterableMap, LpmTrie, MapData, PerCpuArray};
 use carwash_policy::Tenant;
 use dataplane_common::{
     maps,
-    types::{AddrKey, AddrValue, CLASSES, Meta, ServiceKey, ServiceValue, TenantInfo, TenantName, TenantStats},
+    types::{
+        AddrKey, AddrValue, Allow4, Allow6, AllowMask, CLASSES, MAX_ALLOW_PREFIXES, Meta, ServiceKey, ServiceValue,
+        TenantInfo, TenantName, TenantStats,
+    },
 };
 
 use crate::Dataplane;
-use crate::tables::{addr_key, services};
+use crate::tables::{Health, addr_key, services};
+
+/// `BPF_F_NO_PREALLOC`, as the allowlist tries are made.
+const NO_PREALLOC: u32 = 1;
 
 fn map_ref<'a>(dp: &'a Dataplane, name: &str) -> Result<&'a aya::maps::Map> {
     dp.ebpf
@@ -173,17 +181,25 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Empties both allow slots of tenant id `id` in `ALLOW_V4`/`ALLOW_V6`,
-    /// freeing their tries. Only for ids no tenant record points to.
-    pub fn clear_allow_slots(&mut self, id: u32) -> Result<()> {
-        for name in [maps::ALLOW_V4, maps::ALLOW_V6] {
-            let aya::maps::Map::ArrayOfMaps(data) = map_ref(self, name)? else {
+    /// Points both allow slots of each of `ids` in `ALLOW_V4`/`ALLOW_V6` at
+    /// one shared empty trie, freeing the tries they held: one batch update
+    /// (one RCU grace period) per family. Only for ids no tenant record
+    /// points to.
+    pub fn clear_allow_slots(&mut self, ids: &[u32]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let slots: Vec<u32> = ids.iter().flat_map(|id| [2 * id, 2 * id + 1]).collect();
+        let e4: LpmTrie<MapData, Allow4, AllowMask> = LpmTrie::create(MAX_ALLOW_PREFIXES, NO_PREALLOC)?;
+        let e6: LpmTrie<MapData, Allow6, AllowMask> = LpmTrie::create(MAX_ALLOW_PREFIXES, NO_PREALLOC)?;
+        for (name, empty) in [(maps::ALLOW_V4, e4.map()), (maps::ALLOW_V6, e6.map())] {
+            let fd = empty.fd().as_fd().as_raw_fd() as u32;
+            let fds = vec![fd; slots.len()];
+            let aya::maps::Map::ArrayOfMaps(outer) = map_mut(self, name)? else {
                 bail!("map {name} is not an array of maps");
             };
-            for slot in [2 * id, 2 * id + 1] {
-                super::sys::map_delete_u32(std::os::fd::AsFd::as_fd(data.fd()), slot)
-                    .with_context(|| format!("clearing slot {slot} of {name}"))?;
-            }
+            crate::batch::set_inner_maps(outer.fd().as_fd(), &slots, &fds)
+                .with_context(|| format!("emptying {} slots of {name}", slots.len()))?;
         }
         Ok(())
     }
@@ -197,4 +213,30 @@ impl Dataplane {
         m.set(id, aya::maps::PerCpuValues::try_from(vec![zero; n])?, 0)?;
         Ok(())
     }
+}
+
+/// The health to re-install a tenant with: what its record says now, for
+/// the machines the new policy keeps at the same place (a connector marked
+/// down stays down, the standby core that was made active stays active);
+/// defaults for the rest.
+pub fn carried_health(current: Option<&TenantInfo>, t: &Tenant) -> Health {
+    let mut h = Health::default();
+    let Some(info) = current else {
+        return h;
+    };
+    let same = |e: &dataplane_common::types::BackendEntry, b: &carwash_policy::Backend| {
+        e.vtep == b.vtep.octets() && e.mac == b.mac.0
+    };
+    for (i, c) in t.connectors.iter().take(2).enumerate() {
+        if i < info.n_connectors as usize && same(&info.connectors[i], c) {
+            h.connectors_up[i] = info.connectors[i].up != 0;
+        }
+    }
+    let active = info.active_core as usize;
+    if active < info.n_cores as usize
+        && let Some(j) = t.cores.iter().take(2).position(|c| same(&info.cores[active], c))
+    {
+        h.active_core = j as u8;
+    }
+    h
 }

@@ -43,6 +43,9 @@ use host::Interface;
 /// of writes becomes one apply.
 pub const DEBOUNCE: Duration = Duration::from_millis(20);
 
+/// How often deferred work of earlier applies is done.
+const HOUSEKEEPING: Duration = Duration::from_secs(2);
+
 /// Whether `loader`-style directory scans take `p` as a policy file: a name
 /// ending in `.toml` or `.json` that does not start with `.`.
 pub fn is_policy_file(p: &Path) -> bool {
@@ -357,6 +360,16 @@ impl Agent {
         self.apply_set(&set, "api")
     }
 
+    /// Deferred work of earlier applies (emptying removed tenants' allow
+    /// slots); run when the agent is otherwise idle.
+    pub fn housekeep(&mut self) {
+        match self.engine.housekeep(&mut self.dp) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(tenants = n, "emptied the allow slots of removed tenants"),
+            Err(e) => warn!(error = %format!("{e:#}"), "emptying the allow slots of removed tenants"),
+        }
+    }
+
     pub fn status(&self) -> AgentStatus {
         let mut tenants: Vec<TenantId> = self
             .engine
@@ -429,6 +442,8 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let mut idle = tokio::time::interval(HOUSEKEEPING);
+        idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         info!(
             api_socket = %agent.cfg.api_socket.display(),
             policy_dir = %agent.cfg.policy_dir.display(),
@@ -446,6 +461,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
                     None => break,
                 },
                 _ = hup.recv() => { info!("SIGHUP: re-reading policy_dir"); agent.reload("SIGHUP"); }
+                _ = idle.tick() => agent.housekeep(),
                 _ = term.recv() => { info!("SIGTERM: stopping; the programs stay attached"); break; }
                 _ = int.recv() => { info!("SIGINT: stopping; the programs stay attached"); break; }
             }

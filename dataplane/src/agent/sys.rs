@@ -1,12 +1,11 @@
-//! The few `bpf(2)` commands aya 0.14 does not expose: the interface an XDP
-//! link is attached to, and deleting a slot of an array of maps.
+//! The `bpf(2)` command aya 0.14 does not expose that the agent needs: the
+//! interface an XDP link is attached to.
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
@@ -72,19 +71,4 @@ pub fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
 pub fn pinned_link_info(path: &Path) -> io::Result<LinkInfo> {
     let fd = obj_get(path)?;
     link_info(fd.as_fd())
-}
-
-/// `BPF_MAP_DELETE_ELEM` with a `u32` key; `Ok(false)` when there was
-/// nothing to delete. For an array of maps this empties the slot.
-pub fn map_delete_u32(map: BorrowedFd<'_>, key: u32) -> io::Result<bool> {
-    let key_buf = key.to_ne_bytes();
-    // struct { __u32 map_fd; __u32 pad; __aligned_u64 key; __aligned_u64 value; __u64 flags; }
-    let mut attr = [0u8; 32];
-    attr[..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
-    attr[8..16].copy_from_slice(&(key_buf.as_ptr() as u64).to_ne_bytes());
-    match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
-        Ok(_) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(e),
-    }
 }

@@ -362,9 +362,12 @@ fn dump_fd(fd: &OwnedFd) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     Ok(out)
 }
 
+/// Map name → its entries (raw key, raw value), sorted by key.
+pub type MapDump = BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>;
+
 /// A dump of every map pinned under `pin_dir/maps` but `COUNTERS` (which
 /// the programs bump for any packet the kernel sends through them).
-pub fn dump_maps(pin_dir: &Path) -> Result<BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>> {
+pub fn dump_maps(pin_dir: &Path) -> Result<MapDump> {
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir(pin_dir.join("maps"))? {
         let e = e?;
@@ -379,10 +382,7 @@ pub fn dump_maps(pin_dir: &Path) -> Result<BTreeMap<String, Vec<(Vec<u8>, Vec<u8
 }
 
 /// Names the maps whose dumps differ.
-pub fn diff_maps(
-    a: &BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>,
-    b: &BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>,
-) -> Vec<String> {
+pub fn diff_maps(a: &MapDump, b: &MapDump) -> Vec<String> {
     let names: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
     names
         .into_iter()
