@@ -2,8 +2,8 @@
 //! running them on packets (`BPF_PROG_TEST_RUN`).
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow};
 use anyhow::bail;
+use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray},
@@ -327,7 +327,8 @@ impl Dataplane {
         if matches!(attach, Attach::Replaced { .. }) {
             drop(fd); // its pin is there already
         } else {
-            fd.pin(&lpath).with_context(|| format!("pinning link {}", lpath.display()))?;
+            fd.pin(&lpath)
+                .with_context(|| format!("pinning link {}", lpath.display()))?;
         }
         match std::fs::remove_file(&ppath) {
             Ok(()) => {}

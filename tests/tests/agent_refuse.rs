@@ -26,8 +26,10 @@ snat_ipv4 = "203.0.113.230"
     )
 }
 
-/// (what, file extension, document, a field an error must name)
-fn cases() -> Vec<(&'static str, &'static str, Box<dyn Fn(&str) -> String>, &'static str)> {
+/// (what, file extension, document for a tenant name, a field an error must name)
+type Case = (&'static str, &'static str, Box<dyn Fn(&str) -> String>, &'static str);
+
+fn cases() -> Vec<Case> {
     vec![
         (
             "TOML syntax",
