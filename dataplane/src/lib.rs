@@ -1,5 +1,7 @@
 //! carwash's userspace: loading the eBPF object, pinning it, reading and
 //! writing its maps. The agent, the CLI and the tests all go through here.
+pub mod agent;
+pub mod api;
 pub mod batch;
 pub mod config;
 pub mod counters;

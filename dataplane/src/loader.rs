@@ -2,13 +2,18 @@
 //! running them on packets (`BPF_PROG_TEST_RUN`).
 use std::path::{Path, PathBuf};
 
+use anyhow::bail;
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray},
-    programs::{TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
-use dataplane_common::{CounterBlock, maps, programs};
+use dataplane_common::{CounterBlock, LAYOUT_VERSION, maps, programs, types::Meta};
 
 use crate::counters::Counters;
 
@@ -139,4 +144,238 @@ pub fn pinned_counters(pin_dir: &Path, side: u32) -> Result<Counters> {
     let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
     let map = aya::maps::Map::PerCpuArray(data);
     Counters::read(&PerCpuArray::<_, CounterBlock>::try_from(map)?, side)
+}
+
+// ---- Pinned programs and links, adoption of pins (the agent's hitless restart) ----
+
+/// Where program `name` is pinned under a pin directory.
+pub fn prog_pin(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join("progs").join(name)
+}
+
+/// Where link `name` (`uplink`, `fabric`) is pinned under a pin directory.
+pub fn link_pin(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join("links").join(name)
+}
+
+/// How [`Dataplane::attach_pinned`] got the program onto the interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "how")]
+pub enum Attach {
+    /// No pinned link was there: a new bpf link, now pinned.
+    New,
+    /// The pinned link on that interface now runs this program
+    /// (`bpf_link_update`: the interface never ran without a program).
+    Replaced { old_prog_id: u32 },
+    /// The pinned link was on another interface (or its interface is gone):
+    /// it was unpinned, detaching it, and a new link made.
+    Moved { old_ifindex: u32 },
+}
+
+/// A program attached through a pinned bpf link.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PinnedAttachment {
+    pub program: String,
+    pub link_pin: PathBuf,
+    pub link_id: u32,
+    pub prog_id: u32,
+    pub ifindex: u32,
+    pub attach: Attach,
+}
+
+/// What a pin directory holds, checked before anything is loaded from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinState {
+    /// No maps pinned: a fresh start.
+    Empty,
+    /// Maps of this binary's layout: they will be adopted.
+    Adoptable { meta: Meta },
+}
+
+/// Key and value sizes the maps of this binary's layout have (those the
+/// userspace reads and writes; a map missing here is not checked).
+fn expected_sizes() -> Vec<(&'static str, usize, usize)> {
+    use dataplane_common::types::*;
+    use std::mem::size_of;
+    vec![
+        (maps::COUNTERS, 4, size_of::<CounterBlock>()),
+        (maps::CONFIG, 4, size_of::<HostConfig>()),
+        (maps::ADDRS, size_of::<AddrKey>(), size_of::<AddrValue>()),
+        (maps::SERVICES, size_of::<ServiceKey>(), size_of::<ServiceValue>()),
+        (maps::VNIS, 4, 4),
+        (maps::TENANT_NAMES, 4, size_of::<TenantName>()),
+        (maps::META, 4, size_of::<Meta>()),
+        (maps::TENANTS, 4, size_of::<TenantInfo>()),
+        (maps::TENANT_STATS, 4, size_of::<TenantStats>()),
+        (maps::ALLOW_V4, 4, 4),
+        (maps::ALLOW_V6, 4, 4),
+    ]
+}
+
+/// Reads `META` from the pins (if any) and checks that they have this
+/// binary's layout: the same `LAYOUT_VERSION` and the key and value sizes
+/// this binary uses. A pin directory of another layout is refused with an
+/// error that says what to do, rather than misread.
+pub fn check_pins(pin_dir: &Path) -> Result<PinState> {
+    let maps_dir = pin_dir.join("maps");
+    let pinned: Vec<String> = match std::fs::read_dir(&maps_dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", maps_dir.display())),
+    };
+    if pinned.is_empty() {
+        return Ok(PinState::Empty);
+    }
+    let fix = format!(
+        "remove them with `carwash agent --uninstall --pin-path {}` (this detaches the programs and drops all state)",
+        pin_dir.display()
+    );
+    let meta_path = map_pin(pin_dir, maps::META);
+    if !meta_path.exists() {
+        bail!(
+            "{} holds pinned maps but no {} map: they were made by an older carwash of another layout; {fix}",
+            maps_dir.display(),
+            maps::META
+        );
+    }
+    let data = MapData::from_pin(&meta_path).with_context(|| format!("opening {}", meta_path.display()))?;
+    let meta: Meta = aya::maps::Array::<_, Meta>::try_from(aya::maps::Map::Array(data))?
+        .get(&0, 0)
+        .context("reading META")?;
+    if meta.layout_version != 0 && meta.layout_version != LAYOUT_VERSION {
+        bail!(
+            "the maps pinned under {} have layout version {}, this carwash uses {LAYOUT_VERSION}: it cannot adopt them; {fix}",
+            pin_dir.display(),
+            meta.layout_version
+        );
+    }
+    for (name, key, value) in expected_sizes() {
+        let path = map_pin(pin_dir, name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path).with_context(|| format!("inspecting {}", path.display()))?;
+        if info.key_size() as usize != key || info.value_size() as usize != value {
+            bail!(
+                "pinned map {} has key/value sizes {}/{} where this carwash expects {key}/{value} (same layout version {LAYOUT_VERSION}: was it bumped?); {fix}",
+                path.display(),
+                info.key_size(),
+                info.value_size()
+            );
+        }
+    }
+    Ok(PinState::Adoptable { meta })
+}
+
+impl Dataplane {
+    /// Attaches program `prog` to interface `ifindex` through a bpf link
+    /// pinned at [`link_pin`]`(pin_dir, link_name)`, and pins the program at
+    /// [`prog_pin`]. If a link is pinned there already and attached to the
+    /// same interface, the program in it is replaced atomically
+    /// (`bpf_link_update`) instead: the interface is never without a program.
+    /// The link stays attached when this process exits or is killed; only
+    /// removing its pin ([`uninstall`]) detaches it.
+    pub fn attach_pinned(
+        &mut self,
+        prog: &str,
+        link_name: &str,
+        ifindex: u32,
+        mode: XdpMode,
+        pin_dir: &Path,
+    ) -> Result<PinnedAttachment> {
+        let lpath = link_pin(pin_dir, link_name);
+        let ppath = prog_pin(pin_dir, prog);
+        for dir in [lpath.parent(), ppath.parent()].into_iter().flatten() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let xdp = self.xdp_mut(prog)?;
+        let mut attach = Attach::New;
+        let mut id = None;
+        if lpath.exists() {
+            let old = crate::agent::sys::pinned_link_info(&lpath)
+                .with_context(|| format!("inspecting pinned link {}", lpath.display()))?;
+            if old.link_type == crate::agent::sys::LINK_TYPE_XDP && old.ifindex == ifindex {
+                let fd: FdLink = PinnedLink::from_pin(&lpath)
+                    .with_context(|| format!("opening pinned link {}", lpath.display()))?
+                    .into();
+                let link = XdpLink::try_from(fd).context("the pinned link is not an XDP link")?;
+                id = Some(
+                    xdp.attach_to_link(link)
+                        .with_context(|| format!("replacing the program of pinned link {}", lpath.display()))?,
+                );
+                attach = Attach::Replaced {
+                    old_prog_id: old.prog_id,
+                };
+            } else {
+                // Unpinning drops the last reference: the old link detaches.
+                std::fs::remove_file(&lpath).with_context(|| format!("unpinning {}", lpath.display()))?;
+                attach = Attach::Moved {
+                    old_ifindex: old.ifindex,
+                };
+            }
+        }
+        let id = match id {
+            Some(id) => id,
+            None => xdp.attach_to_if_index(ifindex, mode).with_context(|| {
+                format!("attaching {prog} to interface {ifindex} (is another XDP program attached to it?)")
+            })?,
+        };
+        let link = xdp.take_link(id)?;
+        let fd = FdLink::try_from(link)
+            .map_err(|_| anyhow!("the kernel attached {prog} through netlink, not a bpf link: cannot pin it"))?;
+        if matches!(attach, Attach::Replaced { .. }) {
+            drop(fd); // its pin is there already
+        } else {
+            fd.pin(&lpath)
+                .with_context(|| format!("pinning link {}", lpath.display()))?;
+        }
+        match std::fs::remove_file(&ppath) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("unpinning {}", ppath.display())),
+        }
+        self.xdp_mut(prog)?
+            .pin(&ppath)
+            .with_context(|| format!("pinning program {}", ppath.display()))?;
+        let now = crate::agent::sys::pinned_link_info(&lpath)?;
+        Ok(PinnedAttachment {
+            program: prog.to_string(),
+            link_pin: lpath,
+            link_id: now.id,
+            prog_id: now.prog_id,
+            ifindex: now.ifindex,
+            attach,
+        })
+    }
+}
+
+/// Removes everything pinned under `pin_dir` and the directory itself:
+/// links first (detaching the programs, unless a running process still
+/// holds them), then programs, then maps (dropping all state). Returns what
+/// was removed.
+pub fn uninstall(pin_dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for sub in ["links", "progs", "maps"] {
+        let dir = pin_dir.join(sub);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        };
+        for e in entries {
+            let p = e?.path();
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            removed.push(p);
+        }
+        std::fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    match std::fs::remove_dir(pin_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", pin_dir.display())),
+    }
+    Ok(removed)
 }

@@ -1,18 +1,19 @@
-//! `carwash agent`: loads the programs, pins the maps under `pin_path`,
-//! attaches the uplink program, and runs until SIGTERM/SIGINT.
+//! `carwash agent`: see `dataplane::agent`. Flags override the host
+//! configuration file; without the file (at its default place), the flags
+//! alone must name `uplink` and `vtep`.
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use aya::programs::XdpMode;
-use dataplane::Dataplane;
+use carwash_policy::MacAddr;
 use dataplane::config::{DEFAULT_CONFIG, HostConfig};
 use tracing::info;
 
 #[derive(clap::Args)]
 pub struct AgentArgs {
-    /// Host configuration file.
+    /// Host configuration file (DESIGN.md "Host configuration").
     #[arg(long, default_value = DEFAULT_CONFIG)]
     config: PathBuf,
     /// Overrides `uplink`.
@@ -24,57 +25,87 @@ pub struct AgentArgs {
     /// Overrides `vtep`.
     #[arg(long)]
     vtep: Option<Ipv4Addr>,
+    /// Overrides `router_mac`.
+    #[arg(long)]
+    router_mac: Option<MacAddr>,
     /// Overrides `pin_path`.
     #[arg(long)]
     pin_path: Option<PathBuf>,
     /// Overrides `policy_dir`.
     #[arg(long)]
     policy_dir: Option<PathBuf>,
+    /// Overrides `api_socket`.
+    #[arg(long)]
+    api_socket: Option<PathBuf>,
+    /// Overrides `metrics`.
+    #[arg(long)]
+    metrics: Option<String>,
     /// Attach in generic (skb) mode, for interfaces whose driver lacks native XDP.
     #[arg(long)]
     skb_mode: bool,
+    /// Detach the programs and remove everything pinned under `pin_path`
+    /// (all maps and their state), then exit. Refused while an agent runs.
+    #[arg(long)]
+    uninstall: bool,
 }
 
+/// The host configuration: the file (if there is one, or if it was named
+/// explicitly), then the flags on top, then validated as a whole.
 fn config(args: &AgentArgs) -> Result<HostConfig> {
-    let mut cfg = HostConfig::load(&args.config)?;
-    if let Some(v) = &args.uplink {
-        cfg.uplink = v.clone();
-    }
-    if let Some(v) = &args.fabric {
-        cfg.fabric = Some(v.clone());
-    }
-    if let Some(v) = args.vtep {
-        cfg.vtep = v;
-    }
-    if let Some(v) = &args.pin_path {
-        cfg.pin_path = v.clone();
-    }
-    if let Some(v) = &args.policy_dir {
-        cfg.policy_dir = v.clone();
-    }
-    Ok(cfg)
+    let mut table = if args.config.exists() || args.config.as_os_str() != DEFAULT_CONFIG {
+        let text = std::fs::read_to_string(&args.config)
+            .with_context(|| format!("reading host configuration {}", args.config.display()))?;
+        toml::from_str::<toml::Table>(&text).with_context(|| format!("host configuration {}", args.config.display()))?
+    } else {
+        toml::Table::new()
+    };
+    let mut set = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            table.insert(k.to_string(), toml::Value::String(v));
+        }
+    };
+    set("uplink", args.uplink.clone());
+    set("fabric", args.fabric.clone());
+    set("vtep", args.vtep.map(|v| v.to_string()));
+    set("router_mac", args.router_mac.map(|m| m.to_string()));
+    set("pin_path", args.pin_path.as_ref().map(|p| p.display().to_string()));
+    set("policy_dir", args.policy_dir.as_ref().map(|p| p.display().to_string()));
+    set("api_socket", args.api_socket.as_ref().map(|p| p.display().to_string()));
+    set("metrics", args.metrics.clone());
+    HostConfig::parse(&toml::to_string(&table)?).with_context(|| {
+        format!(
+            "host configuration {} with the command-line flags",
+            args.config.display()
+        )
+    })
 }
 
 pub fn run(args: AgentArgs) -> Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if args.uninstall {
+        let cfg = match config(&args) {
+            Ok(cfg) => cfg,
+            // Uninstalling needs only the pin path.
+            Err(_) if args.pin_path.is_some() => HostConfig::parse(&format!(
+                "uplink = \"-\"\nvtep = \"0.0.0.0\"\npin_path = {}\n",
+                toml::Value::String(args.pin_path.as_ref().expect("checked").display().to_string())
+            ))?,
+            Err(e) => return Err(e),
+        };
+        let removed = dataplane::agent::uninstall(&cfg)?;
+        info!(
+            pin_path = %cfg.pin_path.display(),
+            removed = removed.len(),
+            "uninstalled: programs detached, pins removed"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let cfg = config(&args)?;
-    dataplane::pin::ensure_bpffs(&cfg.pin_path)?;
-    let mut dp = Dataplane::load(Some(&cfg.pin_path))?;
     let mode = if args.skb_mode { XdpMode::Skb } else { XdpMode::Default };
-    dp.attach_uplink(&cfg.uplink, mode)?;
-    info!(uplink = %cfg.uplink, pin_path = %cfg.pin_path.display(), "carwash agent running");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM: stopping"),
-            _ = int.recv() => info!("SIGINT: stopping"),
-        }
-        anyhow::Ok(())
-    })?;
+    dataplane::agent::run(cfg, mode)?;
     Ok(ExitCode::SUCCESS)
 }

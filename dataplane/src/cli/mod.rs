@@ -1,7 +1,9 @@
 //! Command-line definitions; one module per command.
 mod agent;
 pub mod output;
+mod policy;
 mod stats;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +31,11 @@ enum Cmd {
     Agent(agent::AgentArgs),
     /// Counters: passed, steered, dropped by reason, bytes.
     Stats(stats::StatsArgs),
+    /// Policy files: validate offline, or hand a set to the running agent.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
+    /// Programs, attachments, interfaces, policy generation and digest.
+    Status(status::StatusArgs),
 }
 
 /// Where read commands find the pinned maps.
@@ -58,5 +65,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Agent(a) => agent::run(a),
         Cmd::Stats(a) => stats::run(a),
+        Cmd::Policy(c) => policy::run(c),
+        Cmd::Status(a) => status::run(a),
     }
 }

@@ -1,0 +1,521 @@
+//! Applying a validated policy set to the maps: only what changed is
+//! rewritten.
+//!
+//! The engine keeps, per tenant id, what it knows the maps hold: the name,
+//! the policy last installed (or only its digest, after a restart), and the
+//! keys the tenant owns in `ADDRS`, `SERVICES` and `VNIS` (scanned from the
+//! maps on adoption, so stale keys are found even when the policy that
+//! wrote them is unknown). An apply then runs in four steps:
+//!
+//! 1. `META.digest` is zeroed: "an apply is under way" (an agent that
+//!    adopts pins with a zero digest and a non-zero generation knows that
+//!    some tenants may be half-way and re-installs every tenant);
+//! 2. new and changed tenants are installed through
+//!    [`Dataplane::install_tenants`] in one batch, which keeps each of them
+//!    fail-closed and switches each as a whole; unchanged tenants are not
+//!    touched; machine health (a connector marked down, the active core)
+//!    is carried over for machines the new policy keeps;
+//! 3. keys that changed tenants no longer have, and all keys of removed
+//!    tenants, are deleted, each only if it still points to that tenant
+//!    (so a VIP that moved from one tenant to another in this set is never
+//!    unclaimed in between); removed tenants' records go last;
+//! 4. `META` gets generation + 1, the set's digest and the time, and the
+//!    state file (per-tenant digests, for the next agent) is rewritten.
+//!
+//! The allow slots of removed tenants are emptied later ([`Engine::housekeep`]),
+//! once no packet can still be using them.
+//!
+//! A failure in step 2 or 3 rolls back to the previous set when the engine
+//! knows all of it, else leaves `META.digest` zero so that the next apply
+//! re-installs everything.
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use carwash_policy::{PolicySet, Tenant};
+use dataplane_common::{
+    LAYOUT_VERSION,
+    types::{MAX_ADDRS, MAX_ALLOW_PREFIXES, MAX_SERVICES, MAX_TENANTS, Meta},
+};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use super::maps::{TenantEntries, carried_health};
+use crate::Dataplane;
+use crate::tables::allow_masks;
+
+/// What the engine knows about one installed tenant.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub name: String,
+    /// The policy last installed by this agent.
+    pub policy: Option<Tenant>,
+    /// [`tenant_digest`] of what is installed; known when `policy` is, or
+    /// from the state file after a restart.
+    pub digest: Option<String>,
+    /// Every key the tenant may own in the maps (a superset after a failed
+    /// apply; removals check ownership).
+    pub entries: TenantEntries,
+}
+
+/// The result of an apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyReport {
+    pub generation: u64,
+    pub digest: String,
+    pub tenants: usize,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: usize,
+    /// Time spent writing maps, in microseconds.
+    pub micros: u64,
+}
+
+impl ApplyReport {
+    pub fn is_noop(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// The per-tenant digests of the set in force, written beside the API
+/// socket after every apply so that the next agent can tell which tenants
+/// are unchanged without rewriting them. Trusted only when its generation
+/// and digest equal `META`'s.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateFile {
+    pub generation: u64,
+    pub digest: String,
+    /// tenant name → [`tenant_digest`].
+    pub tenants: BTreeMap<String, String>,
+}
+
+/// SHA-256 of one tenant's canonical JSON (the set digest of a set of one).
+pub fn tenant_digest(t: &Tenant) -> String {
+    PolicySet {
+        tenants: vec![t.clone()],
+    }
+    .digest()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex32(s: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = s
+            .get(2 * i..2 * i + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .unwrap_or(0);
+    }
+    out
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Checks the limits of the maps that validation of the policy model does
+/// not know about, before anything is written.
+pub fn check_capacity(set: &PolicySet) -> Result<(), Vec<String>> {
+    let mut errors = Vec::new();
+    if set.tenants.len() as u32 >= MAX_TENANTS {
+        errors.push(format!(
+            "{} tenants: the maps hold at most {}",
+            set.tenants.len(),
+            MAX_TENANTS - 1
+        ));
+    }
+    let (mut addrs, mut services) = (0usize, 0usize);
+    for t in &set.tenants {
+        let e = TenantEntries::of(t);
+        addrs += e.addrs.len();
+        services += e.services.len();
+        for (v6, family) in [(false, "IPv4"), (true, "IPv6")] {
+            let n = allow_masks(t, v6).len();
+            if n > MAX_ALLOW_PREFIXES as usize {
+                errors.push(format!(
+                    "tenant {}: allow: {n} {family} prefixes, at most {MAX_ALLOW_PREFIXES}",
+                    t.name
+                ));
+            }
+        }
+    }
+    if addrs > MAX_ADDRS as usize {
+        errors.push(format!(
+            "{addrs} VIPs and egress addresses in all: the maps hold at most {MAX_ADDRS}"
+        ));
+    }
+    if services > MAX_SERVICES as usize {
+        errors.push(format!(
+            "{services} services (VIP × port) in all: the maps hold at most {MAX_SERVICES}"
+        ));
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+/// The apply engine: what is installed, by tenant id.
+#[derive(Debug, Default)]
+pub struct Engine {
+    pub installed: BTreeMap<u32, Installed>,
+    pub generation: u64,
+    /// Digest of the set in force; empty when it is not known as a whole
+    /// (nothing applied yet, or a half-done apply was adopted).
+    pub digest: String,
+    pub applied_at: u64,
+    /// Ids removed by an earlier apply whose allow slots are still to be
+    /// emptied (not at once: a packet may still be using them).
+    pending_clear: BTreeSet<u32>,
+    state_file: Option<PathBuf>,
+}
+
+impl Engine {
+    /// Rebuilds what is installed from the maps (after a restart, or on a
+    /// fresh start with empty maps): names from `TENANT_NAMES`, keys from a
+    /// scan of `ADDRS`/`SERVICES`/`VNIS`, per-tenant digests from the state
+    /// file when it matches `META`.
+    pub fn adopt(dp: &Dataplane, state_file: Option<&Path>) -> Result<Engine> {
+        let meta = dp.meta()?;
+        let names = dp.tenant_names()?;
+        let mut scanned = dp.scan_entries()?;
+        let records = dp.tenant_ids()?;
+        let state: Option<StateFile> = state_file.and_then(|p| {
+            let text = std::fs::read_to_string(p).ok()?;
+            serde_json::from_str(&text).ok()
+        });
+        let meta_digest = if meta.digest == [0u8; 32] {
+            String::new()
+        } else {
+            hex(&meta.digest)
+        };
+        let trusted =
+            state.filter(|s| !meta_digest.is_empty() && s.digest == meta_digest && s.generation == meta.generation);
+        if trusted.is_none() && !names.is_empty() {
+            info!(
+                tenants = names.len(),
+                "no per-tenant digests match the pinned generation: every tenant will be re-installed once"
+            );
+        }
+        let mut installed = BTreeMap::new();
+        let ids: BTreeSet<u32> = names
+            .keys()
+            .copied()
+            .chain(records.iter().copied())
+            .chain(scanned.keys().copied())
+            .collect();
+        for id in ids {
+            let name = names.get(&id).cloned().unwrap_or_default();
+            let digest = trusted.as_ref().and_then(|s| s.tenants.get(&name).cloned());
+            installed.insert(
+                id,
+                Installed {
+                    name,
+                    policy: None,
+                    digest,
+                    entries: scanned.remove(&id).unwrap_or_default(),
+                },
+            );
+        }
+        Ok(Engine {
+            installed,
+            generation: meta.generation,
+            digest: meta_digest,
+            applied_at: meta.applied_at,
+            pending_clear: BTreeSet::new(),
+            state_file: state_file.map(Path::to_path_buf),
+        })
+    }
+
+    /// The id of each tenant in force, by name.
+    pub fn ids(&self) -> BTreeMap<String, u32> {
+        self.installed
+            .iter()
+            .filter(|(_, i)| !i.name.is_empty())
+            .map(|(id, i)| (i.name.clone(), *id))
+            .collect()
+    }
+
+    /// The policy set in force, if the engine knows all of it.
+    fn known_set(&self) -> Option<PolicySet> {
+        let tenants: Option<Vec<Tenant>> = self.installed.values().map(|i| i.policy.clone()).collect();
+        tenants.map(PolicySet::new)
+    }
+
+    fn changed(&self, id: u32, t: &Tenant) -> bool {
+        let Some(i) = self.installed.get(&id) else {
+            return true;
+        };
+        if i.name != t.name || self.digest.is_empty() && i.digest.is_none() {
+            return true;
+        }
+        match (&i.policy, &i.digest) {
+            (Some(p), _) => p != t,
+            (None, Some(d)) => *d != tenant_digest(t),
+            (None, None) => true,
+        }
+    }
+
+    /// Applies `set` (validated already): see the module documentation.
+    pub fn apply(&mut self, dp: &mut Dataplane, set: &PolicySet) -> Result<ApplyReport> {
+        if let Err(errors) = check_capacity(set) {
+            bail!("{}", errors.join("\n"));
+        }
+        let before = self.known_set();
+        match self.apply_inner(dp, set) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "apply failed part-way");
+                match before {
+                    Some(old) => match self.apply_inner(dp, &old) {
+                        Ok(r) => {
+                            warn!(generation = r.generation, "rolled back to the previous policy set");
+                            Err(e.context("applying the policy set failed; the previous set was restored"))
+                        }
+                        Err(e2) => Err(e.context(format!(
+                            "applying the policy set failed, and so did restoring the previous one ({e2:#}); every tenant will be re-installed by the next apply"
+                        ))),
+                    },
+                    None => Err(e.context(
+                        "applying the policy set failed part-way; every tenant will be re-installed by the next apply",
+                    )),
+                }
+            }
+        }
+    }
+
+    fn apply_inner(&mut self, dp: &mut Dataplane, set: &PolicySet) -> Result<ApplyReport> {
+        let t0 = Instant::now();
+        let digest = set.digest();
+        let by_name = self.ids();
+        let wanted: BTreeSet<&str> = set.tenants.iter().map(|t| t.name.as_str()).collect();
+
+        // Ids: stable per name; new tenants take free ids, not one freed
+        // in this apply or still waiting for its slots to be cleared.
+        let removed_ids: Vec<u32> = self
+            .installed
+            .iter()
+            .filter(|(_, i)| !wanted.contains(i.name.as_str()))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut taken: BTreeSet<u32> = self.installed.keys().copied().collect();
+        taken.extend(self.pending_clear.iter().copied());
+        let mut plan: Vec<(u32, &Tenant, bool)> = Vec::new(); // (id, policy, new)
+        let mut unchanged = 0;
+        for t in &set.tenants {
+            match by_name.get(&t.name) {
+                Some(&id) => {
+                    if self.changed(id, t) {
+                        plan.push((id, t, false));
+                    } else {
+                        unchanged += 1;
+                        // Known by digest after a restart: now by policy too.
+                        if let Some(i) = self.installed.get_mut(&id)
+                            && i.policy.is_none()
+                        {
+                            i.policy = Some(t.clone());
+                        }
+                    }
+                }
+                None => {
+                    let id = free_id(&taken).context("no free tenant id")?;
+                    taken.insert(id);
+                    plan.push((id, t, true));
+                }
+            }
+        }
+        let mut report = ApplyReport {
+            generation: self.generation,
+            digest: digest.clone(),
+            tenants: set.tenants.len(),
+            unchanged,
+            ..Default::default()
+        };
+        if plan.is_empty() && removed_ids.is_empty() {
+            if self.digest != digest {
+                // Same tenants, but META did not say so (e.g. first apply
+                // after adopting pins whose digest was unknown).
+                self.finish(dp, &digest)?;
+                report.generation = self.generation;
+            }
+            report.micros = t0.elapsed().as_micros() as u64;
+            return Ok(report);
+        }
+
+        // 1. An apply is under way.
+        dp.set_meta(&Meta {
+            layout_version: LAYOUT_VERSION,
+            generation: self.generation,
+            applied_at: self.applied_at,
+            digest: [0; 32],
+            ..Default::default()
+        })?;
+        self.digest.clear();
+
+        // 2. New and changed tenants, in one batch (one RCU grace period
+        // for all their allowlist swaps), each switched as a whole.
+        let mut batch = Vec::with_capacity(plan.len());
+        for &(id, t, new) in &plan {
+            let wanted_entries = TenantEntries::of(t);
+            let entry = self.installed.entry(id).or_insert_with(|| Installed {
+                name: t.name.clone(),
+                policy: None,
+                digest: None,
+                entries: TenantEntries::default(),
+            });
+            // Until the install is done, the tenant may own old and new keys.
+            entry.name = t.name.clone();
+            entry.policy = None;
+            entry.digest = None;
+            entry.entries.union(&wanted_entries);
+            if new {
+                dp.clear_tenant_stats(id)?;
+            }
+            dp.set_tenant_name(id, &t.name)?;
+            let current = if new { None } else { dp.tenant_info(id)? };
+            batch.push((id, t, carried_health(current.as_ref(), t)));
+        }
+        dp.install_tenants(&batch).with_context(|| {
+            let names: Vec<&str> = plan.iter().map(|(_, t, _)| t.name.as_str()).collect();
+            format!("installing tenants {}", names.join(", "))
+        })?;
+        for &(id, t, new) in &plan {
+            let entry = self.installed.get_mut(&id).expect("inserted above");
+            entry.policy = Some(t.clone());
+            entry.digest = Some(tenant_digest(t));
+            if new {
+                report.added.push(t.name.clone());
+            } else {
+                report.changed.push(t.name.clone());
+            }
+            debug!(tenant = %t.name, id, new, "installed");
+        }
+
+        // 3. Stale keys of changed tenants, then removed tenants.
+        for &(id, t, _) in &plan {
+            let wanted_entries = TenantEntries::of(t);
+            let entry = self.installed.get_mut(&id).expect("installed above");
+            let stale = entry.entries.minus(&wanted_entries);
+            if !stale.is_empty() {
+                dp.remove_owned_entries(id, &stale)
+                    .with_context(|| format!("removing stale entries of tenant {}", t.name))?;
+                debug!(tenant = %t.name, addrs = stale.addrs.len(), services = stale.services.len(), vnis = stale.vnis.len(), "stale entries removed");
+            }
+            entry.entries = wanted_entries;
+        }
+        for id in removed_ids {
+            let entry = self.installed.get(&id).expect("listed above").clone();
+            dp.remove_owned_entries(id, &entry.entries)
+                .with_context(|| format!("removing tenant {} (id {id})", entry.name))?;
+            dp.remove_tenant_record(id)?;
+            self.installed.remove(&id);
+            self.pending_clear.insert(id);
+            if !entry.name.is_empty() {
+                report.removed.push(entry.name.clone());
+            }
+            debug!(tenant = %entry.name, id, "removed");
+        }
+
+        // 4. The new generation.
+        self.finish(dp, &digest)?;
+        report.generation = self.generation;
+        report.micros = t0.elapsed().as_micros() as u64;
+        Ok(report)
+    }
+
+    /// Empties the allow slots of tenants removed by earlier applies (not
+    /// in the apply itself: a packet may still be using them then, and
+    /// each emptying costs an RCU grace period the apply need not wait
+    /// for). Returns how many tenants' slots were emptied.
+    pub fn housekeep(&mut self, dp: &mut Dataplane) -> Result<usize> {
+        let ids: Vec<u32> = self
+            .pending_clear
+            .iter()
+            .copied()
+            .filter(|id| !self.installed.contains_key(id))
+            .collect();
+        dp.clear_allow_slots(&ids)?;
+        self.pending_clear.clear();
+        Ok(ids.len())
+    }
+
+    fn finish(&mut self, dp: &mut Dataplane, digest: &str) -> Result<()> {
+        self.generation += 1;
+        self.applied_at = now_secs();
+        self.digest = digest.to_string();
+        dp.set_meta(&Meta {
+            layout_version: LAYOUT_VERSION,
+            generation: self.generation,
+            applied_at: self.applied_at,
+            digest: unhex32(digest),
+            ..Default::default()
+        })?;
+        if let Some(path) = &self.state_file {
+            let state = StateFile {
+                generation: self.generation,
+                digest: digest.to_string(),
+                tenants: self
+                    .installed
+                    .values()
+                    .filter_map(|i| Some((i.name.clone(), i.digest.clone()?)))
+                    .collect(),
+            };
+            if let Err(e) = write_atomic(path, serde_json::to_string(&state)?.as_bytes()) {
+                // Only costs the next agent a full re-install.
+                warn!(path = %path.display(), error = %format!("{e:#}"), "cannot write the state file");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The lowest free id above the highest one in use, else the lowest free
+/// one: ids are not reused sooner than needed, so counters and state keyed
+/// by a removed tenant's id are unlikely to meet a new tenant.
+fn free_id(taken: &BTreeSet<u32>) -> Option<u32> {
+    let max = taken.iter().next_back().copied().unwrap_or(0);
+    if max + 1 < MAX_TENANTS {
+        return Some(max + 1);
+    }
+    (1..MAX_TENANTS).find(|i| !taken.contains(i))
+}
+
+/// Writes `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ids_go_up_then_wrap() {
+        assert_eq!(free_id(&BTreeSet::new()), Some(1));
+        assert_eq!(free_id(&[1, 2, 5].into_iter().collect()), Some(6));
+        let mut all: BTreeSet<u32> = (1..MAX_TENANTS).collect();
+        assert_eq!(free_id(&all), None);
+        all.remove(&7);
+        assert_eq!(free_id(&all), Some(7));
+    }
+
+    #[test]
+    fn digests_round_trip_through_meta_bytes() {
+        let d = PolicySet::default().digest();
+        assert_eq!(hex(&unhex32(&d)), d);
+    }
+}

@@ -1,0 +1,488 @@
+//! `carwash agent`: loads (or adopts) the programs and maps under
+//! `pin_path`, attaches the programs through pinned bpf links, applies the
+//! policy set of `policy_dir`, follows its changes, and serves the API
+//! ([`crate::api`]) on `api_socket`.
+//!
+//! Everything the dataplane needs lives in pins: maps (`maps/`), programs
+//! (`progs/`) and links (`links/`). When the agent exits or is killed, the
+//! programs keep forwarding with the pinned maps; the next agent checks the
+//! layout version, loads the same object onto the pinned maps, and swaps its
+//! programs into the pinned links (`bpf_link_update`), so no packet meets an
+//! interface without a program and connection state survives. Only
+//! [`uninstall`] detaches.
+pub mod apply;
+pub mod host;
+pub mod maps;
+pub mod persist;
+pub mod server;
+pub mod status;
+pub(crate) mod sys;
+pub mod watch;
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use aya::programs::XdpMode;
+use carwash_policy::{PolicyErrors, PolicySet};
+use dataplane_common::{LAYOUT_VERSION, programs, types::Meta};
+use tracing::{error, info, warn};
+
+use crate::Dataplane;
+use crate::api::{
+    AgentStatus, ApiError, ApplyReport, AttachmentStatus, Document, InterfaceStatus, LastError, Response, TenantId,
+};
+use crate::config::HostConfig;
+use crate::loader::{self, PinState, PinnedAttachment};
+use crate::tables::HostParams;
+use apply::Engine;
+use host::Interface;
+
+/// Debounce of `policy_dir` changes: an editor's or a control plane's burst
+/// of writes becomes one apply.
+pub const DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// How often deferred work of earlier applies is done.
+const HOUSEKEEPING: Duration = Duration::from_secs(2);
+
+/// Whether `loader`-style directory scans take `p` as a policy file: a name
+/// ending in `.toml` or `.json` that does not start with `.`.
+pub fn is_policy_file(p: &Path) -> bool {
+    let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let ext = p.extension().and_then(|e| e.to_str());
+    !name.starts_with('.') && ext.is_some_and(|e| e.eq_ignore_ascii_case("toml") || e.eq_ignore_ascii_case("json"))
+}
+
+/// Where the agent keeps the per-tenant digests of the set in force
+/// ([`apply::StateFile`]): `applied.json` beside the API socket.
+pub fn state_file(cfg: &HostConfig) -> PathBuf {
+    cfg.api_socket.with_file_name("applied.json")
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// An exclusive `flock` on the pin directory: one agent per pin path.
+pub struct PinLock(#[allow(dead_code)] OwnedFd);
+
+impl PinLock {
+    pub fn acquire(pin_path: &Path) -> Result<PinLock> {
+        let dir = std::fs::File::open(pin_path).with_context(|| format!("opening {}", pin_path.display()))?;
+        let fd: OwnedFd = dir.into();
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                bail!(
+                    "another carwash agent is running on {} (it holds the lock on that directory)",
+                    pin_path.display()
+                );
+            }
+            return Err(e).with_context(|| format!("locking {}", pin_path.display()));
+        }
+        Ok(PinLock(fd))
+    }
+}
+
+/// A running agent: the loaded dataplane and what it applied.
+pub struct Agent {
+    cfg: HostConfig,
+    dp: Dataplane,
+    engine: Engine,
+    uplink: Interface,
+    fabric: Interface,
+    attachments: Vec<PinnedAttachment>,
+    started_at: u64,
+    adopted: bool,
+    last_apply: Option<ApplyReport>,
+    last_error: Option<LastError>,
+    attempts: u64,
+    _lock: PinLock,
+}
+
+impl Agent {
+    /// Sets everything up (see the module documentation) and applies
+    /// `policy_dir`. An invalid `policy_dir` does not stop the agent: what
+    /// is pinned stays in force and the errors are logged.
+    pub async fn start(cfg: HostConfig, mode: XdpMode) -> Result<Agent> {
+        let started_at = now_secs();
+        crate::pin::ensure_bpffs(&cfg.pin_path)?;
+        std::fs::create_dir_all(&cfg.pin_path).with_context(|| format!("creating {}", cfg.pin_path.display()))?;
+        let lock = PinLock::acquire(&cfg.pin_path)?;
+        let pins = loader::check_pins(&cfg.pin_path)?;
+        let adopted = matches!(pins, PinState::Adoptable { .. });
+
+        let names = [cfg.uplink.as_str(), cfg.fabric()];
+        let ifs = host::interfaces(&names).await?;
+        let (uplink, fabric) = (ifs[0].clone(), ifs[1].clone());
+        for i in [&uplink, &fabric] {
+            info!(interface = %i.name, ifindex = i.ifindex, mac = %i.mac_string(), mtu = i.mtu, "interface");
+        }
+        host::enable_forwarding(&uplink.name)?;
+        if fabric.ifindex != uplink.ifindex {
+            host::enable_forwarding(&fabric.name)?;
+        }
+
+        let mut dp = Dataplane::load(Some(&cfg.pin_path))?;
+        match pins {
+            PinState::Empty => {
+                info!(pin_path = %cfg.pin_path.display(), "fresh start: maps created and pinned");
+                dp.set_meta(&Meta {
+                    layout_version: LAYOUT_VERSION,
+                    ..Default::default()
+                })?;
+            }
+            PinState::Adoptable { meta } => {
+                info!(
+                    pin_path = %cfg.pin_path.display(),
+                    generation = meta.generation,
+                    digest = %apply::hex(&meta.digest),
+                    "adopting pinned maps"
+                );
+                if meta.layout_version == 0 {
+                    dp.set_meta(&Meta {
+                        layout_version: LAYOUT_VERSION,
+                        ..meta
+                    })?;
+                }
+            }
+        }
+        let router_mac = cfg.router_mac.map(|m| m.0).unwrap_or(fabric.mac);
+        dp.set_host(&HostParams {
+            vtep: cfg.vtep,
+            router_mac,
+            fabric_ifindex: fabric.ifindex,
+            fabric_mtu: fabric.mtu.min(u32::from(u16::MAX)) as u16,
+            uplink_ifindex: uplink.ifindex,
+        })?;
+        let engine = Engine::adopt(&dp, Some(&state_file(&cfg)))?;
+        if !engine.installed.is_empty() {
+            info!(
+                tenants = engine.installed.len(),
+                generation = engine.generation,
+                "tenants recovered from the pins"
+            );
+        }
+
+        if !cfg.policy_dir.exists() {
+            std::fs::create_dir_all(&cfg.policy_dir)
+                .with_context(|| format!("creating policy_dir {}", cfg.policy_dir.display()))?;
+            warn!(policy_dir = %cfg.policy_dir.display(), "policy_dir did not exist: created it, empty");
+        }
+        let mut agent = Agent {
+            cfg,
+            dp,
+            engine,
+            uplink,
+            fabric,
+            attachments: Vec::new(),
+            started_at,
+            adopted,
+            last_apply: None,
+            last_error: None,
+            attempts: 0,
+            _lock: lock,
+        };
+        // Policies before programs: on a fresh start the programs see every
+        // tenant complete from their first packet.
+        agent.reload("startup");
+        agent.attach(mode)?;
+        Ok(agent)
+    }
+
+    fn attach(&mut self, mode: XdpMode) -> Result<()> {
+        let pin = self.cfg.pin_path.clone();
+        let mut done = vec![
+            self.dp
+                .attach_pinned(programs::UPLINK, "uplink", self.uplink.ifindex, mode, &pin)?,
+        ];
+        if self.fabric.ifindex != self.uplink.ifindex {
+            done.push(
+                self.dp
+                    .attach_pinned(programs::FABRIC, "fabric", self.fabric.ifindex, mode, &pin)?,
+            );
+        } else {
+            // One interface runs one XDP program: the uplink program.
+            warn!(
+                interface = %self.uplink.name,
+                "fabric is the uplink interface: only {} is attached there", programs::UPLINK
+            );
+            let stale = loader::link_pin(&pin, "fabric");
+            if stale.exists() {
+                std::fs::remove_file(&stale).with_context(|| format!("unpinning {}", stale.display()))?;
+            }
+        }
+        for a in &done {
+            info!(
+                program = %a.program,
+                ifindex = a.ifindex,
+                link_id = a.link_id,
+                prog_id = a.prog_id,
+                attach = ?a.attach,
+                link_pin = %a.link_pin.display(),
+                "attached"
+            );
+        }
+        self.attachments = done;
+        Ok(())
+    }
+
+    pub fn config(&self) -> &HostConfig {
+        &self.cfg
+    }
+
+    /// Re-reads `policy_dir` and applies it (only what changed).
+    pub fn reload(&mut self, source: &str) -> Response {
+        self.attempts += 1;
+        match carwash_policy::load_path(&self.cfg.policy_dir) {
+            Ok(set) => self.apply_set(&set, source),
+            Err(errors) => self.refused(source, &errors),
+        }
+    }
+
+    fn refused(&mut self, source: &str, errors: &PolicyErrors) -> Response {
+        let list: Vec<ApiError> = errors.0.iter().map(ApiError::from).collect();
+        error!(
+            source,
+            errors = list.len(),
+            "policy set refused; the set in force stays in force:\n{errors}"
+        );
+        let msg = format!(
+            "policy set refused ({} errors); the set in force stays in force",
+            list.len()
+        );
+        self.last_error = Some(LastError {
+            at: now_secs(),
+            source: source.to_string(),
+            error: msg.clone(),
+            errors: list.clone(),
+        });
+        Response {
+            ok: false,
+            error: Some(msg),
+            errors: list,
+            ..Default::default()
+        }
+    }
+
+    fn failed(&mut self, source: &str, msg: String) -> Response {
+        error!(source, "{msg}");
+        self.last_error = Some(LastError {
+            at: now_secs(),
+            source: source.to_string(),
+            error: msg.clone(),
+            errors: Vec::new(),
+        });
+        Response::error(msg)
+    }
+
+    fn apply_set(&mut self, set: &PolicySet, source: &str) -> Response {
+        match self.engine.apply(&mut self.dp, set) {
+            Ok(report) => {
+                if report.is_noop() {
+                    tracing::debug!(source, generation = report.generation, "policy set unchanged");
+                } else {
+                    info!(
+                        source,
+                        generation = report.generation,
+                        digest = %report.digest,
+                        tenants = report.tenants,
+                        added = ?report.added,
+                        changed = ?report.changed,
+                        removed = ?report.removed,
+                        unchanged = report.unchanged,
+                        micros = report.micros,
+                        "policy set applied"
+                    );
+                }
+                self.last_apply = Some(report.clone());
+                Response {
+                    ok: true,
+                    applied: Some(report),
+                    ..Default::default()
+                }
+            }
+            Err(e) => self.failed(source, format!("{e:#}")),
+        }
+    }
+
+    /// An apply request of the API: validate the documents as one set,
+    /// store them in `policy_dir`, apply.
+    pub fn apply_documents(
+        &mut self,
+        mut documents: Vec<Document>,
+        tenants: Vec<serde_json::Value>,
+        dry_run: bool,
+    ) -> Response {
+        self.attempts += 1;
+        for (i, v) in tenants.into_iter().enumerate() {
+            let name = v
+                .get("name")
+                .and_then(|n| n.as_str())
+                .filter(|n| carwash_policy::valid_name(n))
+                .map(|n| format!("{n}.json"))
+                .unwrap_or_else(|| format!("tenants[{i}].json"));
+            let content = serde_json::to_string_pretty(&v).unwrap_or_default();
+            documents.push(Document { name, content });
+        }
+        if let Err(msg) = persist::check_names(&documents) {
+            return self.failed("api", msg);
+        }
+        let set = match validate_documents(&documents) {
+            Ok(set) => set,
+            Err(errors) => return self.refused("api", &errors),
+        };
+        if let Err(errors) = apply::check_capacity(&set) {
+            return self.failed("api", format!("policy set refused: {}", errors.join("; ")));
+        }
+        if dry_run {
+            return Response {
+                ok: true,
+                applied: Some(ApplyReport {
+                    generation: self.engine.generation,
+                    digest: set.digest(),
+                    tenants: set.tenants.len(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+        }
+        if let Err(e) = persist::write_set(&self.cfg.policy_dir, &documents) {
+            return self.failed("api", format!("{e:#}"));
+        }
+        self.apply_set(&set, "api")
+    }
+
+    /// Deferred work of earlier applies (emptying removed tenants' allow
+    /// slots); run when the agent is otherwise idle.
+    pub fn housekeep(&mut self) {
+        match self.engine.housekeep(&mut self.dp) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(tenants = n, "emptied the allow slots of removed tenants"),
+            Err(e) => warn!(error = %format!("{e:#}"), "emptying the allow slots of removed tenants"),
+        }
+    }
+
+    pub fn status(&self) -> AgentStatus {
+        let mut tenants: Vec<TenantId> = self
+            .engine
+            .ids()
+            .into_iter()
+            .map(|(name, id)| TenantId { name, id })
+            .collect();
+        tenants.sort_by(|a, b| a.name.cmp(&b.name));
+        AgentStatus {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: self.started_at,
+            adopted: self.adopted,
+            pin_path: self.cfg.pin_path.clone(),
+            policy_dir: self.cfg.policy_dir.clone(),
+            api_socket: self.cfg.api_socket.clone(),
+            generation: self.engine.generation,
+            digest: self.engine.digest.clone(),
+            applied_at: self.engine.applied_at,
+            tenants,
+            interfaces: vec![
+                InterfaceStatus::new("uplink", &self.uplink),
+                InterfaceStatus::new("fabric", &self.fabric),
+            ],
+            attachments: self.attachments.iter().map(AttachmentStatus::from).collect(),
+            last_apply: self.last_apply.clone(),
+            last_error: self.last_error.clone(),
+            attempts: self.attempts,
+        }
+    }
+}
+
+/// Parses and validates API documents as one set, as `load_path` does a
+/// directory.
+pub fn validate_documents(documents: &[Document]) -> Result<PolicySet, PolicyErrors> {
+    let mut errors = Vec::new();
+    let mut docs = Vec::new();
+    for d in documents {
+        match carwash_policy::parse_document(Path::new(&d.name), &d.content) {
+            Ok(doc) => docs.push(doc),
+            Err(e) => errors.extend(e.0),
+        }
+    }
+    match carwash_policy::validate_set(&docs) {
+        Ok(set) if errors.is_empty() => Ok(set),
+        Ok(_) => Err(sorted(errors)),
+        Err(e) => {
+            errors.extend(e.0);
+            Err(sorted(errors))
+        }
+    }
+}
+
+fn sorted(mut errors: Vec<carwash_policy::PolicyError>) -> PolicyErrors {
+    errors.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+    PolicyErrors(errors)
+}
+
+/// Runs the agent until SIGTERM or SIGINT (`SIGHUP` re-reads `policy_dir`).
+/// The programs stay attached when it returns.
+pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut agent = Agent::start(cfg, mode).await?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let listener = server::bind(&agent.cfg.api_socket)?;
+        tokio::spawn(server::serve(listener, tx.clone()));
+        let _watcher = watch::spawn(&agent.cfg.policy_dir, tx.clone(), DEBOUNCE)?;
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let mut idle = tokio::time::interval(HOUSEKEEPING);
+        idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        info!(
+            api_socket = %agent.cfg.api_socket.display(),
+            policy_dir = %agent.cfg.policy_dir.display(),
+            generation = agent.engine.generation,
+            "carwash agent running"
+        );
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(server::Event::Reload(source)) => { agent.reload(source); }
+                    Some(server::Event::Api(req, reply)) => {
+                        let resp = server::handle(&mut agent, req);
+                        let _ = reply.send(resp);
+                    }
+                    None => break,
+                },
+                _ = hup.recv() => { info!("SIGHUP: re-reading policy_dir"); agent.reload("SIGHUP"); }
+                _ = idle.tick() => agent.housekeep(),
+                _ = term.recv() => { info!("SIGTERM: stopping; the programs stay attached"); break; }
+                _ = int.recv() => { info!("SIGINT: stopping; the programs stay attached"); break; }
+            }
+        }
+        let _ = std::fs::remove_file(&agent.cfg.api_socket);
+        anyhow::Ok(())
+    })
+}
+
+/// `carwash agent --uninstall`: detaches the programs (removes the link
+/// pins) and removes everything under `pin_path`, and the state file.
+/// Refused while an agent runs on that pin path.
+pub fn uninstall(cfg: &HostConfig) -> Result<Vec<PathBuf>> {
+    if !cfg.pin_path.exists() {
+        return Ok(Vec::new());
+    }
+    let _lock = PinLock::acquire(&cfg.pin_path)?;
+    let removed = loader::uninstall(&cfg.pin_path)?;
+    let state = state_file(cfg);
+    if state.exists() {
+        std::fs::remove_file(&state).with_context(|| format!("removing {}", state.display()))?;
+    }
+    Ok(removed)
+}

@@ -1,0 +1,62 @@
+//! Following `policy_dir`: inotify (through `notify`) on the directory,
+//! debounced, turned into reloads. Any change in the directory counts,
+//! dot-files included (a Kubernetes ConfigMap volume switches its files by
+//! renaming `..data`); only reads do not. A reload of an unchanged set
+//! writes nothing, so a spurious one costs only the reading.
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher, event::AccessKind, event::AccessMode};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::server::Event;
+
+/// The longest a burst of changes can hold a reload back.
+const MAX_DELAY: Duration = Duration::from_millis(500);
+
+/// Watches `dir`; `debounce` after the last change of a burst (or
+/// [`MAX_DELAY`] after its first), sends `Event::Reload("policy_dir")`.
+/// The watch lasts as long as the returned watcher.
+pub fn spawn(dir: &Path, tx: mpsc::UnboundedSender<Event>, debounce: Duration) -> Result<RecommendedWatcher> {
+    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+        Ok(ev) => {
+            let read_only = matches!(
+                ev.kind,
+                EventKind::Access(AccessKind::Open(_))
+                    | EventKind::Access(AccessKind::Read)
+                    | EventKind::Access(AccessKind::Close(AccessMode::Read))
+                    | EventKind::Access(AccessKind::Close(AccessMode::Execute))
+                    | EventKind::Access(AccessKind::Any)
+                    | EventKind::Access(AccessKind::Other)
+            );
+            if !read_only {
+                let _ = raw_tx.send(());
+            }
+        }
+        Err(e) => warn!(error = %e, "watching policy_dir"),
+    })
+    .context("creating the policy_dir watcher")?;
+    watcher
+        .watch(dir, RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+    tokio::spawn(async move {
+        while raw_rx.recv().await.is_some() {
+            let first = tokio::time::Instant::now();
+            loop {
+                let left = MAX_DELAY.saturating_sub(first.elapsed());
+                match tokio::time::timeout(debounce.min(left), raw_rx.recv()).await {
+                    Ok(Some(())) if !left.is_zero() => continue,
+                    Ok(None) => return,
+                    _ => break,
+                }
+            }
+            if tx.send(Event::Reload("policy_dir")).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(watcher)
+}
