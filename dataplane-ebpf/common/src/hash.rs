@@ -46,6 +46,22 @@ pub fn vxlan_source_port(hash: u32) -> u16 {
     49152 | (hash >> 16) as u16 & 0x3fff
 }
 
+/// Words of the address filter: one bit per hash bucket, 4 Mi bits.
+pub const ADDR_FILTER_WORDS: u32 = 1 << 16;
+
+/// The filter bit of an address (IPv4 in the first four bytes). The
+/// uplink program reads it before any hash map: most internet traffic is
+/// not for a VIP, and an array word is far cheaper than a hash lookup.
+#[inline(always)]
+pub fn addr_filter_bit(addr: &[u8; 16]) -> u32 {
+    let h = word(addr, 0).wrapping_mul(0x9e37_79b1)
+        ^ word(addr, 4).wrapping_mul(0x85eb_ca77)
+        ^ word(addr, 8).wrapping_mul(0xc2b2_ae3d)
+        ^ word(addr, 12).wrapping_mul(0x27d4_eb2f);
+    let h = h ^ (h >> 15);
+    h.wrapping_mul(0x2c1b_3c6d) >> 10
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,20 +99,4 @@ mod tests {
             assert!(vxlan_source_port(h) >= 49152);
         }
     }
-}
-
-/// Words of the address filter: one bit per hash bucket, 4 Mi bits.
-pub const ADDR_FILTER_WORDS: u32 = 1 << 16;
-
-/// The filter bit of an address (IPv4 in the first four bytes). The
-/// uplink program reads it before any hash map: most internet traffic is
-/// not for a VIP, and an array word is far cheaper than a hash lookup.
-#[inline(always)]
-pub fn addr_filter_bit(addr: &[u8; 16]) -> u32 {
-    let h = word(addr, 0).wrapping_mul(0x9e37_79b1)
-        ^ word(addr, 4).wrapping_mul(0x85eb_ca77)
-        ^ word(addr, 8).wrapping_mul(0xc2b2_ae3d)
-        ^ word(addr, 12).wrapping_mul(0x27d4_eb2f);
-    let h = h ^ (h >> 15);
-    h.wrapping_mul(0x2c1b_3c6d) >> 10
 }
