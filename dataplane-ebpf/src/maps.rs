@@ -9,9 +9,9 @@ use dataplane_common::{
     CounterBlock,
     hash::ADDR_FILTER_WORDS,
     types::{
-        AddrKey, AddrValue, Allow4, Allow6, AllowMask, HostConfig, MAX_ADDRS, MAX_ALLOW_PREFIXES, MAX_ALLOW_SLOTS,
-        MAX_NEXT_HOPS, MAX_SERVICES, MAX_TENANTS, Meta, NextHopEntry, NextHopKey, SIDES, ServiceKey, ServiceValue,
-        TenantInfo, TenantName, TenantStats,
+        AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendHop, HOPS_PER_TENANT, HostConfig, MAX_ADDRS,
+        MAX_ALLOW_PREFIXES, MAX_ALLOW_SLOTS, MAX_NEXT_HOPS, MAX_SERVICES, MAX_TENANTS, Meta, NextHopEntry, NextHopKey,
+        SIDES, ServiceKey, ServiceValue, TenantInfo, TenantName, TenantStats,
     },
 };
 
@@ -48,6 +48,10 @@ pub static META: Array<Meta> = Array::with_max_entries(1, 0);
 /// FIB results, cached for `NEXT_HOP_TTL_NS`.
 #[map(name = "NEXT_HOPS")]
 pub static NEXT_HOPS: LruHashMap<NextHopKey, NextHopEntry> = LruHashMap::with_max_entries(MAX_NEXT_HOPS, 0);
+
+/// Next hops towards backends, cached per tenant and machine.
+#[map(name = "BACKEND_HOPS")]
+pub static BACKEND_HOPS: Array<BackendHop> = Array::with_max_entries(MAX_TENANTS * HOPS_PER_TENANT, 0);
 
 /// VNI → tenant id, for traffic from the fabric.
 #[map(name = "VNIS")]

@@ -87,21 +87,23 @@ pub fn allowed(t: &TenantInfo, flow: &Flow, class: u8) -> bool {
 
 /// The machine that receives the flow.
 #[inline(always)]
-pub fn backend(t: &TenantInfo, class: u8, hash: u32) -> Result<BackendEntry, DropReason> {
-    let b = if class == CLASS_HTTPS {
+/// Returns the machine and its slot (connectors 0-1, cores 2-3).
+pub fn backend(t: &TenantInfo, class: u8, hash: u32) -> Result<(BackendEntry, u32), DropReason> {
+    let (b, slot) = if class == CLASS_HTTPS {
         let bucket = hash % MAGLEV_SIZE as u32;
         // LLVM turns the modulo into a multiply-shift whose range the
         // verifier cannot follow; a volatile read keeps the mask (a no-op,
         // since bucket < 251) from being optimised away.
         // SAFETY: reading a local.
         let bucket = unsafe { core::ptr::read_volatile(&bucket) } as usize & 0xff;
-        let idx = t.maglev.get(bucket).copied().unwrap_or(0) as usize;
-        t.connectors.get(idx & 1).copied()
+        let idx = t.maglev.get(bucket).copied().unwrap_or(0) as usize & 1;
+        (t.connectors.get(idx).copied(), idx as u32)
     } else {
-        t.cores.get(t.active_core as usize & 1).copied()
+        let idx = t.active_core as usize & 1;
+        (t.cores.get(idx).copied(), 2 + idx as u32)
     };
     match b {
-        Some(b) if b.up != 0 && b.vtep != [0; 4] => Ok(b),
+        Some(b) if b.up != 0 && b.vtep != [0; 4] => Ok((b, slot)),
         _ => Err(DropReason::NoBackend),
     }
 }

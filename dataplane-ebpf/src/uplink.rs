@@ -6,7 +6,7 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use dataplane_common::{
     Counter, DropReason,
     hash::flow_hash,
-    types::{ADDR_EGRESS, CLASS_NONE, SIDE_UPLINK},
+    types::{ADDR_EGRESS, CLASS_NONE, HOPS_PER_TENANT, SIDE_UPLINK},
 };
 
 use crate::counters::{Counters, tenant_dropped, tenant_steered};
@@ -108,7 +108,7 @@ fn steer_to_vpc(ctx: &XdpContext, flow: &Flow, svc: &steer::Service) -> Result<u
         return Err(DropReason::NotAllowed.into());
     }
     let hash = flow_hash(&flow.src, &flow.dst, flow.sport, flow.dport, flow.proto);
-    let backend = steer::backend(t, svc.class, hash)?;
+    let (backend, slot) = steer::backend(t, svc.class, hash)?;
     let cfg = match CONFIG.get(0) {
         Some(c) if c.ready != 0 => c,
         _ => return Err(DropReason::NoConfig.into()),
@@ -122,7 +122,8 @@ fn steer_to_vpc(ctx: &XdpContext, flow: &Flow, svc: &steer::Service) -> Result<u
     if ip_len > usable as usize {
         return Err(too_big(ctx, flow, usable));
     }
-    Ok(encapsulate(ctx, flow, cfg, t.vni, &backend, hash)?)
+    let hop = svc.tenant * HOPS_PER_TENANT + slot;
+    Ok(encapsulate(ctx, flow, cfg, t.vni, &backend, hop, hash)?)
 }
 
 /// A packet that would not fit the fabric once encapsulated.

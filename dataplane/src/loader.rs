@@ -28,6 +28,7 @@ pub const ALL_MAPS: &[&str] = &[
     maps::ADDRS,
     maps::SERVICES,
     maps::NEXT_HOPS,
+    maps::BACKEND_HOPS,
     maps::VNIS,
     maps::TENANT_NAMES,
     maps::META,

@@ -55,6 +55,9 @@ pub mod maps {
     pub const META: &str = "META";
     /// LRU cache of FIB results: [`crate::types::NextHopKey`] → [`crate::types::NextHopEntry`].
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
+    /// Next hops towards backends' VTEPs: [`crate::types::BackendHop`] per
+    /// tenant and machine.
+    pub const BACKEND_HOPS: &str = "BACKEND_HOPS";
     /// VNI → tenant id.
     pub const VNIS: &str = "VNIS";
     /// tenant id → [`crate::types::TenantInfo`].

@@ -171,6 +171,25 @@ pub struct NextHopEntry {
     pub expires_ns: u64,
 }
 
+/// The next hop towards a backend's VTEP, cached by the data path in an
+/// array slot per tenant and machine (`tenant * 4 + machine`: connectors
+/// 0-1, cores 2-3): cheaper than any hash lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendHop {
+    /// The VTEP the entry was looked up for: a policy change to another
+    /// VTEP makes the entry stale at once.
+    pub vtep: [u8; 4],
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad: [u8; 4],
+    pub expires_ns: u64,
+}
+
+/// Slots of the backend next-hop array per tenant.
+pub const HOPS_PER_TENANT: u32 = 4;
+
 /// Host-wide settings: one entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -251,6 +270,7 @@ mod pod {
     unsafe impl aya::Pod for TenantInfo {}
     unsafe impl aya::Pod for HostConfig {}
     unsafe impl aya::Pod for NextHopKey {}
+    unsafe impl aya::Pod for BackendHop {}
     unsafe impl aya::Pod for NextHopEntry {}
     unsafe impl aya::Pod for TenantName {}
     unsafe impl aya::Pod for Meta {}
@@ -280,6 +300,7 @@ mod tests {
         assert_eq!(size_of::<TenantName>(), 36);
         assert_eq!(size_of::<NextHopKey>(), 24);
         assert_eq!(size_of::<NextHopEntry>(), 24);
+        assert_eq!(size_of::<BackendHop>(), 32);
         assert_eq!(size_of::<Meta>(), 56);
     }
 }

@@ -375,7 +375,7 @@ pub fn dump_maps(pin_dir: &Path) -> Result<MapDump> {
         let name = e.file_name().to_string_lossy().into_owned();
         // What the data path writes (counters, the next-hop cache) moves
         // with traffic; policy state is everything else.
-        if [maps::COUNTERS, maps::TENANT_STATS, maps::NEXT_HOPS].contains(&name.as_str()) {
+        if [maps::COUNTERS, maps::TENANT_STATS, maps::NEXT_HOPS, maps::BACKEND_HOPS].contains(&name.as_str()) {
             continue;
         }
         let fd = obj_get(&e.path())?;
