@@ -45,6 +45,10 @@ use super::maps::{TenantEntries, carried_health};
 use crate::Dataplane;
 use crate::tables::allow_masks;
 
+/// Tenants installed per `install_tenants` call (each call waits for two
+/// RCU grace periods, and holds two file descriptors per tenant).
+const INSTALL_CHUNK: usize = 256;
+
 /// What the engine knows about one installed tenant.
 #[derive(Debug, Clone)]
 pub struct Installed {
@@ -380,10 +384,20 @@ impl Engine {
             let current = if new { None } else { dp.tenant_info(id)? };
             batch.push((id, t, carried_health(current.as_ref(), t)));
         }
-        dp.install_tenants(&batch).with_context(|| {
-            let names: Vec<&str> = plan.iter().map(|(_, t, _)| t.name.as_str()).collect();
-            format!("installing tenants {}", names.join(", "))
-        })?;
+        // Each tenant holds two new tries (file descriptors) until the batch
+        // is done: chunks keep that bounded.
+        for chunk in batch.chunks(INSTALL_CHUNK) {
+            dp.install_tenants(chunk).with_context(|| {
+                let names: Vec<&str> = chunk.iter().take(5).map(|(_, t, _)| t.name.as_str()).collect();
+                let more = chunk.len().saturating_sub(names.len());
+                let more = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
+                format!("installing tenants {}{more}", names.join(", "))
+            })?;
+        }
         for &(id, t, new) in &plan {
             let entry = self.installed.get_mut(&id).expect("inserted above");
             entry.policy = Some(t.clone());

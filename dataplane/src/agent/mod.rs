@@ -69,6 +69,22 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Raises the soft limit of open files to the hard limit: every map (and
+/// every allowlist trie while it is built) is a file descriptor.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 /// An exclusive `flock` on the pin directory: one agent per pin path.
 pub struct PinLock(#[allow(dead_code)] OwnedFd);
 
@@ -113,6 +129,7 @@ impl Agent {
     /// is pinned stays in force and the errors are logged.
     pub async fn start(cfg: HostConfig, mode: XdpMode) -> Result<Agent> {
         let started_at = now_secs();
+        raise_fd_limit();
         crate::pin::ensure_bpffs(&cfg.pin_path)?;
         std::fs::create_dir_all(&cfg.pin_path).with_context(|| format!("creating {}", cfg.pin_path.display()))?;
         let lock = PinLock::acquire(&cfg.pin_path)?;
