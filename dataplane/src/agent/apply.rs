@@ -177,6 +177,10 @@ pub struct Engine {
     /// emptied (not at once: a packet may still be using them).
     pending_clear: BTreeSet<u32>,
     state_file: Option<PathBuf>,
+    /// The ids the apply under way touches and their policies before it
+    /// (when all are known): with the untouched tenants, what a failed
+    /// apply restores.
+    rollback: Option<(BTreeSet<u32>, Vec<Tenant>)>,
 }
 
 impl Engine {
@@ -233,6 +237,7 @@ impl Engine {
             applied_at: meta.applied_at,
             pending_clear: BTreeSet::new(),
             state_file: state_file.map(Path::to_path_buf),
+            rollback: None,
         })
     }
 
@@ -243,12 +248,6 @@ impl Engine {
             .filter(|(_, i)| !i.name.is_empty())
             .map(|(id, i)| (i.name.clone(), *id))
             .collect()
-    }
-
-    /// The policy set in force, if the engine knows all of it.
-    fn known_set(&self) -> Option<PolicySet> {
-        let tenants: Option<Vec<Tenant>> = self.installed.values().map(|i| i.policy.clone()).collect();
-        tenants.map(PolicySet::new)
     }
 
     fn changed(&self, id: u32, t: &Tenant) -> bool {
@@ -270,12 +269,24 @@ impl Engine {
         if let Err(errors) = check_capacity(set) {
             bail!("{}", errors.join("\n"));
         }
-        let before = self.known_set();
+        self.rollback = None;
         match self.apply_inner(dp, set) {
             Ok(r) => Ok(r),
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "apply failed part-way");
-                match before {
+                let old = self.rollback.take().and_then(|(touched, saved)| {
+                    let untouched: Option<Vec<Tenant>> = self
+                        .installed
+                        .iter()
+                        .filter(|(id, _)| !touched.contains(id))
+                        .map(|(_, i)| i.policy.clone())
+                        .collect();
+                    untouched.map(|mut u| {
+                        u.extend(saved);
+                        PolicySet::new(u)
+                    })
+                });
+                match old {
                     Some(old) => match self.apply_inner(dp, &old) {
                         Ok(r) => {
                             warn!(generation = r.generation, "rolled back to the previous policy set");
@@ -295,7 +306,6 @@ impl Engine {
 
     fn apply_inner(&mut self, dp: &mut Dataplane, set: &PolicySet) -> Result<ApplyReport> {
         let t0 = Instant::now();
-        let digest = set.digest();
         let by_name = self.ids();
         let wanted: BTreeSet<&str> = set.tenants.iter().map(|t| t.name.as_str()).collect();
 
@@ -335,12 +345,13 @@ impl Engine {
         }
         let mut report = ApplyReport {
             generation: self.generation,
-            digest: digest.clone(),
             tenants: set.tenants.len(),
             unchanged,
             ..Default::default()
         };
         if plan.is_empty() && removed_ids.is_empty() {
+            let digest = set.digest();
+            report.digest = digest.clone();
             if self.digest != digest {
                 // Same tenants, but META did not say so (e.g. first apply
                 // after adopting pins whose digest was unknown).
@@ -350,6 +361,21 @@ impl Engine {
             report.micros = t0.elapsed().as_micros() as u64;
             return Ok(report);
         }
+
+        // What a failure restores: the tenants this apply leaves alone
+        // (untouched in `installed`) and the old policies of those it
+        // changes or removes, saved here.
+        let touched: BTreeSet<u32> = plan
+            .iter()
+            .map(|(id, _, _)| *id)
+            .chain(removed_ids.iter().copied())
+            .collect();
+        let saved: Option<Vec<Tenant>> = touched
+            .iter()
+            .filter_map(|id| self.installed.get(id))
+            .map(|i| i.policy.clone())
+            .collect();
+        self.rollback = saved.map(|saved| (touched, saved));
 
         // 1. An apply is under way.
         dp.set_meta(&Meta {
@@ -435,8 +461,11 @@ impl Engine {
             debug!(tenant = %entry.name, id, "removed");
         }
 
-        // 4. The new generation.
+        // 4. The new generation (the digest is computed now, once the maps
+        // have the new policies).
+        let digest = set.digest();
         self.finish(dp, &digest)?;
+        report.digest = digest;
         report.generation = self.generation;
         report.micros = t0.elapsed().as_micros() as u64;
         Ok(report)

@@ -12,6 +12,7 @@
 //! [`uninstall`] detaches.
 pub mod apply;
 pub mod host;
+pub mod load;
 pub mod maps;
 pub mod persist;
 pub mod server;
@@ -69,6 +70,13 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Hands memory freed after a reload back to the system: parsing a large
+/// policy set peaks far above what the agent keeps.
+fn release_memory() {
+    // SAFETY: malloc_trim only walks the allocator's free lists.
+    unsafe { libc::malloc_trim(0) };
+}
+
 /// Raises the soft limit of open files to the hard limit: every map (and
 /// every allowlist trie while it is built) is a file descriptor.
 fn raise_fd_limit() {
@@ -120,6 +128,7 @@ pub struct Agent {
     last_apply: Option<ApplyReport>,
     last_error: Option<LastError>,
     attempts: u64,
+    cache: load::DirCache,
     _lock: PinLock,
 }
 
@@ -205,6 +214,7 @@ impl Agent {
             last_apply: None,
             last_error: None,
             attempts: 0,
+            cache: load::DirCache::default(),
             _lock: lock,
         };
         // Policies before programs: on a fresh start the programs see every
@@ -255,13 +265,22 @@ impl Agent {
         &self.cfg
     }
 
-    /// Re-reads `policy_dir` and applies it (only what changed).
+    /// Re-reads `policy_dir` (every file) and applies it (only what changed).
     pub fn reload(&mut self, source: &str) -> Response {
+        self.reload_changed(source, None)
+    }
+
+    /// Re-reads `policy_dir`, where the files `changed` names (all with
+    /// `None`) may have changed, and applies it.
+    pub fn reload_changed(&mut self, source: &str, changed: Option<&[PathBuf]>) -> Response {
         self.attempts += 1;
-        match carwash_policy::load_path(&self.cfg.policy_dir) {
+        self.cache.invalidate(changed);
+        let resp = match self.cache.load(&self.cfg.policy_dir) {
             Ok(set) => self.apply_set(&set, source),
             Err(errors) => self.refused(source, &errors),
-        }
+        };
+        release_memory();
+        resp
     }
 
     fn refused(&mut self, source: &str, errors: &PolicyErrors) -> Response {
@@ -374,7 +393,9 @@ impl Agent {
         if let Err(e) = persist::write_set(&self.cfg.policy_dir, &documents) {
             return self.failed("api", format!("{e:#}"));
         }
-        self.apply_set(&set, "api")
+        let resp = self.apply_set(&set, "api");
+        release_memory();
+        resp
     }
 
     /// Deferred work of earlier applies (emptying removed tenants' allow
@@ -470,7 +491,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
-                    Some(server::Event::Reload(source)) => { agent.reload(source); }
+                    Some(server::Event::Reload(source, changed)) => { agent.reload_changed(source, changed.as_deref()); }
                     Some(server::Event::Api(req, reply)) => {
                         let resp = server::handle(&mut agent, req);
                         let _ = reply.send(resp);
