@@ -58,6 +58,8 @@ pub struct Installed {
     /// [`tenant_digest`] of what is installed; known when `policy` is, or
     /// from the state file after a restart.
     pub digest: Option<String>,
+    /// The canonical JSON of `policy` (for the set digest).
+    pub json: Option<String>,
     /// Every key the tenant may own in the maps (a superset after a failed
     /// apply; removals check ownership).
     pub entries: TenantEntries,
@@ -97,10 +99,7 @@ pub struct StateFile {
 
 /// SHA-256 of one tenant's canonical JSON (the set digest of a set of one).
 pub fn tenant_digest(t: &Tenant) -> String {
-    PolicySet {
-        tenants: vec![t.clone()],
-    }
-    .digest()
+    super::digest::tenant_digest_of_json(&super::digest::tenant_json(t))
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -138,11 +137,19 @@ pub fn check_capacity(set: &PolicySet) -> Result<(), Vec<String>> {
     }
     let (mut addrs, mut services) = (0usize, 0usize);
     for t in &set.tenants {
-        let e = TenantEntries::of(t);
-        addrs += e.addrs.len();
-        services += e.services.len();
+        // Validated sets claim each VIP, egress IP and port once.
+        let egress = t.egress.as_ref().map_or(0, |e| 1 + usize::from(e.snat_ipv6.is_some()));
+        addrs += t.vips.len() + egress;
+        services += t.vips.len() * (t.https_ports.len() + t.jms_ports.len());
         for (v6, family) in [(false, "IPv4"), (true, "IPv6")] {
-            let n = allow_masks(t, v6).len();
+            // allow_masks merges equal prefixes: count exactly only when
+            // the entries alone could be too many.
+            let entries = t.allow.iter().filter(|a| a.cidr.is_ipv6() == v6).count();
+            let n = if entries > MAX_ALLOW_PREFIXES as usize {
+                allow_masks(t, v6).len()
+            } else {
+                entries
+            };
             if n > MAX_ALLOW_PREFIXES as usize {
                 errors.push(format!(
                     "tenant {}: allow: {n} {family} prefixes, at most {MAX_ALLOW_PREFIXES}",
@@ -226,6 +233,7 @@ impl Engine {
                     name,
                     policy: None,
                     digest,
+                    json: None,
                     entries: scanned.remove(&id).unwrap_or_default(),
                 },
             );
@@ -250,18 +258,54 @@ impl Engine {
             .collect()
     }
 
-    fn changed(&self, id: u32, t: &Tenant) -> bool {
-        let Some(i) = self.installed.get(&id) else {
+    /// Whether `t` differs from what tenant `id` has installed. A tenant
+    /// known by digest only (after a restart) and found unchanged becomes
+    /// known by policy.
+    fn changed(&mut self, id: u32, t: &Tenant) -> bool {
+        let Some(i) = self.installed.get_mut(&id) else {
             return true;
         };
-        if i.name != t.name || self.digest.is_empty() && i.digest.is_none() {
+        if i.name != t.name {
             return true;
         }
         match (&i.policy, &i.digest) {
             (Some(p), _) => p != t,
-            (None, Some(d)) => *d != tenant_digest(t),
+            (None, Some(d)) => {
+                let json = super::digest::tenant_json(t);
+                if *d != super::digest::tenant_digest_of_json(&json) {
+                    return true;
+                }
+                i.policy = Some(t.clone());
+                i.json = Some(json);
+                false
+            }
             (None, None) => true,
         }
+    }
+
+    /// The digest of `set`, all of whose tenants are installed: from their
+    /// canonical JSON, serialized once per change.
+    fn digest_of(&mut self, set: &PolicySet) -> String {
+        let ids = self.ids();
+        let mut tenants: Vec<&Tenant> = set.tenants.iter().collect();
+        tenants.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut jsons = Vec::with_capacity(tenants.len());
+        for t in tenants {
+            let cached = ids
+                .get(&t.name)
+                .and_then(|id| self.installed.get_mut(id))
+                .filter(|i| i.policy.as_ref() == Some(t));
+            match cached {
+                Some(i) => {
+                    if i.json.is_none() {
+                        i.json = Some(super::digest::tenant_json(t));
+                    }
+                    jsons.push(i.json.clone().unwrap_or_default());
+                }
+                None => jsons.push(super::digest::tenant_json(t)),
+            }
+        }
+        super::digest::set_digest(jsons.iter().map(String::as_str))
     }
 
     /// Applies `set` (validated already): see the module documentation.
@@ -328,12 +372,6 @@ impl Engine {
                         plan.push((id, t, false));
                     } else {
                         unchanged += 1;
-                        // Known by digest after a restart: now by policy too.
-                        if let Some(i) = self.installed.get_mut(&id)
-                            && i.policy.is_none()
-                        {
-                            i.policy = Some(t.clone());
-                        }
                     }
                 }
                 None => {
@@ -350,9 +388,16 @@ impl Engine {
             ..Default::default()
         };
         if plan.is_empty() && removed_ids.is_empty() {
-            let digest = set.digest();
+            // The set in force, unchanged: its digest is known, unless META
+            // did not have it (e.g. adopted pins of a half-done apply).
+            if !self.digest.is_empty() {
+                report.digest = self.digest.clone();
+                report.micros = t0.elapsed().as_micros() as u64;
+                return Ok(report);
+            }
+            let digest = self.digest_of(set);
             report.digest = digest.clone();
-            if self.digest != digest {
+            {
                 // Same tenants, but META did not say so (e.g. first apply
                 // after adopting pins whose digest was unknown).
                 self.finish(dp, &digest)?;
@@ -396,12 +441,14 @@ impl Engine {
                 name: t.name.clone(),
                 policy: None,
                 digest: None,
+                json: None,
                 entries: TenantEntries::default(),
             });
             // Until the install is done, the tenant may own old and new keys.
             entry.name = t.name.clone();
             entry.policy = None;
             entry.digest = None;
+            entry.json = None;
             entry.entries.union(&wanted_entries);
             if new {
                 dp.clear_tenant_stats(id)?;
@@ -427,7 +474,9 @@ impl Engine {
         for &(id, t, new) in &plan {
             let entry = self.installed.get_mut(&id).expect("inserted above");
             entry.policy = Some(t.clone());
-            entry.digest = Some(tenant_digest(t));
+            let json = super::digest::tenant_json(t);
+            entry.digest = Some(super::digest::tenant_digest_of_json(&json));
+            entry.json = Some(json);
             if new {
                 report.added.push(t.name.clone());
             } else {
@@ -463,7 +512,7 @@ impl Engine {
 
         // 4. The new generation (the digest is computed now, once the maps
         // have the new policies).
-        let digest = set.digest();
+        let digest = self.digest_of(set);
         self.finish(dp, &digest)?;
         report.digest = digest;
         report.generation = self.generation;

@@ -6,7 +6,8 @@
 //! whether a set is valid does not depend on them: when the quick check
 //! finds anything wrong, the directory is read again with `load_path`, whose
 //! errors are reported.
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -34,24 +35,36 @@ impl FileKey {
     }
 }
 
+/// Parsed policy files by file name.
 #[derive(Debug, Default)]
 pub struct DirCache {
-    files: BTreeMap<PathBuf, (FileKey, Tenant)>,
+    files: HashMap<OsString, (FileKey, Tenant)>,
 }
 
 /// The files `load_path` takes from a directory: regular files (or
 /// symlinks, even dangling ones) ending in `.toml` or `.json`, not dot-files,
 /// in name order. `None` when the directory cannot be listed.
-fn policy_files(dir: &Path) -> Option<Vec<PathBuf>> {
-    let mut files = Vec::new();
+fn policy_files(dir: &Path) -> Option<Vec<OsString>> {
+    let mut names = Vec::new();
     for e in std::fs::read_dir(dir).ok()? {
-        let p = e.ok()?.path();
-        if super::is_policy_file(&p) && !p.is_dir() {
-            files.push(p);
+        let e = e.ok()?;
+        let name = e.file_name();
+        if !super::is_policy_file(Path::new(&name)) {
+            continue;
+        }
+        // As `Path::is_dir`: follows symlinks; a dangling one is kept.
+        let is_dir = match e.file_type() {
+            Ok(ft) if ft.is_symlink() => dir.join(&name).is_dir(),
+            Ok(ft) => ft.is_dir(),
+            Err(_) => false,
+        };
+        if !is_dir {
+            names.push(name);
         }
     }
-    files.sort();
-    Some(files)
+    // In one directory, path order is file name order.
+    names.sort();
+    Some(names)
 }
 
 impl DirCache {
@@ -61,7 +74,9 @@ impl DirCache {
             None => self.files.clear(),
             Some(ps) => {
                 for p in ps {
-                    self.files.remove(p);
+                    if let Some(n) = p.file_name() {
+                        self.files.remove(n);
+                    }
                 }
             }
         }
@@ -69,27 +84,29 @@ impl DirCache {
 
     /// Loads `dir` as [`carwash_policy::load_path`] does.
     pub fn load(&mut self, dir: &Path) -> Result<PolicySet, PolicyErrors> {
-        let Some(files) = policy_files(dir) else {
+        let Some(names) = policy_files(dir) else {
             self.files.clear();
             return carwash_policy::load_path(dir);
         };
-        let mut docs = Vec::with_capacity(files.len());
-        let mut next = BTreeMap::new();
+        let mut old = std::mem::take(&mut self.files);
+        let mut docs = Vec::with_capacity(names.len());
+        let mut keys = Vec::with_capacity(names.len());
         let mut clean = true;
-        for f in files {
-            let Ok(meta) = std::fs::metadata(&f) else {
+        for name in names {
+            let path = dir.join(&name);
+            let Ok(meta) = std::fs::metadata(&path) else {
                 clean = false;
                 continue;
             };
             let key = FileKey::of(&meta);
-            let tenant = match self.files.remove(&f) {
+            let tenant = match old.remove(&name) {
                 Some((k, t)) if k == key => t,
                 _ => {
-                    let Ok(text) = std::fs::read_to_string(&f) else {
+                    let Ok(text) = std::fs::read_to_string(&path) else {
                         clean = false;
                         continue;
                     };
-                    match carwash_policy::parse_document(&f, &text) {
+                    match carwash_policy::parse_document(&path, &text) {
                         Ok(doc) => doc.tenant,
                         Err(_) => {
                             clean = false;
@@ -99,19 +116,25 @@ impl DirCache {
                 }
             };
             docs.push(Document {
-                file: f.clone(),
-                tenant: tenant.clone(),
+                file: path,
+                tenant,
                 positions: Positions::default(),
             });
-            next.insert(f, (key, tenant));
+            keys.push((name, key));
         }
-        self.files = next;
-        if clean && let Ok(set) = carwash_policy::validate_set(&docs) {
-            return Ok(set);
+        let quick = if clean {
+            carwash_policy::validate_set(&docs).ok()
+        } else {
+            None
+        };
+        for (doc, (name, key)) in docs.into_iter().zip(keys) {
+            self.files.insert(name, (key, doc.tenant));
         }
-        drop(docs);
-        // Something is wrong: the errors as load_path reports them.
-        carwash_policy::load_path(dir)
+        match quick {
+            Some(set) => Ok(set),
+            // Something is wrong: the errors as load_path reports them.
+            None => carwash_policy::load_path(dir),
+        }
     }
 }
 

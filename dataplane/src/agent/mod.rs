@@ -11,6 +11,7 @@
 //! interface without a program and connection state survives. Only
 //! [`uninstall`] detaches.
 pub mod apply;
+pub mod digest;
 pub mod host;
 pub mod load;
 pub mod maps;
@@ -68,6 +69,15 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// A list of names for a log line: the first ten and how many more.
+fn few(names: &[String]) -> String {
+    let mut s = names.iter().take(10).cloned().collect::<Vec<_>>().join(",");
+    if names.len() > 10 {
+        s.push_str(&format!(" and {} more", names.len() - 10));
+    }
+    if s.is_empty() { "none".into() } else { s }
 }
 
 /// Hands memory freed after a reload back to the system: parsing a large
@@ -274,12 +284,23 @@ impl Agent {
     /// `None`) may have changed, and applies it.
     pub fn reload_changed(&mut self, source: &str, changed: Option<&[PathBuf]>) -> Response {
         self.attempts += 1;
+        let t0 = std::time::Instant::now();
         self.cache.invalidate(changed);
-        let resp = match self.cache.load(&self.cfg.policy_dir) {
+        let loaded = self.cache.load(&self.cfg.policy_dir);
+        let t1 = t0.elapsed();
+        let resp = match loaded {
             Ok(set) => self.apply_set(&set, source),
             Err(errors) => self.refused(source, &errors),
         };
+        let t2 = t0.elapsed();
         release_memory();
+        tracing::debug!(
+            source,
+            read_validate_us = t1.as_micros() as u64,
+            apply_us = (t2 - t1).as_micros() as u64,
+            trim_us = (t0.elapsed() - t2).as_micros() as u64,
+            "reload"
+        );
         resp
     }
 
@@ -330,9 +351,9 @@ impl Agent {
                         generation = report.generation,
                         digest = %report.digest,
                         tenants = report.tenants,
-                        added = ?report.added,
-                        changed = ?report.changed,
-                        removed = ?report.removed,
+                        added = %few(&report.added),
+                        changed = %few(&report.changed),
+                        removed = %few(&report.removed),
                         unchanged = report.unchanged,
                         micros = report.micros,
                         "policy set applied"
