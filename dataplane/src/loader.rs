@@ -193,29 +193,35 @@ pub enum PinState {
     Adoptable { meta: Meta },
 }
 
-/// Key and value sizes the maps of this binary's layout have (those the
-/// userspace reads and writes; a map missing here is not checked).
-fn expected_sizes() -> Vec<(&'static str, usize, usize)> {
+/// Key size, value size and capacity the maps of this binary's layout have
+/// (those the userspace reads and writes; a map missing here is not
+/// checked).
+fn expected_shapes() -> Vec<(&'static str, usize, usize, u32)> {
     use dataplane_common::types::*;
     use std::mem::size_of;
     vec![
-        (maps::COUNTERS, 4, size_of::<CounterBlock>()),
-        (maps::CONFIG, 4, size_of::<HostConfig>()),
-        (maps::ADDRS, size_of::<AddrKey>(), size_of::<AddrValue>()),
-        (maps::SERVICES, size_of::<ServiceKey>(), size_of::<ServiceValue>()),
-        (maps::VNIS, 4, 4),
-        (maps::TENANT_NAMES, 4, size_of::<TenantName>()),
-        (maps::META, 4, size_of::<Meta>()),
-        (maps::TENANTS, 4, size_of::<TenantInfo>()),
-        (maps::TENANT_STATS, 4, size_of::<TenantStats>()),
-        (maps::ALLOW_V4, 4, 4),
-        (maps::ALLOW_V6, 4, 4),
+        (maps::COUNTERS, 4, size_of::<CounterBlock>(), SIDES),
+        (maps::CONFIG, 4, size_of::<HostConfig>(), 1),
+        (maps::ADDRS, size_of::<AddrKey>(), size_of::<AddrValue>(), MAX_ADDRS),
+        (
+            maps::SERVICES,
+            size_of::<ServiceKey>(),
+            size_of::<ServiceValue>(),
+            MAX_SERVICES,
+        ),
+        (maps::VNIS, 4, 4, MAX_TENANTS),
+        (maps::TENANT_NAMES, 4, size_of::<TenantName>(), MAX_TENANTS),
+        (maps::META, 4, size_of::<Meta>(), 1),
+        (maps::TENANTS, 4, size_of::<TenantInfo>(), MAX_TENANTS),
+        (maps::TENANT_STATS, 4, size_of::<TenantStats>(), MAX_TENANTS),
+        (maps::ALLOW_V4, 4, 4, MAX_ALLOW_SLOTS),
+        (maps::ALLOW_V6, 4, 4, MAX_ALLOW_SLOTS),
     ]
 }
 
 /// Reads `META` from the pins (if any) and checks that they have this
-/// binary's layout: the same `LAYOUT_VERSION` and the key and value sizes
-/// this binary uses. A pin directory of another layout is refused with an
+/// binary's layout: the same `LAYOUT_VERSION`, and the key sizes, value
+/// sizes and capacities this binary uses. A pin directory of another layout is refused with an
 /// error that says what to do, rather than misread.
 pub fn check_pins(pin_dir: &Path) -> Result<PinState> {
     let maps_dir = pin_dir.join("maps");
@@ -253,18 +259,19 @@ pub fn check_pins(pin_dir: &Path) -> Result<PinState> {
             meta.layout_version
         );
     }
-    for (name, key, value) in expected_sizes() {
+    for (name, key, value, max) in expected_shapes() {
         let path = map_pin(pin_dir, name);
         if !path.exists() {
             continue;
         }
         let info = aya::maps::MapInfo::from_pin(&path).with_context(|| format!("inspecting {}", path.display()))?;
-        if info.key_size() as usize != key || info.value_size() as usize != value {
+        if info.key_size() as usize != key || info.value_size() as usize != value || info.max_entries() != max {
             bail!(
-                "pinned map {} has key/value sizes {}/{} where this carwash expects {key}/{value} (same layout version {LAYOUT_VERSION}: was it bumped?); {fix}",
+                "pinned map {} has key size {}, value size {}, {} entries where this carwash expects {key}, {value}, {max} (same layout version {LAYOUT_VERSION}: was it bumped?); {fix}",
                 path.display(),
                 info.key_size(),
-                info.value_size()
+                info.value_size(),
+                info.max_entries()
             );
         }
     }

@@ -45,6 +45,10 @@ use super::maps::{TenantEntries, carried_health};
 use crate::Dataplane;
 use crate::tables::allow_masks;
 
+/// Tenants installed per `install_tenants` call (each call waits for two
+/// RCU grace periods, and holds two file descriptors per tenant).
+const INSTALL_CHUNK: usize = 256;
+
 /// What the engine knows about one installed tenant.
 #[derive(Debug, Clone)]
 pub struct Installed {
@@ -54,6 +58,8 @@ pub struct Installed {
     /// [`tenant_digest`] of what is installed; known when `policy` is, or
     /// from the state file after a restart.
     pub digest: Option<String>,
+    /// The canonical JSON of `policy` (for the set digest).
+    pub json: Option<String>,
     /// Every key the tenant may own in the maps (a superset after a failed
     /// apply; removals check ownership).
     pub entries: TenantEntries,
@@ -93,10 +99,7 @@ pub struct StateFile {
 
 /// SHA-256 of one tenant's canonical JSON (the set digest of a set of one).
 pub fn tenant_digest(t: &Tenant) -> String {
-    PolicySet {
-        tenants: vec![t.clone()],
-    }
-    .digest()
+    super::digest::tenant_digest_of_json(&super::digest::tenant_json(t))
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -134,11 +137,19 @@ pub fn check_capacity(set: &PolicySet) -> Result<(), Vec<String>> {
     }
     let (mut addrs, mut services) = (0usize, 0usize);
     for t in &set.tenants {
-        let e = TenantEntries::of(t);
-        addrs += e.addrs.len();
-        services += e.services.len();
+        // Validated sets claim each VIP, egress IP and port once.
+        let egress = t.egress.as_ref().map_or(0, |e| 1 + usize::from(e.snat_ipv6.is_some()));
+        addrs += t.vips.len() + egress;
+        services += t.vips.len() * (t.https_ports.len() + t.jms_ports.len());
         for (v6, family) in [(false, "IPv4"), (true, "IPv6")] {
-            let n = allow_masks(t, v6).len();
+            // allow_masks merges equal prefixes: count exactly only when
+            // the entries alone could be too many.
+            let entries = t.allow.iter().filter(|a| a.cidr.is_ipv6() == v6).count();
+            let n = if entries > MAX_ALLOW_PREFIXES as usize {
+                allow_masks(t, v6).len()
+            } else {
+                entries
+            };
             if n > MAX_ALLOW_PREFIXES as usize {
                 errors.push(format!(
                     "tenant {}: allow: {n} {family} prefixes, at most {MAX_ALLOW_PREFIXES}",
@@ -173,6 +184,10 @@ pub struct Engine {
     /// emptied (not at once: a packet may still be using them).
     pending_clear: BTreeSet<u32>,
     state_file: Option<PathBuf>,
+    /// The ids the apply under way touches and their policies before it
+    /// (when all are known): with the untouched tenants, what a failed
+    /// apply restores.
+    rollback: Option<(BTreeSet<u32>, Vec<Tenant>)>,
 }
 
 impl Engine {
@@ -218,6 +233,7 @@ impl Engine {
                     name,
                     policy: None,
                     digest,
+                    json: None,
                     entries: scanned.remove(&id).unwrap_or_default(),
                 },
             );
@@ -229,6 +245,7 @@ impl Engine {
             applied_at: meta.applied_at,
             pending_clear: BTreeSet::new(),
             state_file: state_file.map(Path::to_path_buf),
+            rollback: None,
         })
     }
 
@@ -241,24 +258,54 @@ impl Engine {
             .collect()
     }
 
-    /// The policy set in force, if the engine knows all of it.
-    fn known_set(&self) -> Option<PolicySet> {
-        let tenants: Option<Vec<Tenant>> = self.installed.values().map(|i| i.policy.clone()).collect();
-        tenants.map(PolicySet::new)
-    }
-
-    fn changed(&self, id: u32, t: &Tenant) -> bool {
-        let Some(i) = self.installed.get(&id) else {
+    /// Whether `t` differs from what tenant `id` has installed. A tenant
+    /// known by digest only (after a restart) and found unchanged becomes
+    /// known by policy.
+    fn changed(&mut self, id: u32, t: &Tenant) -> bool {
+        let Some(i) = self.installed.get_mut(&id) else {
             return true;
         };
-        if i.name != t.name || self.digest.is_empty() && i.digest.is_none() {
+        if i.name != t.name {
             return true;
         }
         match (&i.policy, &i.digest) {
             (Some(p), _) => p != t,
-            (None, Some(d)) => *d != tenant_digest(t),
+            (None, Some(d)) => {
+                let json = super::digest::tenant_json(t);
+                if *d != super::digest::tenant_digest_of_json(&json) {
+                    return true;
+                }
+                i.policy = Some(t.clone());
+                i.json = Some(json);
+                false
+            }
             (None, None) => true,
         }
+    }
+
+    /// The digest of `set`, all of whose tenants are installed: from their
+    /// canonical JSON, serialized once per change.
+    fn digest_of(&mut self, set: &PolicySet) -> String {
+        let ids = self.ids();
+        let mut tenants: Vec<&Tenant> = set.tenants.iter().collect();
+        tenants.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut jsons = Vec::with_capacity(tenants.len());
+        for t in tenants {
+            let cached = ids
+                .get(&t.name)
+                .and_then(|id| self.installed.get_mut(id))
+                .filter(|i| i.policy.as_ref() == Some(t));
+            match cached {
+                Some(i) => {
+                    if i.json.is_none() {
+                        i.json = Some(super::digest::tenant_json(t));
+                    }
+                    jsons.push(i.json.clone().unwrap_or_default());
+                }
+                None => jsons.push(super::digest::tenant_json(t)),
+            }
+        }
+        super::digest::set_digest(jsons.iter().map(String::as_str))
     }
 
     /// Applies `set` (validated already): see the module documentation.
@@ -266,12 +313,24 @@ impl Engine {
         if let Err(errors) = check_capacity(set) {
             bail!("{}", errors.join("\n"));
         }
-        let before = self.known_set();
+        self.rollback = None;
         match self.apply_inner(dp, set) {
             Ok(r) => Ok(r),
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "apply failed part-way");
-                match before {
+                let old = self.rollback.take().and_then(|(touched, saved)| {
+                    let untouched: Option<Vec<Tenant>> = self
+                        .installed
+                        .iter()
+                        .filter(|(id, _)| !touched.contains(id))
+                        .map(|(_, i)| i.policy.clone())
+                        .collect();
+                    untouched.map(|mut u| {
+                        u.extend(saved);
+                        PolicySet::new(u)
+                    })
+                });
+                match old {
                     Some(old) => match self.apply_inner(dp, &old) {
                         Ok(r) => {
                             warn!(generation = r.generation, "rolled back to the previous policy set");
@@ -291,7 +350,6 @@ impl Engine {
 
     fn apply_inner(&mut self, dp: &mut Dataplane, set: &PolicySet) -> Result<ApplyReport> {
         let t0 = Instant::now();
-        let digest = set.digest();
         let by_name = self.ids();
         let wanted: BTreeSet<&str> = set.tenants.iter().map(|t| t.name.as_str()).collect();
 
@@ -314,12 +372,6 @@ impl Engine {
                         plan.push((id, t, false));
                     } else {
                         unchanged += 1;
-                        // Known by digest after a restart: now by policy too.
-                        if let Some(i) = self.installed.get_mut(&id)
-                            && i.policy.is_none()
-                        {
-                            i.policy = Some(t.clone());
-                        }
                     }
                 }
                 None => {
@@ -331,13 +383,21 @@ impl Engine {
         }
         let mut report = ApplyReport {
             generation: self.generation,
-            digest: digest.clone(),
             tenants: set.tenants.len(),
             unchanged,
             ..Default::default()
         };
         if plan.is_empty() && removed_ids.is_empty() {
-            if self.digest != digest {
+            // The set in force, unchanged: its digest is known, unless META
+            // did not have it (e.g. adopted pins of a half-done apply).
+            if !self.digest.is_empty() {
+                report.digest = self.digest.clone();
+                report.micros = t0.elapsed().as_micros() as u64;
+                return Ok(report);
+            }
+            let digest = self.digest_of(set);
+            report.digest = digest.clone();
+            {
                 // Same tenants, but META did not say so (e.g. first apply
                 // after adopting pins whose digest was unknown).
                 self.finish(dp, &digest)?;
@@ -346,6 +406,21 @@ impl Engine {
             report.micros = t0.elapsed().as_micros() as u64;
             return Ok(report);
         }
+
+        // What a failure restores: the tenants this apply leaves alone
+        // (untouched in `installed`) and the old policies of those it
+        // changes or removes, saved here.
+        let touched: BTreeSet<u32> = plan
+            .iter()
+            .map(|(id, _, _)| *id)
+            .chain(removed_ids.iter().copied())
+            .collect();
+        let saved: Option<Vec<Tenant>> = touched
+            .iter()
+            .filter_map(|id| self.installed.get(id))
+            .map(|i| i.policy.clone())
+            .collect();
+        self.rollback = saved.map(|saved| (touched, saved));
 
         // 1. An apply is under way.
         dp.set_meta(&Meta {
@@ -366,12 +441,14 @@ impl Engine {
                 name: t.name.clone(),
                 policy: None,
                 digest: None,
+                json: None,
                 entries: TenantEntries::default(),
             });
             // Until the install is done, the tenant may own old and new keys.
             entry.name = t.name.clone();
             entry.policy = None;
             entry.digest = None;
+            entry.json = None;
             entry.entries.union(&wanted_entries);
             if new {
                 dp.clear_tenant_stats(id)?;
@@ -380,14 +457,26 @@ impl Engine {
             let current = if new { None } else { dp.tenant_info(id)? };
             batch.push((id, t, carried_health(current.as_ref(), t)));
         }
-        dp.install_tenants(&batch).with_context(|| {
-            let names: Vec<&str> = plan.iter().map(|(_, t, _)| t.name.as_str()).collect();
-            format!("installing tenants {}", names.join(", "))
-        })?;
+        // Each tenant holds two new tries (file descriptors) until the batch
+        // is done: chunks keep that bounded.
+        for chunk in batch.chunks(INSTALL_CHUNK) {
+            dp.install_tenants(chunk).with_context(|| {
+                let names: Vec<&str> = chunk.iter().take(5).map(|(_, t, _)| t.name.as_str()).collect();
+                let more = chunk.len().saturating_sub(names.len());
+                let more = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
+                format!("installing tenants {}{more}", names.join(", "))
+            })?;
+        }
         for &(id, t, new) in &plan {
             let entry = self.installed.get_mut(&id).expect("inserted above");
             entry.policy = Some(t.clone());
-            entry.digest = Some(tenant_digest(t));
+            let json = super::digest::tenant_json(t);
+            entry.digest = Some(super::digest::tenant_digest_of_json(&json));
+            entry.json = Some(json);
             if new {
                 report.added.push(t.name.clone());
             } else {
@@ -421,8 +510,11 @@ impl Engine {
             debug!(tenant = %entry.name, id, "removed");
         }
 
-        // 4. The new generation.
+        // 4. The new generation (the digest is computed now, once the maps
+        // have the new policies).
+        let digest = self.digest_of(set);
         self.finish(dp, &digest)?;
+        report.digest = digest;
         report.generation = self.generation;
         report.micros = t0.elapsed().as_micros() as u64;
         Ok(report)

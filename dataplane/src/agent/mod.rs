@@ -11,7 +11,9 @@
 //! interface without a program and connection state survives. Only
 //! [`uninstall`] detaches.
 pub mod apply;
+pub mod digest;
 pub mod host;
+pub mod load;
 pub mod maps;
 pub mod persist;
 pub mod server;
@@ -69,6 +71,38 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// A list of names for a log line: the first ten and how many more.
+fn few(names: &[String]) -> String {
+    let mut s = names.iter().take(10).cloned().collect::<Vec<_>>().join(",");
+    if names.len() > 10 {
+        s.push_str(&format!(" and {} more", names.len() - 10));
+    }
+    if s.is_empty() { "none".into() } else { s }
+}
+
+/// Hands memory freed after a reload back to the system: parsing a large
+/// policy set peaks far above what the agent keeps.
+fn release_memory() {
+    // SAFETY: malloc_trim only walks the allocator's free lists.
+    unsafe { libc::malloc_trim(0) };
+}
+
+/// Raises the soft limit of open files to the hard limit: every map (and
+/// every allowlist trie while it is built) is a file descriptor.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 /// An exclusive `flock` on the pin directory: one agent per pin path.
 pub struct PinLock(#[allow(dead_code)] OwnedFd);
 
@@ -104,6 +138,7 @@ pub struct Agent {
     last_apply: Option<ApplyReport>,
     last_error: Option<LastError>,
     attempts: u64,
+    cache: load::DirCache,
     _lock: PinLock,
 }
 
@@ -113,6 +148,7 @@ impl Agent {
     /// is pinned stays in force and the errors are logged.
     pub async fn start(cfg: HostConfig, mode: XdpMode) -> Result<Agent> {
         let started_at = now_secs();
+        raise_fd_limit();
         crate::pin::ensure_bpffs(&cfg.pin_path)?;
         std::fs::create_dir_all(&cfg.pin_path).with_context(|| format!("creating {}", cfg.pin_path.display()))?;
         let lock = PinLock::acquire(&cfg.pin_path)?;
@@ -188,6 +224,7 @@ impl Agent {
             last_apply: None,
             last_error: None,
             attempts: 0,
+            cache: load::DirCache::default(),
             _lock: lock,
         };
         // Policies before programs: on a fresh start the programs see every
@@ -238,13 +275,32 @@ impl Agent {
         &self.cfg
     }
 
-    /// Re-reads `policy_dir` and applies it (only what changed).
+    /// Re-reads `policy_dir` (every file) and applies it (only what changed).
     pub fn reload(&mut self, source: &str) -> Response {
+        self.reload_changed(source, None)
+    }
+
+    /// Re-reads `policy_dir`, where the files `changed` names (all with
+    /// `None`) may have changed, and applies it.
+    pub fn reload_changed(&mut self, source: &str, changed: Option<&[PathBuf]>) -> Response {
         self.attempts += 1;
-        match carwash_policy::load_path(&self.cfg.policy_dir) {
+        let t0 = std::time::Instant::now();
+        let loaded = self.cache.load_changed(&self.cfg.policy_dir, changed);
+        let t1 = t0.elapsed();
+        let resp = match loaded {
             Ok(set) => self.apply_set(&set, source),
             Err(errors) => self.refused(source, &errors),
-        }
+        };
+        let t2 = t0.elapsed();
+        release_memory();
+        tracing::debug!(
+            source,
+            read_validate_us = t1.as_micros() as u64,
+            apply_us = (t2 - t1).as_micros() as u64,
+            trim_us = (t0.elapsed() - t2).as_micros() as u64,
+            "reload"
+        );
+        resp
     }
 
     fn refused(&mut self, source: &str, errors: &PolicyErrors) -> Response {
@@ -294,9 +350,9 @@ impl Agent {
                         generation = report.generation,
                         digest = %report.digest,
                         tenants = report.tenants,
-                        added = ?report.added,
-                        changed = ?report.changed,
-                        removed = ?report.removed,
+                        added = %few(&report.added),
+                        changed = %few(&report.changed),
+                        removed = %few(&report.removed),
                         unchanged = report.unchanged,
                         micros = report.micros,
                         "policy set applied"
@@ -357,7 +413,9 @@ impl Agent {
         if let Err(e) = persist::write_set(&self.cfg.policy_dir, &documents) {
             return self.failed("api", format!("{e:#}"));
         }
-        self.apply_set(&set, "api")
+        let resp = self.apply_set(&set, "api");
+        release_memory();
+        resp
     }
 
     /// Deferred work of earlier applies (emptying removed tenants' allow
@@ -453,7 +511,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
-                    Some(server::Event::Reload(source)) => { agent.reload(source); }
+                    Some(server::Event::Reload(source, changed)) => { agent.reload_changed(source, changed.as_deref()); }
                     Some(server::Event::Api(req, reply)) => {
                         let resp = server::handle(&mut agent, req);
                         let _ = reply.send(resp);

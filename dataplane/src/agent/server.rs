@@ -17,8 +17,9 @@ use crate::api::{Request, Response};
 /// What the agent's loop is asked to do.
 #[derive(Debug)]
 pub enum Event {
-    /// Re-read `policy_dir`; the string says why (for logs and status).
-    Reload(&'static str),
+    /// Re-read `policy_dir`; the string says why (for logs and status),
+    /// the paths which files changed (`None`: any may have).
+    Reload(&'static str, Option<Vec<std::path::PathBuf>>),
     Api(Request, oneshot::Sender<Response>),
 }
 
