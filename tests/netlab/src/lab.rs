@@ -784,6 +784,10 @@ impl Lab {
                     &format!("{}-https-{port}", m.netns),
                     &[
                         "socat",
+                        // Wait for the client to close after the handler is
+                        // done (the default 0.5 s cuts slow readers off).
+                        "-t",
+                        "60",
                         &format!(
                             "OPENSSL-LISTEN:{port},pf=ip6,ipv6only=0,backlog=128,fork,reuseaddr,cert={cert},key={key},verify=0"
                         ),
@@ -797,6 +801,8 @@ impl Lab {
                     &format!("{}-jms-{port}", m.netns),
                     &[
                         "socat",
+                        "-t",
+                        "60",
                         &format!("TCP6-LISTEN:{port},ipv6only=0,backlog=128,fork,reuseaddr"),
                         &format!("EXEC:/bin/sh {bin}/jms.sh {root}"),
                     ],
