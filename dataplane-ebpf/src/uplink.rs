@@ -63,6 +63,8 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
     }
     // The service lookup comes first: for traffic to a service it is the
     // only lookup by address. Only a miss asks whose address it is.
+    // Counted as the packet arrived, before any encapsulation.
+    let bytes = frame_len(ctx) as u64;
     let svc = if flow.later_fragment {
         None
     } else {
@@ -85,7 +87,6 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
             }
         },
     };
-    let bytes = frame_len(ctx) as u64;
     match result {
         Ok(action) => {
             stats.inc(Counter::Steered);
