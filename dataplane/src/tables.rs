@@ -102,8 +102,8 @@ pub fn allow_masks(t: &Tenant, v6: bool) -> Vec<(IpNetwork, AllowMask)> {
         let net = IpNetwork::new(a.cidr.network(), a.cidr.prefix()).expect("prefix from a valid network");
         *own.entry(net).or_default() |= a.classes.iter().map(|c| class_bit(*c)).fold(0, |x, y| x | y);
     }
-    own.iter()
-        .map(|(net, _)| {
+    own.keys()
+        .map(|net| {
             let mask = own
                 .iter()
                 .filter(|(other, _)| other.prefix() <= net.prefix() && other.contains(net.network()))

@@ -247,6 +247,6 @@ mod tests {
         assert_eq!(size_of::<HostConfig>(), 28);
         assert_eq!(size_of::<TenantName>(), 36);
         assert_eq!(size_of::<Meta>(), 56);
-        assert!(MAGLEV_SIZE <= 256);
+        const { assert!(MAGLEV_SIZE <= 256) };
     }
 }
