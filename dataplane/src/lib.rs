@@ -9,6 +9,7 @@ pub mod loader;
 pub mod maglev;
 pub mod memory;
 pub mod pin;
+pub mod pinned;
 pub mod tables;
 
 pub use loader::Dataplane;
