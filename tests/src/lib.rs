@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod fabric;
 pub mod fixture;
+pub mod inbound_cases;
 pub mod labrun;
 pub mod packets;
 pub mod synthetic;
