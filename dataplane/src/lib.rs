@@ -11,5 +11,6 @@ pub mod memory;
 pub mod pin;
 pub mod pinned;
 pub mod tables;
+pub mod trace;
 
 pub use loader::Dataplane;
