@@ -26,3 +26,19 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
+
+/// A two-column table of labels and values, for one object.
+pub fn pairs() -> Table {
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t
+}
+
+pub fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// `-` for an empty cell, so that columns stay readable.
+pub fn or_dash(s: String) -> String {
+    if s.is_empty() { "-".into() } else { s }
+}

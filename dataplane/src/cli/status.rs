@@ -54,8 +54,9 @@ fn when(secs: u64) -> String {
 }
 
 pub fn run(args: StatusArgs) -> Result<ExitCode> {
-    let pin = args.pin.resolve()?;
-    let pins = pinned_status(&pin)?;
+    // The checks first: nothing pinned, not root, another layout.
+    let checked = args.pin.open()?;
+    let pins = pinned_status(checked.dir())?;
     let (agent, agent_error) = match api::call(&socket(&args), &Request::Status, Duration::from_secs(5)) {
         Ok(r) if r.ok => (r.status.map(|s| *s), None),
         Ok(r) => (None, r.error),
