@@ -36,8 +36,6 @@ pub struct Cli {
 enum Cmd {
     /// Load, attach and pin the programs and maps, apply the policies, serve the API.
     Agent(agent::AgentArgs),
-    /// Counters: passed, steered, dropped by reason, bytes.
-    Stats(stats::StatsArgs),
     /// Policy files: validate offline, or hand a set to the running agent.
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
@@ -49,6 +47,9 @@ enum Cmd {
     /// The SNAT / connection-tracking entries.
     #[command(subcommand)]
     Snat(SnatCmd),
+    /// Counters per program and per tenant and class: steered, dropped by
+    /// reason, bytes; with --watch, rates per second.
+    Stats(stats::StatsArgs),
     /// Run the dataplane's program on a packet and print what it does.
     ///
     /// Builds the packet from the flags, runs the program on it with

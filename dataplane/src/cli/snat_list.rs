@@ -17,6 +17,7 @@ pub struct Args {
     tenant: Option<String>,
     #[command(flatten)]
     pin: PinArgs,
+    /// `table`: aligned columns; `json`: one complete JSON document.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Format,
 }

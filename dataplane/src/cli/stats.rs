@@ -33,6 +33,8 @@ pub struct StatsArgs {
     /// With --watch: stop after N samples.
     #[arg(long, value_name = "N", requires = "watch")]
     count: Option<u64>,
+    /// `table`: aligned columns; `json`: one complete JSON document (with
+    /// --watch, one per line and sample).
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Format,
 }

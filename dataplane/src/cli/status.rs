@@ -19,6 +19,7 @@ pub struct StatusArgs {
     /// The agent's API socket (default: `api_socket` of the host configuration).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// `table`: aligned columns; `json`: one complete JSON document.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Format,
 }

@@ -12,6 +12,7 @@ use super::{Format, PinArgs, output};
 pub struct Args {
     #[command(flatten)]
     pin: PinArgs,
+    /// `table`: aligned columns; `json`: one complete JSON document.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Format,
 }
