@@ -404,6 +404,54 @@ fn check_status_and_snat(p: &Pinned) {
     assert!(text.starts_with("no SNAT table: this dataplane build"), "{text}");
 }
 
+/// `stats --watch` while traffic flows: the rates move. Prints the table
+/// it saw (`cargo test -- --nocapture` shows it).
+fn check_watch_sees_traffic(p: &Pinned) {
+    let watch = |format: &str| {
+        std::process::Command::new(carwash_bin())
+            .args([
+                "stats",
+                "--tenant",
+                "acme",
+                "--watch",
+                "0.5",
+                "--count",
+                "3",
+                "-o",
+                format,
+                "--pin-path",
+            ])
+            .arg(p.pin_path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (json_child, table_child) = (watch("json"), watch("table"));
+    let frames: Vec<Vec<u8>> = (0..20)
+        .map(|i| tcp4(ALLOWED4, ACME4, 42000 + i, 443, b"GET / HTTP/1.1"))
+        .collect();
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_millis(1300) {
+        p.uplink(&frames).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = stdout(&json_child.wait_with_output().unwrap()).unwrap();
+    let docs: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(docs.len(), 3, "{out}");
+    let rate = |d: &Value| {
+        d["rates"]["tenants"][0]["classes"]["https"]["steered_packets"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(rate(&docs[1]) > 100.0 && rate(&docs[2]) > 100.0, "{out}");
+    let table = stdout(&table_child.wait_with_output().unwrap()).unwrap();
+    let last = &table[table.rfind("carwash stats, every").unwrap()..];
+    let https = row(last, "acme");
+    let per_sec: f64 = https[7].parse().unwrap();
+    assert!(per_sec > 100.0, "{table}");
+    println!("carwash stats --tenant acme --watch 0.5, while traffic flows:\n{table}");
+}
+
 #[test]
 fn read_commands_show_the_maps_and_the_traffic() {
     let (p, sent) = setup();
@@ -411,6 +459,7 @@ fn read_commands_show_the_maps_and_the_traffic() {
     check_tenant_show(&p, &sent);
     check_stats(&p, &sent);
     check_status_and_snat(&p);
+    check_watch_sees_traffic(&p);
 }
 
 #[test]
