@@ -8,6 +8,7 @@ pub mod counters;
 pub mod loader;
 pub mod maglev;
 pub mod memory;
+pub mod netns;
 pub mod pin;
 pub mod pinned;
 pub mod tables;

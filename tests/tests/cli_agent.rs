@@ -66,6 +66,25 @@ fn read_commands_answer_after_the_agent_was_killed() {
         .map(|l| l["name"].as_str().unwrap())
         .collect();
     assert_eq!(links, ["uplink", "fabric"], "the programs stay attached: {s:#}");
+    // Without the agent, interfaces are named as the agent's namespace
+    // names them when asked to.
+    let sock = running.api_socket.to_str().unwrap();
+    let s = run_json(&setup, &["status", "--socket", sock, "--netns", setup.ns.name()]);
+    let ifnames: Vec<&str> = s["pins"]["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ifname"].as_str().unwrap())
+        .collect();
+    assert_eq!(ifnames, ["uplink", "fabric"], "{s:#}");
+    let text = stdout(&run(&setup, &["status", "--socket", sock, "--netns", setup.ns.name()])).unwrap();
+    let uplink = running.interfaces.iter().find(|i| i.role == "uplink").unwrap();
+    assert!(
+        text.contains(&format!("on uplink (ifindex {})", uplink.ifindex)),
+        "{text}"
+    );
+    let text = stdout(&run(&setup, &["status", "--socket", sock])).unwrap();
+    assert!(text.contains("add --netns NAME"), "{text}");
     let after: Vec<Value> = [&["tenant", "list"][..], &["tenant", "show", "acme"]]
         .iter()
         .map(|a| run_json(&setup, a))

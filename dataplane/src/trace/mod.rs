@@ -17,10 +17,7 @@
 pub mod headers;
 pub mod packet;
 
-use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
@@ -43,6 +40,7 @@ use serde::Serialize;
 use crate::agent::status::ifname;
 use crate::counters::Counters;
 use crate::loader::{EBPF_OBJECT, map_pin, prog_pin};
+use crate::netns::in_netns;
 use crate::pinned::{self, Pins, TenantRecord};
 use headers::Header;
 pub use packet::{Flow, Proto, Tunnel};
@@ -200,40 +198,6 @@ pub fn action_name(a: u32) -> &'static str {
 
 fn tag_hex(tag: u64) -> String {
     format!("{tag:016x}")
-}
-
-/// Runs `f` on a thread inside network namespace `netns` (a name under
-/// /run/netns, or a path), or on this thread without one.
-fn in_netns<T: Send>(netns: Option<&str>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let Some(name) = netns else {
-        return f();
-    };
-    let path = if name.contains('/') {
-        PathBuf::from(name)
-    } else {
-        Path::new("/run/netns").join(name)
-    };
-    let file = File::open(&path).with_context(|| {
-        format!(
-            "opening network namespace {} (`ip netns list` names them)",
-            path.display()
-        )
-    })?;
-    let joined = std::thread::scope(|s| {
-        s.spawn(move || {
-            // SAFETY: setns on this thread only, with a descriptor we own.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("entering network namespace {}", path.display()));
-            }
-            f()
-        })
-        .join()
-    });
-    match joined {
-        Ok(r) => r,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
 }
 
 fn ip16(ip: IpAddr) -> [u8; 16] {
