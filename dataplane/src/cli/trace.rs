@@ -185,7 +185,7 @@ fn print_table(t: &Trace) {
         ),
     ]);
     for n in &t.notes {
-        out.add_row(vec!["note".into(), n.clone()]);
+        out.add_row(vec!["note".into(), output::wrap(n, 100)]);
     }
     println!("{out}");
 }

@@ -563,13 +563,20 @@ pub fn trace(pins: &Pins, req: &Request) -> Result<Trace> {
         );
     }
     if run.drops.contains(&DropReason::NoRoute) {
+        let towards = match (&backend, side) {
+            (Some(b), Side::Uplink) => format!("VTEP {}", b.vtep),
+            (_, Side::Uplink) => "the backend's VTEP".to_string(),
+            (_, Side::Fabric) => format!("{}", f.dst),
+        };
+        let ns = req
+            .netns
+            .as_deref()
+            .map(|n| format!("network namespace {n}"))
+            .unwrap_or_else(|| "this network namespace".into());
         notes.push(format!(
-            "the kernel has no route or neighbour towards that VTEP in {}: if the agent runs in another network \
-             namespace, trace with --netns NAME of that namespace",
-            req.netns
-                .as_deref()
-                .map(|n| format!("network namespace {n}"))
-                .unwrap_or_else(|| "this network namespace".into())
+            "bpf_fib_lookup finds no route or no neighbour entry towards {towards} in {ns}: if that is the agent's \
+             namespace, live packets of this flow are dropped the same way; if not, trace with --netns NAME of the \
+             agent's namespace"
         ));
     }
     if run.drops.len() > 1 {
