@@ -105,7 +105,19 @@ impl PinArgs {
     }
 }
 
+/// Lets a closed stdout end the process quietly, as `carwash tenant list
+/// -o json | head` expects of a Unix tool (Rust ignores SIGPIPE, and
+/// `println!` then panics). Only for the commands that print: the agent
+/// must survive clients that hang up on its socket.
+fn die_on_sigpipe() {
+    // SAFETY: restores the default disposition of one signal; no handler runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    if !matches!(cli.cmd, Cmd::Agent(_)) {
+        die_on_sigpipe();
+    }
     match cli.cmd {
         Cmd::Agent(a) => agent::run(a),
         Cmd::Stats(a) => stats::run(a),
