@@ -453,6 +453,13 @@ pub fn trace(pins: &Pins, req: &Request) -> Result<Trace> {
             side.word()
         ));
     }
+    if side == Side::Fabric && host.fabric_ifindex == host.uplink_ifindex && host.ready != 0 {
+        notes.push(
+            "fabric and uplink are one interface, which runs the uplink program only: live, that program gets this \
+             frame (trace it with --from uplink to see what it does)"
+                .into(),
+        );
+    }
     let attached_tag = ProgramInfo::from_pin(prog_pin(pins.dir(), side.program()))
         .ok()
         .map(|i| tag_hex(i.tag()));
