@@ -4,15 +4,16 @@
 //! VNI, inner Ethernet to the backend's MAC from the router MAC.
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
-    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
 use dataplane_common::{
     DropReason, checksum,
     hash::vxlan_source_port,
-    types::{BackendEntry, HostConfig, VXLAN_PORT},
+    types::{BackendEntry, BackendHop, HostConfig, NEXT_HOP_TTL_NS, NextHopEntry, NextHopKey, VXLAN_PORT},
 };
 
+use crate::maps::{BACKEND_HOPS, NEXT_HOPS};
 use crate::packet::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, frame_len, ptr_at_mut};
 use crate::parse::Flow;
 
@@ -34,20 +35,51 @@ pub struct NextHop {
     pub dmac: [u8; 6],
 }
 
-/// Asks the kernel's FIB (and neighbour table) for the next hop to `vtep`.
+/// The next hop to a backend's `vtep`: from its slot `hop` of the backend
+/// next-hop array while fresh, else from the kernel's FIB (and neighbour
+/// table), refreshing the slot.
 #[inline(always)]
-pub fn next_hop(ctx: &XdpContext, cfg: &HostConfig, vtep: [u8; 4]) -> Result<NextHop, DropReason> {
+pub fn next_hop(ctx: &XdpContext, cfg: &HostConfig, vtep: [u8; 4], hop: u32) -> Result<NextHop, DropReason> {
+    let slot = BACKEND_HOPS.get_ptr_mut(hop).ok_or(DropReason::NoRoute)?;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: an array slot, valid for the program's run. Another CPU may
+    // refresh it at the same time with the same values.
+    let cached = unsafe { *slot };
+    if cached.vtep == vtep && now < cached.expires_ns {
+        return Ok(NextHop {
+            ifindex: cached.ifindex,
+            smac: cached.smac,
+            dmac: cached.dmac,
+        });
+    }
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
     src[..4].copy_from_slice(&cfg.vtep);
     dst[..4].copy_from_slice(&vtep);
-    route(&RouteQuery {
+    let q = RouteQuery {
         ctx,
         ifindex: cfg.fabric_ifindex,
         v6: false,
         src: &src,
         dst: &dst,
-    })
+    };
+    let mut nh = NextHop::default();
+    if !fib(&q, &mut nh) {
+        return Err(DropReason::NoRoute);
+    }
+    // SAFETY: as above.
+    unsafe {
+        *slot = BackendHop {
+            vtep,
+            ifindex: nh.ifindex,
+            smac: nh.smac,
+            dmac: nh.dmac,
+            _pad: [0; 4],
+            expires_ns: now + NEXT_HOP_TTL_NS,
+        }
+    };
+    Ok(nh)
 }
 
 /// A route lookup: from `src` to `dst` (IPv4 in the first four bytes), as
@@ -60,19 +92,48 @@ pub struct RouteQuery<'a> {
     pub dst: &'a [u8; 16],
 }
 
+/// The next hop to any destination, from the LRU cache while it is fresh,
+/// else from the FIB.
 #[inline(always)]
 pub fn route(q: &RouteQuery) -> Result<NextHop, DropReason> {
-    let mut nh = NextHop::default();
-    if fib(q, &mut nh) {
-        Ok(nh)
-    } else {
-        Err(DropReason::NoRoute)
+    let key = NextHopKey {
+        ifindex: q.ifindex,
+        family: q.v6 as u8,
+        _pad: [0; 3],
+        addr: *q.dst,
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: copied out at once.
+    if let Some(e) = unsafe { NEXT_HOPS.get(&key) }
+        && now < e.expires_ns
+    {
+        return Ok(NextHop {
+            ifindex: e.ifindex,
+            smac: e.smac,
+            dmac: e.dmac,
+        });
     }
+    let mut nh = NextHop::default();
+    if !fib(q, &mut nh) {
+        return Err(DropReason::NoRoute);
+    }
+    let entry = NextHopEntry {
+        ifindex: nh.ifindex,
+        smac: nh.smac,
+        dmac: nh.dmac,
+        expires_ns: now + NEXT_HOP_TTL_NS,
+    };
+    // A full cache evicts its least recently used entry; a failed insert
+    // only means the next packet asks the FIB again.
+    let _ = NEXT_HOPS.insert(&key, &entry, 0);
+    Ok(nh)
 }
 
-// Not inlined: the 64-byte parameter block lives in its own frame, which
-// keeps the programs' stacks within the verifier's 512 bytes. (BPF calls
-// take five arguments at most, hence the query struct and out-parameter.)
+// Not inlined: the FIB's 64-byte parameter block lives in its own frame,
+// which keeps the programs' stacks within the verifier's 512 bytes. BPF
+// calls take five arguments at most, hence the query struct and the
+// out-parameter.
 #[inline(never)]
 fn fib(q: &RouteQuery, nh: &mut NextHop) -> bool {
     let (ctx, src, dst) = (q.ctx, q.src, q.dst);
@@ -108,9 +169,10 @@ pub fn encapsulate(
     cfg: &HostConfig,
     vni: u32,
     backend: &BackendEntry,
+    hop: u32,
     hash: u32,
 ) -> Result<u32, DropReason> {
-    let nh = next_hop(ctx, cfg, backend.vtep)?;
+    let nh = next_hop(ctx, cfg, backend.vtep, hop)?;
     let ip_len = frame_len(ctx) - flow.l3_off;
     // The inner frame keeps no VLAN tags: replace whatever L2 header came
     // in by the tunnel headers and a fresh inner Ethernet header.

@@ -2,6 +2,7 @@
 //! body and maps its result to an action in one visible place.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
 mod counters;
 mod encap;

@@ -3,13 +3,15 @@
 use aya_ebpf::{
     btf_maps::{ArrayOfMaps, LpmTrie},
     macros::{btf_map, map},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use dataplane_common::{
     CounterBlock,
+    hash::ADDR_FILTER_WORDS,
     types::{
-        AddrKey, AddrValue, Allow4, Allow6, AllowMask, HostConfig, MAX_ADDRS, MAX_ALLOW_PREFIXES, MAX_ALLOW_SLOTS,
-        MAX_SERVICES, MAX_TENANTS, Meta, SIDES, ServiceKey, ServiceValue, TenantInfo, TenantName, TenantStats,
+        AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendHop, HOPS_PER_TENANT, HostConfig, MAX_ADDRS,
+        MAX_ALLOW_PREFIXES, MAX_ALLOW_SLOTS, MAX_NEXT_HOPS, MAX_SERVICES, MAX_TENANTS, Meta, NextHopEntry, NextHopKey,
+        SIDES, ServiceKey, ServiceValue, TenantInfo, TenantName, TenantStats,
     },
 };
 
@@ -21,8 +23,13 @@ pub static COUNTERS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(S
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<HostConfig> = Array::with_max_entries(1, 0);
 
-/// VIPs and egress IPs: the first lookup of every packet from the uplink;
-/// a miss means the packet is none of carwash's business.
+/// A bit per hash of every VIP and egress IP: a clear bit means the
+/// packet is none of carwash's business, without a hash lookup.
+#[map(name = "ADDR_FILTER")]
+pub static ADDR_FILTER: Array<u64> = Array::with_max_entries(ADDR_FILTER_WORDS, 0);
+
+/// VIPs and egress IPs: the first lookup of every packet from the uplink
+/// that passes the filter; a miss means it is none of carwash's business.
 #[map(name = "ADDRS")]
 pub static ADDRS: HashMap<AddrKey, AddrValue> = HashMap::with_max_entries(MAX_ADDRS, 0);
 
@@ -37,6 +44,14 @@ pub static TENANT_NAMES: HashMap<u32, TenantName> = HashMap::with_max_entries(MA
 /// The policy generation in force: userspace only, like `TENANT_NAMES`.
 #[map(name = "META")]
 pub static META: Array<Meta> = Array::with_max_entries(1, 0);
+
+/// FIB results, cached for `NEXT_HOP_TTL_NS`.
+#[map(name = "NEXT_HOPS")]
+pub static NEXT_HOPS: LruHashMap<NextHopKey, NextHopEntry> = LruHashMap::with_max_entries(MAX_NEXT_HOPS, 0);
+
+/// Next hops towards backends, cached per tenant and machine.
+#[map(name = "BACKEND_HOPS")]
+pub static BACKEND_HOPS: Array<BackendHop> = Array::with_max_entries(MAX_TENANTS * HOPS_PER_TENANT, 0);
 
 /// VNI → tenant id, for traffic from the fabric.
 #[map(name = "VNIS")]

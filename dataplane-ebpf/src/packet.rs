@@ -41,6 +41,42 @@ pub fn frame_len(ctx: &XdpContext) -> usize {
     ctx.data_end() - ctx.data()
 }
 
+/// A reference to the header `T` at `off`: only the fields used are loaded
+/// (a copy of the whole header would load every byte). Valid until the frame
+/// is resized.
+#[inline(always)]
+pub fn header<T>(ctx: &XdpContext, off: usize) -> Option<&T> {
+    // SAFETY: ptr_at checked that the T lies inside the packet; T has
+    // alignment 1; nothing writes the frame while the reference is used.
+    ptr_at::<T>(ctx, off).map(|p| unsafe { &*p })
+}
+
+/// Loads `N` 32-bit words at `p` as they lie in memory (network byte order
+/// preserved). Addresses sit at 2-byte offsets in the frame; LLVM would
+/// split an unaligned load into byte loads, while the kernel (no strict
+/// alignment on the JITs carwash targets) takes the word load as it is.
+/// The caller has bounds-checked `p .. p + 4N` against the packet end.
+#[inline(always)]
+pub fn load_words<const N: usize>(p: *const u8) -> [u32; N] {
+    let mut out = [0u32; N];
+    let mut i = 0;
+    while i < N {
+        let v: u64;
+        // SAFETY: reads 4 bytes the caller bounds-checked; no side effects.
+        unsafe {
+            core::arch::asm!(
+                "{v} = *(u32 *)({p} + 0)",
+                v = lateout(reg) v,
+                p = in(reg) p.add(4 * i),
+                options(readonly, nostack, preserves_flags)
+            )
+        };
+        out[i] = v as u32;
+        i += 1;
+    }
+    out
+}
+
 /// Reads a copy of the `T` at `off`.
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {

@@ -13,7 +13,10 @@ const MAX_IPV6_EXT: usize = 4;
 
 /// The fields of a parsed IP packet. IPv4 addresses sit in the first four
 /// bytes of `src`/`dst`.
+// Aligned, so that LLVM zeroes and copies the address arrays with word
+// stores instead of calling memset/memcpy (byte loops in BPF).
 #[derive(Clone, Copy)]
+#[repr(C, align(8))]
 pub struct Flow {
     pub vlans: u8,
     pub v6: bool,
@@ -45,6 +48,14 @@ pub enum NotIp {
     Malformed(Counter),
 }
 
+/// Address words as loaded from the packet, back to bytes (the same
+/// memory layout: network byte order is kept).
+#[inline(always)]
+fn words_to_addr(w: [u32; 4]) -> [u8; 16] {
+    // SAFETY: same size, every bit pattern valid.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(w) }
+}
+
 #[inline(always)]
 fn truncated() -> NotIp {
     NotIp::Malformed(Counter::MalformedTruncated)
@@ -59,7 +70,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Flow, NotIp> {
 /// inner frame of a VXLAN packet).
 #[inline(always)]
 pub fn parse_from(ctx: &XdpContext, eth_off: usize) -> Result<Flow, NotIp> {
-    let eth: EthHdr = read(ctx, eth_off).ok_or_else(truncated)?;
+    let eth: &EthHdr = header(ctx, eth_off).ok_or_else(truncated)?;
     let mut ethertype = be16(eth.ethertype);
     let mut off = eth_off + ETH_LEN;
     let mut vlans = 0u8;
@@ -67,7 +78,7 @@ pub fn parse_from(ctx: &XdpContext, eth_off: usize) -> Result<Flow, NotIp> {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        let tag: VlanHdr = read(ctx, off).ok_or_else(truncated)?;
+        let tag: &VlanHdr = header(ctx, off).ok_or_else(truncated)?;
         ethertype = be16(tag.ethertype);
         off += VLAN_LEN;
         vlans += 1;
@@ -102,7 +113,7 @@ pub fn parse_from(ctx: &XdpContext, eth_off: usize) -> Result<Flow, NotIp> {
 
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, flow: &mut Flow) -> Result<(), NotIp> {
-    let ip: Ipv4Hdr = read(ctx, flow.l3_off).ok_or_else(truncated)?;
+    let ip: &Ipv4Hdr = header(ctx, flow.l3_off).ok_or_else(truncated)?;
     let ihl = (ip.version_ihl & 0x0f) as usize;
     if ip.version_ihl >> 4 != 4 || ihl < 5 || (be16(ip.tot_len) as usize) < ihl * 4 {
         return Err(NotIp::Malformed(Counter::MalformedIpHeader));
@@ -114,8 +125,10 @@ fn parse_ipv4(ctx: &XdpContext, flow: &mut Flow) -> Result<(), NotIp> {
     }
     flow.l4_off = flow.l3_off + hdr_len;
     flow.proto = ip.proto;
-    flow.src[..4].copy_from_slice(&ip.src);
-    flow.dst[..4].copy_from_slice(&ip.dst);
+    let [src] = load_words::<1>(ip.src.as_ptr());
+    let [dst] = load_words::<1>(ip.dst.as_ptr());
+    flow.src = words_to_addr([src, 0, 0, 0]);
+    flow.dst = words_to_addr([dst, 0, 0, 0]);
     let frag = be16(ip.frag_off);
     flow.later_fragment = frag & 0x1fff != 0;
     flow.dont_fragment = frag & 0x4000 != 0;
@@ -124,29 +137,29 @@ fn parse_ipv4(ctx: &XdpContext, flow: &mut Flow) -> Result<(), NotIp> {
 
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, flow: &mut Flow) -> Result<(), NotIp> {
-    let ip: Ipv6Hdr = read(ctx, flow.l3_off).ok_or_else(truncated)?;
+    let ip: &Ipv6Hdr = header(ctx, flow.l3_off).ok_or_else(truncated)?;
     if ip.vtc_flow[0] >> 4 != 6 {
         return Err(NotIp::Malformed(Counter::MalformedIpHeader));
     }
     flow.v6 = true;
-    flow.src = ip.src;
-    flow.dst = ip.dst;
+    flow.src = words_to_addr(load_words::<4>(ip.src.as_ptr()));
+    flow.dst = words_to_addr(load_words::<4>(ip.dst.as_ptr()));
     let mut next = ip.next_hdr;
     let mut off = flow.l3_off + IPV6_LEN;
     for _ in 0..MAX_IPV6_EXT {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let ext: Ipv6ExtHdr = read(ctx, off).ok_or_else(truncated)?;
+                let ext: &Ipv6ExtHdr = header(ctx, off).ok_or_else(truncated)?;
                 next = ext.next_hdr;
                 off += (ext.len as usize + 1) * 8;
             }
             IPPROTO_AH => {
-                let ext: Ipv6ExtHdr = read(ctx, off).ok_or_else(truncated)?;
+                let ext: &Ipv6ExtHdr = header(ctx, off).ok_or_else(truncated)?;
                 next = ext.next_hdr;
                 off += (ext.len as usize + 2) * 4;
             }
             IPPROTO_FRAGMENT => {
-                let frag: Ipv6FragHdr = read(ctx, off).ok_or_else(truncated)?;
+                let frag: &Ipv6FragHdr = header(ctx, off).ok_or_else(truncated)?;
                 next = frag.next_hdr;
                 off += 8;
                 if be16(frag.frag_off) & 0xfff8 != 0 {
@@ -167,7 +180,7 @@ fn parse_ipv6(ctx: &XdpContext, flow: &mut Flow) -> Result<(), NotIp> {
 fn parse_l4(ctx: &XdpContext, flow: &mut Flow) -> Result<(), NotIp> {
     match flow.proto {
         IPPROTO_TCP => {
-            let tcp: TcpHdr = read(ctx, flow.l4_off).ok_or_else(truncated)?;
+            let tcp: &TcpHdr = header(ctx, flow.l4_off).ok_or_else(truncated)?;
             if tcp.off_flags[0] >> 4 < 5 {
                 return Err(NotIp::Malformed(Counter::MalformedTcpHeader));
             }
@@ -176,12 +189,12 @@ fn parse_l4(ctx: &XdpContext, flow: &mut Flow) -> Result<(), NotIp> {
             flow.tcp_flags = tcp.off_flags[1];
         }
         IPPROTO_UDP => {
-            let udp: UdpHdr = read(ctx, flow.l4_off).ok_or_else(truncated)?;
+            let udp: &UdpHdr = header(ctx, flow.l4_off).ok_or_else(truncated)?;
             flow.sport = be16(udp.src);
             flow.dport = be16(udp.dst);
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let icmp: IcmpHdr = read(ctx, flow.l4_off).ok_or_else(truncated)?;
+            let icmp: &IcmpHdr = header(ctx, flow.l4_off).ok_or_else(truncated)?;
             flow.sport = be16([icmp.rest[0], icmp.rest[1]]);
             flow.dport = (icmp.ty as u16) << 8 | icmp.code as u16;
         }

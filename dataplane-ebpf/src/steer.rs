@@ -4,14 +4,25 @@
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use dataplane_common::{
     DropReason,
+    hash::addr_filter_bit,
     types::{
         AddrKey, AddrValue, BackendEntry, CLASS_HTTPS, FAMILY_V4, FAMILY_V6, MAGLEV_SIZE, ServiceKey, TENANT_READY,
         TenantInfo,
     },
 };
 
-use crate::maps::{ADDRS, ALLOW_V4, ALLOW_V6, SERVICES, TENANTS};
+use crate::maps::{ADDR_FILTER, ADDRS, ALLOW_V4, ALLOW_V6, SERVICES, TENANTS};
 use crate::parse::Flow;
+
+/// Whether `addr` may be a VIP or egress IP (no false negatives).
+#[inline(always)]
+pub fn maybe_ours(addr: &[u8; 16]) -> bool {
+    let bit = addr_filter_bit(addr);
+    match ADDR_FILTER.get(bit >> 6) {
+        Some(w) => (*w >> (bit & 63)) & 1 != 0,
+        None => true,
+    }
+}
 
 /// Whose VIP or egress IP `addr` is, if anyone's.
 #[inline(always)]
@@ -76,21 +87,23 @@ pub fn allowed(t: &TenantInfo, flow: &Flow, class: u8) -> bool {
 
 /// The machine that receives the flow.
 #[inline(always)]
-pub fn backend(t: &TenantInfo, class: u8, hash: u32) -> Result<BackendEntry, DropReason> {
-    let b = if class == CLASS_HTTPS {
+/// Returns the machine and its slot (connectors 0-1, cores 2-3).
+pub fn backend(t: &TenantInfo, class: u8, hash: u32) -> Result<(BackendEntry, u32), DropReason> {
+    let (b, slot) = if class == CLASS_HTTPS {
         let bucket = hash % MAGLEV_SIZE as u32;
         // LLVM turns the modulo into a multiply-shift whose range the
         // verifier cannot follow; a volatile read keeps the mask (a no-op,
         // since bucket < 251) from being optimised away.
         // SAFETY: reading a local.
         let bucket = unsafe { core::ptr::read_volatile(&bucket) } as usize & 0xff;
-        let idx = t.maglev.get(bucket).copied().unwrap_or(0) as usize;
-        t.connectors.get(idx & 1).copied()
+        let idx = t.maglev.get(bucket).copied().unwrap_or(0) as usize & 1;
+        (t.connectors.get(idx).copied(), idx as u32)
     } else {
-        t.cores.get(t.active_core as usize & 1).copied()
+        let idx = t.active_core as usize & 1;
+        (t.cores.get(idx).copied(), 2 + idx as u32)
     };
     match b {
-        Some(b) if b.up != 0 && b.vtep != [0; 4] => Ok(b),
+        Some(b) if b.up != 0 && b.vtep != [0; 4] => Ok((b, slot)),
         _ => Err(DropReason::NoBackend),
     }
 }

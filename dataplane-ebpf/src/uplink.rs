@@ -6,7 +6,7 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use dataplane_common::{
     Counter, DropReason,
     hash::flow_hash,
-    types::{ADDR_EGRESS, CLASS_NONE, SIDE_UPLINK},
+    types::{ADDR_EGRESS, CLASS_NONE, HOPS_PER_TENANT, SIDE_UPLINK},
 };
 
 use crate::counters::{Counters, tenant_dropped, tenant_steered};
@@ -58,45 +58,57 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
     };
     stats.protocols(&flow);
 
-    let Some(addr) = steer::address(&flow.dst, flow.v6) else {
+    if !steer::maybe_ours(&flow.dst) {
         return xdp_action::XDP_PASS;
+    }
+    // The service lookup comes first: for traffic to a service it is the
+    // only lookup by address. Only a miss asks whose address it is.
+    let svc = if flow.later_fragment {
+        None
+    } else {
+        steer::service(&flow)
+    };
+    let (tenant, class, result) = match svc {
+        Some(svc) => (svc.tenant, svc.class, steer_to_vpc(ctx, &flow, &svc)),
+        None => match steer::address(&flow.dst, flow.v6) {
+            // The filter's false positive: not ours after all.
+            None => return xdp_action::XDP_PASS,
+            Some(a) => {
+                let why = if a.kind == ADDR_EGRESS {
+                    DropReason::NoConntrack
+                } else if flow.later_fragment {
+                    DropReason::Fragment
+                } else {
+                    DropReason::NoService
+                };
+                (a.tenant, CLASS_NONE, Err(why.into()))
+            }
+        },
     };
     let bytes = frame_len(ctx) as u64;
-    let mut class = CLASS_NONE;
-    let result = if addr.kind == ADDR_EGRESS {
-        Err(DropReason::NoConntrack.into())
-    } else {
-        steer_to_vpc(ctx, &flow, &mut class)
-    };
     match result {
         Ok(action) => {
             stats.inc(Counter::Steered);
-            tenant_steered(addr.tenant, class, bytes);
+            tenant_steered(tenant, class, bytes);
             action
         }
         Err(r) => {
             stats.drop(r.why);
-            tenant_dropped(addr.tenant, class, r.why, bytes);
+            tenant_dropped(tenant, class, r.why, bytes);
             r.action
         }
     }
 }
 
-/// Path 1 for a packet addressed to a VIP. Sets `class` as soon as the
-/// service is known, for the counters.
+/// Path 1 for a packet to a service.
 #[inline(always)]
-fn steer_to_vpc(ctx: &XdpContext, flow: &Flow, class: &mut u8) -> Result<u32, Refused> {
-    if flow.later_fragment {
-        return Err(DropReason::Fragment.into());
-    }
-    let svc = steer::service(flow).ok_or(DropReason::NoService)?;
-    *class = svc.class;
+fn steer_to_vpc(ctx: &XdpContext, flow: &Flow, svc: &steer::Service) -> Result<u32, Refused> {
     let t = steer::tenant(svc.tenant)?;
     if !steer::allowed(t, flow, svc.class) {
         return Err(DropReason::NotAllowed.into());
     }
     let hash = flow_hash(&flow.src, &flow.dst, flow.sport, flow.dport, flow.proto);
-    let backend = steer::backend(t, svc.class, hash)?;
+    let (backend, slot) = steer::backend(t, svc.class, hash)?;
     let cfg = match CONFIG.get(0) {
         Some(c) if c.ready != 0 => c,
         _ => return Err(DropReason::NoConfig.into()),
@@ -110,7 +122,8 @@ fn steer_to_vpc(ctx: &XdpContext, flow: &Flow, class: &mut u8) -> Result<u32, Re
     if ip_len > usable as usize {
         return Err(too_big(ctx, flow, usable));
     }
-    Ok(encapsulate(ctx, flow, cfg, t.vni, &backend, hash)?)
+    let hop = svc.tenant * HOPS_PER_TENANT + slot;
+    Ok(encapsulate(ctx, flow, cfg, t.vni, &backend, hop, hash)?)
 }
 
 /// A packet that would not fit the fabric once encapsulated.

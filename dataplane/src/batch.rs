@@ -49,7 +49,11 @@ pub fn set_inner_maps(map: BorrowedFd<'_>, keys: &[u32], fds: &[u32]) -> io::Res
         return Err(io::Error::last_os_error());
     }
     if attr.count as usize != keys.len() {
-        return Err(io::Error::other(format!("batch update stopped after {} of {} elements", attr.count, keys.len())));
+        return Err(io::Error::other(format!(
+            "batch update stopped after {} of {} elements",
+            attr.count,
+            keys.len()
+        )));
     }
     Ok(())
 }

@@ -24,8 +24,11 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const ALL_MAPS: &[&str] = &[
     maps::COUNTERS,
     maps::CONFIG,
+    maps::ADDR_FILTER,
     maps::ADDRS,
     maps::SERVICES,
+    maps::NEXT_HOPS,
+    maps::BACKEND_HOPS,
     maps::VNIS,
     maps::TENANT_NAMES,
     maps::META,

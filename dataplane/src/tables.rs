@@ -13,7 +13,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{HashMap, IterableMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use carwash_policy::{Class, Lane, Tenant};
 use dataplane_common::{
-    LAYOUT_VERSION, maps,
+    LAYOUT_VERSION,
+    hash::addr_filter_bit,
+    maps,
     types::{
         ADDR_EGRESS, ADDR_VIP, AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendEntry, CLASS_HTTPS, CLASS_JMS,
         CLASSES, FAMILY_V4, FAMILY_V6, HostConfig, MAX_ALLOW_PREFIXES, MAX_TENANTS, ServiceKey, ServiceValue,
@@ -28,6 +30,9 @@ use crate::Dataplane;
 use crate::batch;
 use crate::maglev;
 
+/// Tenants installed per batch of allowlist swaps: two open tries each, well
+/// under the default limit of 1024 open files.
+const INSTALL_CHUNK: usize = 256;
 /// `BPF_F_NO_PREALLOC`: LPM tries require it.
 const NO_PREALLOC: u32 = 1;
 const IPPROTO_TCP: u8 = 6;
@@ -263,6 +268,14 @@ impl Dataplane {
     /// new state as a whole; the expensive part (swapping allowlist tries)
     /// is done for all of them at once.
     pub fn install_tenants(&mut self, tenants: &[(u32, &Tenant, Health)]) -> Result<()> {
+        // Every new trie holds a file descriptor until it is swapped in.
+        for chunk in tenants.chunks(INSTALL_CHUNK) {
+            self.install_chunk(chunk)?;
+        }
+        Ok(())
+    }
+
+    fn install_chunk(&mut self, tenants: &[(u32, &Tenant, Health)]) -> Result<()> {
         let mut slots = Vec::with_capacity(tenants.len());
         for (id, t, health) in tenants {
             let (id, t) = (*id, *t);
@@ -279,7 +292,8 @@ impl Dataplane {
             if current.is_none() {
                 self.tenants_map()?.insert(id, tenant_info(t, slot, health, false), 0)?;
             }
-            let name = TenantName::new(&t.name).ok_or_else(|| anyhow!("tenant name {:?} longer than 32 bytes", t.name))?;
+            let name =
+                TenantName::new(&t.name).ok_or_else(|| anyhow!("tenant name {:?} longer than 32 bytes", t.name))?;
             let mut names: HashMap<_, u32, TenantName> = HashMap::try_from(self.map_mut(maps::TENANT_NAMES)?)?;
             names.insert(id, name, 0)?;
             let mut vnis: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(maps::VNIS)?)?;
@@ -292,16 +306,20 @@ impl Dataplane {
                     .chain(e.snat_ipv6.map(IpAddr::V6))
                     .map(|ip| (ip, ADDR_EGRESS))
             });
+            let mut bits = Vec::new();
             for (ip, kind) in vips.chain(egress) {
                 let v = AddrValue {
                     tenant: id,
                     kind,
                     _pad: [0; 3],
                 };
+                let key = addr_key(ip);
                 addrs
-                    .insert(addr_key(ip), v, 0)
+                    .insert(key, v, 0)
                     .with_context(|| format!("tenant {}: address {ip}", t.name))?;
+                bits.push(addr_filter_bit(&key.addr));
             }
+            self.filter_set(&bits)?;
         }
         let tries = tenants
             .iter()
@@ -319,7 +337,40 @@ impl Dataplane {
                 svcs.insert(key, v, 0)
                     .with_context(|| format!("tenant {}: service", t.name))?;
             }
-            self.tenants_map()?.insert(*id, tenant_info(t, *slot, health, true), 0)?;
+            self.tenants_map()?
+                .insert(*id, tenant_info(t, *slot, health, true), 0)?;
+        }
+        Ok(())
+    }
+
+    /// Sets filter bits (after the addresses are in ADDRS: a set bit only
+    /// sends packets on to the exact lookup).
+    fn filter_set(&mut self, bits: &[u32]) -> Result<()> {
+        let mut filter: aya::maps::Array<_, u64> = aya::maps::Array::try_from(self.map_mut(maps::ADDR_FILTER)?)?;
+        for &bit in bits {
+            let word = filter.get(&(bit >> 6), 0)?;
+            filter.set(bit >> 6, word | 1 << (bit & 63), 0)?;
+        }
+        Ok(())
+    }
+
+    /// Recomputes the filter words holding `bits` from the addresses
+    /// still in ADDRS (other addresses may share a word, or even a bit).
+    fn filter_rebuild(&mut self, bits: &[u32]) -> Result<()> {
+        let words: std::collections::BTreeSet<u32> = bits.iter().map(|b| b >> 6).collect();
+        let mut fresh: BTreeMap<u32, u64> = words.iter().map(|&w| (w, 0)).collect();
+        {
+            let addrs: HashMap<_, AddrKey, AddrValue> = HashMap::try_from(self.map_ref(maps::ADDRS)?)?;
+            for key in addrs.keys() {
+                let bit = addr_filter_bit(&key?.addr);
+                if let Some(w) = fresh.get_mut(&(bit >> 6)) {
+                    *w |= 1 << (bit & 63);
+                }
+            }
+        }
+        let mut filter: aya::maps::Array<_, u64> = aya::maps::Array::try_from(self.map_mut(maps::ADDR_FILTER)?)?;
+        for (w, v) in fresh {
+            filter.set(w, v, 0)?;
         }
         Ok(())
     }
@@ -338,6 +389,7 @@ impl Dataplane {
     /// Removes tenant `id`: its addresses first, so its traffic is none of
     /// carwash's business at once, then the rest.
     pub fn remove_tenant(&mut self, id: u32, t: &Tenant) -> Result<()> {
+        let mut removed = Vec::new();
         {
             let mut addrs: HashMap<_, AddrKey, AddrValue> = HashMap::try_from(self.map_mut(maps::ADDRS)?)?;
             let ips = t.vips.iter().copied().chain(
@@ -350,9 +402,11 @@ impl Dataplane {
                     && v.tenant == id
                 {
                     addrs.remove(&addr_key(ip))?;
+                    removed.push(addr_filter_bit(&addr_key(ip).addr));
                 }
             }
         }
+        self.filter_rebuild(&removed)?;
         {
             let mut svcs: HashMap<_, ServiceKey, ServiceValue> = HashMap::try_from(self.map_mut(maps::SERVICES)?)?;
             for (key, _) in services(t) {

@@ -32,13 +32,23 @@ pub fn ns_per_packet(dp: &Dataplane, prog: &str, packet: &[u8], expect: u32, run
 /// Mean ns/packet of `prog` on `packet` in the kernel's own loop (best of
 /// `rounds` runs of `repeat` repetitions): only for verdicts that leave the
 /// frame as it came (checked), since the loop reuses it.
-pub fn ns_per_packet_loop(dp: &Dataplane, prog: &str, packet: &[u8], expect: u32, repeat: u32, rounds: usize) -> Result<f64> {
+pub fn ns_per_packet_loop(
+    dp: &Dataplane,
+    prog: &str,
+    packet: &[u8],
+    expect: u32,
+    repeat: u32,
+    rounds: usize,
+) -> Result<f64> {
     let mut out = vec![0u8; packet.len() + 256];
     let mut best = f64::INFINITY;
     for _ in 0..rounds {
         let r = dp.test_run(prog, packet, Some(&mut out), repeat)?;
         if r.return_value != expect || &out[..r.data_size_out as usize] != packet {
-            bail!("{prog}: verdict {} (want {expect}) or a rewritten frame: not measurable in a loop", r.return_value);
+            bail!(
+                "{prog}: verdict {} (want {expect}) or a rewritten frame: not measurable in a loop",
+                r.return_value
+            );
         }
         best = best.min(r.duration.as_nanos() as f64);
     }

@@ -40,7 +40,9 @@ fn backend(i: u32, k: u32) -> Backend {
 pub fn tenant(i: u32) -> Tenant {
     let mut allow: Vec<Allow> = (0..8u32)
         .map(|k| Allow {
-            cidr: format!("172.{}.{}.{}/32", 16 + k, (i >> 8) as u8, i as u8).parse().unwrap(),
+            cidr: format!("172.{}.{}.{}/32", 16 + k, (i >> 8) as u8, i as u8)
+                .parse()
+                .unwrap(),
             classes: vec![Class::Https, Class::Jms],
         })
         .collect();

@@ -93,8 +93,8 @@ fn transfers_survive_sigkill_of_the_agent_and_a_new_agent_adopts() {
 
     // Two rate-limited downloads, IPv4 and IPv6, ~8 s each.
     let (f4, f6) = (tmp.path().join("v4.bin"), tmp.path().join("v6.bin"));
-    let mut d4 = slow_download(&inet, &c4, &format!("https://{vip4}/1MiB.bin"), &f4, 8);
-    let mut d6 = slow_download(&inet, &c6, &format!("https://[{vip6}]/1MiB.bin"), &f6, 8);
+    let mut d4 = slow_download(&inet, &c4, &format!("https://{vip4}/1MiB.bin"), &f4, 20);
+    let mut d6 = slow_download(&inet, &c6, &format!("https://[{vip6}]/1MiB.bin"), &f6, 20);
     std::thread::sleep(Duration::from_secs(2));
     a1.kill();
     let killed_at = session.t0.elapsed();

@@ -274,7 +274,10 @@ fn only_what_changed_is_rewritten_and_stale_entries_disappear() {
     let set = carwash_policy::load_path(&setup.policy_dir).unwrap();
     assert_eq!(s.digest, set.digest());
 
-    // SIGHUP re-reads; an unchanged directory writes nothing.
+    // SIGHUP re-reads; an unchanged directory writes nothing. (First let
+    // the agent empty beta's allow slots, work it defers to an idle tick
+    // every 2 s.)
+    std::thread::sleep(Duration::from_millis(2500));
     let before = dump_maps(setup.pin_path()).unwrap();
     agent.signal(libc::SIGHUP);
     let s2 = agent.wait_attempts(s.attempts + 1, Duration::from_secs(5));

@@ -5,7 +5,11 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use netlab::lab::{ALLOWED_CLIENT_V4, ALLOWED_CLIENT_V6, Lab, LabConfig};
+use std::net::IpAddr;
+
+use netlab::lab::{
+    ALLOWED_CLIENT_V4, ALLOWED_CLIENT_V6, ALLOWED_CLIENT_V6_B, DENIED_CLIENT_V4, DENIED_CLIENT_V6, Lab, LabConfig,
+};
 
 use crate::{build_release, root};
 
@@ -119,10 +123,10 @@ fn drive(lab_ns: &str, what: &str, args: &[&str]) {
         Ok(o) if o.status.success() => {
             let text = String::from_utf8_lossy(&o.stdout);
             let first = text.lines().next().unwrap_or("");
-            println!("  ok      {what}: {first}");
+            println!("  reply    {what}: {first}");
         }
-        Ok(o) => println!("  failed  {what}: exit {}", o.status),
-        Err(e) => println!("  failed  {what}: {e}"),
+        Ok(o) => println!("  no reply {what}: {}", o.status),
+        Err(e) => println!("  error    {what}: {e}"),
     }
 }
 
@@ -136,18 +140,34 @@ pub fn demo(keep: bool) -> Result<()> {
         "ping the carwash host's uplink",
         &["ping", "-c", "3", "-i", "0.2", "-W", "1", "100.64.0.1"],
     );
+    // Every client against every VIP: the policies decide who gets through.
+    let clients = [
+        ("allowed client", IpAddr::V4(ALLOWED_CLIENT_V4)),
+        ("allowed client", IpAddr::V6(ALLOWED_CLIENT_V6)),
+        ("allowed client (2nd v6)", IpAddr::V6(ALLOWED_CLIENT_V6_B)),
+        ("denied client", IpAddr::V4(DENIED_CLIENT_V4)),
+        ("denied client", IpAddr::V6(DENIED_CLIENT_V6)),
+    ];
     for t in &r.lab.tenants {
         for vip in &t.vips {
-            let (url, src) = match vip {
-                std::net::IpAddr::V6(_) => (format!("https://[{vip}]/whoami"), ALLOWED_CLIENT_V6.to_string()),
-                std::net::IpAddr::V4(_) => (format!("https://{vip}/whoami"), ALLOWED_CLIENT_V4.to_string()),
-            };
-            let what = format!("allowed client → {} VIP {vip}:443", t.name);
-            drive(
-                &inet,
-                &what,
-                &["curl", "-sk", "--max-time", "2", "--interface", &src, &url],
-            );
+            for (who, src) in clients.iter().filter(|(_, c)| c.is_ipv6() == vip.is_ipv6()) {
+                let url = match vip {
+                    IpAddr::V6(_) => format!("https://[{vip}]/peer"),
+                    IpAddr::V4(_) => format!("https://{vip}/peer"),
+                };
+                let allowed = t.policy.allow.iter().any(|a| a.cidr.contains(*src));
+                let what = format!(
+                    "{who} {src} → {} VIP {vip}:443 (policy: {})",
+                    t.name,
+                    if allowed { "allow" } else { "deny" }
+                );
+                let src = src.to_string();
+                drive(
+                    &inet,
+                    &what,
+                    &["curl", "-sk", "--max-time", "2", "--interface", &src, &url],
+                );
+            }
         }
     }
     println!("\n== carwash stats");

@@ -46,6 +46,22 @@ pub fn vxlan_source_port(hash: u32) -> u16 {
     49152 | (hash >> 16) as u16 & 0x3fff
 }
 
+/// Words of the address filter: one bit per hash bucket, 4 Mi bits.
+pub const ADDR_FILTER_WORDS: u32 = 1 << 16;
+
+/// The filter bit of an address (IPv4 in the first four bytes). The
+/// uplink program reads it before any hash map: most internet traffic is
+/// not for a VIP, and an array word is far cheaper than a hash lookup.
+#[inline(always)]
+pub fn addr_filter_bit(addr: &[u8; 16]) -> u32 {
+    let h = word(addr, 0).wrapping_mul(0x9e37_79b1)
+        ^ word(addr, 4).wrapping_mul(0x85eb_ca77)
+        ^ word(addr, 8).wrapping_mul(0xc2b2_ae3d)
+        ^ word(addr, 12).wrapping_mul(0x27d4_eb2f);
+    let h = h ^ (h >> 15);
+    h.wrapping_mul(0x2c1b_3c6d) >> 10
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +78,19 @@ mod tests {
         // Source ports 0..10000 over 2 buckets: close to half each.
         let ones = (0..10000u16).filter(|p| flow_hash(&a, &b, *p, 443, 6) & 1 == 1).count();
         assert!((4500..5500).contains(&ones), "{ones}");
+    }
+
+    #[test]
+    fn filter_bits_fit_and_spread() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..10_000u32 {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&(0xcb00_7100u32 + i).to_be_bytes());
+            let b = addr_filter_bit(&a);
+            assert!(b < ADDR_FILTER_WORDS * 64);
+            seen.insert(b);
+        }
+        assert!(seen.len() > 9_980, "{}", seen.len());
     }
 
     #[test]

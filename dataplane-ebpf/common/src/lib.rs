@@ -42,6 +42,9 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// [`crate::types::HostConfig`], one entry.
     pub const CONFIG: &str = "CONFIG";
+    /// One bit per hash of every VIP and egress IP (`hash::addr_filter_bit`):
+    /// the uplink's first, cheap test.
+    pub const ADDR_FILTER: &str = "ADDR_FILTER";
     /// VIPs and egress IPs: [`crate::types::AddrKey`] → [`crate::types::AddrValue`].
     pub const ADDRS: &str = "ADDRS";
     /// [`crate::types::ServiceKey`] → [`crate::types::ServiceValue`].
@@ -50,6 +53,11 @@ pub mod maps {
     pub const TENANT_NAMES: &str = "TENANT_NAMES";
     /// [`crate::types::Meta`], one entry (userspace only).
     pub const META: &str = "META";
+    /// LRU cache of FIB results: [`crate::types::NextHopKey`] → [`crate::types::NextHopEntry`].
+    pub const NEXT_HOPS: &str = "NEXT_HOPS";
+    /// Next hops towards backends' VTEPs: [`crate::types::BackendHop`] per
+    /// tenant and machine.
+    pub const BACKEND_HOPS: &str = "BACKEND_HOPS";
     /// VNI → tenant id.
     pub const VNIS: &str = "VNIS";
     /// tenant id → [`crate::types::TenantInfo`].

@@ -19,6 +19,9 @@ pub const MAX_ALLOW_PREFIXES: u32 = 4096;
 /// Maglev lookup table size: a prime well above 100× the connectors of a
 /// lane (two), which keeps their shares within 1% of each other.
 pub const MAGLEV_SIZE: usize = 251;
+// The table lives in a 256-byte array of `TenantInfo`.
+const _: () = assert!(MAGLEV_SIZE <= 256);
+
 /// Machines per role in a double lane.
 pub const MAX_MACHINES: usize = 2;
 
@@ -141,6 +144,52 @@ pub type Allow6 = [u8; 16];
 /// covers it, so the longest match answers for all of them.
 pub type AllowMask = u32;
 
+/// Next hops the programs looked up in the kernel's FIB, cached: a FIB and
+/// neighbour lookup per packet would cost more than the rest of the path.
+pub const MAX_NEXT_HOPS: u32 = 65_536;
+/// How long a cached next hop is trusted: a neighbour's new MAC, or a
+/// changed route, is followed within this time.
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
+/// A destination as looked up from an interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHopKey {
+    pub ifindex: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHopEntry {
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    /// `bpf_ktime_get_coarse_ns` after which the entry is looked up anew.
+    pub expires_ns: u64,
+}
+
+/// The next hop towards a backend's VTEP, cached by the data path in an
+/// array slot per tenant and machine (`tenant * 4 + machine`: connectors
+/// 0-1, cores 2-3): cheaper than any hash lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendHop {
+    /// The VTEP the entry was looked up for: a policy change to another
+    /// VTEP makes the entry stale at once.
+    pub vtep: [u8; 4],
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad: [u8; 4],
+    pub expires_ns: u64,
+}
+
+/// Slots of the backend next-hop array per tenant.
+pub const HOPS_PER_TENANT: u32 = 4;
+
 /// Host-wide settings: one entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -220,6 +269,9 @@ mod pod {
     unsafe impl aya::Pod for BackendEntry {}
     unsafe impl aya::Pod for TenantInfo {}
     unsafe impl aya::Pod for HostConfig {}
+    unsafe impl aya::Pod for NextHopKey {}
+    unsafe impl aya::Pod for BackendHop {}
+    unsafe impl aya::Pod for NextHopEntry {}
     unsafe impl aya::Pod for TenantName {}
     unsafe impl aya::Pod for Meta {}
 }
@@ -246,7 +298,9 @@ mod tests {
         assert_eq!(align_of::<TenantInfo>(), 4);
         assert_eq!(size_of::<HostConfig>(), 28);
         assert_eq!(size_of::<TenantName>(), 36);
+        assert_eq!(size_of::<NextHopKey>(), 24);
+        assert_eq!(size_of::<NextHopEntry>(), 24);
+        assert_eq!(size_of::<BackendHop>(), 32);
         assert_eq!(size_of::<Meta>(), 56);
-        const { assert!(MAGLEV_SIZE <= 256) };
     }
 }

@@ -39,6 +39,9 @@ impl FileKey {
 #[derive(Debug, Default)]
 pub struct DirCache {
     files: HashMap<OsString, (FileKey, Tenant)>,
+    /// Within `load_changed`: cached files not named as changed are taken
+    /// as they are, without a `stat`.
+    trust: bool,
 }
 
 /// The files `load_path` takes from a directory: regular files (or
@@ -82,7 +85,21 @@ impl DirCache {
         }
     }
 
-    /// Loads `dir` as [`carwash_policy::load_path`] does.
+    /// Loads `dir` as [`carwash_policy::load_path`] does, trusting that
+    /// only the files `changed` names changed since the last load (with
+    /// `None`, every file is read again). The agent passes what inotify
+    /// reported; anything it cannot pin to policy files (an overflow, a
+    /// dot-file, the directory itself) becomes `None`.
+    pub fn load_changed(&mut self, dir: &Path, changed: Option<&[PathBuf]>) -> Result<PolicySet, PolicyErrors> {
+        self.invalidate(changed);
+        self.trust = changed.is_some();
+        let r = self.load(dir);
+        self.trust = false;
+        r
+    }
+
+    /// Loads `dir` as [`carwash_policy::load_path`] does, reusing what was
+    /// parsed from files whose metadata did not change.
     pub fn load(&mut self, dir: &Path) -> Result<PolicySet, PolicyErrors> {
         let Some(names) = policy_files(dir) else {
             self.files.clear();
@@ -94,6 +111,17 @@ impl DirCache {
         let mut clean = true;
         for name in names {
             let path = dir.join(&name);
+            if self.trust
+                && let Some((key, tenant)) = old.remove(&name)
+            {
+                docs.push(Document {
+                    file: path,
+                    tenant,
+                    positions: Positions::default(),
+                });
+                keys.push((name, key));
+                continue;
+            }
             let Ok(meta) = std::fs::metadata(&path) else {
                 clean = false;
                 continue;
@@ -182,6 +210,18 @@ mod tests {
         assert!(e.0.iter().all(|x| x.line > 0), "{e}");
         std::fs::write(d.join("b.toml"), "name = ").unwrap();
         assert_eq!(c.load(&d).unwrap_err(), carwash_policy::load_path(&d).unwrap_err());
+        // Trusting the change list: a file named is read again, others not.
+        std::fs::write(d.join("b.toml"), policy("b", 24)).unwrap();
+        let b = d.join("b.toml");
+        assert_eq!(
+            c.load_changed(&d, Some(std::slice::from_ref(&b)))
+                .unwrap()
+                .get("b")
+                .unwrap()
+                .vni,
+            24
+        );
+        assert_eq!(c.load_changed(&d, Some(&[])).unwrap().get("b").unwrap().vni, 24);
         // Removed files are gone from the set.
         std::fs::remove_file(d.join("b.toml")).unwrap();
         assert_eq!(c.load(&d).unwrap().tenants.len(), 1);

@@ -285,8 +285,7 @@ impl Agent {
     pub fn reload_changed(&mut self, source: &str, changed: Option<&[PathBuf]>) -> Response {
         self.attempts += 1;
         let t0 = std::time::Instant::now();
-        self.cache.invalidate(changed);
-        let loaded = self.cache.load(&self.cfg.policy_dir);
+        let loaded = self.cache.load_changed(&self.cfg.policy_dir, changed);
         let t1 = t0.elapsed();
         let resp = match loaded {
             Ok(set) => self.apply_set(&set, source),

@@ -36,7 +36,16 @@ pub fn spawn(dir: &Path, tx: mpsc::UnboundedSender<Event>, debounce: Duration) -
                     | EventKind::Access(AccessKind::Other)
             );
             if !read_only {
-                let files = (!ev.paths.is_empty() && ev.paths.iter().all(|p| *p != dir_path)).then_some(ev.paths);
+                // Only events naming policy files of the directory narrow
+                // the reload down; anything else (an overflow, a dot-file
+                // such as a ConfigMap's `..data`, the directory) re-reads all.
+                let precise = !ev.need_rescan()
+                    && !ev.paths.is_empty()
+                    && ev
+                        .paths
+                        .iter()
+                        .all(|p| p.parent() == Some(dir_path.as_path()) && super::is_policy_file(p));
+                let files = precise.then_some(ev.paths);
                 let _ = raw_tx.send(files);
             }
         }

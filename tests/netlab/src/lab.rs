@@ -784,6 +784,10 @@ impl Lab {
                     &format!("{}-https-{port}", m.netns),
                     &[
                         "socat",
+                        // Wait for the client to close after the handler is
+                        // done (the default 0.5 s cuts slow readers off).
+                        "-t",
+                        "60",
                         &format!(
                             "OPENSSL-LISTEN:{port},pf=ip6,ipv6only=0,backlog=128,fork,reuseaddr,cert={cert},key={key},verify=0"
                         ),
@@ -797,6 +801,8 @@ impl Lab {
                     &format!("{}-jms-{port}", m.netns),
                     &[
                         "socat",
+                        "-t",
+                        "60",
                         &format!("TCP6-LISTEN:{port},ipv6only=0,backlog=128,fork,reuseaddr"),
                         &format!("EXEC:/bin/sh {bin}/jms.sh {root}"),
                     ],
@@ -1156,7 +1162,7 @@ cores = [{ vtep = "10.200.7.20", mac = "02:00:0a:c8:07:14" }]
 
     #[test]
     fn long_tenant_names_get_short_ports() {
-        let dir = TempPolicies::new(&[("long.toml", LONG)]);
+        let dir = TempPolicies::new(&[("verylongtenantname.toml", LONG)]);
         let cfg = LabConfig {
             name: "cwlab".into(),
             policies: dir.0.clone(),
@@ -1182,7 +1188,7 @@ cores = [{ vtep = "10.200.7.20", mac = "02:00:0a:c8:07:14" }]
     #[test]
     fn plan_refuses_what_the_lab_cannot_build() {
         let v6_only = LONG.replace("\"192.168.7.0/24\"", "");
-        let dir = TempPolicies::new(&[("a.toml", &v6_only)]);
+        let dir = TempPolicies::new(&[("verylongtenantname.toml", &v6_only)]);
         let cfg = LabConfig {
             name: "cwlab".into(),
             policies: dir.0.clone(),
@@ -1191,7 +1197,7 @@ cores = [{ vtep = "10.200.7.20", mac = "02:00:0a:c8:07:14" }]
         assert!(err.contains("IPv4 vpc_cidr"), "{err}");
 
         let tiny = LONG.replace("192.168.7.0/24", "192.168.7.0/28");
-        let dir = TempPolicies::new(&[("a.toml", &tiny)]);
+        let dir = TempPolicies::new(&[("verylongtenantname.toml", &tiny)]);
         let cfg = LabConfig {
             name: "cwlab".into(),
             policies: dir.0.clone(),
@@ -1200,7 +1206,7 @@ cores = [{ vtep = "10.200.7.20", mac = "02:00:0a:c8:07:14" }]
         assert!(err.contains("too small"), "{err}");
 
         let host_vtep = LONG.replace("10.200.7.20", "10.200.0.1");
-        let dir = TempPolicies::new(&[("a.toml", &host_vtep)]);
+        let dir = TempPolicies::new(&[("verylongtenantname.toml", &host_vtep)]);
         let cfg = LabConfig {
             name: "cwlab".into(),
             policies: dir.0.clone(),

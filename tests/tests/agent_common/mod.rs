@@ -368,11 +368,14 @@ pub type MapDump = BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>;
 /// A dump of every map pinned under `pin_dir/maps` but `COUNTERS` (which
 /// the programs bump for any packet the kernel sends through them).
 pub fn dump_maps(pin_dir: &Path) -> Result<MapDump> {
+    use dataplane_common::maps;
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir(pin_dir.join("maps"))? {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if name == dataplane_common::maps::COUNTERS {
+        // What the data path writes (counters, the next-hop cache) moves
+        // with traffic; policy state is everything else.
+        if [maps::COUNTERS, maps::TENANT_STATS, maps::NEXT_HOPS, maps::BACKEND_HOPS].contains(&name.as_str()) {
             continue;
         }
         let fd = obj_get(&e.path())?;
