@@ -31,7 +31,7 @@ use dataplane_common::{
     hash::{flow_hash, vxlan_source_port},
     maps, programs,
     types::{
-        ADDR_EGRESS, BackendEntry, CLASS_HTTPS, HostConfig, MAGLEV_SIZE, SIDE_FABRIC, SIDE_UPLINK, TenantInfo,
+        ADDR_EGRESS, BackendEntry, CLASS_HTTPS, HOPS_PER_TENANT, HostConfig, MAGLEV_SIZE, SIDE_FABRIC, SIDE_UPLINK, TenantInfo,
         TenantStats,
     },
 };
@@ -46,11 +46,14 @@ use headers::Header;
 pub use packet::{Flow, Proto, Tunnel};
 
 /// The maps the trace's copy of the programs shares with the live
-/// dataplane: those the programs only read. Every other map of the object
-/// (the counters, and any map a later layout adds until it is listed here)
-/// is created fresh for the trace, so that a trace never writes live state.
+/// dataplane: the policy, which the programs only read. Every other map of
+/// the object is created fresh for the trace, so that a trace never writes
+/// live state: the counters, the next-hop caches (`NEXT_HOPS`,
+/// `BACKEND_HOPS`: empty, so the trace asks the FIB itself), and any map a
+/// later layout adds until it is listed here.
 pub const SHARED_MAPS: &[&str] = &[
     maps::CONFIG,
+    maps::ADDR_FILTER,
     maps::ADDRS,
     maps::SERVICES,
     maps::VNIS,
@@ -60,6 +63,10 @@ pub const SHARED_MAPS: &[&str] = &[
     maps::TENANT_NAMES,
     maps::META,
 ];
+
+/// Entries of the trace's private FIB cache: it holds what one packet
+/// looks up.
+const TRACE_NEXT_HOPS: u32 = 64;
 
 /// Where the traced packet arrives.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -268,6 +275,9 @@ fn run_program(pins: &Pins, host: &HostConfig, side: Side, frame: &[u8], tenant_
     // use, not the full MAX_TENANTS × CPUs of the live map.
     let slots = tenant_ids.iter().copied().max().unwrap_or(0) + 1;
     loader.map_max_entries(maps::TENANT_STATS, slots);
+    // Likewise the caches: one trace needs a next hop or two.
+    loader.map_max_entries(maps::BACKEND_HOPS, slots * HOPS_PER_TENANT);
+    loader.map_max_entries(maps::NEXT_HOPS, TRACE_NEXT_HOPS);
     let mut ebpf = loader
         .load(EBPF_OBJECT)
         .context("loading the trace's copy of the eBPF object on the pinned policy maps")?;
