@@ -7,14 +7,44 @@
 mod agent_common;
 
 use agent_common::{carwash_bin, dump_maps};
+use aya::maps::{Array, HashMap, Map, MapData};
 use carwash_tests::cli::{Pinned, json, stdout};
 use carwash_tests::inbound_cases::{
     ACME4, ALLOWED4, Expect, InboundCase, Machine, after_core_switch, inbound_cases, tenants,
 };
 use carwash_tests::require_root;
 use dataplane::loader::pinned_counters;
-use dataplane_common::types::{SIDE_FABRIC, SIDE_UPLINK};
+use dataplane_common::maps;
+use dataplane_common::types::{BackendHop, NextHopEntry, NextHopKey, SIDE_FABRIC, SIDE_UPLINK, TenantStats};
 use serde_json::Value;
+
+/// What the data path writes besides the global counters: the per-tenant
+/// counters and the next-hop caches, as the live maps hold them.
+#[derive(Debug, PartialEq)]
+struct DataPath {
+    tenant_stats: Vec<TenantStats>,
+    next_hops: Vec<(NextHopKey, NextHopEntry)>,
+    backend_hops: Vec<(u32, BackendHop)>,
+}
+
+fn data_path(p: &Pinned) -> DataPath {
+    let open = |name: &str| MapData::from_pin(p.pin_path().join("maps").join(name)).unwrap();
+    let nh: HashMap<_, NextHopKey, NextHopEntry> = HashMap::try_from(Map::LruHashMap(open(maps::NEXT_HOPS))).unwrap();
+    let mut next_hops: Vec<_> = nh.iter().map(|kv| kv.unwrap()).collect();
+    next_hops.sort_by_key(|(k, _)| (k.ifindex, k.addr));
+    let bh: Array<_, BackendHop> = Array::try_from(Map::Array(open(maps::BACKEND_HOPS))).unwrap();
+    let backend_hops = bh
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as u32, v.unwrap()))
+        .filter(|(_, v)| *v != BackendHop::default())
+        .collect();
+    DataPath {
+        tenant_stats: (1..=3).map(|id| p.dp().tenant_stats(id).unwrap()).collect(),
+        next_hops,
+        backend_hops,
+    }
+}
 
 fn trace(p: &Pinned, args: &[String]) -> Value {
     let mut a: Vec<&str> = vec!["trace", "--netns", p.fab.ns.name(), "-o", "json"];
@@ -89,6 +119,11 @@ fn trace_gives_every_inbound_fixture_its_verdict() {
         .unwrap();
     let maps_before = dump_maps(p.pin_path()).unwrap();
     let counters_before = [SIDE_UPLINK, SIDE_FABRIC].map(|s| pinned_counters(p.pin_path(), s).unwrap());
+    let data_path_before = data_path(&p);
+    assert!(
+        !data_path_before.backend_hops.is_empty(),
+        "the live traffic filled the next-hop cache"
+    );
 
     let mut errors: Vec<String> = inbound_cases().iter().flat_map(|c| check(&p, c)).collect();
     p.dp.as_mut().unwrap().set_active_core(1, 1).unwrap();
@@ -97,9 +132,11 @@ fn trace_gives_every_inbound_fixture_its_verdict() {
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 
     // Nothing live moved: not the counters, not the per-tenant counters,
-    // not a policy map (the core switch above is the only change).
+    // not the next-hop caches, not a policy map (the core switch above is
+    // the only change).
     let counters_after = [SIDE_UPLINK, SIDE_FABRIC].map(|s| pinned_counters(p.pin_path(), s).unwrap());
     assert_eq!(counters_before, counters_after, "a trace moved the live counters");
+    assert_eq!(data_path_before, data_path(&p), "a trace wrote the live data-path maps");
     let maps_after = dump_maps(p.pin_path()).unwrap();
     assert_eq!(
         agent_common::diff_maps(&maps_switched, &maps_after),
