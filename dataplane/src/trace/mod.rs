@@ -31,8 +31,8 @@ use dataplane_common::{
     hash::{flow_hash, vxlan_source_port},
     maps, programs,
     types::{
-        ADDR_EGRESS, BackendEntry, CLASS_HTTPS, HOPS_PER_TENANT, HostConfig, MAGLEV_SIZE, SIDE_FABRIC, SIDE_UPLINK, TenantInfo,
-        TenantStats,
+        ADDR_EGRESS, BackendEntry, CLASS_HTTPS, HOPS_PER_TENANT, HostConfig, MAGLEV_SIZE, SIDE_FABRIC, SIDE_UPLINK,
+        TenantInfo, TenantStats,
     },
 };
 use serde::Serialize;
