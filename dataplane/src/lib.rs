@@ -8,7 +8,10 @@ pub mod counters;
 pub mod loader;
 pub mod maglev;
 pub mod memory;
+pub mod netns;
 pub mod pin;
+pub mod pinned;
 pub mod tables;
+pub mod trace;
 
 pub use loader::Dataplane;

@@ -196,7 +196,7 @@ pub enum PinState {
 /// Key size, value size and capacity the maps of this binary's layout have
 /// (those the userspace reads and writes; a map missing here is not
 /// checked).
-fn expected_shapes() -> Vec<(&'static str, usize, usize, u32)> {
+pub fn expected_shapes() -> Vec<(&'static str, usize, usize, u32)> {
     use dataplane_common::types::*;
     use std::mem::size_of;
     vec![

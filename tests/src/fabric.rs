@@ -92,7 +92,13 @@ pub fn repo_policies() -> PolicySet {
 /// A loaded dataplane with the host settings of `fab` and `tenants`
 /// installed with ids 1, 2, ... in order.
 pub fn loaded(fab: &FabricNs, tenants: &[Tenant]) -> Result<Dataplane> {
-    let mut dp = Dataplane::load(None)?;
+    loaded_at(fab, tenants, None)
+}
+
+/// [`loaded`], with the maps pinned under `pin_dir` when one is given
+/// (where the `carwash` read commands find them).
+pub fn loaded_at(fab: &FabricNs, tenants: &[Tenant], pin_dir: Option<&Path>) -> Result<Dataplane> {
+    let mut dp = Dataplane::load(pin_dir)?;
     dp.set_host(&fab.host_params())?;
     for (i, t) in tenants.iter().enumerate() {
         dp.install_tenant(i as u32 + 1, t)?;

@@ -1,9 +1,15 @@
 //! Command-line definitions; one module per command.
 mod agent;
+mod completions;
+mod man;
 pub mod output;
 mod policy;
+mod snat_list;
 mod stats;
 mod status;
+mod tenant_list;
+mod tenant_show;
+mod trace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +17,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use dataplane::config::{DEFAULT_CONFIG, default_pin_path};
+use dataplane::pinned::Pins;
 
 pub use output::Format;
 
@@ -29,13 +36,45 @@ pub struct Cli {
 enum Cmd {
     /// Load, attach and pin the programs and maps, apply the policies, serve the API.
     Agent(agent::AgentArgs),
-    /// Counters: passed, steered, dropped by reason, bytes.
-    Stats(stats::StatsArgs),
     /// Policy files: validate offline, or hand a set to the running agent.
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
     /// Programs, attachments, interfaces, policy generation and digest.
     Status(status::StatusArgs),
+    /// What the maps say about tenants.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// The SNAT / connection-tracking entries.
+    #[command(subcommand)]
+    Snat(SnatCmd),
+    /// Counters per program and per tenant and class: steered, dropped by
+    /// reason, bytes; with --watch, rates per second.
+    Stats(stats::StatsArgs),
+    /// Run the dataplane's program on a packet and print what it does.
+    ///
+    /// Builds the packet from the flags, runs the program on it with
+    /// BPF_PROG_TEST_RUN against the live policy maps, and prints the
+    /// tenant, class, allow entry, backend, action, drop reason and the
+    /// output frame's headers. No live counter or table moves.
+    Trace(Box<trace::TraceArgs>),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::Args),
+    /// Print the manual page (roff), or write one page per command with --dir.
+    Man(man::Args),
+}
+
+#[derive(Subcommand)]
+enum TenantCmd {
+    /// Every tenant: name, id, VNI, lane, VIPs, ready, active core, backends up.
+    List(tenant_list::Args),
+    /// One tenant: services, allow prefixes, machines and Maglev shares, counters.
+    Show(tenant_show::Args),
+}
+
+#[derive(Subcommand)]
+enum SnatCmd {
+    /// The SNAT / connection-tracking entries, optionally of one tenant.
+    List(snat_list::Args),
 }
 
 /// Where read commands find the pinned maps.
@@ -59,13 +98,36 @@ impl PinArgs {
         }
         Ok(default_pin_path())
     }
+
+    /// The pinned maps, checked (see [`Pins::open`]).
+    pub fn open(&self) -> Result<Pins> {
+        Pins::open(&self.resolve()?)
+    }
+}
+
+/// Lets a closed stdout end the process quietly, as `carwash tenant list
+/// -o json | head` expects of a Unix tool (Rust ignores SIGPIPE, and
+/// `println!` then panics). Only for the commands that print: the agent
+/// must survive clients that hang up on its socket.
+fn die_on_sigpipe() {
+    // SAFETY: restores the default disposition of one signal; no handler runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    if !matches!(cli.cmd, Cmd::Agent(_)) {
+        die_on_sigpipe();
+    }
     match cli.cmd {
         Cmd::Agent(a) => agent::run(a),
         Cmd::Stats(a) => stats::run(a),
         Cmd::Policy(c) => policy::run(c),
         Cmd::Status(a) => status::run(a),
+        Cmd::Tenant(TenantCmd::List(a)) => tenant_list::run(a),
+        Cmd::Tenant(TenantCmd::Show(a)) => tenant_show::run(a),
+        Cmd::Snat(SnatCmd::List(a)) => snat_list::run(a),
+        Cmd::Trace(a) => trace::run(*a),
+        Cmd::Completions(a) => completions::run(a),
+        Cmd::Man(a) => man::run(a),
     }
 }

@@ -1,6 +1,7 @@
 //! `carwash status`: programs, attachments, interfaces, policy generation
 //! and digest, from the pins (so it answers while the agent is down), plus
 //! what the running agent reports if one answers on the API socket.
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -19,6 +20,11 @@ pub struct StatusArgs {
     /// The agent's API socket (default: `api_socket` of the host configuration).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Name interfaces as the network namespace NAME (under /run/netns, or
+    /// a path) sees them: the agent's, when it runs in one and is down.
+    #[arg(long, value_name = "NAME")]
+    netns: Option<String>,
+    /// `table`: aligned columns; `json`: one complete JSON document.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Format,
 }
@@ -54,8 +60,17 @@ fn when(secs: u64) -> String {
 }
 
 pub fn run(args: StatusArgs) -> Result<ExitCode> {
-    let pin = args.pin.resolve()?;
-    let pins = pinned_status(&pin)?;
+    // The checks first: nothing pinned, not root, another layout.
+    let checked = args.pin.open()?;
+    // Interface names are per namespace: read them where the agent runs.
+    let (pins, local_names) = dataplane::netns::in_netns(args.netns.as_deref(), || {
+        let pins = pinned_status(checked.dir())?;
+        let names: BTreeMap<u32, String> = [pins.uplink_ifindex, pins.fabric_ifindex]
+            .into_iter()
+            .filter_map(|i| ifname(i).map(|n| (i, n)))
+            .collect();
+        Ok((pins, names))
+    })?;
     let (agent, agent_error) = match api::call(&socket(&args), &Request::Status, Duration::from_secs(5)) {
         Ok(r) if r.ok => (r.status.map(|s| *s), None),
         Ok(r) => (None, r.error),
@@ -94,7 +109,8 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
         s.agent
             .as_ref()
             .and_then(|a| a.interfaces.iter().find(|x| x.ifindex == i).map(|x| x.name.clone()))
-            .or_else(|| ifname(i))
+            .or_else(|| local_names.get(&i).cloned())
+            .or_else(|| p.links.iter().find(|l| l.ifindex == i).and_then(|l| l.ifname.clone()))
             .unwrap_or_else(|| "?".into())
     };
     t.add_row(vec![
@@ -156,6 +172,13 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
                 "agent".into(),
                 format!("not answering: {}", s.agent_error.as_deref().unwrap_or("?")),
             ]);
+            if args.netns.is_none() {
+                t.add_row(vec![
+                    "note".to_string(),
+                    "interface names are this network namespace's; if the agent runs in another, add --netns NAME"
+                        .into(),
+                ]);
+            }
         }
     }
     println!("{t}");
