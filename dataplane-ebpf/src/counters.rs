@@ -6,11 +6,11 @@ use dataplane_common::{
     types::CLASSES,
 };
 
-use aya_ebpf::bindings::xdp_action;
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
 use crate::maps::{COUNTERS, TENANT_STATS};
 use crate::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
-use crate::parse::Flow;
+use crate::parse::{Flow, NotIp, parse};
 
 pub struct Counters(*mut CounterBlock);
 
@@ -36,6 +36,27 @@ impl Counters {
             _ => Counter::ActionPass,
         });
         action
+    }
+
+    /// Parses the frame and counts what it is. `None` for a frame that is
+    /// not IP, or is malformed (counted by kind): the programs pass those
+    /// to the host stack, which drops what it cannot parse either.
+    #[inline(always)]
+    pub fn parse(&self, ctx: &XdpContext) -> Option<Flow> {
+        match parse(ctx) {
+            Ok(flow) => {
+                self.protocols(&flow);
+                Some(flow)
+            }
+            Err(NotIp::Other) => {
+                self.inc(Counter::NonIp);
+                None
+            }
+            Err(NotIp::Malformed(why)) => {
+                self.inc(why);
+                None
+            }
+        }
     }
 
     /// The protocol counters of a parsed packet.

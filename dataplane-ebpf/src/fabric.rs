@@ -13,7 +13,7 @@ use crate::counters::{Counters, tenant_dropped, tenant_steered};
 use crate::encap::{RouteQuery, route, transmit};
 use crate::maps::{CONFIG, VNIS};
 use crate::packet::{IPPROTO_UDP, frame_len, read, write};
-use crate::parse::{Flow, NotIp, parse, parse_from};
+use crate::parse::{Flow, NotIp, parse_from};
 use crate::steer;
 use crate::uplink::Refused;
 
@@ -29,18 +29,9 @@ pub fn run(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_fabric(ctx: &XdpContext, stats: &Counters) -> u32 {
-    let outer = match parse(ctx) {
-        Ok(f) => f,
-        Err(NotIp::Other) => {
-            stats.inc(Counter::NonIp);
-            return xdp_action::XDP_PASS;
-        }
-        Err(NotIp::Malformed(why)) => {
-            stats.inc(why);
-            return xdp_action::XDP_PASS;
-        }
+    let Some(outer) = stats.parse(ctx) else {
+        return xdp_action::XDP_PASS;
     };
-    stats.protocols(&outer);
     if outer.v6 || outer.proto != IPPROTO_UDP || outer.dport != VXLAN_PORT || outer.later_fragment {
         return xdp_action::XDP_PASS;
     }

@@ -13,7 +13,7 @@ use crate::counters::{Counters, tenant_dropped, tenant_steered};
 use crate::encap::{ENCAP_OVERHEAD, encapsulate};
 use crate::maps::CONFIG;
 use crate::packet::frame_len;
-use crate::parse::{Flow, NotIp, parse};
+use crate::parse::Flow;
 use crate::{icmp, mss, steer};
 
 /// A packet carwash did not forward: why, and what became of it (dropped,
@@ -43,20 +43,9 @@ pub fn run(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
-    let flow = match parse(ctx) {
-        Ok(flow) => flow,
-        Err(NotIp::Other) => {
-            stats.inc(Counter::NonIp);
-            return xdp_action::XDP_PASS;
-        }
-        // What cannot be parsed cannot be matched to a VIP either; the host
-        // stack drops it in turn.
-        Err(NotIp::Malformed(why)) => {
-            stats.inc(why);
-            return xdp_action::XDP_PASS;
-        }
+    let Some(flow) = stats.parse(ctx) else {
+        return xdp_action::XDP_PASS;
     };
-    stats.protocols(&flow);
 
     if !steer::maybe_ours(&flow.dst) {
         return xdp_action::XDP_PASS;
