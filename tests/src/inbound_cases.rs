@@ -22,14 +22,17 @@ pub const ACME4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const ACME6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 0x10);
 pub const BETA4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
 pub const GAMMA4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 30);
+pub const GAMMA6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x30, 0, 0, 0, 0, 0x30);
+/// In the upper half of 2001:db8:beef::/48, where gamma also allows jms.
+pub const ALLOWED6_HIGH: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbeef, 0x8000, 0, 0, 0, 0x10);
 
-/// A third tenant with overlapping allow prefixes: the /24 may use https,
-/// its upper /25 also jms.
+/// A third tenant with overlapping allow prefixes: the /24 (the /48) may
+/// use https, its upper /25 (/49) also jms.
 pub const GAMMA: &str = r#"
 name = "gamma"
 vni = 1003
 lane = "single"
-vips = ["203.0.113.30"]
+vips = ["203.0.113.30", "2001:db8:30::30"]
 vpc_cidrs = ["10.103.0.0/16"]
 connectors = [{ vtep = "10.200.3.10", mac = "02:00:0a:c8:03:0a" }]
 cores = [{ vtep = "10.200.3.20", mac = "02:00:0a:c8:03:14" }]
@@ -38,6 +41,12 @@ cidr = "198.51.100.0/24"
 classes = ["https"]
 [[allow]]
 cidr = "198.51.100.128/25"
+classes = ["jms"]
+[[allow]]
+cidr = "2001:db8:beef::/48"
+classes = ["https"]
+[[allow]]
+cidr = "2001:db8:beef:8000::/49"
 classes = ["jms"]
 "#;
 
@@ -332,6 +341,36 @@ pub fn inbound_cases() -> Vec<InboundCase> {
             (40000, 443),
             x,
             Pass,
+        ),
+        case(
+            "v6: allowed for https, not jms (overlap: the lower /49)",
+            c6,
+            IpAddr::V6(GAMMA6),
+            (40000, 61616),
+            x,
+            Drop(DropReason::NotAllowed),
+        ),
+        case(
+            "v6 overlap: jms from the upper /49",
+            IpAddr::V6(ALLOWED6_HIGH),
+            IpAddr::V6(GAMMA6),
+            (40000, 61616),
+            x,
+            Steer {
+                tenant: "gamma",
+                to: Core(0),
+            },
+        ),
+        case(
+            "v6 overlap: https from the upper /49 (inherited from the /48)",
+            IpAddr::V6(ALLOWED6_HIGH),
+            IpAddr::V6(GAMMA6),
+            (40001, 443),
+            x,
+            Steer {
+                tenant: "gamma",
+                to: Connector,
+            },
         ),
         case(
             "overlap: jms from the upper /25",
