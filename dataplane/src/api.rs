@@ -13,7 +13,7 @@
 //!   fine), and its last component the file the agent stores the document
 //!   under in `policy_dir`.
 //! - `{"op":"apply","tenants":[{...}, ...]}` — the same set as the control
-//!   plane pushes it: tenant documents as JSON objects (DESIGN.md's policy
+//!   plane pushes it: tenant documents as JSON objects (the product contract,'s policy
 //!   format), each named `<name>.json`; error positions are lines of the
 //!   object pretty-printed. `documents` and `tenants` may be combined.
 //!   Add `"dry_run":true` to only validate.

@@ -57,7 +57,7 @@ impl Default for ConntrackConfig {
     }
 }
 
-/// The host configuration of DESIGN.md.
+/// The host configuration (`/etc/carwash/carwash.toml`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {

@@ -342,7 +342,7 @@ impl Pins {
 
     /// The SNAT / connection-tracking table.
     pub fn snat(&self) -> Result<SnatTable> {
-        // Outbound traffic (DESIGN.md path 3) is not built into this
+        // Outbound traffic (packet path 3) is not built into this
         // dataplane: its object has no such map, so there is nothing pinned
         // to read. When the map exists, it is named in `dataplane_common::maps`
         // and read here into `SnatEntry`s.
@@ -601,7 +601,7 @@ pub enum SnatTable {
     Entries(Vec<SnatEntry>),
 }
 
-/// One tracked outbound connection, in the terms of DESIGN.md's path 3:
+/// One tracked outbound connection, in the terms of path 3 (outbound):
 /// a VPC machine's flow, source-NATed to the tenant's egress IP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SnatEntry {

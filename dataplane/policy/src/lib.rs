@@ -1,5 +1,5 @@
 //! Tenant policy files (`policies/<name>.toml`, or the same document as
-//! JSON): the model of DESIGN.md's policy format, parsing that keeps track of
+//! JSON): the model of the policy format, parsing that keeps track of
 //! where every field is, and validation of a whole set. No BPF here, so the
 //! agent, the CLI, the lab and the tests all read policies the same way.
 //!

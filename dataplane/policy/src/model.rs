@@ -1,4 +1,4 @@
-//! The serde model of DESIGN.md's policy format: one [`Tenant`] per
+//! The serde model of the policy format: one [`Tenant`] per
 //! document. Parsing with positions and validation live in the sibling
 //! modules, so this stays the plain shape the agent and the lab consume.
 

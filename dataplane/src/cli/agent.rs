@@ -13,7 +13,7 @@ use tracing::info;
 
 #[derive(clap::Args)]
 pub struct AgentArgs {
-    /// Host configuration file (DESIGN.md "Host configuration").
+    /// Host configuration file.
     #[arg(long, default_value = DEFAULT_CONFIG)]
     config: PathBuf,
     /// Overrides `uplink`.

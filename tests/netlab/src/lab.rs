@@ -1,4 +1,4 @@
-//! The embedded default lab topology (DESIGN.md "Toolchain and lab").
+//! The embedded default lab topology.
 //!
 //! ```text
 //!  NAME-inet              NAME-host               NAME-ul         NAME-<tenant>-conn1 (…core2)
@@ -508,7 +508,7 @@ impl Lab {
         Ok(out)
     }
 
-    /// A carwash host configuration (DESIGN.md "Host configuration") for an
+    /// A carwash host configuration for an
     /// agent running in this lab's host namespace.
     pub fn host_config_toml(&self, pin_path: &Path, api_socket: &Path, policy_dir: &Path) -> String {
         let q = |s: &str| toml::Value::String(s.to_string()).to_string();
