@@ -3,7 +3,7 @@
 use dataplane_common::{
     Counter, CounterBlock, DropReason,
     drop::{DROPPED_BYTES, STEERED_BYTES, STEERED_PACKETS},
-    types::CLASSES,
+    types::{CLASS_NONE, CLASSES},
 };
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
@@ -11,6 +11,7 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use crate::maps::{COUNTERS, TENANT_STATS};
 use crate::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 use crate::parse::{Flow, NotIp, parse};
+use crate::uplink::Refused;
 
 pub struct Counters(*mut CounterBlock);
 
@@ -29,13 +30,20 @@ impl Counters {
         self.inc(Counter::Packets);
         self.add(Counter::Bytes, bytes as u64);
         let action = f();
+        self.action(action);
+        action
+    }
+
+    /// Counts a verdict (a tail-called program counts its own: the caller's
+    /// `around` never sees it).
+    #[inline(always)]
+    pub fn action(&self, action: u32) {
         self.inc(match action {
             xdp_action::XDP_DROP => Counter::ActionDrop,
             xdp_action::XDP_TX => Counter::ActionTx,
             xdp_action::XDP_REDIRECT => Counter::ActionRedirect,
             _ => Counter::ActionPass,
         });
-        action
     }
 
     /// Parses the frame and counts what it is. `None` for a frame that is
@@ -104,6 +112,27 @@ impl Counters {
     pub fn drop(&self, why: DropReason) {
         self.bump(Counter::COUNT as usize + why.index() as usize, 1)
     }
+}
+
+/// Counts the outcome of a program that handles a packet for `tenant` (0:
+/// not known) and returns its action.
+#[inline(always)]
+pub fn finish(stats: &Counters, tenant: u32, bytes: u64, r: Result<u32, Refused>) -> u32 {
+    let action = match r {
+        Ok(action) => {
+            tenant_steered(tenant, CLASS_NONE, bytes);
+            action
+        }
+        Err(r) => {
+            stats.drop(r.why);
+            if tenant != 0 {
+                tenant_dropped(tenant, CLASS_NONE, r.why, bytes);
+            }
+            r.action
+        }
+    };
+    stats.action(action);
+    action
 }
 
 /// Counts a steered packet for a tenant and class.

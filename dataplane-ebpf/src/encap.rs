@@ -13,7 +13,7 @@ use dataplane_common::{
     types::{BackendEntry, BackendHop, HostConfig, NEXT_HOP_TTL_NS, NextHopEntry, NextHopKey, VXLAN_PORT},
 };
 
-use crate::maps::{BACKEND_HOPS, NEXT_HOPS};
+use crate::maps::{BACKEND_HOPS, FIB_PARAMS, NEXT_HOPS};
 use crate::packet::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, frame_len, ptr_at_mut};
 use crate::parse::Flow;
 
@@ -130,15 +130,21 @@ pub fn route(q: &RouteQuery) -> Result<NextHop, DropReason> {
     Ok(nh)
 }
 
-// Not inlined: the FIB's 64-byte parameter block lives in its own frame,
-// which keeps the programs' stacks within the verifier's 512 bytes. BPF
+// Not inlined: one copy for every caller. Its 64-byte
+// parameter block lives in a per-CPU map slot, not on the stack, which
+// keeps the programs' call chains within the verifier's 512 bytes. BPF
 // calls take five arguments at most, hence the query struct and the
 // out-parameter.
 #[inline(never)]
 fn fib(q: &RouteQuery, nh: &mut NextHop) -> bool {
     let (ctx, src, dst) = (q.ctx, q.src, q.dst);
+    let Some(p) = FIB_PARAMS.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot, used by nothing else while the program runs.
+    let p = unsafe { &mut *p };
     // SAFETY: an all-zero bpf_fib_lookup is a valid input.
-    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    *p = unsafe { core::mem::zeroed() };
     p.ifindex = q.ifindex;
     if q.v6 {
         p.family = AF_INET6;
@@ -151,7 +157,7 @@ fn fib(q: &RouteQuery, nh: &mut NextHop) -> bool {
         p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
     }
     // SAFETY: valid context and parameter struct of the size passed.
-    let rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, &mut p, core::mem::size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, p, core::mem::size_of::<FibParams>() as i32, 0) };
     if rc != BPF_FIB_LKUP_RET_SUCCESS {
         return false;
     }

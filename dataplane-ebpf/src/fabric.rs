@@ -5,12 +5,13 @@
 //! to this host's VTEP passes to the host stack untouched.
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use dataplane_common::{
-    Counter, DropReason,
+    Counter, DropReason, jumps,
     types::{ADDR_VIP, CLASS_NONE, HostConfig, SIDE_FABRIC, TenantInfo, VXLAN_PORT},
 };
 
 use crate::counters::{Counters, tenant_dropped, tenant_steered};
 use crate::encap::{RouteQuery, route, transmit};
+use crate::handoff::hand_on;
 use crate::maps::{CONFIG, VNIS};
 use crate::packet::{IPPROTO_UDP, frame_len, read, write};
 use crate::parse::{Flow, NotIp, parse_from};
@@ -60,15 +61,23 @@ fn try_fabric(ctx: &XdpContext, stats: &Counters) -> u32 {
     }
 }
 
-/// Whether `vtep` is one of the tenant's machines.
+/// Which of the tenant's machines `vtep` is, as a backend slot
+/// (connectors 0-1, cores 2-3); `None` if it is none of them.
 #[inline(always)]
-fn is_tenant_vtep(t: &TenantInfo, vtep: &[u8]) -> bool {
+fn vtep_slot(t: &TenantInfo, vtep: &[u8]) -> Option<u32> {
     let n_conn = t.n_connectors as usize;
     let n_core = t.n_cores as usize;
-    (n_conn > 0 && t.connectors[0].vtep == vtep)
-        || (n_conn > 1 && t.connectors[1].vtep == vtep)
-        || (n_core > 0 && t.cores[0].vtep == vtep)
-        || (n_core > 1 && t.cores[1].vtep == vtep)
+    if n_conn > 0 && t.connectors[0].vtep == vtep {
+        Some(0)
+    } else if n_conn > 1 && t.connectors[1].vtep == vtep {
+        Some(1)
+    } else if n_core > 0 && t.cores[0].vtep == vtep {
+        Some(2)
+    } else if n_core > 1 && t.cores[1].vtep == vtep {
+        Some(3)
+    } else {
+        None
+    }
 }
 
 #[inline(always)]
@@ -83,9 +92,9 @@ fn from_vpc(ctx: &XdpContext, outer: &Flow, cfg: &HostConfig, tenant: &mut u32) 
     *tenant = id;
     let t = steer::tenant(id)?;
     // The isolation check: a VNI is only believed from its tenant's VTEPs.
-    if !is_tenant_vtep(t, &outer.src[..4]) {
+    let Some(origin) = vtep_slot(t, &outer.src[..4]) else {
         return Err(DropReason::VtepNotOfTenant.into());
-    }
+    };
     let inner_off = outer.l4_off + UDP_VXLAN;
     let inner = match parse_from(ctx, inner_off) {
         Ok(f) if f.vlans == 0 => f,
@@ -94,20 +103,27 @@ fn from_vpc(ctx: &XdpContext, outer: &Flow, cfg: &HostConfig, tenant: &mut u32) 
         Err(NotIp::Malformed(_)) => return Err(DropReason::Malformed.into()),
     };
     match steer::address(&inner.src, inner.v6) {
-        Some(a) if a.tenant == id && a.kind == ADDR_VIP => Ok(to_internet(ctx, &inner, inner_off, cfg)?),
-        _ => Err(DropReason::InnerSourceNotAllowed.into()),
+        Some(a) if a.tenant == id && a.kind == ADDR_VIP => Ok(to_internet(ctx, &inner, &inner.src, inner_off, cfg)?),
+        // Not a reply from a VIP: the outbound program decides (path 3).
+        _ => Err(hand_on(ctx, &inner, id, origin, inner_off, jumps::SNAT_OUT)),
     }
 }
 
-/// Strips the tunnel headers and sends the inner packet towards its
-/// destination through the uplink.
+/// Strips the tunnel headers and sends the inner packet (now from `src`)
+/// towards its destination through the uplink.
 #[inline(always)]
-fn to_internet(ctx: &XdpContext, inner: &Flow, inner_off: usize, cfg: &HostConfig) -> Result<u32, DropReason> {
+pub fn to_internet(
+    ctx: &XdpContext,
+    inner: &Flow,
+    src: &[u8; 16],
+    inner_off: usize,
+    cfg: &HostConfig,
+) -> Result<u32, DropReason> {
     let nh = route(&RouteQuery {
         ctx,
         ifindex: cfg.uplink_ifindex,
         v6: inner.v6,
-        src: &inner.src,
+        src,
         dst: &inner.dst,
     })?;
     // SAFETY: valid context; pointers are re-derived afterwards.

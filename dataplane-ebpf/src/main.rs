@@ -7,11 +7,15 @@
 mod counters;
 mod encap;
 mod fabric;
+mod handoff;
 mod icmp;
 mod maps;
 mod mss;
+mod nat;
 mod packet;
 mod parse;
+mod snat_in;
+mod snat_out;
 mod steer;
 mod uplink;
 
@@ -27,6 +31,36 @@ pub fn carwash_uplink(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn carwash_fabric(ctx: XdpContext) -> u32 {
     fabric::run(&ctx)
+}
+
+/// Outbound source NAT: tail-called by `carwash_fabric`.
+#[xdp]
+pub fn carwash_snat_out(ctx: XdpContext) -> u32 {
+    snat_out::run(&ctx)
+}
+
+/// The last step of outbound NAT: tail-called by `carwash_snat_out`.
+#[xdp]
+pub fn carwash_exit(ctx: XdpContext) -> u32 {
+    snat_out::run_exit(&ctx)
+}
+
+/// Replies to egress IPs: tail-called by `carwash_uplink`.
+#[xdp]
+pub fn carwash_snat_in(ctx: XdpContext) -> u32 {
+    snat_in::run_reply(&ctx)
+}
+
+/// ICMP errors to egress IPs: tail-called by `carwash_uplink`.
+#[xdp]
+pub fn carwash_snat_icmp(ctx: XdpContext) -> u32 {
+    snat_in::run_icmp(&ctx)
+}
+
+/// The last step of reverse NAT: tail-called by the two above.
+#[xdp]
+pub fn carwash_deliver(ctx: XdpContext) -> u32 {
+    snat_in::run_deliver(&ctx)
 }
 
 /// The yardstick for benchmarks: the cheapest program XDP can run.

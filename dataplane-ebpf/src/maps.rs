@@ -1,17 +1,19 @@
 //! Every map of the programs, in one place, sized by named constants from
 //! the shared ABI crate.
+use crate::parse::Flow;
 use aya_ebpf::{
     btf_maps::{ArrayOfMaps, LpmTrie},
     macros::{btf_map, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use dataplane_common::{
     CounterBlock,
     hash::ADDR_FILTER_WORDS,
+    jumps,
     types::{
-        AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendHop, HOPS_PER_TENANT, HostConfig, MAX_ADDRS,
-        MAX_ALLOW_PREFIXES, MAX_ALLOW_SLOTS, MAX_NEXT_HOPS, MAX_SERVICES, MAX_TENANTS, Meta, NextHopEntry, NextHopKey,
-        SIDES, ServiceKey, ServiceValue, TenantInfo, TenantName, TenantStats,
+        AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendHop, CtKey, CtValue, HOPS_PER_TENANT, HostConfig,
+        MAX_ADDRS, MAX_ALLOW_PREFIXES, MAX_ALLOW_SLOTS, MAX_NEXT_HOPS, MAX_SERVICES, MAX_TENANTS, Meta, NextHopEntry,
+        NextHopKey, SIDES, ServiceKey, ServiceValue, TenantInfo, TenantName, TenantStats,
     },
 };
 
@@ -77,3 +79,39 @@ pub static ALLOW_V6: ArrayOfMaps<
     LpmTrie<Allow6, AllowMask, { MAX_ALLOW_PREFIXES as usize }>,
     { MAX_ALLOW_SLOTS as usize },
 > = ArrayOfMaps::new();
+
+/// Connection tracking of source-NATed flows (both directions). Sized by
+/// the agent from `conntrack.max_entries`; a full table evicts its least
+/// recently used entries.
+#[map(name = "CONNTRACK")]
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(262_144, 0);
+
+/// Where a program hands a packet on (`dataplane_common::jumps`): a tail
+/// call starts the next program with a fresh stack and a fresh verifier
+/// budget.
+#[map(name = "JUMPS")]
+pub static JUMPS: ProgramArray = ProgramArray::with_max_entries(jumps::COUNT, 0);
+
+/// What a program found out about a packet before it handed it on with a
+/// tail call: the parse, and who sent it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Handoff {
+    /// The packet's (fabric: the inner packet's) parse.
+    pub flow: Flow,
+    /// The tenant (fabric: of the VNI; uplink: the egress IP's owner).
+    pub tenant: u32,
+    /// Fabric: the sending machine, as a backend slot of its tenant.
+    pub origin: u32,
+    /// Fabric: offset of the inner Ethernet header.
+    pub inner_off: u32,
+    pub _pad: u32,
+}
+
+#[map(name = "HANDOFF")]
+pub static HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(1, 0);
+
+/// The FIB lookup's parameter block, per CPU: 64 bytes the programs' stacks
+/// could not spare.
+#[map(name = "FIB_PARAMS")]
+pub static FIB_PARAMS: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);

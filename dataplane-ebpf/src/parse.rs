@@ -2,7 +2,7 @@
 //! usual extension headers), then TCP, UDP, ICMP or ICMPv6: the flow fields
 //! every later decision needs. Every read goes through `packet::read`.
 use aya_ebpf::programs::XdpContext;
-use dataplane_common::Counter;
+use dataplane_common::{Counter, hash};
 
 use crate::packet::*;
 
@@ -18,15 +18,18 @@ const MAX_IPV6_EXT: usize = 4;
 #[derive(Clone, Copy)]
 #[repr(C, align(8))]
 pub struct Flow {
-    pub vlans: u8,
-    pub v6: bool,
+    // The addresses first, at 8-byte aligned offsets: LLVM then reads them
+    // by words (BPF has no unaligned loads; byte loads need a register, or
+    // a stack slot, each).
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
     /// Offset of the IP header.
     pub l3_off: usize,
     /// Offset of the transport header (meaningless for non-first fragments).
     pub l4_off: usize,
+    pub vlans: u8,
+    pub v6: bool,
     pub proto: u8,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
     /// TCP/UDP source port; ICMP echo identifier.
     pub sport: u16,
     /// TCP/UDP destination port; ICMP `type << 8 | code`.
@@ -38,6 +41,24 @@ pub struct Flow {
     /// IPv4 "don't fragment" (always true for IPv6, which routers never
     /// fragment).
     pub dont_fragment: bool,
+}
+
+impl Flow {
+    /// The flow hash (`dataplane_common::hash::flow_hash`), with the
+    /// addresses read as words: they sit at 8-byte aligned offsets, which
+    /// LLVM cannot tell once a copy of the flow lives in a map.
+    #[inline(always)]
+    pub fn hash(&self) -> u32 {
+        // SAFETY: `src` and `dst` are the first fields of an align(8)
+        // struct, so aligned for u32; every bit pattern is valid.
+        let (s, d) = unsafe {
+            (
+                &*(self.src.as_ptr() as *const [u32; 4]),
+                &*(self.dst.as_ptr() as *const [u32; 4]),
+            )
+        };
+        hash::flow_hash_words(s, d, self.sport, self.dport, self.proto)
+    }
 }
 
 /// Why a frame yields no [`Flow`].

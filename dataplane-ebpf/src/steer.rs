@@ -72,16 +72,39 @@ pub fn tenant(id: u32) -> Result<&'static TenantInfo, DropReason> {
 /// Whether the tenant allows the packet's source for `class`.
 #[inline(always)]
 pub fn allowed(t: &TenantInfo, flow: &Flow, class: u8) -> bool {
-    let mask = if flow.v6 {
-        ALLOW_V6.get_value_ptr_mut(t.allow_slot, &Key::new(128, flow.src))
+    mask(t, &flow.src, flow.v6) & (1 << class) != 0
+}
+
+/// The tenant's mask for `addr`: the classes a source there may use
+/// (`1 << CLASS_*`), `MASK_VPC` inside its VPC, `MASK_EGRESS` where it may
+/// send to; 0 when no prefix covers it.
+#[inline(always)]
+pub fn mask(t: &TenantInfo, addr: &[u8; 16], v6: bool) -> u32 {
+    let m = if v6 {
+        ALLOW_V6.get_value_ptr_mut(t.allow_slot, &Key::new(128, *addr))
     } else {
-        let src4 = [flow.src[0], flow.src[1], flow.src[2], flow.src[3]];
-        ALLOW_V4.get_value_ptr_mut(t.allow_slot, &Key::new(32, src4))
+        let a4 = [addr[0], addr[1], addr[2], addr[3]];
+        ALLOW_V4.get_value_ptr_mut(t.allow_slot, &Key::new(32, a4))
     };
-    match mask {
+    match m {
         // SAFETY: a value of the trie, read once.
-        Some(m) => (unsafe { *m } & (1 << class)) != 0,
-        None => false,
+        Some(m) => unsafe { *m },
+        None => 0,
+    }
+}
+
+/// Machine `slot` of the tenant (connectors 0-1, cores 2-3), if it takes
+/// traffic.
+#[inline(always)]
+pub fn machine(t: &TenantInfo, slot: u32) -> Result<BackendEntry, DropReason> {
+    let b = if slot < 2 {
+        t.connectors.get(slot as usize & 1).copied()
+    } else {
+        t.cores.get(slot as usize & 1).copied()
+    };
+    match b {
+        Some(b) if b.vtep != [0; 4] => Ok(b),
+        _ => Err(DropReason::NoBackend),
     }
 }
 

@@ -4,17 +4,17 @@
 //! its VPC, or dropped with a counted reason.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use dataplane_common::{
-    Counter, DropReason,
-    hash::flow_hash,
+    Counter, DropReason, jumps,
     types::{ADDR_EGRESS, CLASS_NONE, HOPS_PER_TENANT, SIDE_UPLINK},
 };
 
 use crate::counters::{Counters, tenant_dropped, tenant_steered};
 use crate::encap::{ENCAP_OVERHEAD, encapsulate};
+use crate::handoff::hand_on;
 use crate::maps::CONFIG;
 use crate::packet::frame_len;
 use crate::parse::Flow;
-use crate::{icmp, mss, steer};
+use crate::{icmp, mss, nat, steer};
 
 /// A packet carwash did not forward: why, and what became of it (dropped,
 /// or turned into an ICMP answer and sent back).
@@ -64,10 +64,17 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
         None => match steer::address(&flow.dst, flow.v6) {
             // The filter's false positive: not ours after all.
             None => return xdp_action::XDP_PASS,
+            // Replies to an egress IP: the tracking program decides.
+            Some(a) if a.kind == ADDR_EGRESS => {
+                let jump = if nat::is_icmp_error(&flow) {
+                    jumps::SNAT_ICMP
+                } else {
+                    jumps::SNAT_IN
+                };
+                (a.tenant, CLASS_NONE, Err(hand_on(ctx, &flow, a.tenant, 0, 0, jump)))
+            }
             Some(a) => {
-                let why = if a.kind == ADDR_EGRESS {
-                    DropReason::NoConntrack
-                } else if flow.later_fragment {
+                let why = if flow.later_fragment {
                     DropReason::Fragment
                 } else {
                     DropReason::NoService
@@ -97,7 +104,7 @@ fn steer_to_vpc(ctx: &XdpContext, flow: &Flow, svc: &steer::Service) -> Result<u
     if !steer::allowed(t, flow, svc.class) {
         return Err(DropReason::NotAllowed.into());
     }
-    let hash = flow_hash(&flow.src, &flow.dst, flow.sport, flow.dport, flow.proto);
+    let hash = flow.hash();
     let (backend, slot) = steer::backend(t, svc.class, hash)?;
     let cfg = match CONFIG.get(0) {
         Some(c) if c.ready != 0 => c,
@@ -118,7 +125,7 @@ fn steer_to_vpc(ctx: &XdpContext, flow: &Flow, svc: &steer::Service) -> Result<u
 
 /// A packet that would not fit the fabric once encapsulated.
 #[inline(always)]
-fn too_big(ctx: &XdpContext, flow: &Flow, usable: u16) -> Refused {
+pub fn too_big(ctx: &XdpContext, flow: &Flow, usable: u16) -> Refused {
     let answered = if flow.v6 {
         icmp::packet_too_big_v6(ctx, flow, usable)
     } else if flow.dont_fragment {

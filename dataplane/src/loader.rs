@@ -36,7 +36,26 @@ pub const ALL_MAPS: &[&str] = &[
     maps::TENANT_STATS,
     maps::ALLOW_V4,
     maps::ALLOW_V6,
+    maps::CONNTRACK,
+    maps::JUMPS,
+    maps::HANDOFF,
 ];
+
+/// The default capacity of the connection-tracking table
+/// (`[conntrack] max_entries`).
+pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 262_144;
+
+/// Every program of the object: the attached ones, the tail-called ones,
+/// the benchmark yardstick.
+fn all_programs() -> Vec<&'static str> {
+    let mut all = vec![programs::UPLINK, programs::FABRIC, programs::BENCH_PASS];
+    for (name, _) in programs::JUMPED {
+        if !all.contains(name) {
+            all.push(name);
+        }
+    }
+    all
+}
 
 /// Where a map lives under a pin directory.
 pub fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
@@ -53,7 +72,17 @@ impl Dataplane {
     /// is pinned at `pin_dir/maps/NAME`, and a map already pinned there is
     /// reused instead of created, so state survives a reload.
     pub fn load(pin_dir: Option<&Path>) -> Result<Dataplane> {
+        Self::load_with(pin_dir, DEFAULT_CONNTRACK_ENTRIES)
+    }
+
+    /// [`Dataplane::load`] with a connection-tracking table of
+    /// `conntrack_entries` (a table pinned already keeps its size).
+    pub fn load_with(pin_dir: Option<&Path>, conntrack_entries: u32) -> Result<Dataplane> {
+        if conntrack_entries < 2 {
+            bail!("conntrack.max_entries must be at least 2 (a flow takes two entries)");
+        }
         let mut loader = EbpfLoader::new();
+        loader.map_max_entries(maps::CONNTRACK, conntrack_entries);
         if let Some(dir) = pin_dir {
             let maps_dir = dir.join("maps");
             std::fs::create_dir_all(&maps_dir)
@@ -63,7 +92,7 @@ impl Dataplane {
             }
         }
         let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object")?;
-        for name in [programs::UPLINK, programs::FABRIC, programs::BENCH_PASS] {
+        for name in all_programs() {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
@@ -71,7 +100,43 @@ impl Dataplane {
             prog.load()
                 .with_context(|| format!("loading program {name} (verifier)"))?;
         }
-        Ok(Dataplane { ebpf })
+        let mut dp = Dataplane { ebpf };
+        dp.fill_jumps()?;
+        Ok(dp)
+    }
+
+    /// Points every slot of the program array at this object's programs
+    /// (a pinned array: the programs of an earlier load are replaced).
+    fn fill_jumps(&mut self) -> Result<()> {
+        let mut fds = Vec::new();
+        for (name, slot) in programs::JUMPED {
+            let fd = self.xdp(name)?.fd()?.try_clone()?;
+            fds.push((*slot, fd));
+        }
+        let map = self
+            .ebpf
+            .map_mut(maps::JUMPS)
+            .ok_or_else(|| anyhow!("no map {}", maps::JUMPS))?;
+        let mut jumps = aya::maps::ProgramArray::try_from(map)?;
+        for (slot, fd) in &fds {
+            jumps
+                .set(*slot, fd, 0)
+                .with_context(|| format!("setting slot {slot} of {}", maps::JUMPS))?;
+        }
+        Ok(())
+    }
+
+    /// The capacity of the connection-tracking table as loaded.
+    pub fn conntrack_capacity(&self) -> Result<u32> {
+        let map = self
+            .ebpf
+            .map(maps::CONNTRACK)
+            .ok_or_else(|| anyhow!("no map {}", maps::CONNTRACK))?;
+        let fd = match map {
+            aya::maps::Map::LruHashMap(d) => d,
+            _ => bail!("map {} is not an LRU hash map", maps::CONNTRACK),
+        };
+        Ok(fd.info()?.max_entries())
     }
 
     /// The XDP program `name` (see [`programs`]).
@@ -195,7 +260,7 @@ pub enum PinState {
 
 /// Key size, value size and capacity the maps of this binary's layout have
 /// (those the userspace reads and writes; a map missing here is not
-/// checked).
+/// checked; capacity 0: any).
 pub fn expected_shapes() -> Vec<(&'static str, usize, usize, u32)> {
     use dataplane_common::types::*;
     use std::mem::size_of;
@@ -216,6 +281,8 @@ pub fn expected_shapes() -> Vec<(&'static str, usize, usize, u32)> {
         (maps::TENANT_STATS, 4, size_of::<TenantStats>(), MAX_TENANTS),
         (maps::ALLOW_V4, 4, 4, MAX_ALLOW_SLOTS),
         (maps::ALLOW_V6, 4, 4, MAX_ALLOW_SLOTS),
+        // Any capacity: `[conntrack] max_entries` sets it.
+        (maps::CONNTRACK, size_of::<CtKey>(), size_of::<CtValue>(), 0),
     ]
 }
 
@@ -265,7 +332,10 @@ pub fn check_pins(pin_dir: &Path) -> Result<PinState> {
             continue;
         }
         let info = aya::maps::MapInfo::from_pin(&path).with_context(|| format!("inspecting {}", path.display()))?;
-        if info.key_size() as usize != key || info.value_size() as usize != value || info.max_entries() != max {
+        if info.key_size() as usize != key
+            || info.value_size() as usize != value
+            || (max != 0 && info.max_entries() != max)
+        {
             bail!(
                 "pinned map {} has key size {}, value size {}, {} entries where this carwash expects {key}, {value}, {max} (same layout version {LAYOUT_VERSION}: was it bumped?); {fix}",
                 path.display(),

@@ -151,7 +151,10 @@ impl Pins {
                 .map(name)?
                 .info()
                 .with_context(|| format!("inspecting pinned map {name}"))?;
-            if info.key_size() as usize != key || info.value_size() as usize != value || info.max_entries() != max {
+            if info.key_size() as usize != key
+                || info.value_size() as usize != value
+                || (max != 0 && info.max_entries() != max)
+            {
                 bail!(
                     "pinned map {} has key size {}, value size {}, {} entries where this carwash expects {key}, \
                      {value}, {max}: it was made by a carwash of another layout (same version {layout}: was it not \

@@ -18,8 +18,8 @@ use dataplane_common::{
     maps,
     types::{
         ADDR_EGRESS, ADDR_VIP, AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendEntry, CLASS_HTTPS, CLASS_JMS,
-        CLASSES, FAMILY_V4, FAMILY_V6, HostConfig, MAX_ALLOW_PREFIXES, MAX_TENANTS, ServiceKey, ServiceValue,
-        TENANT_READY, TenantInfo, TenantName, TenantStats,
+        CLASSES, FAMILY_V4, FAMILY_V6, HostConfig, MASK_EGRESS, MASK_VPC, MAX_ALLOW_PREFIXES, MAX_TENANTS, ServiceKey,
+        ServiceValue, TENANT_EGRESS_V4, TENANT_EGRESS_V6, TENANT_READY, TenantInfo, TenantName, TenantStats,
     },
 };
 use ipnetwork::IpNetwork;
@@ -52,7 +52,12 @@ pub struct HostParams {
     pub fabric_ifindex: u32,
     pub fabric_mtu: u16,
     pub uplink_ifindex: u32,
+    /// The source NAT port range, inclusive.
+    pub snat_ports: (u16, u16),
 }
+
+/// The default source NAT port range (`[snat] port_range`).
+pub const DEFAULT_SNAT_PORTS: (u16, u16) = (20000, 59999);
 
 fn class_bit(c: Class) -> AllowMask {
     match c {
@@ -98,14 +103,27 @@ pub fn services(t: &Tenant) -> Vec<(ServiceKey, u8)> {
     out
 }
 
-/// Allow prefixes of one family with their class masks, each merged with
+/// The prefixes of a tenant's trie for one family with their masks: allow
+/// entries (the classes a source may use), `vpc_cidrs` (`MASK_VPC`) and
+/// the egress allowlist (`MASK_EGRESS`). Each prefix's mask is merged with
 /// the masks of every shorter prefix that covers it: the trie answers with
 /// the longest match only, which must then speak for all matches.
 pub fn allow_masks(t: &Tenant, v6: bool) -> Vec<(IpNetwork, AllowMask)> {
     let mut own: BTreeMap<IpNetwork, AllowMask> = BTreeMap::new();
+    let canonical = |n: &IpNetwork| IpNetwork::new(n.network(), n.prefix()).expect("prefix from a valid network");
     for a in t.allow.iter().filter(|a| a.cidr.is_ipv6() == v6) {
-        let net = IpNetwork::new(a.cidr.network(), a.cidr.prefix()).expect("prefix from a valid network");
-        *own.entry(net).or_default() |= a.classes.iter().map(|c| class_bit(*c)).fold(0, |x, y| x | y);
+        *own.entry(canonical(&a.cidr)).or_default() |= a.classes.iter().map(|c| class_bit(*c)).fold(0, |x, y| x | y);
+    }
+    for n in t.vpc_cidrs.iter().filter(|n| n.is_ipv6() == v6) {
+        *own.entry(canonical(n)).or_default() |= MASK_VPC;
+    }
+    for n in t
+        .egress
+        .iter()
+        .flat_map(|e| e.allow.iter())
+        .filter(|n| n.is_ipv6() == v6)
+    {
+        *own.entry(canonical(n)).or_default() |= MASK_EGRESS;
     }
     own.keys()
         .map(|net| {
@@ -161,6 +179,14 @@ pub fn tenant_info(t: &Tenant, allow_slot: u32, health: &Health, ready: bool) ->
     for (i, c) in t.cores.iter().take(2).enumerate() {
         info.cores[i] = backend(c, true);
     }
+    if let Some(e) = &t.egress {
+        info.flags |= TENANT_EGRESS_V4;
+        info.snat_v4[..4].copy_from_slice(&e.snat_ipv4.octets());
+        if let Some(v6) = e.snat_ipv6 {
+            info.flags |= TENANT_EGRESS_V6;
+            info.snat_v6 = v6.octets();
+        }
+    }
     let ids: Vec<maglev::Identity> = t.connectors.iter().map(|c| (c.vtep.octets(), c.mac.0)).collect();
     let up: Vec<bool> = (0..ids.len())
         .map(|i| health.connectors_up.get(i).copied().unwrap_or(false))
@@ -198,6 +224,8 @@ impl Dataplane {
                 fabric_ifindex: p.fabric_ifindex,
                 uplink_ifindex: p.uplink_ifindex,
                 ready: 1,
+                snat_port_lo: p.snat_ports.0,
+                snat_port_hi: p.snat_ports.1,
             },
             0,
         )?;

@@ -69,6 +69,7 @@ impl FabricNs {
             fabric_ifindex: self.fabric_ifindex,
             fabric_mtu: FABRIC_MTU,
             uplink_ifindex: self.uplink_ifindex,
+            snat_ports: dataplane::tables::DEFAULT_SNAT_PORTS,
         }
     }
 }

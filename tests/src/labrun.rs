@@ -42,6 +42,7 @@ impl LabRun {
             fabric_ifindex: fabric,
             fabric_mtu,
             uplink_ifindex: uplink,
+            snat_ports: dataplane::tables::DEFAULT_SNAT_PORTS,
         })?;
         for (i, t) in lab.tenants.iter().enumerate() {
             dp.install_tenant(i as u32 + 1, &t.policy)?;

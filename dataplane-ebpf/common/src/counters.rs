@@ -78,6 +78,10 @@ indexed_enum! {
         Steered = "steered",
         /// Packets from a tenant machine, decapsulated and sent on.
         Decapsulated = "decapsulated",
+        SnatNewFlow = "snat_new_flow",
+        SnatOut = "snat_out",
+        SnatReply = "snat_reply",
+        SnatIcmpError = "snat_icmp_error",
     }
 }
 

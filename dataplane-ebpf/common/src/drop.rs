@@ -41,6 +41,11 @@ indexed_enum! {
         /// Inner source neither a VIP of the tenant nor (with egress) inside
         /// its VPC.
         InnerSourceNotAllowed = "inner_source_not_allowed",
+        NoEgress = "no_egress",
+        EgressNotAllowed = "egress_not_allowed",
+        PortsExhausted = "snat_ports_exhausted",
+        NoHandoff = "no_handoff",
+        SnatProtocol = "snat_unsupported_protocol",
     }
 }
 

@@ -26,15 +26,24 @@ fn word(a: &[u8; 16], i: usize) -> u32 {
 /// four bytes, the rest zero).
 #[inline(always)]
 pub fn flow_hash(src: &[u8; 16], dst: &[u8; 16], sport: u16, dport: u16, proto: u8) -> u32 {
+    let s = [word(src, 0), word(src, 4), word(src, 8), word(src, 12)];
+    let d = [word(dst, 0), word(dst, 4), word(dst, 8), word(dst, 12)];
+    flow_hash_words(&s, &d, sport, dport, proto)
+}
+
+/// [`flow_hash`] of addresses already loaded as little-endian words (what a
+/// word load gives on the little-endian BPF target).
+#[inline(always)]
+pub fn flow_hash_words(src: &[u32; 4], dst: &[u32; 4], sport: u16, dport: u16, proto: u8) -> u32 {
     let mut h = 0x5bd1_e995u32 ^ proto as u32;
-    h = mix(h, word(src, 0));
-    h = mix(h, word(src, 4));
-    h = mix(h, word(src, 8));
-    h = mix(h, word(src, 12));
-    h = mix(h, word(dst, 0));
-    h = mix(h, word(dst, 4));
-    h = mix(h, word(dst, 8));
-    h = mix(h, word(dst, 12));
+    h = mix(h, src[0]);
+    h = mix(h, src[1]);
+    h = mix(h, src[2]);
+    h = mix(h, src[3]);
+    h = mix(h, dst[0]);
+    h = mix(h, dst[1]);
+    h = mix(h, dst[2]);
+    h = mix(h, dst[3]);
     h = mix(h, (sport as u32) << 16 | dport as u32);
     fmix(h)
 }

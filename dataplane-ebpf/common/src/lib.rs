@@ -21,7 +21,7 @@ pub use drop::DropReason;
 
 /// Version of the map layout. A new binary refuses to adopt pinned maps of
 /// another version instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Names of the programs in the eBPF object, as userspace looks them up.
 pub mod programs {
@@ -32,6 +32,39 @@ pub mod programs {
     /// The smallest possible XDP program (returns XDP_PASS): the yardstick
     /// every benchmark figure is divided by.
     pub const BENCH_PASS: &str = "carwash_bench_pass";
+    /// Outbound source NAT (path 3), tail-called by the fabric program.
+    pub const SNAT_OUT: &str = "carwash_snat_out";
+    /// Replies to egress IPs and ICMP errors about them (path 4),
+    /// tail-called by the uplink program.
+    pub const SNAT_IN: &str = "carwash_snat_in";
+    /// ICMP errors about translated flows, tail-called by the uplink
+    /// program.
+    pub const SNAT_ICMP: &str = "carwash_snat_icmp";
+    /// Encapsulates a translated reply to the machine that opened the flow.
+    pub const DELIVER: &str = "carwash_deliver";
+    /// Sends a translated outbound packet, decapsulated, to the internet.
+    pub const EXIT: &str = "carwash_exit";
+    /// Every program tail-called through `JUMPS`, with its slot.
+    pub const JUMPED: &[(&str, u32)] = &[
+        (SNAT_OUT, crate::jumps::SNAT_OUT),
+        (SNAT_IN, crate::jumps::SNAT_IN),
+        (FABRIC, crate::jumps::FABRIC),
+        (SNAT_ICMP, crate::jumps::SNAT_ICMP),
+        (DELIVER, crate::jumps::DELIVER),
+        (EXIT, crate::jumps::EXIT),
+    ];
+}
+
+/// Slots of the `JUMPS` program array: where a program hands a packet on.
+pub mod jumps {
+    pub const SNAT_OUT: u32 = 0;
+    pub const SNAT_IN: u32 = 1;
+    /// The fabric program, for a host whose fabric is its uplink.
+    pub const FABRIC: u32 = 2;
+    pub const SNAT_ICMP: u32 = 3;
+    pub const DELIVER: u32 = 4;
+    pub const EXIT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Names of the maps in the eBPF object; also their file names under the pin
@@ -68,4 +101,11 @@ pub mod maps {
     pub const ALLOW_V6: &str = "ALLOW_V6";
     /// Per-CPU [`crate::types::TenantStats`] indexed by tenant id.
     pub const TENANT_STATS: &str = "TENANT_STATS";
+    /// Connection tracking of source-NATed flows: LRU hash,
+    /// [`crate::types::CtKey`] → [`crate::types::CtValue`].
+    pub const CONNTRACK: &str = "CONNTRACK";
+    /// Program array the programs tail-call through (`crate::jumps`).
+    pub const JUMPS: &str = "JUMPS";
+    /// Per-CPU hand-over of a parsed packet to a tail-called program.
+    pub const HANDOFF: &str = "HANDOFF";
 }

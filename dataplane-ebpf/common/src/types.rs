@@ -46,6 +46,16 @@ pub const ADDR_EGRESS: u8 = 2;
 
 /// `TenantInfo::flags`: every map entry of the tenant is in place.
 pub const TENANT_READY: u32 = 1;
+/// `TenantInfo::flags`: the tenant has an `[egress]` table (IPv4 egress IP).
+pub const TENANT_EGRESS_V4: u32 = 2;
+/// `TenantInfo::flags`: the tenant has an IPv6 egress IP too.
+pub const TENANT_EGRESS_V6: u32 = 4;
+
+/// Allow-mask bits beside the port classes: the prefix lies inside one of
+/// the tenant's `vpc_cidrs` (a source it may send from) ...
+pub const MASK_VPC: u32 = 1 << 4;
+/// ... or inside its egress allowlist (a destination it may reach).
+pub const MASK_EGRESS: u32 = 1 << 5;
 
 /// An address as carwash keys it: IPv4 in the first four bytes.
 #[repr(C)]
@@ -113,6 +123,10 @@ pub struct TenantInfo {
     pub _pad: u8,
     pub connectors: [BackendEntry; MAX_MACHINES],
     pub cores: [BackendEntry; MAX_MACHINES],
+    /// Egress IPs (`TENANT_EGRESS_V4` / `_V6` say which are set), as
+    /// addresses are keyed: IPv4 in the first four bytes.
+    pub snat_v4: [u8; 16],
+    pub snat_v6: [u8; 16],
     /// Maglev table: connector index per bucket (entries past
     /// `MAGLEV_SIZE` are padding).
     pub maglev: [u8; 256],
@@ -130,6 +144,8 @@ impl Default for TenantInfo {
             _pad: 0,
             connectors: [BackendEntry::default(); MAX_MACHINES],
             cores: [BackendEntry::default(); MAX_MACHINES],
+            snat_v4: [0; 16],
+            snat_v6: [0; 16],
             maglev: [0; 256],
         }
     }
@@ -206,6 +222,10 @@ pub struct HostConfig {
     pub uplink_ifindex: u32,
     /// 1 once the agent filled this entry.
     pub ready: u32,
+    /// The ports (and ICMP echo identifiers) source NAT allocates from,
+    /// inclusive.
+    pub snat_port_lo: u16,
+    pub snat_port_hi: u16,
 }
 
 /// A tenant's name as the maps keep it, for the CLI and for an agent that
@@ -253,6 +273,86 @@ pub struct Meta {
     pub digest: [u8; 32],
 }
 
+/// A connection-tracking key. Outbound flows are keyed as they leave the
+/// VPC, with their tenant (tenants may use the same private addresses);
+/// their replies as they arrive from the internet, with tenant 0 (never a
+/// tenant: the egress IP in `dst` is unique). For ICMP echo, `sport` is the
+/// identifier of a request and `dport` that of a reply; the other is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub tenant: u32,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport_be: [u8; 2],
+    pub dport_be: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// What a tracked direction is rewritten to: for an outbound key the egress
+/// IP and translated port, for a reply key the VPC machine's own address and
+/// port, plus the machine the flow came from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    pub addr: [u8; 16],
+    pub port_be: [u8; 2],
+    /// Reply keys: the machine that opened the flow, as a backend slot of
+    /// its tenant (connectors 0-1, cores 2-3).
+    pub origin: u8,
+    /// `CT_*` bits: what this direction has seen.
+    pub state: u8,
+    /// The flow's tenant (both directions).
+    pub tenant: u32,
+    /// `bpf_ktime_get_ns` after which the entry is dead (data path) and
+    /// reclaimed (agent).
+    pub expires_ns: u64,
+    /// When this direction last pushed out the other direction's expiry.
+    pub touched_ns: u64,
+}
+
+/// `CtValue::state` bits.
+pub const CT_REPLY: u8 = 1;
+pub const CT_SYN: u8 = 2;
+pub const CT_FIN: u8 = 4;
+pub const CT_RST: u8 = 8;
+pub const CT_ESTABLISHED: u8 = 16;
+
+/// Lifetimes of tracked flows, in nanoseconds: half-open and closing TCP
+/// flows go quickly, established ones slowly.
+pub const CT_TCP_SYN_NS: u64 = 30 * 1_000_000_000;
+pub const CT_TCP_ESTABLISHED_NS: u64 = 7200 * 1_000_000_000;
+pub const CT_TCP_FIN_NS: u64 = 60 * 1_000_000_000;
+pub const CT_TCP_RST_NS: u64 = 10 * 1_000_000_000;
+pub const CT_UDP_NS: u64 = 60 * 1_000_000_000;
+pub const CT_ICMP_NS: u64 = 30 * 1_000_000_000;
+/// How often a busy direction pushes out the other direction's expiry.
+pub const CT_TOUCH_NS: u64 = 1_000_000_000;
+/// Ports tried for a new flow before it counts as port exhaustion.
+pub const SNAT_PROBES: u32 = 32;
+
+/// The lifetime of a tracked direction in `state`, for protocol `proto`.
+#[inline(always)]
+pub const fn ct_lifetime(proto: u8, state: u8) -> u64 {
+    match proto {
+        6 => {
+            if state & CT_RST != 0 {
+                CT_TCP_RST_NS
+            } else if state & CT_FIN != 0 {
+                CT_TCP_FIN_NS
+            } else if state & CT_ESTABLISHED != 0 {
+                CT_TCP_ESTABLISHED_NS
+            } else {
+                CT_TCP_SYN_NS
+            }
+        }
+        17 => CT_UDP_NS,
+        _ => CT_ICMP_NS,
+    }
+}
+
 /// Per-tenant counters of one CPU: `[class][slot]`, slots as in
 /// `drop::TENANT_STAT_SLOTS`.
 pub type TenantStats = [[u64; crate::drop::TENANT_STAT_SLOTS]; CLASSES];
@@ -274,6 +374,8 @@ mod pod {
     unsafe impl aya::Pod for NextHopEntry {}
     unsafe impl aya::Pod for TenantName {}
     unsafe impl aya::Pod for Meta {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
 }
 
 #[cfg(test)]
@@ -294,9 +396,11 @@ mod tests {
         assert_eq!(size_of::<ServiceKey>(), 20);
         assert_eq!(size_of::<ServiceValue>(), 8);
         assert_eq!(size_of::<BackendEntry>(), 12);
-        assert_eq!(size_of::<TenantInfo>(), 16 + 4 * 12 + 256);
+        assert_eq!(size_of::<TenantInfo>(), 16 + 4 * 12 + 32 + 256);
         assert_eq!(align_of::<TenantInfo>(), 4);
-        assert_eq!(size_of::<HostConfig>(), 28);
+        assert_eq!(size_of::<HostConfig>(), 32);
+        assert_eq!(size_of::<CtKey>(), 44);
+        assert_eq!(size_of::<CtValue>(), 40);
         assert_eq!(size_of::<TenantName>(), 36);
         assert_eq!(size_of::<NextHopKey>(), 24);
         assert_eq!(size_of::<NextHopEntry>(), 24);

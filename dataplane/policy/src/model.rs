@@ -165,7 +165,7 @@ fn default_jms() -> Vec<u16> {
     vec![61616]
 }
 fn default_egress_allow() -> Vec<IpNetwork> {
-    vec!["0.0.0.0/0".parse().expect("literal")]
+    vec!["0.0.0.0/0".parse().expect("literal"), "::/0".parse().expect("literal")]
 }
 
 /// One `[[allow]]` entry: who may reach the tenant's VIPs, for which classes.

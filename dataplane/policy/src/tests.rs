@@ -86,7 +86,7 @@ vips = [
 ]
 cores = [{ mac = "02:00:0a:c8:01:14", vtep = "10.200.1.20" }, { mac = "02:00:0a:c8:01:15", vtep = "10.200.1.21" }]
 connectors = [{ mac = "02:00:0a:c8:01:0a", vtep = "10.200.1.10" }, { mac = "02:00:0a:c8:01:0b", vtep = "10.200.1.11" }]
-egress = { allow = ["0.0.0.0/0"], snat_ipv4 = "203.0.113.200" }
+egress = { allow = ["0.0.0.0/0", "::/0"], snat_ipv4 = "203.0.113.200" }
 
 [[allow]]
 classes = ["https", "jms"]

@@ -166,7 +166,16 @@ impl Agent {
             host::enable_forwarding(&fabric.name)?;
         }
 
-        let mut dp = Dataplane::load(Some(&cfg.pin_path))?;
+        let mut dp = Dataplane::load_with(Some(&cfg.pin_path), cfg.conntrack.max_entries)?;
+        let ct_capacity = dp.conntrack_capacity()?;
+        if ct_capacity != cfg.conntrack.max_entries {
+            warn!(
+                pinned = ct_capacity,
+                configured = cfg.conntrack.max_entries,
+                "the pinned connection-tracking table keeps its size and its flows; `carwash agent --uninstall` \
+                 (dropping all state) applies the new size"
+            );
+        }
         match pins {
             PinState::Empty => {
                 info!(pin_path = %cfg.pin_path.display(), "fresh start: maps created and pinned");
@@ -197,6 +206,7 @@ impl Agent {
             fabric_ifindex: fabric.ifindex,
             fabric_mtu: fabric.mtu.min(u32::from(u16::MAX)) as u16,
             uplink_ifindex: uplink.ifindex,
+            snat_ports: cfg.snat.ports()?,
         })?;
         let engine = Engine::adopt(&dp, Some(&state_file(&cfg)))?;
         if !engine.installed.is_empty() {

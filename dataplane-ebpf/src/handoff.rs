@@ -1,0 +1,49 @@
+//! Handing a packet on to another program with a tail call: the parse and
+//! what is known of the sender travel in a per-CPU slot, so that the next
+//! program neither parses again nor needs a large stack frame for it.
+use aya_ebpf::programs::XdpContext;
+use dataplane_common::DropReason;
+
+use crate::maps::{HANDOFF, Handoff, JUMPS};
+use crate::parse::Flow;
+use crate::uplink::Refused;
+
+/// The largest header offset a handed-on packet may have: the receiving
+/// program bounds every offset before it points into the packet.
+const MAX_OFF: usize = 1023;
+
+/// Tail-calls program `jump` (`dataplane_common::jumps`). Only returns if
+/// the call failed: the reason to drop the packet.
+#[inline(always)]
+pub fn hand_on(ctx: &XdpContext, flow: &Flow, tenant: u32, origin: u32, inner_off: usize, jump: u32) -> Refused {
+    if let Some(h) = HANDOFF.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; the callee runs on this CPU right after.
+        unsafe {
+            *h = Handoff {
+                flow: *flow,
+                tenant,
+                origin,
+                inner_off: inner_off as u32,
+                _pad: 0,
+            }
+        };
+        // SAFETY: valid context and program array.
+        unsafe { JUMPS.tail_call(ctx, jump) };
+    }
+    DropReason::NoHandoff.into()
+}
+
+/// What the calling program handed on, with its offsets bounded for the
+/// verifier.
+#[inline(always)]
+pub fn take() -> Result<Handoff, DropReason> {
+    // SAFETY: this CPU's slot, written by the caller just before.
+    let mut h = unsafe { *HANDOFF.get_ptr(0).ok_or(DropReason::NoHandoff)? };
+    if h.flow.l3_off > MAX_OFF || h.flow.l4_off > MAX_OFF || h.inner_off as usize > MAX_OFF {
+        return Err(DropReason::Malformed);
+    }
+    h.flow.l3_off &= MAX_OFF;
+    h.flow.l4_off &= MAX_OFF;
+    h.inner_off &= MAX_OFF as u32;
+    Ok(h)
+}

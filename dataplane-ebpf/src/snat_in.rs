@@ -1,0 +1,267 @@
+//! Traffic to an egress IP (path 4, and path 5 for translated flows),
+//! tail-called by the uplink program: a reply of a tracked flow is
+//! translated back and encapsulated to the machine that opened the flow; an
+//! ICMP error about a tracked flow is translated too, outer and embedded
+//! headers, and follows the flow; anything else is dropped.
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use dataplane_common::{
+    Counter, DropReason, jumps,
+    types::{CT_REPLY, CT_TOUCH_NS, CtKey, CtValue, HOPS_PER_TENANT, HostConfig, SIDE_UPLINK, ct_lifetime},
+};
+
+use crate::counters::{Counters, finish};
+use crate::encap::{ENCAP_OVERHEAD, encapsulate};
+use crate::handoff::hand_on;
+use crate::maps::{CONFIG, CONNTRACK};
+use crate::nat::{self, Delta, End};
+use crate::packet::{
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_FLAG_SYN, be16, frame_len, header, read, write,
+};
+use crate::parse::Flow;
+use crate::snat_out::{refresh, tcp_state};
+use crate::uplink::{Refused, too_big};
+use crate::{handoff, steer};
+
+const TCP_FLAG_ACK: u8 = 0x10;
+
+/// `carwash_snat_in`: a reply of a tracked flow.
+#[inline(always)]
+pub fn run_reply(ctx: &XdpContext) -> u32 {
+    run(ctx, try_reply)
+}
+
+/// `carwash_snat_icmp`: an ICMP error about a tracked flow.
+#[inline(always)]
+pub fn run_icmp(ctx: &XdpContext) -> u32 {
+    run(ctx, try_icmp_error)
+}
+
+/// `carwash_deliver`: a translated packet to the machine of its flow.
+#[inline(always)]
+pub fn run_deliver(ctx: &XdpContext) -> u32 {
+    run(ctx, try_deliver)
+}
+
+#[inline(always)]
+fn run(ctx: &XdpContext, f: impl FnOnce(&XdpContext, &Counters, &mut u32) -> Result<u32, Refused>) -> u32 {
+    let Some(stats) = Counters::this_cpu(SIDE_UPLINK) else {
+        return xdp_action::XDP_DROP;
+    };
+    let bytes = frame_len(ctx) as u64;
+    let mut tenant = 0;
+    let r = f(ctx, &stats, &mut tenant);
+    finish(&stats, tenant, bytes, r)
+}
+
+#[inline(always)]
+fn config() -> Result<&'static HostConfig, DropReason> {
+    match CONFIG.get(0) {
+        Some(c) if c.ready != 0 => Ok(c),
+        _ => Err(DropReason::NoConfig),
+    }
+}
+
+#[inline(always)]
+fn try_reply(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, Refused> {
+    let h = handoff::take()?;
+    let owner = h.tenant;
+    *tenant = owner;
+    let cfg = config()?;
+    let flow = h.flow;
+    if flow.later_fragment {
+        return Err(DropReason::Fragment.into());
+    }
+    let (sport, dport) = match flow.proto {
+        IPPROTO_TCP | IPPROTO_UDP => (flow.sport, flow.dport),
+        _ if nat::is_echo(&flow, false) => (0, flow.sport),
+        _ => return Err(DropReason::NoConntrack.into()),
+    };
+    let key = nat::key(0, &flow.src, &flow.dst, sport, dport, flow.proto, flow.v6);
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let v = reply_entry(&key, &flow, owner, now)?;
+    let usable = cfg.fabric_mtu.saturating_sub(ENCAP_OVERHEAD as u16);
+    // Checked before the rewrite: the answer quotes the packet as sent.
+    if frame_len(ctx) - flow.l3_off > usable as usize {
+        return Err(too_big(ctx, &flow, usable));
+    }
+    let port = u16::from_be_bytes(v.port_be);
+    if !nat::rewrite(ctx, &flow, End::Dst, &v.addr, port) {
+        return Err(DropReason::Malformed.into());
+    }
+    stats.inc(Counter::SnatReply);
+    let (tenant, origin) = (v.tenant, v.origin as u32);
+    Err(hand_on(ctx, &flow, tenant, origin, 0, jumps::DELIVER))
+}
+
+/// The live tracking entry of a reply, brought up to date.
+#[inline(always)]
+fn reply_entry(key: &CtKey, flow: &Flow, owner: u32, now: u64) -> Result<&'static CtValue, DropReason> {
+    // SAFETY: a value of the map, valid for this run (RCU).
+    let v = unsafe { &mut *CONNTRACK.get_ptr_mut(key).ok_or(DropReason::NoConntrack)? };
+    // The egress IP's owner must be the flow's tenant: entries of an
+    // address that changed hands deliver nothing.
+    if v.expires_ns <= now || v.tenant != owner {
+        return Err(DropReason::NoConntrack);
+    }
+    let bare_syn = flow.proto == IPPROTO_TCP && flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    refresh(v, flow.proto, tcp_state(flow) | CT_REPLY, bare_syn, now);
+    if now.wrapping_sub(v.touched_ns) > CT_TOUCH_NS {
+        v.touched_ns = now;
+        // Keep the outbound direction alive while replies flow.
+        let icmp = flow.proto != IPPROTO_TCP && flow.proto != IPPROTO_UDP;
+        let fwd = CtKey {
+            tenant: v.tenant,
+            src: v.addr,
+            dst: key.src,
+            sport_be: v.port_be,
+            dport_be: if icmp { [0, 0] } else { key.sport_be },
+            proto: key.proto,
+            family: key.family,
+            _pad: [0; 2],
+        };
+        if let Some(f) = CONNTRACK.get_ptr_mut(&fwd) {
+            // SAFETY: as above.
+            let f = unsafe { &mut *f };
+            let e = now + ct_lifetime(flow.proto, f.state);
+            if f.port_be == key.dport_be && e > f.expires_ns {
+                f.expires_ns = e;
+            }
+        }
+    }
+    Ok(v)
+}
+
+/// Encapsulates the (translated) packet to the machine that opened the
+/// flow.
+#[inline(always)]
+fn try_deliver(ctx: &XdpContext, _stats: &Counters, tenant: &mut u32) -> Result<u32, Refused> {
+    let h = handoff::take()?;
+    *tenant = h.tenant;
+    let cfg = config()?;
+    let t = steer::tenant(h.tenant)?;
+    let slot = h.origin & 3;
+    let machine = steer::machine(t, slot)?;
+    let flow = &h.flow;
+    let hash = flow.hash();
+    Ok(encapsulate(
+        ctx,
+        flow,
+        cfg,
+        t.vni,
+        &machine,
+        h.tenant * HOPS_PER_TENANT + slot,
+        hash,
+    )?)
+}
+
+/// An ICMP error about a translated flow: the quoted packet left with the
+/// egress IP as its source; it is looked up as the reply it would have
+/// drawn, and both the outer destination and the quoted source go back to
+/// the machine's own address and port.
+#[inline(always)]
+fn try_icmp_error(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, Refused> {
+    let h = handoff::take()?;
+    let owner = h.tenant;
+    *tenant = owner;
+    let cfg = config()?;
+    let flow = &h.flow;
+    let e = flow.l4_off + 8;
+    // The reply key of the quoted packet: from its destination to its
+    // (translated) source, built in place.
+    let mut key = nat::key(0, &[0; 16], &[0; 16], 0, 0, 0, flow.v6);
+    let q_l4 = if flow.v6 {
+        key.src = read(ctx, e + 24).ok_or(DropReason::Malformed)?;
+        key.dst = read(ctx, e + 8).ok_or(DropReason::Malformed)?;
+        key.proto = read(ctx, e + 6).ok_or(DropReason::Malformed)?;
+        e + 40
+    } else {
+        let ip: &Ipv4Hdr = header(ctx, e).ok_or(DropReason::Malformed)?;
+        if ip.version_ihl != 0x45 {
+            return Err(DropReason::Malformed.into());
+        }
+        key.src[..4].copy_from_slice(&ip.dst);
+        key.dst[..4].copy_from_slice(&ip.src);
+        key.proto = ip.proto;
+        e + 20
+    };
+    // The quoted packet left from the egress IP this error came to.
+    if key.dst != flow.dst {
+        return Err(DropReason::NoConntrack.into());
+    }
+    let l4: [u8; 8] = read(ctx, q_l4).ok_or(DropReason::Malformed)?;
+    let (q_port, port_off) = match key.proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            key.sport_be = [l4[2], l4[3]];
+            key.dport_be = [l4[0], l4[1]];
+            (be16([l4[0], l4[1]]), q_l4)
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            key.dport_be = [l4[4], l4[5]];
+            (be16([l4[4], l4[5]]), q_l4 + 4)
+        }
+        _ => return Err(DropReason::NoConntrack.into()),
+    };
+    let q_proto = key.proto;
+    // SAFETY: a value of the map, valid for this run (RCU).
+    let v = unsafe { CONNTRACK.get(&key) }.ok_or(DropReason::NoConntrack)?;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if v.expires_ns <= now || v.tenant != owner {
+        return Err(DropReason::NoConntrack.into());
+    }
+    let usable = cfg.fabric_mtu.saturating_sub(ENCAP_OVERHEAD as u16);
+    if frame_len(ctx) - flow.l3_off > usable as usize {
+        return Err(DropReason::TooBig.into());
+    }
+    let v6 = flow.v6;
+    let new_port = u16::from_be_bytes(v.port_be);
+
+    // The quoted source address.
+    let mut addr = Delta::new();
+    addr.addr(&flow.dst, &v.addr, v6);
+    // Every change inside the ICMP message, for its checksum.
+    let mut icmp = addr;
+    if !nat::write_addr(ctx, nat::addr_off(e, v6, End::Src), &v.addr, v6) {
+        return Err(DropReason::Malformed.into());
+    }
+    if !v6 {
+        let (old, new) = nat::update_check(ctx, e + 10, addr, false).ok_or(DropReason::Malformed)?;
+        icmp.word(old, new);
+    }
+    // The quoted source port (or echo identifier), and the quoted
+    // transport checksum where the quote reaches it.
+    if !write(ctx, port_off, new_port.to_be_bytes()) {
+        return Err(DropReason::Malformed.into());
+    }
+    icmp.word(q_port, new_port);
+    let mut l4d = Delta::new();
+    if q_proto != IPPROTO_ICMP {
+        l4d.add(addr);
+    }
+    l4d.word(q_port, new_port);
+    let check_off = match q_proto {
+        IPPROTO_TCP => q_l4 + 16,
+        IPPROTO_UDP => q_l4 + 6,
+        _ => q_l4 + 2,
+    };
+    if let Some((old, new)) = nat::update_check(ctx, check_off, l4d, q_proto == IPPROTO_UDP && !v6) {
+        icmp.word(old, new);
+    }
+    // The outer destination; ICMPv6 sums it in its pseudo-header.
+    let mut outer = Delta::new();
+    outer.addr(&flow.dst, &v.addr, v6);
+    if !nat::write_addr(ctx, nat::addr_off(flow.l3_off, v6, End::Dst), &v.addr, v6) {
+        return Err(DropReason::Malformed.into());
+    }
+    if v6 {
+        icmp.add(outer);
+    } else if nat::update_check(ctx, flow.l3_off + 10, outer, false).is_none() {
+        return Err(DropReason::Malformed.into());
+    }
+    if nat::update_check(ctx, flow.l4_off + 2, icmp, false).is_none() {
+        return Err(DropReason::Malformed.into());
+    }
+    stats.inc(Counter::SnatIcmpError);
+    Err(hand_on(ctx, flow, v.tenant, v.origin as u32, 0, jumps::DELIVER))
+}

@@ -1,0 +1,258 @@
+//! Outbound source NAT (path 3), tail-called by the fabric program once it
+//! has checked the VNI and the VTEP: the inner source must lie in the
+//! tenant's VPC and the destination in its egress allowlist; the flow gets
+//! (or has) a tracked translation to the tenant's egress IP and a port from
+//! the host's range, and leaves decapsulated through the uplink.
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST, xdp_action},
+    helpers::bpf_ktime_get_ns,
+    programs::XdpContext,
+};
+use dataplane_common::{
+    Counter, DropReason, jumps,
+    types::{
+        CT_ESTABLISHED, CT_FIN, CT_RST, CT_SYN, CT_TOUCH_NS, CtKey, CtValue, HostConfig, MASK_EGRESS, MASK_VPC,
+        SIDE_FABRIC, SNAT_PROBES, TENANT_EGRESS_V4, TENANT_EGRESS_V6, ct_lifetime,
+    },
+};
+
+use crate::counters::{Counters, finish};
+use crate::encap::ENCAP_OVERHEAD;
+use crate::fabric::to_internet;
+use crate::handoff::hand_on;
+use crate::maps::{CONFIG, CONNTRACK};
+use crate::nat::{self, End};
+use crate::packet::{IPPROTO_TCP, IPPROTO_UDP, TCP_FLAG_SYN, frame_len};
+use crate::parse::Flow;
+use crate::uplink::Refused;
+use crate::{handoff, mss, steer};
+
+const TCP_FLAG_FIN: u8 = 0x01;
+const TCP_FLAG_RST: u8 = 0x04;
+const TCP_FLAG_ACK: u8 = 0x10;
+
+/// `carwash_snat_out`: an outbound packet from a tenant's machine.
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    run_with(ctx, try_out)
+}
+
+/// `carwash_exit`: a translated outbound packet leaves decapsulated.
+#[inline(always)]
+pub fn run_exit(ctx: &XdpContext) -> u32 {
+    run_with(ctx, try_exit)
+}
+
+#[inline(always)]
+fn run_with(ctx: &XdpContext, f: impl FnOnce(&XdpContext, &Counters, &mut u32) -> Result<u32, Refused>) -> u32 {
+    let Some(stats) = Counters::this_cpu(SIDE_FABRIC) else {
+        return xdp_action::XDP_DROP;
+    };
+    let bytes = frame_len(ctx) as u64;
+    let mut tenant = 0;
+    let r = f(ctx, &stats, &mut tenant);
+    finish(&stats, tenant, bytes, r)
+}
+
+/// The `CT_*` bits a TCP segment's flags stand for.
+#[inline(always)]
+pub fn tcp_state(flow: &Flow) -> u8 {
+    if flow.proto != IPPROTO_TCP {
+        return 0;
+    }
+    let f = flow.tcp_flags;
+    let mut s = 0;
+    if f & TCP_FLAG_RST != 0 {
+        s |= CT_RST;
+    }
+    if f & TCP_FLAG_FIN != 0 {
+        s |= CT_FIN;
+    }
+    if f & TCP_FLAG_SYN != 0 {
+        s |= CT_SYN;
+    } else if f & TCP_FLAG_ACK != 0 {
+        s |= CT_ESTABLISHED;
+    }
+    s
+}
+
+/// Folds a packet's `CT_*` bits into a tracked direction and pushes its
+/// expiry out. A bare SYN on a closed entry starts the connection anew.
+#[inline(always)]
+pub fn refresh(v: &mut CtValue, proto: u8, seen: u8, bare_syn: bool, now: u64) {
+    v.state = if bare_syn && v.state & (CT_FIN | CT_RST) != 0 {
+        seen
+    } else {
+        v.state | seen
+    };
+    v.expires_ns = now + ct_lifetime(proto, v.state);
+}
+
+#[inline(always)]
+fn config() -> Result<&'static HostConfig, DropReason> {
+    match CONFIG.get(0) {
+        Some(c) if c.ready != 0 => Ok(c),
+        _ => Err(DropReason::NoConfig),
+    }
+}
+
+#[inline(always)]
+fn try_out(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, Refused> {
+    let h = handoff::take()?;
+    *tenant = h.tenant;
+    let cfg = config()?;
+    let flow = h.flow;
+    let inner_off = h.inner_off as usize;
+    let t = steer::tenant(h.tenant)?;
+    if steer::mask(t, &flow.src, flow.v6) & MASK_VPC == 0 {
+        return Err(DropReason::InnerSourceNotAllowed.into());
+    }
+    let need = if flow.v6 { TENANT_EGRESS_V6 } else { TENANT_EGRESS_V4 };
+    if t.flags & need == 0 {
+        return Err(DropReason::NoEgress.into());
+    }
+    if steer::mask(t, &flow.dst, flow.v6) & MASK_EGRESS == 0 {
+        return Err(DropReason::EgressNotAllowed.into());
+    }
+    if flow.later_fragment {
+        return Err(DropReason::Fragment.into());
+    }
+    let (sport, dport) = match flow.proto {
+        IPPROTO_TCP | IPPROTO_UDP => (flow.sport, flow.dport),
+        _ if nat::is_echo(&flow, true) => (flow.sport, 0),
+        _ => return Err(DropReason::SnatProtocol.into()),
+    };
+    // A reference into the tenant's record: a copy would take 16 bytes
+    // of registers or stack.
+    let egress = if flow.v6 { &t.snat_v6 } else { &t.snat_v4 };
+    let key = nat::key(h.tenant, &flow.src, &flow.dst, sport, dport, flow.proto, flow.v6);
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let seen = tcp_state(&flow);
+    let port = match tracked(&key, &flow, seen, now) {
+        Some(p) => p,
+        None => {
+            stats.inc(Counter::SnatNewFlow);
+            let origin = h.origin as u8;
+            allocate(&key, &flow, cfg, egress, origin, seen, now)?
+        }
+    };
+    if !nat::rewrite(ctx, &flow, End::Src, egress, port) {
+        return Err(DropReason::Malformed.into());
+    }
+    // Replies must fit the fabric once encapsulated: the SYN tells the
+    // other end how large a segment to send.
+    let usable = cfg.fabric_mtu.saturating_sub(ENCAP_OVERHEAD as u16);
+    let ip_hdr = if flow.v6 { 40 } else { 20 };
+    mss::clamp(ctx, &flow, usable.saturating_sub(ip_hdr + 20));
+    stats.inc(Counter::SnatOut);
+    let mut out = flow;
+    out.src = *egress;
+    Err(hand_on(ctx, &out, h.tenant, h.origin, inner_off, jumps::EXIT))
+}
+
+/// Strips the tunnel headers and routes the translated packet.
+#[inline(always)]
+fn try_exit(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, Refused> {
+    let h = handoff::take()?;
+    *tenant = h.tenant;
+    let cfg = config()?;
+    let action = to_internet(ctx, &h.flow, &h.flow.src, h.inner_off as usize, cfg)?;
+    stats.inc(Counter::Decapsulated);
+    Ok(action)
+}
+
+/// The translated port of a tracked, live flow, with its state and expiry
+/// brought up to date; `None` for a new flow (or one whose reply direction
+/// is gone, which gets a new translation).
+#[inline(always)]
+fn tracked(key: &CtKey, flow: &Flow, seen: u8, now: u64) -> Option<u16> {
+    // SAFETY: a value of the map, valid for this run (RCU); another CPU
+    // may update the same flow, and either write is a valid state.
+    let v = unsafe { &mut *CONNTRACK.get_ptr_mut(key)? };
+    if v.expires_ns <= now {
+        return None;
+    }
+    let bare_syn = flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN && flow.proto == IPPROTO_TCP;
+    refresh(v, flow.proto, seen, bare_syn, now);
+    let port = u16::from_be_bytes(v.port_be);
+    if now.wrapping_sub(v.touched_ns) > CT_TOUCH_NS {
+        v.touched_ns = now;
+        // Keep the reply direction alive (and recently used, for the LRU)
+        // while this one is busy.
+        let twin = reply_key(key, &v.addr, port);
+        // SAFETY: as above.
+        let r = unsafe { &mut *CONNTRACK.get_ptr_mut(&twin)? };
+        if r.tenant != key.tenant || r.addr != key.src || r.port_be != key.sport_be || r.expires_ns <= now {
+            return None;
+        }
+        let e = now + ct_lifetime(flow.proto, r.state);
+        if e > r.expires_ns {
+            r.expires_ns = e;
+        }
+    }
+    Some(port)
+}
+
+/// The key replies of the flow `key` arrive with once it is translated to
+/// `egress`:`port`.
+#[inline(always)]
+fn reply_key(key: &CtKey, egress: &[u8; 16], port: u16) -> CtKey {
+    let icmp = key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP;
+    CtKey {
+        tenant: 0,
+        src: key.dst,
+        dst: *egress,
+        sport_be: if icmp { [0, 0] } else { key.dport_be },
+        dport_be: port.to_be_bytes(),
+        proto: key.proto,
+        family: key.family,
+        _pad: [0; 2],
+    }
+}
+
+/// A new translation: the first free port of the host's range from a
+/// flow-dependent start, claimed by inserting the reply key only if it is
+/// not there (so no two flows ever share a translated tuple).
+#[inline(always)]
+fn allocate(
+    key: &CtKey,
+    flow: &Flow,
+    cfg: &HostConfig,
+    egress: &[u8; 16],
+    origin: u8,
+    seen: u8,
+    now: u64,
+) -> Result<u16, DropReason> {
+    let lo = cfg.snat_port_lo as u32;
+    let hi = cfg.snat_port_hi as u32;
+    if lo == 0 || hi < lo {
+        return Err(DropReason::PortsExhausted);
+    }
+    let range = hi - lo + 1;
+    let start = flow.hash().checked_rem(range).unwrap_or(0);
+    let expires_ns = now + ct_lifetime(flow.proto, seen);
+    let mut reply = CtValue {
+        addr: key.src,
+        port_be: key.sport_be,
+        origin,
+        state: seen,
+        tenant: key.tenant,
+        expires_ns,
+        touched_ns: now,
+    };
+    let mut i = 0;
+    while i < SNAT_PROBES && i < range {
+        let port = (lo + (start + i).checked_rem(range).unwrap_or(0)) as u16;
+        let rkey = reply_key(key, egress, port);
+        if CONNTRACK.insert(&rkey, &reply, BPF_NOEXIST as u64).is_ok() {
+            reply.addr = *egress;
+            reply.port_be = port.to_be_bytes();
+            // A failed insert only means the next packet translates anew.
+            let _ = CONNTRACK.insert(key, &reply, BPF_ANY as u64);
+            return Ok(port);
+        }
+        i += 1;
+    }
+    Err(DropReason::PortsExhausted)
+}
