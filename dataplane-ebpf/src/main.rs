@@ -57,6 +57,13 @@ pub fn carwash_snat_icmp(ctx: XdpContext) -> u32 {
     snat_in::run_icmp(&ctx)
 }
 
+/// The answer to a reply too big for the fabric: tail-called by
+/// `carwash_snat_in`.
+#[xdp]
+pub fn carwash_too_big(ctx: XdpContext) -> u32 {
+    snat_in::run_too_big(&ctx)
+}
+
 /// The last step of reverse NAT: tail-called by the two above.
 #[xdp]
 pub fn carwash_deliver(ctx: XdpContext) -> u32 {

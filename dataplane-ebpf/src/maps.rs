@@ -115,3 +115,16 @@ pub static HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(1, 0);
 /// could not spare.
 #[map(name = "FIB_PARAMS")]
 pub static FIB_PARAMS: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+
+/// A tracking key and value built outside the stack: the programs that
+/// handle both directions of a flow have no room left for them there.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CtScratch {
+    pub key: CtKey,
+    pub _pad: u32,
+    pub value: CtValue,
+}
+
+#[map(name = "CT_SCRATCH")]
+pub static CT_SCRATCH: PerCpuArray<CtScratch> = PerCpuArray::with_max_entries(1, 0);

@@ -6,7 +6,7 @@
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use dataplane_common::{
     Counter, DropReason, jumps,
-    types::{CT_REPLY, CT_TOUCH_NS, CtKey, CtValue, HOPS_PER_TENANT, HostConfig, SIDE_UPLINK, ct_lifetime},
+    types::{CT_REPLY, CT_TOUCH_NS, CtKey, CtValue, HOPS_PER_TENANT, HostConfig, SIDE_UPLINK},
 };
 
 use crate::counters::{Counters, finish};
@@ -18,7 +18,7 @@ use crate::packet::{
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_FLAG_SYN, be16, frame_len, header, read, write,
 };
 use crate::parse::Flow;
-use crate::snat_out::{refresh, tcp_state};
+use crate::snat_out::{keep_twin, refresh, tcp_state};
 use crate::uplink::{Refused, too_big};
 use crate::{handoff, steer};
 
@@ -34,6 +34,13 @@ pub fn run_reply(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 pub fn run_icmp(ctx: &XdpContext) -> u32 {
     run(ctx, try_icmp_error)
+}
+
+/// `carwash_too_big`: a reply that would not fit the fabric is answered
+/// with fragmentation needed / packet too big.
+#[inline(always)]
+pub fn run_too_big(ctx: &XdpContext) -> u32 {
+    run(ctx, try_too_big)
 }
 
 /// `carwash_deliver`: a translated packet to the machine of its flow.
@@ -83,7 +90,7 @@ fn try_reply(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32
     let usable = cfg.fabric_mtu.saturating_sub(ENCAP_OVERHEAD as u16);
     // Checked before the rewrite: the answer quotes the packet as sent.
     if frame_len(ctx) - flow.l3_off > usable as usize {
-        return Err(too_big(ctx, &flow, usable));
+        return Err(hand_on(ctx, &flow, owner, 0, 0, jumps::TOO_BIG));
     }
     let port = u16::from_be_bytes(v.port_be);
     if !nat::rewrite(ctx, &flow, End::Dst, &v.addr, port) {
@@ -106,11 +113,14 @@ fn reply_entry(key: &CtKey, flow: &Flow, owner: u32, now: u64) -> Result<&'stati
     }
     let bare_syn = flow.proto == IPPROTO_TCP && flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
     refresh(v, flow.proto, tcp_state(flow) | CT_REPLY, bare_syn, now);
-    if now.wrapping_sub(v.touched_ns) > CT_TOUCH_NS {
+    let touch = now.wrapping_sub(v.touched_ns) > CT_TOUCH_NS;
+    if touch {
         v.touched_ns = now;
-        // Keep the outbound direction alive while replies flow.
-        let icmp = flow.proto != IPPROTO_TCP && flow.proto != IPPROTO_UDP;
-        let fwd = CtKey {
+    }
+    // The outbound direction ages with this one.
+    let icmp = flow.proto != IPPROTO_TCP && flow.proto != IPPROTO_UDP;
+    let fill = |k: &mut CtKey, w: &mut CtValue| {
+        *k = CtKey {
             tenant: v.tenant,
             src: v.addr,
             dst: key.src,
@@ -120,16 +130,24 @@ fn reply_entry(key: &CtKey, flow: &Flow, owner: u32, now: u64) -> Result<&'stati
             family: key.family,
             _pad: [0; 2],
         };
-        if let Some(f) = CONNTRACK.get_ptr_mut(&fwd) {
-            // SAFETY: as above.
-            let f = unsafe { &mut *f };
-            let e = now + ct_lifetime(flow.proto, f.state);
-            if f.port_be == key.dport_be && e > f.expires_ns {
-                f.expires_ns = e;
-            }
-        }
+        w.addr = key.dst;
+        w.port_be = key.dport_be;
+        w.origin = v.origin;
+    };
+    if !keep_twin(fill, v, touch, now) {
+        // The machine's tuple has moved on to another translation.
+        return Err(DropReason::NoConntrack);
     }
     Ok(v)
+}
+
+#[inline(always)]
+fn try_too_big(ctx: &XdpContext, _stats: &Counters, tenant: &mut u32) -> Result<u32, Refused> {
+    let h = handoff::take()?;
+    *tenant = h.tenant;
+    let cfg = config()?;
+    let usable = cfg.fabric_mtu.saturating_sub(ENCAP_OVERHEAD as u16);
+    Err(too_big(ctx, &h.flow, usable))
 }
 
 /// Encapsulates the (translated) packet to the machine that opened the

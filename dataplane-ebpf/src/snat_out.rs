@@ -20,7 +20,7 @@ use crate::counters::{Counters, finish};
 use crate::encap::ENCAP_OVERHEAD;
 use crate::fabric::to_internet;
 use crate::handoff::hand_on;
-use crate::maps::{CONFIG, CONNTRACK};
+use crate::maps::{CONFIG, CONNTRACK, CT_SCRATCH};
 use crate::nat::{self, End};
 use crate::packet::{IPPROTO_TCP, IPPROTO_UDP, TCP_FLAG_SYN, frame_len};
 use crate::parse::Flow;
@@ -176,22 +176,69 @@ fn tracked(key: &CtKey, flow: &Flow, seen: u8, now: u64) -> Option<u16> {
     let bare_syn = flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN && flow.proto == IPPROTO_TCP;
     refresh(v, flow.proto, seen, bare_syn, now);
     let port = u16::from_be_bytes(v.port_be);
-    if now.wrapping_sub(v.touched_ns) > CT_TOUCH_NS {
+    let touch = now.wrapping_sub(v.touched_ns) > CT_TOUCH_NS;
+    if touch {
         v.touched_ns = now;
-        // Keep the reply direction alive (and recently used, for the LRU)
-        // while this one is busy.
-        let twin = reply_key(key, &v.addr, port);
-        // SAFETY: as above.
-        let r = unsafe { &mut *CONNTRACK.get_ptr_mut(&twin)? };
-        if r.tenant != key.tenant || r.addr != key.src || r.port_be != key.sport_be || r.expires_ns <= now {
-            return None;
-        }
-        let e = now + ct_lifetime(flow.proto, r.state);
-        if e > r.expires_ns {
-            r.expires_ns = e;
-        }
+    }
+    let (addr, origin) = (v.addr, v.origin);
+    let ok = keep_twin(
+        |k, w| {
+            *k = reply_key(key, &addr, port);
+            *w = CtValue {
+                addr: key.src,
+                port_be: key.sport_be,
+                origin,
+                ..*w
+            };
+        },
+        v,
+        touch,
+        now,
+    );
+    if !ok {
+        return None;
     }
     Some(port)
+}
+
+/// Keeps the other direction of a tracked flow in step with the one a
+/// packet just used. It is looked up on every packet (an LRU lookup marks
+/// it used, so a busy flow's two entries age together and a full table
+/// evicts idle flows, not halves of busy ones); its expiry is pushed out
+/// at most once per `CT_TOUCH_NS`; an evicted twin is written back as
+/// `want`. `false` when the twin's key belongs to another flow now.
+#[inline(always)]
+pub fn keep_twin(fill: impl FnOnce(&mut CtKey, &mut CtValue), own: &CtValue, touch: bool, now: u64) -> bool {
+    let Some(s) = CT_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot, used by nothing else while the program runs.
+    let s = unsafe { &mut *s };
+    s.value = CtValue {
+        tenant: own.tenant,
+        state: own.state,
+        expires_ns: own.expires_ns,
+        touched_ns: now,
+        ..s.value
+    };
+    fill(&mut s.key, &mut s.value);
+    match CONNTRACK.get_ptr_mut(&s.key) {
+        Some(r) => {
+            // SAFETY: a value of the map, valid for this run (RCU).
+            let r = unsafe { &mut *r };
+            if r.tenant != s.value.tenant || r.addr != s.value.addr || r.port_be != s.value.port_be {
+                return false;
+            }
+            if touch {
+                let e = now + ct_lifetime(s.key.proto, r.state);
+                if e > r.expires_ns {
+                    r.expires_ns = e;
+                }
+            }
+            true
+        }
+        None => CONNTRACK.insert(&s.key, &s.value, BPF_NOEXIST as u64).is_ok(),
+    }
 }
 
 /// The key replies of the flow `key` arrive with once it is translated to

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod api;
 pub mod batch;
 pub mod config;
+pub mod conntrack;
 pub mod counters;
 pub mod loader;
 pub mod maglev;

@@ -266,3 +266,45 @@ pub fn packet_too_big_for(frame: &[u8], mtu: u32) -> Vec<u8> {
         .icmpv6(Icmpv6Type::PacketTooBig { mtu })
         .bytes(&ip[..48])
 }
+
+pub fn icmp4_echo_reply(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16) -> Vec<u8> {
+    eth()
+        .ipv4(src.octets(), dst.octets(), 64)
+        .icmpv4_echo_reply(id, seq)
+        .bytes(b"ping")
+}
+
+pub fn icmp6_echo_reply(src: Ipv6Addr, dst: Ipv6Addr, id: u16, seq: u16) -> Vec<u8> {
+    eth()
+        .ipv6(src.octets(), dst.octets(), 64)
+        .icmpv6_echo_reply(id, seq)
+        .bytes(b"ping")
+}
+
+/// An ICMP destination-unreachable / fragmentation-needed from `src` to
+/// `dst`, quoting `quote` (an IP packet, or its start).
+pub fn icmp4_frag_needed(src: Ipv4Addr, dst: Ipv4Addr, mtu: u16, quote: &[u8]) -> Vec<u8> {
+    use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
+    eth()
+        .ipv4(src.octets(), dst.octets(), 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
+        ))
+        .bytes(quote)
+}
+
+/// An ICMPv6 packet-too-big from `src` to `dst`, quoting `quote`.
+pub fn icmp6_packet_too_big(src: Ipv6Addr, dst: Ipv6Addr, mtu: u32, quote: &[u8]) -> Vec<u8> {
+    eth()
+        .ipv6(src.octets(), dst.octets(), 64)
+        .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu })
+        .bytes(quote)
+}
+
+/// `frame` with its Ethernet addresses replaced.
+pub fn with_macs(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f
+}

@@ -44,6 +44,8 @@ pub mod programs {
     pub const DELIVER: &str = "carwash_deliver";
     /// Sends a translated outbound packet, decapsulated, to the internet.
     pub const EXIT: &str = "carwash_exit";
+    /// Answers a reply to an egress IP that would not fit the fabric.
+    pub const TOO_BIG: &str = "carwash_too_big";
     /// Every program tail-called through `JUMPS`, with its slot.
     pub const JUMPED: &[(&str, u32)] = &[
         (SNAT_OUT, crate::jumps::SNAT_OUT),
@@ -52,6 +54,7 @@ pub mod programs {
         (SNAT_ICMP, crate::jumps::SNAT_ICMP),
         (DELIVER, crate::jumps::DELIVER),
         (EXIT, crate::jumps::EXIT),
+        (TOO_BIG, crate::jumps::TOO_BIG),
     ];
 }
 
@@ -64,7 +67,8 @@ pub mod jumps {
     pub const SNAT_ICMP: u32 = 3;
     pub const DELIVER: u32 = 4;
     pub const EXIT: u32 = 5;
-    pub const COUNT: u32 = 6;
+    pub const TOO_BIG: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Names of the maps in the eBPF object; also their file names under the pin

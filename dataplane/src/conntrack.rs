@@ -1,0 +1,219 @@
+//! The connection-tracking table of source NAT, from userspace: reading
+//! it as flows (an outbound key and its reply key make one flow), and
+//! reclaiming what the data path already treats as dead.
+//!
+//! The programs expire entries by their own clock (`bpf_ktime_get_ns`, the
+//! monotonic clock) and never reuse a port whose reply entry is still
+//! there, expired or not; the agent reclaims expired flows (both
+//! directions at once, as soon as either has expired), entries whose twin
+//! is gone, and the flows of tenants that no longer exist.
+use std::collections::HashMap as StdHashMap;
+use std::net::IpAddr;
+
+use anyhow::{Result, anyhow, bail};
+use aya::maps::{HashMap, Map, MapData};
+use dataplane_common::types::{CT_ESTABLISHED, CT_FIN, CT_REPLY, CT_RST, CT_SYN, CtKey, CtValue, FAMILY_V6};
+
+use crate::Dataplane;
+use dataplane_common::maps;
+
+/// Now on the clock the programs use (CLOCK_MONOTONIC), in nanoseconds.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// An address of a key or value as an `IpAddr`.
+pub fn ip(addr: &[u8; 16], family: u8) -> IpAddr {
+    if family == FAMILY_V6 {
+        IpAddr::from(*addr)
+    } else {
+        IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
+    }
+}
+
+/// One tracked flow: both directions when both are there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// The outbound key (tenant, VPC machine → remote) and its value (the
+    /// egress IP and port).
+    pub out: Option<(CtKey, CtValue)>,
+    /// The reply key (remote → egress IP and port) and its value (the VPC
+    /// machine's address and port, the machine it came from).
+    pub reply: Option<(CtKey, CtValue)>,
+}
+
+impl Flow {
+    pub fn tenant(&self) -> u32 {
+        self.out
+            .map(|(k, _)| k.tenant)
+            .or(self.reply.map(|(_, v)| v.tenant))
+            .unwrap_or(0)
+    }
+
+    /// The earliest expiry of its directions: the flow dies with the first.
+    pub fn expires_ns(&self) -> u64 {
+        [self.out, self.reply]
+            .iter()
+            .flatten()
+            .map(|(_, v)| v.expires_ns)
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// The TCP state as the two directions saw it, in words.
+    pub fn state(&self, proto: u8) -> &'static str {
+        if proto != 6 {
+            return if self.reply.is_some_and(|(_, v)| v.state & CT_REPLY != 0) {
+                "replied"
+            } else {
+                "unreplied"
+            };
+        }
+        let s = [self.out, self.reply]
+            .iter()
+            .flatten()
+            .fold(0u8, |s, (_, v)| s | v.state);
+        if s & CT_RST != 0 {
+            "reset"
+        } else if s & CT_FIN != 0 {
+            "closing"
+        } else if s & CT_ESTABLISHED != 0 {
+            "established"
+        } else if s & CT_SYN != 0 {
+            "syn_sent"
+        } else {
+            "new"
+        }
+    }
+}
+
+/// The reply key of an outbound entry.
+pub fn reply_key_of(k: &CtKey, v: &CtValue) -> CtKey {
+    let icmp = k.proto != 6 && k.proto != 17;
+    CtKey {
+        tenant: 0,
+        src: k.dst,
+        dst: v.addr,
+        sport_be: if icmp { [0, 0] } else { k.dport_be },
+        dport_be: v.port_be,
+        proto: k.proto,
+        family: k.family,
+        _pad: [0; 2],
+    }
+}
+
+/// Reads every entry of `map` and pairs the directions into flows.
+pub fn flows_of(map: &Map) -> Result<Vec<Flow>> {
+    if !matches!(map, Map::LruHashMap(_) | Map::HashMap(_)) {
+        bail!("map {} is not a hash map", maps::CONNTRACK);
+    }
+    let m: HashMap<&MapData, CtKey, CtValue> = HashMap::try_from(map)?;
+    let mut outs = Vec::new();
+    let mut replies = StdHashMap::new();
+    for e in m.iter() {
+        // An entry evicted or deleted between the key walk and its lookup
+        // is simply gone.
+        let Ok((k, v)) = e else { continue };
+        if k.tenant == 0 {
+            replies.insert(k, v);
+        } else {
+            outs.push((k, v));
+        }
+    }
+    let mut flows = Vec::with_capacity(outs.len());
+    for (k, v) in outs {
+        let rk = reply_key_of(&k, &v);
+        let reply = match replies.get(&rk) {
+            // Only the reply entry that points back at this flow belongs
+            // to it.
+            Some(rv) if rv.tenant == k.tenant && rv.addr == k.src && rv.port_be == k.sport_be => {
+                replies.remove(&rk).map(|rv| (rk, rv))
+            }
+            _ => None,
+        };
+        flows.push(Flow {
+            out: Some((k, v)),
+            reply,
+        });
+    }
+    flows.extend(replies.into_iter().map(|(k, v)| Flow {
+        out: None,
+        reply: Some((k, v)),
+    }));
+    Ok(flows)
+}
+
+/// What a reclaim pass removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Flows past their expiry.
+    pub expired: usize,
+    /// Directions without their twin (the other was evicted).
+    pub orphans: usize,
+    /// Flows of tenants not in force.
+    pub gone_tenants: usize,
+}
+
+impl Reclaimed {
+    pub fn total(&self) -> usize {
+        self.expired + self.orphans + self.gone_tenants
+    }
+}
+
+impl Dataplane {
+    fn conntrack_map(&self) -> Result<&Map> {
+        self.ebpf
+            .map(maps::CONNTRACK)
+            .ok_or_else(|| anyhow!("no map {} in the eBPF object", maps::CONNTRACK))
+    }
+
+    /// The tracked flows.
+    pub fn conntrack_flows(&self) -> Result<Vec<Flow>> {
+        flows_of(self.conntrack_map()?)
+    }
+
+    /// Removes expired flows, orphaned directions older than `orphan_grace_ns`
+    /// (a new flow's two entries are written one after the other), and
+    /// flows of tenants for which `live` says no.
+    pub fn reclaim_conntrack(&mut self, now: u64, live: impl Fn(u32) -> bool) -> Result<Reclaimed> {
+        let flows = self.conntrack_flows()?;
+        let map = self
+            .ebpf
+            .map_mut(maps::CONNTRACK)
+            .ok_or_else(|| anyhow!("no map {} in the eBPF object", maps::CONNTRACK))?;
+        let mut m: HashMap<&mut MapData, CtKey, CtValue> = HashMap::try_from(map)?;
+        let mut done = Reclaimed::default();
+        for f in flows {
+            let why = if !live(f.tenant()) {
+                &mut done.gone_tenants
+            } else if f.expires_ns() <= now {
+                &mut done.expired
+            } else if f.out.is_none() || f.reply.is_none() {
+                // Only once its own lifetime says so would a lone
+                // direction be reclaimed by expiry; an outbound entry
+                // without its reply can never carry traffic again.
+                let lone = f.out.or(f.reply).map(|(_, v)| v);
+                match lone {
+                    Some(v) if now.saturating_sub(v.touched_ns) > ORPHAN_GRACE_NS => &mut done.orphans,
+                    _ => continue,
+                }
+            } else {
+                continue;
+            };
+            *why += 1;
+            for (k, _) in [f.out, f.reply].into_iter().flatten() {
+                // Already gone (evicted, or the data path replaced it).
+                let _ = m.remove(&k);
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// How long a direction may wait for its twin before it is an orphan: a
+/// new flow writes its two entries one after the other, and a reply entry
+/// claims its port before the outbound entry exists.
+pub const ORPHAN_GRACE_NS: u64 = 2_000_000_000;

@@ -1,0 +1,643 @@
+//! Paths 2-5 through BPF_PROG_TEST_RUN: VXLAN from the tenants' machines
+//! (the VNI/VTEP isolation check, replies from VIPs, source NAT of
+//! outbound flows), replies to egress IPs back to the machine that opened
+//! the flow, ICMP errors about translated flows, port exhaustion and the
+//! full table. Every expected frame is built by etherparse from scratch,
+//! so the programs' incremental checksum updates are checked against full
+//! recomputation.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use carwash_policy::{Backend, Tenant};
+use carwash_tests::fabric::{
+    FABRIC_MAC, FabricNs, HOST_VTEP, INTERNET_ROUTER_MAC, ROUTER_MAC, UPLINK_MAC, loaded, vtep_mac,
+};
+use carwash_tests::fixture::{Case, Output, XDP_DROP, XDP_REDIRECT, check_all};
+use carwash_tests::inbound_cases::{addr16, tenants};
+use carwash_tests::packets::*;
+use carwash_tests::require_root;
+use dataplane::Dataplane;
+use dataplane::tables::DEFAULT_SNAT_PORTS;
+use dataplane_common::hash::{flow_hash, vxlan_source_port};
+use dataplane_common::{Counter, DropReason, programs};
+
+const ACME_VM4: Ipv4Addr = Ipv4Addr::new(10, 101, 0, 5);
+const ACME_VM6: Ipv6Addr = Ipv6Addr::new(0xfd10, 0x101, 0, 0, 0, 0, 0, 5);
+const ACME_EGRESS4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 200);
+const ACME_EGRESS6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 0x200);
+const BETA_EGRESS4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 201);
+/// Inside beta's egress allowlist (198.18.0.0/15) and acme's (everything).
+const PARTNER4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+const PARTNER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xfeed, 0, 0, 0, 0, 10);
+/// A router on the way to the partner.
+const ROUTER4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xfeed, 0, 0, 0, 0, 1);
+
+/// The VXLAN frame a tenant machine sends to this host with `inner` (a
+/// frame whose Ethernet header is replaced by the machine's).
+fn from_machine(t: &Tenant, m: &Backend, inner: &[u8]) -> Vec<u8> {
+    vxlan_frame(
+        vtep_mac(m.vtep),
+        FABRIC_MAC,
+        m.vtep,
+        HOST_VTEP,
+        54321,
+        t.vni,
+        m.mac.0,
+        ROUTER_MAC,
+        ip_of(inner),
+    )
+}
+
+/// The same from a VTEP and VNI of the test's choosing (spoofing).
+fn from_vtep(vtep: Ipv4Addr, vni: u32, inner: &[u8]) -> Vec<u8> {
+    vxlan_frame(
+        vtep_mac(vtep),
+        FABRIC_MAC,
+        vtep,
+        HOST_VTEP,
+        54321,
+        vni,
+        [2, 0, 0, 0, 0, 9],
+        ROUTER_MAC,
+        ip_of(inner),
+    )
+}
+
+/// What leaves the uplink for the internet: `frame`'s IP packet from the
+/// uplink to the internet router.
+fn to_internet(frame: &[u8]) -> Vec<u8> {
+    with_macs(frame, INTERNET_ROUTER_MAC, UPLINK_MAC)
+}
+
+/// What carwash sends a machine: `frame`'s IP packet, encapsulated to it,
+/// the tunnel's source port from `hash`.
+fn to_machine(t: &Tenant, m: &Backend, hash: u32, frame: &[u8]) -> Vec<u8> {
+    vxlan_frame(
+        FABRIC_MAC,
+        vtep_mac(m.vtep),
+        HOST_VTEP,
+        m.vtep,
+        vxlan_source_port(hash),
+        t.vni,
+        ROUTER_MAC,
+        m.mac.0,
+        ip_of(frame),
+    )
+}
+
+/// The port the data path picks for a new flow when it is free: the
+/// flow's hash into the range.
+fn first_port(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8, range: (u16, u16)) -> u16 {
+    let n = (range.1 - range.0) as u32 + 1;
+    range.0 + (flow_hash(&addr16(src), &addr16(dst), sport, dport, proto) % n) as u16
+}
+
+fn ports() -> (u16, u16) {
+    DEFAULT_SNAT_PORTS
+}
+
+fn v4(a: Ipv4Addr) -> IpAddr {
+    IpAddr::V4(a)
+}
+
+fn v6(a: Ipv6Addr) -> IpAddr {
+    IpAddr::V6(a)
+}
+
+/// A fabric-side case: the outer headers count as IPv4/UDP.
+fn fabric_case(name: &'static str, packet: Vec<u8>, action: u32, output: Output, counters: &[(Counter, u64)]) -> Case {
+    let mut c = vec![(Counter::Ipv4, 1), (Counter::Udp, 1)];
+    c.extend_from_slice(counters);
+    Case {
+        name,
+        packet,
+        action,
+        output,
+        counters: c,
+        drops: vec![],
+    }
+}
+
+fn fabric_drop(name: &'static str, packet: Vec<u8>, why: DropReason) -> Case {
+    let mut c = fabric_case(name, packet, XDP_DROP, Output::Unchanged, &[]);
+    c.drops = vec![(why, 1)];
+    c
+}
+
+const NEW: &[(Counter, u64)] = &[
+    (Counter::SnatNewFlow, 1),
+    (Counter::SnatOut, 1),
+    (Counter::Decapsulated, 1),
+];
+const TRACKED: &[(Counter, u64)] = &[(Counter::SnatOut, 1), (Counter::Decapsulated, 1)];
+
+/// An uplink-side case: a reply (or error) to an egress IP.
+fn uplink_case(name: &'static str, packet: Vec<u8>, l4: Counter, output: Vec<u8>, what: Counter) -> Case {
+    let v6 = packet[12..14] == [0x86, 0xdd];
+    Case {
+        name,
+        packet,
+        action: XDP_REDIRECT,
+        output: Output::Exact(output),
+        counters: vec![(if v6 { Counter::Ipv6 } else { Counter::Ipv4 }, 1), (l4, 1), (what, 1)],
+        drops: vec![],
+    }
+}
+
+fn uplink_drop(name: &'static str, packet: Vec<u8>, l4: Counter, why: DropReason) -> Case {
+    let v6 = packet[12..14] == [0x86, 0xdd];
+    Case {
+        name,
+        packet,
+        action: XDP_DROP,
+        output: Output::Unchanged,
+        counters: vec![(if v6 { Counter::Ipv6 } else { Counter::Ipv4 }, 1), (l4, 1)],
+        drops: vec![(why, 1)],
+    }
+}
+
+#[test]
+fn isolation_and_source_checks() {
+    require_root();
+    let ts = tenants();
+    let (acme, beta, gamma) = (&ts[0], &ts[1], &ts[2]);
+    let fab = FabricNs::new(&ts).unwrap();
+    let dp = loaded(&fab, &ts).unwrap();
+    let inner = udp4(ACME_VM4, PARTNER4, 40000, 53, b"q");
+    let cases = vec![
+        // Beta's machine claims acme's VNI.
+        fabric_drop(
+            "vni of another tenant's vtep",
+            from_vtep(beta.connectors[0].vtep, acme.vni, &inner),
+            DropReason::VtepNotOfTenant,
+        ),
+        fabric_drop(
+            "unknown vtep",
+            from_vtep(Ipv4Addr::new(10, 200, 9, 9), acme.vni, &inner),
+            DropReason::VtepNotOfTenant,
+        ),
+        fabric_drop(
+            "unknown vni",
+            from_vtep(acme.connectors[0].vtep, 4242, &inner),
+            DropReason::UnknownVni,
+        ),
+        // Neither a VIP of acme nor inside its vpc_cidrs.
+        fabric_drop(
+            "inner source outside the vpc",
+            from_machine(
+                acme,
+                &acme.connectors[0],
+                &udp4(Ipv4Addr::new(10, 99, 0, 1), PARTNER4, 1, 53, b""),
+            ),
+            DropReason::InnerSourceNotAllowed,
+        ),
+        // Beta's VIP is not acme's to send from.
+        fabric_drop(
+            "another tenant's vip as source",
+            from_machine(
+                acme,
+                &acme.connectors[0],
+                &tcp4(Ipv4Addr::new(203, 0, 113, 20), PARTNER4, 443, 5555, b"x"),
+            ),
+            DropReason::InnerSourceNotAllowed,
+        ),
+        // Beta may reach 198.18.0.0/15 only.
+        fabric_drop(
+            "destination outside the egress allowlist",
+            from_machine(
+                beta,
+                &beta.connectors[0],
+                &udp4(ACME_VM4, Ipv4Addr::new(8, 8, 8, 8), 40000, 53, b"q"),
+            ),
+            DropReason::EgressNotAllowed,
+        ),
+        // Beta has no IPv6 egress IP.
+        fabric_drop(
+            "no ipv6 egress ip",
+            from_machine(beta, &beta.cores[0], &udp6(ACME_VM6, PARTNER6, 40000, 53, b"q")),
+            DropReason::NoEgress,
+        ),
+        // Gamma has no [egress] at all.
+        fabric_drop(
+            "tenant without egress",
+            from_machine(
+                gamma,
+                &gamma.connectors[0],
+                &udp4(Ipv4Addr::new(10, 103, 0, 5), PARTNER4, 40000, 53, b"q"),
+            ),
+            DropReason::NoEgress,
+        ),
+        fabric_drop(
+            "not tcp, udp or echo",
+            from_machine(acme, &acme.connectors[0], &icmp4_echo_reply(ACME_VM4, PARTNER4, 7, 1)),
+            DropReason::SnatProtocol,
+        ),
+    ];
+    fab.ns
+        .enter(|| check_all(&dp, programs::FABRIC, &cases))
+        .unwrap()
+        .unwrap();
+    assert!(
+        dp.conntrack_flows().unwrap().is_empty(),
+        "refused packets track nothing"
+    );
+
+    // To an egress IP without a tracked flow: dropped, never passed on.
+    let stray = vec![
+        uplink_drop(
+            "stray udp to an egress ip",
+            udp4(PARTNER4, ACME_EGRESS4, 53, 30000, b"a"),
+            Counter::Udp,
+            DropReason::NoConntrack,
+        ),
+        uplink_drop(
+            "stray syn to an egress ip",
+            syn6(PARTNER6, ACME_EGRESS6, 443, 30000),
+            Counter::Tcp,
+            DropReason::NoConntrack,
+        ),
+        uplink_drop(
+            "stray echo request to an egress ip",
+            icmp4_echo(PARTNER4, BETA_EGRESS4, 1, 1),
+            Counter::Icmp,
+            DropReason::NoConntrack,
+        ),
+    ];
+    fab.ns
+        .enter(|| check_all(&dp, programs::UPLINK, &stray))
+        .unwrap()
+        .unwrap();
+}
+
+fn syn6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16) -> Vec<u8> {
+    syn_with_mss(v6(src), v6(dst), sport, dport, 1200)
+}
+
+#[test]
+fn translation_both_ways() {
+    require_root();
+    let ts = tenants();
+    let (acme, beta) = (&ts[0], &ts[1]);
+    let fab = FabricNs::new(&ts).unwrap();
+    let dp = loaded(&fab, &ts).unwrap();
+    let (c0, core) = (&acme.connectors[0], &acme.cores[0]);
+
+    // UDP v4 from acme: the egress IP and a port from the range.
+    let p_udp = first_port(v4(ACME_VM4), v4(PARTNER4), 40000, 53, 17, ports());
+    // TCP v4 SYN announcing 1460: clamped to what the fabric carries back.
+    let p_syn = first_port(v4(ACME_VM4), v4(PARTNER4), 40001, 443, 6, ports());
+    // ICMP echo: the identifier is translated like a port.
+    let p_echo = first_port(v4(ACME_VM4), v4(PARTNER4), 0x1234, 8 << 8, 1, ports());
+    // IPv6 TCP and UDP to the IPv6 egress IP.
+    let p_tcp6 = first_port(v6(ACME_VM6), v6(PARTNER6), 40002, 443, 6, ports());
+    let p_echo6 = first_port(v6(ACME_VM6), v6(PARTNER6), 0x77, 128 << 8, 58, ports());
+    // Beta uses the same private address and port as acme: its own flow,
+    // its own egress IP.
+    let p_beta = first_port(v4(ACME_VM4), v4(PARTNER4), 40000, 53, 17, ports());
+
+    let out = vec![
+        fabric_case(
+            "udp v4 out",
+            from_machine(acme, c0, &udp4(ACME_VM4, PARTNER4, 40000, 53, b"query")),
+            XDP_REDIRECT,
+            Output::Exact(to_internet(&udp4(ACME_EGRESS4, PARTNER4, p_udp, 53, b"query"))),
+            NEW,
+        ),
+        fabric_case(
+            "udp v4 out, same flow again",
+            from_machine(acme, c0, &udp4(ACME_VM4, PARTNER4, 40000, 53, b"again")),
+            XDP_REDIRECT,
+            Output::Exact(to_internet(&udp4(ACME_EGRESS4, PARTNER4, p_udp, 53, b"again"))),
+            TRACKED,
+        ),
+        fabric_case(
+            "tcp v4 syn out, mss clamped",
+            from_machine(acme, core, &syn_with_mss(v4(ACME_VM4), v4(PARTNER4), 40001, 443, 1460)),
+            XDP_REDIRECT,
+            Output::Exact(to_internet(&syn_with_mss(
+                v4(ACME_EGRESS4),
+                v4(PARTNER4),
+                p_syn,
+                443,
+                1410,
+            ))),
+            NEW,
+        ),
+        fabric_case(
+            "tcp v4 data out",
+            from_machine(acme, core, &tcp4(ACME_VM4, PARTNER4, 40001, 443, b"hello")),
+            XDP_REDIRECT,
+            Output::Exact(to_internet(&tcp4(ACME_EGRESS4, PARTNER4, p_syn, 443, b"hello"))),
+            TRACKED,
+        ),
+        fabric_case(
+            "icmp echo out",
+            from_machine(acme, c0, &icmp4_echo(ACME_VM4, PARTNER4, 0x1234, 1)),
+            XDP_REDIRECT,
+            Output::Exact(to_internet(&icmp4_echo(ACME_EGRESS4, PARTNER4, p_echo, 1))),
+            NEW,
+        ),
+        fabric_case(
+            "tcp v6 out",
+            from_machine(acme, c0, &tcp6(ACME_VM6, PARTNER6, 40002, 443, b"six")),
+            XDP_REDIRECT,
+            Output::Exact(to_internet(&tcp6(ACME_EGRESS6, PARTNER6, p_tcp6, 443, b"six"))),
+            NEW,
+        ),
+        fabric_case(
+            "icmpv6 echo out",
+            from_machine(acme, c0, &icmp6_echo(ACME_VM6, PARTNER6, 0x77, 3)),
+            XDP_REDIRECT,
+            Output::Exact(to_internet(&icmp6_echo(ACME_EGRESS6, PARTNER6, p_echo6, 3))),
+            NEW,
+        ),
+        fabric_case(
+            "beta, same private address and port",
+            from_machine(beta, &beta.connectors[0], &udp4(ACME_VM4, PARTNER4, 40000, 53, b"beta")),
+            XDP_REDIRECT,
+            Output::Exact(to_internet(&udp4(BETA_EGRESS4, PARTNER4, p_beta, 53, b"beta"))),
+            NEW,
+        ),
+    ];
+    fab.ns
+        .enter(|| check_all(&dp, programs::FABRIC, &out))
+        .unwrap()
+        .unwrap();
+
+    // Replies find the machine that opened each flow.
+    let h = |src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8| {
+        flow_hash(&addr16(src), &addr16(dst), sport, dport, proto)
+    };
+    let back = vec![
+        uplink_case(
+            "udp v4 reply",
+            udp4(PARTNER4, ACME_EGRESS4, 53, p_udp, b"answer"),
+            Counter::Udp,
+            to_machine(
+                acme,
+                c0,
+                h(v4(PARTNER4), v4(ACME_EGRESS4), 53, p_udp, 17),
+                &udp4(PARTNER4, ACME_VM4, 53, 40000, b"answer"),
+            ),
+            Counter::SnatReply,
+        ),
+        uplink_case(
+            "tcp v4 reply to the core",
+            tcp4(PARTNER4, ACME_EGRESS4, 443, p_syn, b"welcome"),
+            Counter::Tcp,
+            to_machine(
+                acme,
+                core,
+                h(v4(PARTNER4), v4(ACME_EGRESS4), 443, p_syn, 6),
+                &tcp4(PARTNER4, ACME_VM4, 443, 40001, b"welcome"),
+            ),
+            Counter::SnatReply,
+        ),
+        uplink_case(
+            "icmp echo reply",
+            icmp4_echo_reply(PARTNER4, ACME_EGRESS4, p_echo, 1),
+            Counter::Icmp,
+            to_machine(
+                acme,
+                c0,
+                h(v4(PARTNER4), v4(ACME_EGRESS4), p_echo, 0, 1),
+                &icmp4_echo_reply(PARTNER4, ACME_VM4, 0x1234, 1),
+            ),
+            Counter::SnatReply,
+        ),
+        uplink_case(
+            "tcp v6 reply",
+            tcp6(PARTNER6, ACME_EGRESS6, 443, p_tcp6, b"xis"),
+            Counter::Tcp,
+            to_machine(
+                acme,
+                c0,
+                h(v6(PARTNER6), v6(ACME_EGRESS6), 443, p_tcp6, 6),
+                &tcp6(PARTNER6, ACME_VM6, 443, 40002, b"xis"),
+            ),
+            Counter::SnatReply,
+        ),
+        uplink_case(
+            "icmpv6 echo reply",
+            icmp6_echo_reply(PARTNER6, ACME_EGRESS6, p_echo6, 3),
+            Counter::Icmpv6,
+            to_machine(
+                acme,
+                c0,
+                h(v6(PARTNER6), v6(ACME_EGRESS6), p_echo6, 129 << 8, 58),
+                &icmp6_echo_reply(PARTNER6, ACME_VM6, 0x77, 3),
+            ),
+            Counter::SnatReply,
+        ),
+        uplink_case(
+            "beta's reply goes to beta",
+            udp4(PARTNER4, BETA_EGRESS4, 53, p_beta, b"for beta"),
+            Counter::Udp,
+            to_machine(
+                beta,
+                &beta.connectors[0],
+                h(v4(PARTNER4), v4(BETA_EGRESS4), 53, p_beta, 17),
+                &udp4(PARTNER4, ACME_VM4, 53, 40000, b"for beta"),
+            ),
+            Counter::SnatReply,
+        ),
+        // The right port from the wrong remote port is no reply.
+        uplink_drop(
+            "reply from another remote port",
+            udp4(PARTNER4, ACME_EGRESS4, 54, p_udp, b"x"),
+            Counter::Udp,
+            DropReason::NoConntrack,
+        ),
+        // Acme's port at beta's egress IP is no reply either.
+        uplink_drop(
+            "acme's port at beta's egress ip",
+            tcp4(PARTNER4, BETA_EGRESS4, 443, p_syn, b"x"),
+            Counter::Tcp,
+            DropReason::NoConntrack,
+        ),
+    ];
+    fab.ns
+        .enter(|| check_all(&dp, programs::UPLINK, &back))
+        .unwrap()
+        .unwrap();
+
+    // ICMP errors about translated flows: the router's error quotes the
+    // packet as it left (egress IP and port); the machine gets it with its
+    // own address and port, every checksum right.
+    let sent_tcp = tcp4(ACME_EGRESS4, PARTNER4, p_syn, 443, b"hello");
+    let orig_tcp = tcp4(ACME_VM4, PARTNER4, 40001, 443, b"hello");
+    let sent_tcp6 = tcp6(ACME_EGRESS6, PARTNER6, p_tcp6, 443, b"six");
+    let orig_tcp6 = tcp6(ACME_VM6, PARTNER6, 40002, 443, b"six");
+    let sent_echo = icmp4_echo(ACME_EGRESS4, PARTNER4, p_echo, 1);
+    let orig_echo = icmp4_echo(ACME_VM4, PARTNER4, 0x1234, 1);
+    let errors = vec![
+        uplink_case(
+            "frag needed about a tcp flow (whole quote)",
+            icmp4_frag_needed(ROUTER4, ACME_EGRESS4, 1280, ip_of(&sent_tcp)),
+            Counter::Icmp,
+            to_machine(
+                acme,
+                core,
+                h(v4(ROUTER4), v4(ACME_EGRESS4), 0, 3 << 8 | 4, 1),
+                &icmp4_frag_needed(ROUTER4, ACME_VM4, 1280, ip_of(&orig_tcp)),
+            ),
+            Counter::SnatIcmpError,
+        ),
+        uplink_case(
+            "frag needed about a tcp flow (28-byte quote)",
+            icmp4_frag_needed(ROUTER4, ACME_EGRESS4, 1280, &ip_of(&sent_tcp)[..28]),
+            Counter::Icmp,
+            to_machine(
+                acme,
+                core,
+                h(v4(ROUTER4), v4(ACME_EGRESS4), 0, 3 << 8 | 4, 1),
+                &icmp4_frag_needed(ROUTER4, ACME_VM4, 1280, &ip_of(&orig_tcp)[..28]),
+            ),
+            Counter::SnatIcmpError,
+        ),
+        uplink_case(
+            "frag needed about an echo",
+            icmp4_frag_needed(ROUTER4, ACME_EGRESS4, 1280, ip_of(&sent_echo)),
+            Counter::Icmp,
+            to_machine(
+                acme,
+                c0,
+                h(v4(ROUTER4), v4(ACME_EGRESS4), 0, 3 << 8 | 4, 1),
+                &icmp4_frag_needed(ROUTER4, ACME_VM4, 1280, ip_of(&orig_echo)),
+            ),
+            Counter::SnatIcmpError,
+        ),
+        uplink_case(
+            "packet too big about a tcp v6 flow",
+            icmp6_packet_too_big(ROUTER6, ACME_EGRESS6, 1280, ip_of(&sent_tcp6)),
+            Counter::Icmpv6,
+            to_machine(
+                acme,
+                c0,
+                h(v6(ROUTER6), v6(ACME_EGRESS6), 0, 2 << 8, 58),
+                &icmp6_packet_too_big(ROUTER6, ACME_VM6, 1280, ip_of(&orig_tcp6)),
+            ),
+            Counter::SnatIcmpError,
+        ),
+        uplink_drop(
+            "error about a flow never tracked",
+            icmp4_frag_needed(
+                ROUTER4,
+                ACME_EGRESS4,
+                1280,
+                ip_of(&tcp4(ACME_EGRESS4, PARTNER4, 1, 443, b"?")),
+            ),
+            Counter::Icmp,
+            DropReason::NoConntrack,
+        ),
+    ];
+    fab.ns
+        .enter(|| check_all(&dp, programs::UPLINK, &errors))
+        .unwrap()
+        .unwrap();
+
+    // The table: one flow per translated tuple, both directions.
+    let flows = dp.conntrack_flows().unwrap();
+    assert_eq!(flows.len(), 6, "{flows:#?}");
+    assert!(flows.iter().all(|f| f.out.is_some() && f.reply.is_some()), "{flows:#?}");
+}
+
+#[test]
+fn port_exhaustion_is_a_counted_drop() {
+    require_root();
+    let ts = tenants();
+    let acme = &ts[0];
+    let fab = FabricNs::new(&ts).unwrap();
+    let mut dp = loaded(&fab, &ts).unwrap();
+    let mut host = fab.host_params();
+    host.snat_ports = (31000, 31002);
+    dp.set_host(&host).unwrap();
+    let m = &acme.connectors[0];
+    let frame = |sport: u16| from_machine(acme, m, &udp4(ACME_VM4, PARTNER4, sport, 53, b"q"));
+    let mut used = Vec::new();
+    fab.ns
+        .enter(|| {
+            for sport in 1..=3u16 {
+                let (action, out) = dp.run(programs::FABRIC, &frame(sport)).unwrap();
+                assert_eq!(action, XDP_REDIRECT, "flow {sport} of 3 ports");
+                used.push(u16::from_be_bytes([out[34], out[35]]));
+            }
+            let before = dp.counters(dataplane_common::types::SIDE_FABRIC).unwrap();
+            let (action, _) = dp.run(programs::FABRIC, &frame(4)).unwrap();
+            assert_eq!(action, XDP_DROP, "a fourth flow has no port left");
+            let d = dp
+                .counters(dataplane_common::types::SIDE_FABRIC)
+                .unwrap()
+                .since(&before);
+            assert_eq!(d.dropped(DropReason::PortsExhausted), 1);
+            // The tracked flows keep their ports.
+            let (action, out) = dp.run(programs::FABRIC, &frame(2)).unwrap();
+            assert_eq!(action, XDP_REDIRECT);
+            assert_eq!(u16::from_be_bytes([out[34], out[35]]), used[1]);
+            // Another destination has its own tuples.
+            let other = from_machine(acme, m, &udp4(ACME_VM4, Ipv4Addr::new(198, 18, 0, 11), 4, 53, b"q"));
+            assert_eq!(dp.run(programs::FABRIC, &other).unwrap().0, XDP_REDIRECT);
+        })
+        .unwrap();
+    used.sort();
+    assert_eq!(used, vec![31000, 31001, 31002], "every port once, none twice");
+}
+
+#[test]
+fn a_full_table_evicts_the_least_recently_used_flows() {
+    require_root();
+    let ts = tenants();
+    let acme = &ts[0];
+    let fab = FabricNs::new(&ts).unwrap();
+    // 512 entries: 256 flows.
+    let mut dp = Dataplane::load_with(None, 512).unwrap();
+    dp.set_host(&fab.host_params()).unwrap();
+    for (i, t) in ts.iter().enumerate() {
+        dp.install_tenant(i as u32 + 1, t).unwrap();
+    }
+    let m = &acme.connectors[0];
+    let frame = |sport: u16| from_machine(acme, m, &udp4(ACME_VM4, PARTNER4, sport, 53, b"q"));
+    let run = |sport: u16| -> u32 { dp.run(programs::FABRIC, &frame(sport)).unwrap().0 };
+    let out_sports = |dp: &Dataplane| -> Vec<u16> {
+        let mut v: Vec<u16> = dp
+            .conntrack_flows()
+            .unwrap()
+            .iter()
+            // A flow counts while both its directions are there.
+            .filter(|f| f.reply.is_some())
+            .filter_map(|f| f.out.map(|(k, _)| u16::from_be_bytes(k.sport_be)))
+            .collect();
+        v.sort();
+        v
+    };
+    fab.ns
+        .enter(|| {
+            // Fill the table with 200 flows; keep the first 100 busy.
+            for sport in 1..=200 {
+                assert_eq!(run(sport), XDP_REDIRECT);
+            }
+            for sport in 1..=100 {
+                assert_eq!(run(sport), XDP_REDIRECT);
+            }
+            // 100 new flows need room the table does not have.
+            for sport in 1001..=1100 {
+                assert_eq!(run(sport), XDP_REDIRECT, "a full table makes room, it does not refuse");
+            }
+        })
+        .unwrap();
+    let kept = out_sports(&dp);
+    let busy_kept = kept.iter().filter(|s| (1..=100).contains(*s)).count();
+    let idle_kept = kept.iter().filter(|s| (101..=200).contains(*s)).count();
+    let new_kept = kept.iter().filter(|s| (1001..=1100).contains(*s)).count();
+    println!("busy kept {busy_kept}/100, idle kept {idle_kept}/100, new kept {new_kept}/100");
+    assert!(kept.len() <= 256);
+    assert_eq!(new_kept, 100, "the newest flows are all there");
+    // The kernel's LRU is an approximation (recently used entries are
+    // moved to its active list in batches), so a busy flow may rarely be
+    // taken; the room must come from the idle ones.
+    assert!(busy_kept >= 95, "busy flows stay: {busy_kept} of 100 left");
+    assert!(
+        idle_kept <= 50,
+        "the room came from idle flows: {idle_kept} of 100 left"
+    );
+}
