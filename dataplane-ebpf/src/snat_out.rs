@@ -129,7 +129,7 @@ fn try_out(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, 
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let seen = tcp_state(&flow);
-    let port = match tracked(&key, &flow, seen, now) {
+    let port = match tracked(&key, &flow, egress, seen, now) {
         Some(p) => p,
         None => {
             stats.inc(Counter::SnatNewFlow);
@@ -164,13 +164,15 @@ fn try_exit(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32,
 
 /// The translated port of a tracked, live flow, with its state and expiry
 /// brought up to date; `None` for a new flow (or one whose reply direction
-/// is gone, which gets a new translation).
+/// now belongs to another flow, which gets a new translation).
 #[inline(always)]
-fn tracked(key: &CtKey, flow: &Flow, seen: u8, now: u64) -> Option<u16> {
+fn tracked(key: &CtKey, flow: &Flow, egress: &[u8; 16], seen: u8, now: u64) -> Option<u16> {
     // SAFETY: a value of the map, valid for this run (RCU); another CPU
     // may update the same flow, and either write is a valid state.
     let v = unsafe { &mut *CONNTRACK.get_ptr_mut(key)? };
-    if v.expires_ns <= now {
+    // A flow translated to an egress IP the tenant no longer has starts
+    // anew.
+    if v.expires_ns <= now || v.addr != *egress {
         return None;
     }
     let bare_syn = flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN && flow.proto == IPPROTO_TCP;

@@ -175,16 +175,39 @@ impl Dataplane {
         flows_of(self.conntrack_map()?)
     }
 
+    fn conntrack_mut(&mut self) -> Result<HashMap<&mut MapData, CtKey, CtValue>> {
+        let map = self
+            .ebpf
+            .map_mut(maps::CONNTRACK)
+            .ok_or_else(|| anyhow!("no map {} in the eBPF object", maps::CONNTRACK))?;
+        Ok(HashMap::try_from(map)?)
+    }
+
+    /// Writes tracking entries as they are (for tests and benchmarks that
+    /// need a table in a given state).
+    pub fn conntrack_insert(&mut self, entries: &[(CtKey, CtValue)]) -> Result<()> {
+        let mut m = self.conntrack_mut()?;
+        for (k, v) in entries {
+            m.insert(k, v, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Removes one tracking entry; `false` if it was not there.
+    pub fn conntrack_remove(&mut self, key: &CtKey) -> Result<bool> {
+        match self.conntrack_mut()?.remove(key) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Removes expired flows, orphaned directions older than `orphan_grace_ns`
     /// (a new flow's two entries are written one after the other), and
     /// flows of tenants for which `live` says no.
     pub fn reclaim_conntrack(&mut self, now: u64, live: impl Fn(u32) -> bool) -> Result<Reclaimed> {
         let flows = self.conntrack_flows()?;
-        let map = self
-            .ebpf
-            .map_mut(maps::CONNTRACK)
-            .ok_or_else(|| anyhow!("no map {} in the eBPF object", maps::CONNTRACK))?;
-        let mut m: HashMap<&mut MapData, CtKey, CtValue> = HashMap::try_from(map)?;
+        let mut m = self.conntrack_mut()?;
         let mut done = Reclaimed::default();
         for f in flows {
             let why = if !live(f.tenant()) {

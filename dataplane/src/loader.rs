@@ -57,6 +57,27 @@ fn all_programs() -> Vec<&'static str> {
     all
 }
 
+/// Loads a program; the verifier gives up with EAGAIN when a signal
+/// arrives while it works (a child exiting, say), which says nothing about
+/// the program: that is tried again.
+pub fn load_retrying(prog: &mut Xdp) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        match prog.load() {
+            Ok(()) => return Ok(()),
+            Err(e) if tries < 5 && is_eagain(&e) => tries += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn is_eagain(e: &aya::programs::ProgramError) -> bool {
+    match e {
+        aya::programs::ProgramError::LoadError { io_error, .. } => io_error.raw_os_error() == Some(libc::EAGAIN),
+        _ => false,
+    }
+}
+
 /// Where a map lives under a pin directory.
 pub fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join("maps").join(name)
@@ -97,8 +118,7 @@ impl Dataplane {
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
                 .try_into()?;
-            prog.load()
-                .with_context(|| format!("loading program {name} (verifier)"))?;
+            load_retrying(prog).with_context(|| format!("loading program {name} (verifier)"))?;
         }
         let mut dp = Dataplane { ebpf };
         dp.fill_jumps()?;

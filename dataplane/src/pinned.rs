@@ -343,18 +343,23 @@ impl Pins {
         Counters::read(&m, side)
     }
 
-    /// The SNAT / connection-tracking table.
+    /// The SNAT / connection-tracking table, as flows.
     pub fn snat(&self) -> Result<SnatTable> {
-        // Outbound traffic (packet path 3) is not built into this
-        // dataplane: its object has no such map, so there is nothing pinned
-        // to read. When the map exists, it is named in `dataplane_common::maps`
-        // and read here into `SnatEntry`s.
-        Ok(SnatTable::Absent {
-            reason: format!(
-                "this dataplane build (map layout version {LAYOUT_VERSION}) has no SNAT / connection-tracking table: \
-                 outbound SNAT is not implemented yet, so there are no entries to list"
-            ),
-        })
+        if !map_pin(&self.dir, maps::CONNTRACK).exists() {
+            return Ok(SnatTable::Absent {
+                reason: format!(
+                    "no {} map is pinned under {}: the dataplane there was loaded without source NAT",
+                    maps::CONNTRACK,
+                    self.dir.display()
+                ),
+            });
+        }
+        let flows = crate::conntrack::flows_of(&Map::LruHashMap(self.map(maps::CONNTRACK)?))?;
+        let names: BTreeMap<u32, String> = self.tenants()?.into_iter().map(|t| (t.id, t.display_name())).collect();
+        let now = crate::conntrack::now_ns();
+        let mut entries: Vec<SnatEntry> = flows.iter().map(|f| SnatEntry::of(f, &names, now)).collect();
+        entries.sort_by(|a, b| (&a.tenant, &a.inside, &a.remote).cmp(&(&b.tenant, &b.inside, &b.remote)));
+        Ok(SnatTable::Entries(entries))
     }
 }
 
@@ -610,12 +615,75 @@ pub enum SnatTable {
 pub struct SnatEntry {
     pub tenant: String,
     pub proto: String,
-    /// The machine's address and port inside the VPC.
+    /// The machine's address and port (ICMP: echo identifier) inside the VPC.
     pub inside: String,
     /// The egress IP and the port allocated for the flow.
     pub egress: String,
     /// The external party.
     pub remote: String,
+    /// The machine the flow came from (and replies go to), as a backend
+    /// slot: `connector[0]`, `core[1]`, ...
+    pub machine: String,
+    /// TCP: `syn_sent`, `established`, `closing`, `reset`; others:
+    /// `replied` or `unreplied`.
+    pub state: String,
+    /// Seconds until the flow expires unless more packets come (0: expired,
+    /// awaiting reclaim).
+    pub expires_in_s: u64,
+    /// `both`, or which direction alone is left (the other was evicted;
+    /// the next packet writes it back).
+    pub directions: String,
+}
+
+fn endpoint(addr: &[u8; 16], family: u8, port_be: [u8; 2]) -> String {
+    match crate::conntrack::ip(addr, family) {
+        std::net::IpAddr::V4(a) => format!("{a}:{}", u16::from_be_bytes(port_be)),
+        std::net::IpAddr::V6(a) => format!("[{a}]:{}", u16::from_be_bytes(port_be)),
+    }
+}
+
+impl SnatEntry {
+    fn of(f: &crate::conntrack::Flow, names: &BTreeMap<u32, String>, now: u64) -> SnatEntry {
+        let tenant = f.tenant();
+        let name = names.get(&tenant).cloned().unwrap_or_else(|| format!("#{tenant}"));
+        let (inside, egress, remote, proto, origin) = match (f.out, f.reply) {
+            (Some((k, v)), r) => (
+                endpoint(&k.src, k.family, k.sport_be),
+                endpoint(&v.addr, k.family, v.port_be),
+                endpoint(&k.dst, k.family, r.map(|(rk, _)| rk.sport_be).unwrap_or(k.dport_be)),
+                k.proto,
+                r.map(|(_, rv)| rv.origin).unwrap_or(v.origin),
+            ),
+            (None, Some((k, v))) => (
+                endpoint(&v.addr, k.family, v.port_be),
+                endpoint(&k.dst, k.family, k.dport_be),
+                endpoint(&k.src, k.family, k.sport_be),
+                k.proto,
+                v.origin,
+            ),
+            (None, None) => (String::new(), String::new(), String::new(), 0, 0),
+        };
+        let machine = match origin {
+            0 | 1 => format!("connector[{origin}]"),
+            _ => format!("core[{}]", origin & 1),
+        };
+        SnatEntry {
+            tenant: name,
+            proto: proto_name(proto),
+            inside,
+            egress,
+            remote,
+            machine,
+            state: f.state(proto).to_string(),
+            expires_in_s: f.expires_ns().saturating_sub(now) / 1_000_000_000,
+            directions: match (f.out.is_some(), f.reply.is_some()) {
+                (true, true) => "both",
+                (true, false) => "outbound",
+                _ => "reply",
+            }
+            .to_string(),
+        }
+    }
 }
 
 /// Tenant ids any policy map refers to (for sizing a private copy of the

@@ -641,3 +641,78 @@ fn a_full_table_evicts_the_least_recently_used_flows() {
         "the room came from idle flows: {idle_kept} of 100 left"
     );
 }
+
+#[test]
+fn reclaim_removes_what_the_data_path_treats_as_dead() {
+    require_root();
+    let ts = tenants();
+    let (acme, beta) = (&ts[0], &ts[1]);
+    let fab = FabricNs::new(&ts).unwrap();
+    let mut dp = loaded(&fab, &ts).unwrap();
+    let m = &acme.connectors[0];
+    fab.ns
+        .enter(|| {
+            for sport in 1..=4u16 {
+                let f = from_machine(acme, m, &udp4(ACME_VM4, PARTNER4, sport, 53, b"q"));
+                assert_eq!(dp.run(programs::FABRIC, &f).unwrap().0, XDP_REDIRECT);
+            }
+            let f = from_machine(beta, &beta.connectors[0], &udp4(ACME_VM4, PARTNER4, 9, 53, b"q"));
+            assert_eq!(dp.run(programs::FABRIC, &f).unwrap().0, XDP_REDIRECT);
+        })
+        .unwrap();
+    let flows = dp.conntrack_flows().unwrap();
+    assert_eq!(flows.len(), 5);
+    let by_sport = |sport: u16| {
+        *flows
+            .iter()
+            .find(|f| {
+                f.out
+                    .is_some_and(|(k, _)| k.tenant == 1 && u16::from_be_bytes(k.sport_be) == sport)
+            })
+            .unwrap()
+    };
+    // Flow 1: its reply direction expired (the whole flow is dead).
+    let (rk, mut rv) = by_sport(1).reply.unwrap();
+    rv.expires_ns = 1;
+    dp.conntrack_insert(&[(rk, rv)]).unwrap();
+    // Flow 2: its reply direction was evicted long ago (an orphan).
+    let (ok, mut ov) = by_sport(2).out.unwrap();
+    assert!(dp.conntrack_remove(&by_sport(2).reply.unwrap().0).unwrap());
+    ov.touched_ns = 0;
+    dp.conntrack_insert(&[(ok, ov)]).unwrap();
+    // Flow 3: its reply direction was evicted just now (not yet an orphan:
+    // the next packet writes it back).
+    assert!(dp.conntrack_remove(&by_sport(3).reply.unwrap().0).unwrap());
+
+    // Beta (tenant 2) is no longer in force.
+    let now = dataplane::conntrack::now_ns();
+    let r = dp.reclaim_conntrack(now, |t| t == 1).unwrap();
+    assert_eq!((r.expired, r.orphans, r.gone_tenants), (1, 1, 1), "{r:?}");
+    let left = dp.conntrack_flows().unwrap();
+    let mut sports: Vec<u16> = left
+        .iter()
+        .filter_map(|f| f.out.map(|(k, _)| u16::from_be_bytes(k.sport_be)))
+        .collect();
+    sports.sort();
+    assert_eq!(sports, vec![3, 4], "{left:#?}");
+
+    // Flow 3's next packet restores its reply direction, same port.
+    let port3 = u16::from_be_bytes(by_sport(3).out.unwrap().1.port_be);
+    fab.ns
+        .enter(|| {
+            let f = from_machine(acme, m, &udp4(ACME_VM4, PARTNER4, 3, 53, b"q"));
+            let (action, out) = dp.run(programs::FABRIC, &f).unwrap();
+            assert_eq!(action, XDP_REDIRECT);
+            assert_eq!(u16::from_be_bytes([out[34], out[35]]), port3);
+        })
+        .unwrap();
+    let flow3 = dp
+        .conntrack_flows()
+        .unwrap()
+        .into_iter()
+        .find(|f| f.out.is_some_and(|(k, _)| u16::from_be_bytes(k.sport_be) == 3))
+        .unwrap();
+    assert!(flow3.reply.is_some(), "the reply direction is back");
+    // Nothing more to reclaim.
+    assert_eq!(dp.reclaim_conntrack(now, |t| t == 1).unwrap().total(), 0);
+}

@@ -47,6 +47,9 @@ pub const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// How often deferred work of earlier applies is done.
 const HOUSEKEEPING: Duration = Duration::from_secs(2);
+/// Housekeeping rounds between two passes over the connection-tracking
+/// table (a pass reads the whole table).
+const RECLAIM_EVERY: u64 = 5;
 
 /// Whether `loader`-style directory scans take `p` as a policy file: a name
 /// ending in `.toml` or `.json` that does not start with `.`.
@@ -139,6 +142,8 @@ pub struct Agent {
     last_error: Option<LastError>,
     attempts: u64,
     cache: load::DirCache,
+    /// Housekeeping rounds so far.
+    ticks: u64,
     _lock: PinLock,
 }
 
@@ -235,6 +240,7 @@ impl Agent {
             last_error: None,
             attempts: 0,
             cache: load::DirCache::default(),
+            ticks: 0,
             _lock: lock,
         };
         // Policies before programs: on a fresh start the programs see every
@@ -435,6 +441,29 @@ impl Agent {
             Ok(0) => {}
             Ok(n) => tracing::debug!(tenants = n, "emptied the allow slots of removed tenants"),
             Err(e) => warn!(error = %format!("{e:#}"), "emptying the allow slots of removed tenants"),
+        }
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(RECLAIM_EVERY) {
+            self.reclaim_conntrack();
+        }
+    }
+
+    /// Removes tracked flows the data path already treats as dead (expired,
+    /// half gone) and those of tenants no longer in force.
+    pub fn reclaim_conntrack(&mut self) {
+        let installed = &self.engine.installed;
+        match self
+            .dp
+            .reclaim_conntrack(crate::conntrack::now_ns(), |t| installed.contains_key(&t))
+        {
+            Ok(r) if r.total() == 0 => {}
+            Ok(r) => tracing::debug!(
+                expired = r.expired,
+                orphans = r.orphans,
+                gone_tenants = r.gone_tenants,
+                "reclaimed tracked flows"
+            ),
+            Err(e) => warn!(error = %format!("{e:#}"), "reclaiming tracked flows"),
         }
     }
 

@@ -1,7 +1,7 @@
 //! `carwash snat list [--tenant NAME]`: the SNAT / connection-tracking
-//! entries, from the pinned table. A dataplane without the table (this
-//! build: outbound SNAT is not implemented yet) is reported as such, in the
-//! table and in the JSON document, rather than as an empty list.
+//! entries, from the pinned table, one row per flow (both directions of a
+//! flow are one entry). Pins without the table are reported as such, in
+//! the table and in the JSON document, rather than as an empty list.
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -34,7 +34,9 @@ struct List {
 }
 
 fn table(entries: &[SnatEntry]) -> comfy_table::Table {
-    let mut t = output::table(["tenant", "proto", "inside", "egress", "remote"]);
+    let mut t = output::table([
+        "tenant", "proto", "inside", "egress", "remote", "machine", "state", "expires", "dirs",
+    ]);
     for e in entries {
         t.add_row(vec![
             e.tenant.clone(),
@@ -42,6 +44,10 @@ fn table(entries: &[SnatEntry]) -> comfy_table::Table {
             e.inside.clone(),
             e.egress.clone(),
             e.remote.clone(),
+            e.machine.clone(),
+            e.state.clone(),
+            format!("{}s", e.expires_in_s),
+            e.directions.clone(),
         ]);
     }
     t

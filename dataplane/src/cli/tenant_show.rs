@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use dataplane::pinned::{self, AllowEntry, ClassStats, Machine, Pins};
 use dataplane_common::types::MAGLEV_SIZE;
+use dataplane_common::types::{MASK_EGRESS, MASK_VPC};
 use serde::Serialize;
 
 use super::{Format, PinArgs, output};
@@ -36,6 +37,7 @@ struct Show {
     addresses: Vec<Address>,
     services: Vec<Service>,
     allow: Allow,
+    outbound: Outbound,
     connectors: Vec<Connector>,
     cores: Vec<Core>,
     /// Counters by class (`https`, `jms`, `none`).
@@ -61,6 +63,15 @@ struct Service {
 struct Allow {
     ipv4: Vec<Prefix>,
     ipv6: Vec<Prefix>,
+}
+
+/// The outbound side of the tenant's tries: the private space it may send
+/// from and the destinations it may reach (the outermost prefixes with
+/// that bit; nested ones add nothing).
+#[derive(Serialize, Default)]
+struct Outbound {
+    vpc: Vec<String>,
+    egress_allow: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -92,6 +103,7 @@ struct Core {
 
 fn prefixes(list: &[AllowEntry]) -> Vec<Prefix> {
     list.iter()
+        .filter(|e| !pinned::mask_classes(e.mask).is_empty())
         .map(|e| Prefix {
             prefix: e.prefix.to_string(),
             classes: pinned::mask_classes(e.mask),
@@ -99,11 +111,34 @@ fn prefixes(list: &[AllowEntry]) -> Vec<Prefix> {
         .collect()
 }
 
+/// The outermost prefixes of `list` whose mask has `bit`.
+fn outermost(list: &[AllowEntry], bit: u32) -> Vec<String> {
+    let with: Vec<&AllowEntry> = list.iter().filter(|e| e.mask & bit != 0).collect();
+    with.iter()
+        .filter(|e| {
+            !with
+                .iter()
+                .any(|o| o.prefix.prefix() < e.prefix.prefix() && o.prefix.contains(e.prefix.network()))
+        })
+        .map(|e| e.prefix.to_string())
+        .collect()
+}
+
+fn dash_list(v: &[String]) -> String {
+    if v.is_empty() { "-".to_string() } else { v.join(", ") }
+}
+
 fn gather(pins: &Pins, name: &str) -> Result<Show> {
     let t = pins.tenant(name)?;
+    let mut outbound = Outbound::default();
     let allow = match t.info {
         Some(i) => {
             let l = pins.allow(i.allow_slot)?;
+            let both: Vec<AllowEntry> = l.v4.iter().chain(&l.v6).cloned().collect();
+            outbound = Outbound {
+                vpc: outermost(&both, MASK_VPC),
+                egress_allow: outermost(&both, MASK_EGRESS),
+            };
             Allow {
                 ipv4: prefixes(&l.v4),
                 ipv6: prefixes(&l.v6),
@@ -160,6 +195,7 @@ fn gather(pins: &Pins, name: &str) -> Result<Show> {
             })
             .collect(),
         allow,
+        outbound,
         connectors,
         cores,
         stats: pinned::class_stats(&pins.tenant_stats(t.id)?),
@@ -203,6 +239,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         allow.add_row(vec!["(none: nothing may reach the VIPs)".to_string(), String::new()]);
     }
     println!("{allow}\n");
+
+    let mut out = output::table(["outbound", "prefixes"]);
+    out.add_row(vec!["vpc (may send from)".to_string(), dash_list(&s.outbound.vpc)]);
+    out.add_row(vec![
+        "egress allow (may reach)".to_string(),
+        dash_list(&s.outbound.egress_allow),
+    ]);
+    println!("{out}\n");
 
     let mut m = output::table(["machine", "vtep", "mac", "up", "traffic"]);
     for c in &s.connectors {

@@ -286,8 +286,7 @@ fn run_program(pins: &Pins, host: &HostConfig, side: Side, frame: &[u8], tenant_
         .program_mut(name)
         .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
         .try_into()?;
-    prog.load()
-        .with_context(|| format!("loading program {name} (verifier)"))?;
+    crate::loader::load_retrying(prog).with_context(|| format!("loading program {name} (verifier)"))?;
     let tag = prog.info()?.tag();
 
     let ingress_ifindex = match side {
