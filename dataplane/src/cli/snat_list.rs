@@ -97,9 +97,14 @@ mod tests {
             inside: "10.101.0.5:41000".into(),
             egress: "203.0.113.200:20001".into(),
             remote: "198.18.0.10:443".into(),
+            machine: "connector[1]".into(),
+            state: "established".into(),
+            expires_in_s: 7100,
+            directions: "both".into(),
         };
         let text = table(&[e]).to_string();
         assert!(text.contains("10.101.0.5:41000"), "{text}");
+        assert!(text.contains("7100s"), "{text}");
         assert!(text.lines().count() >= 2, "{text}");
     }
 }
