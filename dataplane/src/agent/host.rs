@@ -1,12 +1,34 @@
-//! The host side of the agent: the interfaces (through rtnetlink) and the
-//! forwarding settings `bpf_fib_lookup` needs.
+//! The host side of the agent: the interfaces (through rtnetlink), the
+//! forwarding settings `bpf_fib_lookup` needs, and the VIPs and egress IPs
+//! the uplink must answer ARP and neighbour solicitations for.
+//!
+//! **Addresses.** After each apply the agent puts every VIP and egress IP
+//! in force on the uplink as a host address (`/32`, `/128`), so that the
+//! kernel answers ARP and NDP for it, and removes the ones no longer in
+//! force. Its addresses carry their own address protocol
+//! ([`ADDR_PROTO`], `IFA_PROTO`), by which it tells them from the
+//! operator's: it never removes or changes an address without that mark,
+//! and an address the operator already has on the uplink is left as it is.
+//! They are added with `noprefixroute` (no route besides the local one)
+//! and, for IPv6, `nodad` (answering at once; the control plane claims each
+//! address once). The XDP program sees every packet to them first, so the
+//! host stack never serves them; ARP and neighbour solicitations (to the
+//! solicited-node multicast group) are no packets to a VIP and pass.
+//! Stopping the agent leaves them (the programs stay attached too); a new
+//! agent reconciles them with the set in force; `--uninstall` removes them.
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
+use rtnetlink::Handle;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressProtocol};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage, LinkXdp};
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
+
+use crate::config::HostConfig;
 
 /// An interface as the kernel describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -116,4 +138,274 @@ pub fn enable_forwarding(dev: &str) -> Result<Vec<String>> {
         info!(dev, changed = %changed.join(" "), "enabled forwarding");
     }
     Ok(changed)
+}
+
+/// The address protocol (`IFA_PROTO`) that marks the addresses carwash put
+/// on the uplink (`ip -d address` of iproute2 6.3 and later shows it as
+/// `proto 0xca`).
+pub const ADDR_PROTO: u8 = 0xca;
+
+/// Requests to the kernel in flight at once while addresses change.
+const NETLINK_CONCURRENCY: usize = 32;
+
+/// An address of an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAddr {
+    pub ip: IpAddr,
+    pub prefix_len: u8,
+    /// `IFA_PROTO`, 0 when the kernel reported none.
+    pub proto: u8,
+    msg: AddressMessage,
+}
+
+impl HostAddr {
+    /// Whether carwash added it.
+    pub fn is_carwash(&self) -> bool {
+        self.proto == ADDR_PROTO
+    }
+}
+
+fn host_addr(msg: AddressMessage) -> Option<HostAddr> {
+    let mut local = None;
+    let mut address = None;
+    let mut proto = 0;
+    for a in &msg.attributes {
+        match a {
+            AddressAttribute::Local(ip) => local = Some(*ip),
+            AddressAttribute::Address(ip) => address = Some(*ip),
+            AddressAttribute::Protocol(p) => proto = u8::from(*p),
+            _ => {}
+        }
+    }
+    Some(HostAddr {
+        ip: local.or(address)?,
+        prefix_len: msg.header.prefix_len,
+        proto,
+        msg,
+    })
+}
+
+fn connect() -> Result<Handle> {
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+async fn dump_addresses(handle: &Handle, ifindex: u32) -> Result<Vec<HostAddr>> {
+    let msgs: Vec<AddressMessage> = handle
+        .address()
+        .get()
+        .set_link_index_filter(ifindex)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| anyhow!("listing the addresses of ifindex {ifindex}: {e}"))?;
+    Ok(msgs.into_iter().filter_map(host_addr).collect())
+}
+
+/// The addresses of interface `ifindex` (in the calling thread's network
+/// namespace; needs a tokio runtime).
+pub async fn addresses(ifindex: u32) -> Result<Vec<HostAddr>> {
+    dump_addresses(&connect()?, ifindex).await
+}
+
+fn netlink_errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// What a reconciliation of the uplink's addresses did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AddrChanges {
+    /// Added by carwash now.
+    pub added: Vec<IpAddr>,
+    /// Carwash's, no longer in force: removed.
+    pub removed: Vec<IpAddr>,
+    /// Carwash's already, still in force.
+    pub kept: usize,
+    /// In force, but the operator has them on the uplink already: left alone.
+    pub operators: Vec<IpAddr>,
+    /// What the kernel refused, one line each.
+    pub failed: Vec<String>,
+}
+
+async fn add_address(handle: Handle, ifindex: u32, ip: IpAddr) -> Result<(), String> {
+    let plen = if ip.is_ipv4() { 32 } else { 128 };
+    let mut req = handle.address().add(ifindex, ip, plen);
+    let m = req.message_mut();
+    m.attributes
+        .push(AddressAttribute::Protocol(AddressProtocol::from(ADDR_PROTO)));
+    let mut flags = AddressFlags::Noprefixroute;
+    if ip.is_ipv6() {
+        flags |= AddressFlags::Nodad;
+    }
+    m.attributes.push(AddressAttribute::Flags(flags));
+    req.execute().await.map_err(|e| format!("adding {ip}/{plen}: {e}"))
+}
+
+async fn del_address(handle: Handle, a: HostAddr) -> Result<(), String> {
+    match handle.address().del(a.msg).execute().await {
+        Ok(()) => Ok(()),
+        // Gone already.
+        Err(e) if netlink_errno(&e) == Some(libc::EADDRNOTAVAIL) => Ok(()),
+        Err(e) => Err(format!("removing {}/{}: {e}", a.ip, a.prefix_len)),
+    }
+}
+
+/// Makes carwash's addresses on `ifindex` exactly `want` (see the module
+/// documentation): adds what is missing, removes its own addresses that
+/// are not wanted, and leaves every address without its mark alone.
+pub async fn sync_addresses(ifindex: u32, want: &BTreeSet<IpAddr>) -> Result<AddrChanges> {
+    let handle = connect()?;
+    let present = dump_addresses(&handle, ifindex).await?;
+    let mut ours: BTreeMap<IpAddr, Vec<HostAddr>> = BTreeMap::new();
+    let mut theirs: BTreeSet<IpAddr> = BTreeSet::new();
+    for a in present {
+        if a.is_carwash() {
+            ours.entry(a.ip).or_default().push(a);
+        } else {
+            theirs.insert(a.ip);
+        }
+    }
+    let mut ch = AddrChanges::default();
+    let mut to_add = Vec::new();
+    for ip in want {
+        let full = if ip.is_ipv4() { 32 } else { 128 };
+        if ours.get(ip).is_some_and(|v| v.iter().any(|a| a.prefix_len == full)) {
+            ch.kept += 1;
+        } else if theirs.contains(ip) {
+            ch.operators.push(*ip);
+        } else {
+            to_add.push(*ip);
+        }
+    }
+    // Ours that are not wanted, or not host addresses (never added so).
+    let to_del: Vec<HostAddr> = ours
+        .into_values()
+        .flatten()
+        .filter(|a| !want.contains(&a.ip) || a.prefix_len != if a.ip.is_ipv4() { 32 } else { 128 })
+        .collect();
+
+    let results: Vec<(IpAddr, Result<(), String>)> = futures_util::stream::iter(to_add)
+        .map(|ip| {
+            let h = handle.clone();
+            async move { (ip, add_address(h, ifindex, ip).await) }
+        })
+        .buffer_unordered(NETLINK_CONCURRENCY)
+        .collect()
+        .await;
+    for (ip, r) in results {
+        match r {
+            Ok(()) => ch.added.push(ip),
+            Err(e) => ch.failed.push(e),
+        }
+    }
+    let results: Vec<(HostAddr, Result<(), String>)> = futures_util::stream::iter(to_del)
+        .map(|a| {
+            let h = handle.clone();
+            async move { (a.clone(), del_address(h, a).await) }
+        })
+        .buffer_unordered(NETLINK_CONCURRENCY)
+        .collect()
+        .await;
+    for (a, r) in results {
+        match r {
+            Ok(()) if !want.contains(&a.ip) => ch.removed.push(a.ip),
+            Ok(()) => {}
+            Err(e) => ch.failed.push(e),
+        }
+    }
+    ch.added.sort();
+    ch.removed.sort();
+    ch.failed.sort();
+    Ok(ch)
+}
+
+/// What the agent last made of the uplink's addresses.
+#[derive(Debug, Default)]
+pub struct UplinkAddrs {
+    /// The policy generation whose addresses are on the uplink.
+    synced: Option<u64>,
+}
+
+impl super::Agent {
+    /// The VIPs and egress IPs in force, by the engine's account of the maps.
+    pub fn addresses_in_force(&self) -> BTreeSet<IpAddr> {
+        self.engine
+            .installed
+            .values()
+            .flat_map(|t| t.entries.addrs.iter())
+            .map(|k| crate::pinned::addr_of(&k.addr, k.family))
+            .collect()
+    }
+
+    /// Makes the uplink answer for the addresses in force, when the policy
+    /// generation changed since the last time (or nothing was done yet, as
+    /// after a restart: then what is on the uplink is reconciled).
+    pub async fn sync_uplink_addresses(&mut self) {
+        let generation = self.engine.generation;
+        if self.uplink_addrs.synced == Some(generation) {
+            return;
+        }
+        let want = self.addresses_in_force();
+        match sync_addresses(self.uplink.ifindex, &want).await {
+            Ok(ch) => {
+                if !ch.added.is_empty() || !ch.removed.is_empty() || !ch.operators.is_empty() {
+                    info!(
+                        interface = %self.uplink.name,
+                        generation,
+                        added = ch.added.len(),
+                        removed = ch.removed.len(),
+                        kept = ch.kept,
+                        operators = %few_ips(&ch.operators),
+                        "uplink addresses for the VIPs and egress IPs in force"
+                    );
+                }
+                if !ch.failed.is_empty() {
+                    error!(
+                        interface = %self.uplink.name,
+                        failed = ch.failed.len(),
+                        "the uplink will not answer ARP/NDP for some addresses in force: {}",
+                        ch.failed.join("; ")
+                    );
+                }
+                // Failures are not retried until the set changes: the same
+                // request would fail again (e.g. IPv6 off on the uplink).
+                self.uplink_addrs.synced = Some(generation);
+            }
+            Err(e) => warn!(
+                interface = %self.uplink.name,
+                error = %format!("{e:#}"),
+                "reading the uplink's addresses failed; trying again after the next event"
+            ),
+        }
+    }
+}
+
+fn few_ips(ips: &[IpAddr]) -> String {
+    let names: Vec<String> = ips.iter().map(ToString::to_string).collect();
+    super::few(&names)
+}
+
+/// `--uninstall`: removes carwash's addresses from the uplink, named by
+/// `cfg.uplink` or, when no interface has that name here, by the ifindex
+/// the pins recorded. Only marked addresses go. Returns them.
+pub fn remove_uplink_addresses(cfg: &HostConfig) -> Result<Vec<IpAddr>> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let ifindex = match interfaces(&[cfg.uplink.as_str()]).await {
+            Ok(ifs) => ifs[0].ifindex,
+            Err(_) => match crate::pinned::Pins::open(&cfg.pin_path).and_then(|p| p.host()) {
+                Ok(h) if h.uplink_ifindex != 0 => h.uplink_ifindex,
+                _ => return Ok(Vec::new()),
+            },
+        };
+        let ch = sync_addresses(ifindex, &BTreeSet::new()).await?;
+        if !ch.failed.is_empty() {
+            bail!("removing carwash's uplink addresses: {}", ch.failed.join("; "));
+        }
+        Ok(ch.removed)
+    })
 }
