@@ -83,7 +83,10 @@ fn parse(body: &str) -> BTreeMap<String, f64> {
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| {
             let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {l:?}"));
-            (series.to_string(), value.parse().unwrap_or_else(|_| panic!("bad value in {l:?}")))
+            (
+                series.to_string(),
+                value.parse().unwrap_or_else(|_| panic!("bad value in {l:?}")),
+            )
         })
         .collect()
 }
@@ -100,8 +103,12 @@ fn scrape(ns: &NetNs, port: u16) -> BTreeMap<String, f64> {
 }
 
 fn value(m: &BTreeMap<String, f64>, series: &str) -> f64 {
-    *m.get(series)
-        .unwrap_or_else(|| panic!("no series {series}; have:\n{}", m.keys().cloned().collect::<Vec<_>>().join("\n")))
+    *m.get(series).unwrap_or_else(|| {
+        panic!(
+            "no series {series}; have:\n{}",
+            m.keys().cloned().collect::<Vec<_>>().join("\n")
+        )
+    })
 }
 
 #[test]
@@ -171,7 +178,9 @@ fn scrapes_counters_tenants_and_policy_and_survives_bad_requests() {
         0.0
     );
     assert!(
-        !after.keys().any(|k| k.contains("tenant=\"beta\"") && k.contains("reason=")),
+        !after
+            .keys()
+            .any(|k| k.contains("tenant=\"beta\"") && k.contains("reason=")),
         "beta dropped nothing"
     );
 
@@ -205,7 +214,13 @@ fn scrapes_counters_tenants_and_policy_and_survives_bad_requests() {
     );
 
     // OpenMetrics when asked for; HEAD gives the head only.
-    let om = get(ns, port, "GET", "/metrics", "Accept: application/openmetrics-text; version=1.0.0\r\n");
+    let om = get(
+        ns,
+        port,
+        "GET",
+        "/metrics",
+        "Accept: application/openmetrics-text; version=1.0.0\r\n",
+    );
     assert_eq!(om.status, 200);
     assert!(om.headers.contains("application/openmetrics-text"), "{}", om.headers);
     assert!(om.body.ends_with("# EOF\n"));
@@ -220,7 +235,12 @@ fn scrapes_counters_tenants_and_policy_and_survives_bad_requests() {
     let post = get(ns, port, "POST", "/metrics", "Content-Length: 0\r\n");
     assert_eq!(post.status, 405);
     assert!(post.headers.contains("Allow: GET, HEAD"));
-    let garbage = raw(ns, port, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 garbage\r\n\r\n").unwrap();
+    let garbage = raw(
+        ns,
+        port,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 garbage\r\n\r\n",
+    )
+    .unwrap();
     assert!(garbage.starts_with("HTTP/1.1 400 "), "{garbage:?}");
     let huge = raw(
         ns,
@@ -255,10 +275,7 @@ fn metrics_off_serves_nothing_and_a_port_in_use_stops_the_start() {
     require_root();
     let setup = AgentSetup::new(&["acme.toml"]).unwrap();
     // Taken in the agent's namespace and held for the whole test.
-    let taken = setup
-        .ns
-        .enter(|| TcpListener::bind("127.0.0.1:0").unwrap())
-        .unwrap();
+    let taken = setup.ns.enter(|| TcpListener::bind("127.0.0.1:0").unwrap()).unwrap();
     let port = taken.local_addr().unwrap().port();
     let base = std::fs::read_to_string(&setup.config).unwrap();
 
@@ -273,7 +290,11 @@ fn metrics_off_serves_nothing_and_a_port_in_use_stops_the_start() {
     std::fs::write(&setup.config, &base).unwrap();
     set_metrics(&setup, "off");
     let agent = setup.start().unwrap();
-    assert!(agent.log_text().contains("metrics endpoint off"), "{}", agent.log_text());
+    assert!(
+        agent.log_text().contains("metrics endpoint off"),
+        "{}",
+        agent.log_text()
+    );
     // Nothing listens on the default port in the agent's namespace.
     let refused = setup
         .ns
