@@ -99,19 +99,23 @@ pub struct Snapshot {
     pub generation: u64,
     pub applied_at: u64,
     /// Map → bytes of kernel memory (`memlock`), allowlist tries included.
-    pub map_memory: Vec<(&'static str, u64)>,
+    pub map_memory: MapMemory,
     /// `None` when the agent's loop did not answer in time.
     pub agent: Option<AgentSnapshot>,
 }
 
+/// Bytes per map, as [`crate::memory::map_memory`] reads them.
+type MapMemory = Vec<(&'static str, u64)>;
+
 /// Map memory of an earlier scrape: reading it walks every allowlist slot.
 #[derive(Debug, Default)]
 pub struct MemoryCache {
-    read: Option<(u64, Instant, Vec<(&'static str, u64)>)>,
+    /// Policy generation, when, what.
+    read: Option<(u64, Instant, MapMemory)>,
 }
 
 impl MemoryCache {
-    fn get(&mut self, pins: &Pins) -> Result<Vec<(&'static str, u64)>> {
+    fn get(&mut self, pins: &Pins) -> Result<MapMemory> {
         let generation = pins.meta().generation;
         if let Some((g, at, v)) = &self.read
             && *g == generation
@@ -364,7 +368,8 @@ pub async fn bind(cfg: &HostConfig) -> Result<Option<TcpListener>> {
     let listener = TcpListener::bind(addr).await.with_context(|| {
         format!("binding the metrics endpoint {addr} (`metrics` in the host configuration or --metrics; \"off\" turns it off)")
     })?;
-    info!(address = %addr, path = PATH, "serving metrics");
+    let bound = listener.local_addr().unwrap_or(addr);
+    info!(address = %bound, path = PATH, "serving metrics");
     Ok(Some(listener))
 }
 
