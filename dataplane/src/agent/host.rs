@@ -140,9 +140,8 @@ pub fn enable_forwarding(dev: &str) -> Result<Vec<String>> {
     Ok(changed)
 }
 
-/// The address protocol (`IFA_PROTO`) that marks the addresses carwash put
-/// on the uplink (`ip -d address` of iproute2 6.3 and later shows it as
-/// `proto 0xca`).
+/// The address protocol (`IFA_PROTO`, 202) that marks the addresses carwash
+/// put on the uplink.
 pub const ADDR_PROTO: u8 = 0xca;
 
 /// Requests to the kernel in flight at once while addresses change.
