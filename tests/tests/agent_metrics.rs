@@ -2,7 +2,8 @@
 //! loopback port of its namespace: the counters move with packets run
 //! through the pinned uplink program (BPF_PROG_TEST_RUN on the live maps),
 //! a known tenant's series carry its labels, policy changes show, other
-//! paths are 404, garbage is 400 and does not stop the agent; `metrics =
+//! paths are 404, garbage is 400, a silent client 408, none of which stops
+//! the agent; `metrics =
 //! "off"` serves nothing and a port in use stops the start with an error.
 mod agent_common;
 
@@ -259,7 +260,12 @@ fn scrapes_counters_tenants_and_policy_and_survives_bad_requests() {
     // Served while a silent client holds a connection open.
     let still = scrape(ns, port);
     assert_eq!(value(&still, "carwash_tenants"), 1.0);
-    drop(silent);
+    // The silent client is told off after the agent's 10 s and closed.
+    let mut silent = silent;
+    silent.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut told = String::new();
+    silent.read_to_string(&mut told).unwrap();
+    assert!(told.starts_with("HTTP/1.1 408 "), "{told:?}");
 
     let mut agent = agent;
     assert!(

@@ -13,7 +13,8 @@
 //! The HTTP side is a minimal HTTP/1.1 server: one request per connection
 //! (`Connection: close`), a request head of at most 8 KiB read within
 //! 10 s, `GET` and `HEAD` on `/metrics` only (other paths 404, other
-//! methods 405, anything unparsable 400, an oversized head 431). A bad
+//! methods 405, anything unparsable 400, an oversized head 431, a head
+//! not complete in time 408). A bad
 //! client costs one short-lived task and never the agent.
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -423,6 +424,8 @@ pub enum Head {
     TooLarge,
     /// Closed before sending anything.
     Closed,
+    /// Not all of it within [`IO_TIMEOUT`].
+    Timeout,
 }
 
 /// Parses a request head; `None` while it is incomplete.
@@ -510,13 +513,14 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, ctx: &Arc<Ctx>) {
             debug!(%peer, error = %e, "metrics: reading the request");
             return;
         }
-        Err(_) => Head::Bad("timed out".into()),
+        Err(_) => Head::Timeout,
     };
     let mut head_only = false;
     let reply = match head {
         Head::Closed => return,
         Head::Bad(why) => Reply::text("400 Bad Request", format!("bad request: {why}\n")),
         Head::TooLarge => Reply::text("431 Request Header Fields Too Large", "request head too large\n"),
+        Head::Timeout => Reply::text("408 Request Timeout", "request head not received in time\n"),
         Head::Request {
             method,
             path,
