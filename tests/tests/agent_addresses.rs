@@ -47,6 +47,23 @@ fn operator_addrs(ns: &NetNs, ifindex: u32) -> BTreeSet<String> {
         .collect()
 }
 
+/// Waits until carwash's addresses on `ifindex` are `want` (the agent
+/// reconciles them on a thread of its own, shortly after an apply).
+fn wait_carwash_addrs(ns: &NetNs, ifindex: u32, want: &BTreeSet<String>) {
+    let t0 = Instant::now();
+    loop {
+        let now = carwash_addrs(ns, ifindex);
+        if &now == want {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "carwash's uplink addresses are {now:?}, expected {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
@@ -116,11 +133,8 @@ fn the_uplink_answers_for_the_addresses_in_force_and_only_carwash_touches_its_ow
     let beta = ["203.0.113.201/32", "2001:db8:20::20/128"];
     let operators = set(&["192.0.2.1/24", "203.0.113.20/32"]);
     let all: Vec<&str> = acme.iter().chain(beta.iter()).copied().collect();
-    assert_eq!(
-        carwash_addrs(ns, ifindex),
-        set(&all),
-        "beta's VIP 203.0.113.20 is the operator's"
-    );
+    // beta's VIP 203.0.113.20 is the operator's.
+    wait_carwash_addrs(ns, ifindex, &set(&all));
     assert_eq!(operator_addrs(ns, ifindex), operators);
     for a in addrs(ns, ifindex).iter().filter(|a| a.is_carwash()) {
         assert_eq!(a.prefix_len, if a.ip.is_ipv4() { 32 } else { 128 });
@@ -146,7 +160,7 @@ fn the_uplink_answers_for_the_addresses_in_force_and_only_carwash_touches_its_ow
 
     // beta leaves: its addresses go, the operator's stay, acme's stay.
     apply(&agent, &["acme.toml"]);
-    assert_eq!(carwash_addrs(ns, ifindex), set(&acme));
+    wait_carwash_addrs(ns, ifindex, &set(&acme));
     assert_eq!(operator_addrs(ns, ifindex), operators);
     assert!(!resolves(&peer, "upeer", "203.0.113.201", &mac, Duration::ZERO));
     assert!(!resolves(&peer, "upeer", "2001:db8:20::20", &mac, Duration::ZERO));
@@ -176,7 +190,7 @@ fn the_uplink_answers_for_the_addresses_in_force_and_only_carwash_touches_its_ow
         .unwrap();
     assert_eq!(ch.added, vec!["203.0.113.77".parse::<IpAddr>().unwrap()]);
     let agent = setup.start().unwrap();
-    assert_eq!(carwash_addrs(ns, ifindex), set(&acme));
+    wait_carwash_addrs(ns, ifindex, &set(&acme));
     assert_eq!(operator_addrs(ns, ifindex), operators);
 
     // A clean stop leaves them too (the programs stay attached); only

@@ -505,7 +505,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
         if let Some(l) = agent.metrics.take() {
             tokio::spawn(metrics::serve(l, agent.cfg.pin_path.clone(), tx.clone()));
         }
-        agent.sync_uplink_addresses().await;
+        agent.sync_uplink_addresses();
         let _watcher = watch::spawn(&agent.cfg.policy_dir, tx.clone(), DEBOUNCE)?;
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -523,11 +523,11 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
                 ev = rx.recv() => match ev {
                     Some(server::Event::Reload(source, changed)) => {
                         agent.reload_changed(source, changed.as_deref());
-                        agent.sync_uplink_addresses().await;
+                        agent.sync_uplink_addresses();
                     }
                     Some(server::Event::Api(req, reply)) => {
                         let resp = server::handle(&mut agent, req);
-                        agent.sync_uplink_addresses().await;
+                        agent.sync_uplink_addresses();
                         let _ = reply.send(resp);
                     }
                     None => break,
@@ -535,7 +535,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
                 _ = hup.recv() => {
                     info!("SIGHUP: re-reading policy_dir");
                     agent.reload("SIGHUP");
-                    agent.sync_uplink_addresses().await;
+                    agent.sync_uplink_addresses();
                 }
                 _ = idle.tick() => agent.housekeep(),
                 _ = term.recv() => { info!("SIGTERM: stopping; the programs stay attached"); break; }
