@@ -1,6 +1,6 @@
 //! Host configuration (`/etc/carwash/carwash.toml`): every key has a default
 //! or a clear error; command-line flags override the file.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -100,6 +100,7 @@ impl HostConfig {
     pub fn parse(text: &str) -> Result<HostConfig> {
         let cfg: HostConfig = toml::from_str(text)?;
         cfg.snat.ports()?;
+        cfg.metrics_addr()?;
         Ok(cfg)
     }
 
@@ -107,6 +108,22 @@ impl HostConfig {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading host configuration {}", path.display()))?;
         HostConfig::parse(&text).with_context(|| format!("host configuration {}", path.display()))
+    }
+
+    /// Where the agent serves its metrics: `None` when `metrics` is `""` or
+    /// `"off"`, else an IP address and port (`127.0.0.1:9464`,
+    /// `[::1]:9464`).
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>> {
+        let m = self.metrics.trim();
+        if m.is_empty() || m.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        m.parse().map(Some).with_context(|| {
+            format!(
+                "metrics {:?}: expected IP:PORT (e.g. \"127.0.0.1:9464\", \"[::1]:9464\"), or \"off\"",
+                self.metrics
+            )
+        })
     }
 
     /// The interface facing the VPC tunnel endpoints.
@@ -126,6 +143,23 @@ mod tests {
         assert_eq!(c.pin_path, PathBuf::from("/sys/fs/bpf/carwash"));
         assert_eq!(c.snat.ports().unwrap(), (20000, 59999));
         assert_eq!(c.conntrack.max_entries, 262144);
+        assert_eq!(c.metrics_addr().unwrap(), Some("127.0.0.1:9464".parse().unwrap()));
+    }
+
+    #[test]
+    fn metrics_can_be_turned_off_or_moved() {
+        let base = "uplink = \"eth0\"\nvtep = \"10.200.0.1\"\n";
+        for off in ["", "off", "OFF"] {
+            let c = HostConfig::parse(&format!("{base}metrics = \"{off}\"\n")).unwrap();
+            assert_eq!(c.metrics_addr().unwrap(), None, "{off:?}");
+        }
+        let c = HostConfig::parse(&format!("{base}metrics = \"[::1]:9100\"\n")).unwrap();
+        assert_eq!(c.metrics_addr().unwrap(), Some("[::1]:9100".parse().unwrap()));
+        let e = HostConfig::parse(&format!("{base}metrics = \"localhost\"\n")).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("metrics \"localhost\": expected IP:PORT"),
+            "{e:#}"
+        );
     }
 
     #[test]

@@ -337,6 +337,15 @@ impl Pins {
         Ok(sum_tenant_stats(&m, id)?)
     }
 
+    /// The counters of each tenant of `ids`, in that order, through one
+    /// descriptor of `TENANT_STATS` (for many tenants at once).
+    pub fn tenant_stats_of(&self, ids: &[u32]) -> Result<Vec<TenantStats>> {
+        let m: PerCpuArray<_, TenantStats> = PerCpuArray::try_from(Map::PerCpuArray(self.map(maps::TENANT_STATS)?))?;
+        ids.iter()
+            .map(|&id| sum_tenant_stats(&m, id).with_context(|| format!("reading TENANT_STATS[{id}]")))
+            .collect()
+    }
+
     /// The global counters of program `side` (`SIDE_UPLINK`, `SIDE_FABRIC`).
     pub fn counters(&self, side: u32) -> Result<Counters> {
         let m = PerCpuArray::<_, CounterBlock>::try_from(Map::PerCpuArray(self.map(maps::COUNTERS)?))?;

@@ -15,6 +15,7 @@ pub mod digest;
 pub mod host;
 pub mod load;
 pub mod maps;
+pub mod metrics;
 pub mod persist;
 pub mod server;
 pub mod status;
@@ -144,6 +145,8 @@ pub struct Agent {
     cache: load::DirCache,
     /// Housekeeping rounds so far.
     ticks: u64,
+    uplink_addrs: host::UplinkAddrs,
+    metrics: Option<tokio::net::TcpListener>,
     _lock: PinLock,
 }
 
@@ -158,6 +161,7 @@ impl Agent {
         std::fs::create_dir_all(&cfg.pin_path).with_context(|| format!("creating {}", cfg.pin_path.display()))?;
         let lock = PinLock::acquire(&cfg.pin_path)?;
         let pins = loader::check_pins(&cfg.pin_path)?;
+        let metrics = metrics::bind(&cfg).await?;
         let adopted = matches!(pins, PinState::Adoptable { .. });
 
         let names = [cfg.uplink.as_str(), cfg.fabric()];
@@ -241,6 +245,8 @@ impl Agent {
             attempts: 0,
             cache: load::DirCache::default(),
             ticks: 0,
+            uplink_addrs: host::UplinkAddrs::default(),
+            metrics,
             _lock: lock,
         };
         // Policies before programs: on a fresh start the programs see every
@@ -535,6 +541,10 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let listener = server::bind(&agent.cfg.api_socket)?;
         tokio::spawn(server::serve(listener, tx.clone()));
+        if let Some(l) = agent.metrics.take() {
+            tokio::spawn(metrics::serve(l, agent.cfg.pin_path.clone(), tx.clone()));
+        }
+        agent.sync_uplink_addresses();
         let _watcher = watch::spawn(&agent.cfg.policy_dir, tx.clone(), DEBOUNCE)?;
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -550,14 +560,22 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
-                    Some(server::Event::Reload(source, changed)) => { agent.reload_changed(source, changed.as_deref()); }
+                    Some(server::Event::Reload(source, changed)) => {
+                        agent.reload_changed(source, changed.as_deref());
+                        agent.sync_uplink_addresses();
+                    }
                     Some(server::Event::Api(req, reply)) => {
                         let resp = server::handle(&mut agent, req);
+                        agent.sync_uplink_addresses();
                         let _ = reply.send(resp);
                     }
                     None => break,
                 },
-                _ = hup.recv() => { info!("SIGHUP: re-reading policy_dir"); agent.reload("SIGHUP"); }
+                _ = hup.recv() => {
+                    info!("SIGHUP: re-reading policy_dir");
+                    agent.reload("SIGHUP");
+                    agent.sync_uplink_addresses();
+                }
                 _ = idle.tick() => agent.housekeep(),
                 _ = term.recv() => { info!("SIGTERM: stopping; the programs stay attached"); break; }
                 _ = int.recv() => { info!("SIGINT: stopping; the programs stay attached"); break; }
@@ -568,14 +586,20 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
     })
 }
 
-/// `carwash agent --uninstall`: detaches the programs (removes the link
-/// pins) and removes everything under `pin_path`, and the state file.
-/// Refused while an agent runs on that pin path.
+/// `carwash agent --uninstall`: removes the agent's addresses from the
+/// uplink ([`host::remove_uplink_addresses`]), detaches the programs
+/// (removes the link pins) and removes everything under `pin_path`, and the
+/// state file. Refused while an agent runs on that pin path.
 pub fn uninstall(cfg: &HostConfig) -> Result<Vec<PathBuf>> {
     if !cfg.pin_path.exists() {
         return Ok(Vec::new());
     }
     let _lock = PinLock::acquire(&cfg.pin_path)?;
+    match host::remove_uplink_addresses(cfg) {
+        Ok(ips) if !ips.is_empty() => info!(removed = ips.len(), "uplink addresses removed"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %format!("{e:#}"), "removing the uplink addresses"),
+    }
     let removed = loader::uninstall(&cfg.pin_path)?;
     let state = state_file(cfg);
     if state.exists() {

@@ -1,0 +1,682 @@
+//! The agent's metrics endpoint: `GET http://<metrics>/metrics` answers in
+//! the Prometheus text format (0.0.4), or in OpenMetrics when the scraper
+//! asks for it (`Accept: application/openmetrics-text`), encoded by
+//! `prometheus-client`.
+//!
+//! Every scrape reads the pinned maps, read-only and through the same code
+//! as `carwash stats` ([`Pins`], [`Counters`], [`class_stats`]), so the
+//! endpoint reports what the programs counted, also right after a restart;
+//! what only the agent knows (the last apply, its duration, the last
+//! refused set) comes from the agent's loop as a status request, so a
+//! scrape never touches the agent's state directly.
+//!
+//! The HTTP side is a minimal HTTP/1.1 server: one request per connection
+//! (`Connection: close`), a request head of at most 8 KiB read within
+//! 10 s, `GET` and `HEAD` on `/metrics` only (other paths 404, other
+//! methods 405, anything unparsable 400, an oversized head 431, a head
+//! not complete in time 408). A bad
+//! client costs one short-lived task and never the agent.
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use dataplane_common::{
+    Counter, DropReason,
+    types::{SIDE_FABRIC, SIDE_UPLINK},
+};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::server::Event;
+use crate::api::{AgentStatus, Request};
+use crate::config::HostConfig;
+use crate::counters::Counters;
+use crate::pinned::{ClassStats, Pins, class_stats};
+
+/// The one path served.
+pub const PATH: &str = "/metrics";
+/// Longest request head accepted.
+const MAX_HEAD: usize = 8192;
+/// Time a client has to send its request head, and to take the answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time the agent's loop has to answer the status request of a scrape (it
+/// may be in the middle of a large apply).
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 64;
+/// Map memory is read again after a new policy generation or this long.
+const MEMORY_TTL: Duration = Duration::from_secs(60);
+
+const PROGRAMS: [(&str, u32); 2] = [("uplink", SIDE_UPLINK), ("fabric", SIDE_FABRIC)];
+
+/// One tenant's counters and state, as the maps hold them.
+#[derive(Debug, Clone)]
+pub struct TenantSnapshot {
+    pub name: String,
+    pub ready: bool,
+    /// Class word → counters: `https` and `jms` always, `none` when it
+    /// counted anything.
+    pub classes: BTreeMap<&'static str, ClassStats>,
+}
+
+/// What only the running agent knows.
+#[derive(Debug, Clone, Default)]
+pub struct AgentSnapshot {
+    pub started_at: u64,
+    pub attempts: u64,
+    /// Map-writing time of the last apply, in seconds.
+    pub last_apply_seconds: Option<f64>,
+    /// Unix time of the last refused or failed policy set.
+    pub last_error_at: Option<u64>,
+}
+
+impl From<&AgentStatus> for AgentSnapshot {
+    fn from(s: &AgentStatus) -> Self {
+        AgentSnapshot {
+            started_at: s.started_at,
+            attempts: s.attempts,
+            last_apply_seconds: s.last_apply.as_ref().map(|a| a.micros as f64 / 1e6),
+            last_error_at: s.last_error.as_ref().map(|e| e.at),
+        }
+    }
+}
+
+/// Everything one scrape reports.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Program (`uplink`, `fabric`) → its global counters.
+    pub programs: Vec<(&'static str, Counters)>,
+    pub tenants: Vec<TenantSnapshot>,
+    pub generation: u64,
+    pub applied_at: u64,
+    /// Map → bytes of kernel memory (`memlock`), allowlist tries included.
+    pub map_memory: MapMemory,
+    /// `None` when the agent's loop did not answer in time.
+    pub agent: Option<AgentSnapshot>,
+}
+
+/// Bytes per map, as [`crate::memory::map_memory`] reads them.
+type MapMemory = Vec<(&'static str, u64)>;
+
+/// Map memory of an earlier scrape: reading it walks every allowlist slot.
+#[derive(Debug, Default)]
+pub struct MemoryCache {
+    /// Policy generation, when, what.
+    read: Option<(u64, Instant, MapMemory)>,
+}
+
+impl MemoryCache {
+    fn get(&mut self, pins: &Pins) -> Result<MapMemory> {
+        let generation = pins.meta().generation;
+        if let Some((g, at, v)) = &self.read
+            && *g == generation
+            && at.elapsed() < MEMORY_TTL
+        {
+            return Ok(v.clone());
+        }
+        let v = crate::memory::map_memory(pins.dir())?;
+        self.read = Some((generation, Instant::now(), v.clone()));
+        Ok(v)
+    }
+}
+
+impl Snapshot {
+    /// Reads the counters, tenants and map memory from the pins.
+    pub fn read(pins: &Pins, memory: &mut MemoryCache) -> Result<Snapshot> {
+        let programs = PROGRAMS
+            .iter()
+            .map(|&(name, side)| Ok((name, pins.counters(side)?)))
+            .collect::<Result<_>>()?;
+        let records = pins.tenants()?;
+        let ids: Vec<u32> = records.iter().map(|t| t.id).collect();
+        let stats = pins.tenant_stats_of(&ids)?;
+        let tenants = records
+            .iter()
+            .zip(stats.iter())
+            .map(|(t, st)| {
+                let mut classes = class_stats(st);
+                classes.retain(|c, s| *c != "none" || s.steered_packets != 0 || s.dropped_packets != 0);
+                TenantSnapshot {
+                    name: t.display_name(),
+                    ready: t.ready(),
+                    classes,
+                }
+            })
+            .collect();
+        Ok(Snapshot {
+            programs,
+            tenants,
+            generation: pins.meta().generation,
+            applied_at: pins.meta().applied_at,
+            map_memory: memory.get(pins)?,
+            agent: None,
+        })
+    }
+
+    /// The Prometheus text format (0.0.4), or OpenMetrics.
+    pub fn encode(self, openmetrics: bool) -> Result<String> {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::new();
+        if openmetrics {
+            prometheus_client::encoding::text::encode(&mut out, &registry)
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+        }
+        .context("encoding the metrics")?;
+        Ok(out)
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counters(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Labels, u64)>,
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+    for (labels, v) in series {
+        ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge<N: prometheus_client::encoding::EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Labels, N)>,
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Gauge)?;
+    for (labels, v) in series {
+        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn one<N>(v: N) -> [(Labels, N); 1] {
+    [(Vec::new(), v)]
+}
+
+fn counter_help(c: Counter) -> String {
+    match c {
+        Counter::Packets => "Frames the program saw.".into(),
+        Counter::Bytes => "Bytes of the frames the program saw.".into(),
+        Counter::Steered => "Packets encapsulated towards a tenant machine.".into(),
+        Counter::Decapsulated => "Packets from a tenant machine, decapsulated and sent on.".into(),
+        c => format!("Frames counted as {} by the program.", c.name()),
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let e = &mut enc;
+        for &c in Counter::ALL {
+            counters(
+                e,
+                &format!("carwash_program_{}", c.name()),
+                &counter_help(c),
+                self.programs
+                    .iter()
+                    .map(|(p, n)| (vec![("program", p.to_string())], n.get(c))),
+            )?;
+        }
+        counters(
+            e,
+            "carwash_program_dropped",
+            "Packets the program dropped, by reason.",
+            self.programs.iter().flat_map(|(p, n)| {
+                DropReason::ALL.iter().map(move |&r| {
+                    (
+                        vec![("program", p.to_string()), ("reason", r.name().to_string())],
+                        n.dropped(r),
+                    )
+                })
+            }),
+        )?;
+
+        let per_class = |f: fn(&ClassStats) -> u64| {
+            self.tenants.iter().flat_map(move |t| {
+                t.classes
+                    .iter()
+                    .map(move |(c, s)| (vec![("tenant", t.name.clone()), ("class", c.to_string())], f(s)))
+            })
+        };
+        counters(
+            e,
+            "carwash_tenant_steered_packets",
+            "Packets steered for the tenant (to its machines, or from them to the internet), by port class.",
+            per_class(|s| s.steered_packets),
+        )?;
+        counters(
+            e,
+            "carwash_tenant_steered_bytes",
+            "Bytes steered for the tenant, as the programs left the frames (tunnel headers included), by port class.",
+            per_class(|s| s.steered_bytes),
+        )?;
+        counters(
+            e,
+            "carwash_tenant_dropped_packets",
+            "Packets of the tenant dropped, by port class and reason (reasons that counted).",
+            self.tenants.iter().flat_map(|t| {
+                t.classes.iter().flat_map(move |(c, s)| {
+                    s.dropped.iter().map(move |(r, n)| {
+                        (
+                            vec![
+                                ("tenant", t.name.clone()),
+                                ("class", c.to_string()),
+                                ("reason", r.to_string()),
+                            ],
+                            *n,
+                        )
+                    })
+                })
+            }),
+        )?;
+        counters(
+            e,
+            "carwash_tenant_dropped_bytes",
+            "Bytes of the tenant's dropped packets, by port class.",
+            per_class(|s| s.dropped_bytes),
+        )?;
+        gauge(
+            e,
+            "carwash_tenant_ready",
+            "1 when the tenant's policy is complete in the maps, 0 while it passes nothing (fail closed).",
+            self.tenants
+                .iter()
+                .map(|t| (vec![("tenant", t.name.clone())], u64::from(t.ready))),
+        )?;
+        gauge(
+            e,
+            "carwash_tenants",
+            "Tenants in the maps.",
+            one(self.tenants.len() as u64),
+        )?;
+        gauge(
+            e,
+            "carwash_policy_generation",
+            "Generation of the policy set in force (0: none yet).",
+            one(self.generation),
+        )?;
+        gauge(
+            e,
+            "carwash_policy_applied_timestamp_seconds",
+            "Unix time the policy set in force was applied.",
+            one(self.applied_at),
+        )?;
+        gauge(
+            e,
+            "carwash_map_memory_bytes",
+            "Kernel memory of each map (memlock), the per-tenant allowlist tries counted into their outer map.",
+            self.map_memory.iter().map(|(m, b)| (vec![("map", m.to_string())], *b)),
+        )?;
+        if let Some(a) = &self.agent {
+            gauge(
+                e,
+                "carwash_agent_start_time_seconds",
+                "Unix time the agent started.",
+                one(a.started_at),
+            )?;
+            counters(
+                e,
+                "carwash_policy_apply_attempts",
+                "Policy sets the agent read or received (applied, unchanged or refused).",
+                one(a.attempts),
+            )?;
+            if let Some(s) = a.last_apply_seconds {
+                gauge(
+                    e,
+                    "carwash_policy_last_apply_duration_seconds",
+                    "Time the last apply spent writing the maps.",
+                    one(s),
+                )?;
+            }
+            if let Some(at) = a.last_error_at {
+                gauge(
+                    e,
+                    "carwash_policy_last_error_timestamp_seconds",
+                    "Unix time of the last policy set refused or failed.",
+                    one(at),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---- HTTP ----
+
+/// Binds the metrics endpoint of `cfg` (`None` when `metrics` is off). A
+/// failure is a startup error naming the address.
+pub async fn bind(cfg: &HostConfig) -> Result<Option<TcpListener>> {
+    let Some(addr) = cfg.metrics_addr()? else {
+        info!("metrics endpoint off (metrics = {:?})", cfg.metrics);
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!("binding the metrics endpoint {addr} (`metrics` in the host configuration or --metrics; \"off\" turns it off)")
+    })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    info!(address = %bound, path = PATH, "serving metrics");
+    Ok(Some(listener))
+}
+
+struct Ctx {
+    pin_path: PathBuf,
+    tx: mpsc::UnboundedSender<Event>,
+    memory: Mutex<MemoryCache>,
+    slots: Arc<Semaphore>,
+}
+
+/// Serves the endpoint until the agent stops.
+pub async fn serve(listener: TcpListener, pin_path: PathBuf, tx: mpsc::UnboundedSender<Event>) {
+    let ctx = Arc::new(Ctx {
+        pin_path,
+        tx,
+        memory: Mutex::new(MemoryCache::default()),
+        slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+    });
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
+                    debug!(%peer, "metrics: too many connections, closing this one");
+                    continue;
+                };
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    connection(stream, peer, &ctx).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "metrics endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// What the client asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head {
+    Request {
+        method: String,
+        path: String,
+        openmetrics: bool,
+    },
+    /// Not HTTP/1.x.
+    Bad(String),
+    /// Longer than [`MAX_HEAD`] or with too many headers.
+    TooLarge,
+    /// Closed before sending anything.
+    Closed,
+    /// Not all of it within [`IO_TIMEOUT`].
+    Timeout,
+}
+
+/// Parses a request head; `None` while it is incomplete.
+pub fn parse_head(buf: &[u8]) -> Option<Head> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {
+            let openmetrics = req.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("accept")
+                    && String::from_utf8_lossy(h.value)
+                        .to_ascii_lowercase()
+                        .contains("application/openmetrics-text")
+            });
+            Some(Head::Request {
+                method: req.method.unwrap_or_default().to_string(),
+                path: req.path.unwrap_or_default().to_string(),
+                openmetrics,
+            })
+        }
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => Some(Head::TooLarge),
+        Ok(httparse::Status::Partial) => None,
+        Err(httparse::Error::TooManyHeaders) => Some(Head::TooLarge),
+        Err(e) => Some(Head::Bad(e.to_string())),
+    }
+}
+
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Head> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(if buf.is_empty() {
+                Head::Closed
+            } else {
+                Head::Bad("connection closed inside the request head".into())
+            });
+        }
+        let room = MAX_HEAD - buf.len();
+        buf.extend_from_slice(&chunk[..n.min(room)]);
+        if let Some(head) = parse_head(&buf) {
+            return Ok(head);
+        }
+    }
+}
+
+struct Reply {
+    status: &'static str,
+    content_type: &'static str,
+    body: String,
+    extra: &'static str,
+}
+
+impl Reply {
+    fn text(status: &'static str, body: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+            extra: "",
+        }
+    }
+
+    fn bytes(&self, head_only: bool) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
+            self.status,
+            self.content_type,
+            self.body.len(),
+            self.extra
+        )
+        .into_bytes();
+        if !head_only {
+            out.extend_from_slice(self.body.as_bytes());
+        }
+        out
+    }
+}
+
+async fn connection(mut stream: TcpStream, peer: SocketAddr, ctx: &Arc<Ctx>) {
+    let head = match tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "metrics: reading the request");
+            return;
+        }
+        Err(_) => Head::Timeout,
+    };
+    let mut head_only = false;
+    let reply = match head {
+        Head::Closed => return,
+        Head::Bad(why) => Reply::text("400 Bad Request", format!("bad request: {why}\n")),
+        Head::TooLarge => Reply::text("431 Request Header Fields Too Large", "request head too large\n"),
+        Head::Timeout => Reply::text("408 Request Timeout", "request head not received in time\n"),
+        Head::Request {
+            method,
+            path,
+            openmetrics,
+        } => {
+            let path = path.split(['?', '#']).next().unwrap_or_default();
+            if path != PATH {
+                Reply::text("404 Not Found", format!("not found; metrics are at {PATH}\n"))
+            } else if method != "GET" && method != "HEAD" {
+                Reply {
+                    extra: "Allow: GET, HEAD\r\n",
+                    ..Reply::text("405 Method Not Allowed", "only GET and HEAD\n")
+                }
+            } else {
+                head_only = method == "HEAD";
+                match scrape(ctx, openmetrics).await {
+                    Ok(body) => Reply {
+                        status: "200 OK",
+                        content_type: if openmetrics {
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                        } else {
+                            prometheus_client::encoding::prometheus_text::CONTENT_TYPE
+                        },
+                        body,
+                        extra: "",
+                    },
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), "metrics: scrape failed");
+                        Reply::text("500 Internal Server Error", format!("{e:#}\n"))
+                    }
+                }
+            }
+        }
+    };
+    let out = reply.bytes(head_only);
+    let _ = tokio::time::timeout(IO_TIMEOUT, async {
+        stream.write_all(&out).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// The agent's status, from its loop; `None` when it does not answer in time.
+async fn agent_status(tx: &mpsc::UnboundedSender<Event>) -> Option<AgentSnapshot> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(Event::Api(Request::Status, reply)).ok()?;
+    match tokio::time::timeout(STATUS_TIMEOUT, rx).await {
+        Ok(Ok(r)) => r.status.as_deref().map(AgentSnapshot::from),
+        _ => {
+            warn!("metrics: the agent's loop did not answer within {STATUS_TIMEOUT:?}; agent metrics left out");
+            None
+        }
+    }
+}
+
+async fn scrape(ctx: &Arc<Ctx>, openmetrics: bool) -> Result<String> {
+    let agent = agent_status(&ctx.tx).await;
+    let c = ctx.clone();
+    let mut snap = tokio::task::spawn_blocking(move || {
+        let pins = Pins::open(&c.pin_path)?;
+        let mut memory = c.memory.lock().unwrap_or_else(|e| e.into_inner());
+        Snapshot::read(&pins, &mut memory)
+    })
+    .await
+    .context("the scrape task")??;
+    snap.agent = agent;
+    snap.encode(openmetrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dataplane_common::types::TENANT_READY;
+
+    fn head(s: &str) -> Option<Head> {
+        parse_head(s.as_bytes())
+    }
+
+    #[test]
+    fn request_heads() {
+        assert_eq!(head("GET /metrics HTTP/1.1\r\nHost: x\r\n"), None);
+        assert_eq!(
+            head("GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(Head::Request {
+                method: "GET".into(),
+                path: "/metrics?x=1".into(),
+                openmetrics: false
+            })
+        );
+        assert_eq!(
+            head(
+                "GET /metrics HTTP/1.0\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n"
+            ),
+            Some(Head::Request {
+                method: "GET".into(),
+                path: "/metrics".into(),
+                openmetrics: true
+            })
+        );
+        assert!(matches!(head("\x16\x03\x01garbage\r\n\r\n"), Some(Head::Bad(_))));
+        assert!(matches!(head("GET /metrics HTTP/2.0\r\n\r\n"), Some(Head::Bad(_))));
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(parse_head(&long.as_bytes()[..MAX_HEAD]), Some(Head::TooLarge));
+        let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
+        assert_eq!(head(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Some(Head::TooLarge));
+    }
+
+    #[test]
+    fn encodes_what_the_snapshot_holds() {
+        let mut c = Counters::default();
+        c.counters.insert(Counter::Packets, 9);
+        c.drops.insert(DropReason::NotAllowed, 3);
+        let mut st = [[0u64; dataplane_common::drop::TENANT_STAT_SLOTS]; dataplane_common::types::CLASSES];
+        st[dataplane_common::types::CLASS_HTTPS as usize][dataplane_common::drop::STEERED_PACKETS] = 5;
+        st[dataplane_common::types::CLASS_HTTPS as usize][DropReason::NotAllowed.slot()] = 2;
+        let mut classes = class_stats(&st);
+        classes.remove("none");
+        let snap = Snapshot {
+            programs: vec![("uplink", c), ("fabric", Counters::default())],
+            tenants: vec![TenantSnapshot {
+                name: "acme".into(),
+                ready: TENANT_READY != 0,
+                classes,
+            }],
+            generation: 7,
+            applied_at: 1,
+            map_memory: vec![("ADDRS", 4096)],
+            agent: Some(AgentSnapshot {
+                started_at: 2,
+                attempts: 3,
+                last_apply_seconds: Some(0.25),
+                last_error_at: None,
+            }),
+        };
+        let text = snap.clone().encode(false).unwrap();
+        for line in [
+            "# TYPE carwash_program_packets_total counter",
+            "carwash_program_packets_total{program=\"uplink\"} 9",
+            "carwash_program_packets_total{program=\"fabric\"} 0",
+            "carwash_program_dropped_total{program=\"uplink\",reason=\"not_allowed\"} 3",
+            "carwash_tenant_steered_packets_total{tenant=\"acme\",class=\"https\"} 5",
+            "carwash_tenant_steered_packets_total{tenant=\"acme\",class=\"jms\"} 0",
+            "carwash_tenant_dropped_packets_total{tenant=\"acme\",class=\"https\",reason=\"not_allowed\"} 2",
+            "carwash_tenant_ready{tenant=\"acme\"} 1",
+            "carwash_tenants 1",
+            "carwash_policy_generation 7",
+            "carwash_map_memory_bytes{map=\"ADDRS\"} 4096",
+            "carwash_policy_last_apply_duration_seconds 0.25",
+            "carwash_policy_apply_attempts_total 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
+        }
+        assert!(!text.contains("class=\"none\""), "{text}");
+        assert!(!text.contains("last_error"), "{text}");
+        let om = snap.encode(true).unwrap();
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(om.contains("# TYPE carwash_program_packets counter"), "{om}");
+    }
+}
