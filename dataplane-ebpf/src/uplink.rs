@@ -5,14 +5,14 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use dataplane_common::{
     Counter, DropReason, jumps,
-    types::{ADDR_EGRESS, CLASS_NONE, HOPS_PER_TENANT, SIDE_UPLINK},
+    types::{ADDR_EGRESS, CLASS_NONE, HOPS_PER_TENANT, SIDE_UPLINK, VXLAN_PORT},
 };
 
 use crate::counters::{Counters, tenant_dropped, tenant_steered};
 use crate::encap::{ENCAP_OVERHEAD, encapsulate};
 use crate::handoff::hand_on;
-use crate::maps::CONFIG;
-use crate::packet::frame_len;
+use crate::maps::{CONFIG, JUMPS};
+use crate::packet::{IPPROTO_UDP, frame_len};
 use crate::parse::Flow;
 use crate::{icmp, mss, nat, steer};
 
@@ -46,6 +46,11 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
     let Some(flow) = stats.parse(ctx) else {
         return xdp_action::XDP_PASS;
     };
+    // A host whose fabric is its uplink gets its tunnel traffic here too:
+    // the fabric program takes it (and counts it in its own block).
+    if flow.proto == IPPROTO_UDP && flow.dport == VXLAN_PORT && !flow.v6 {
+        shared_fabric(ctx, &flow);
+    }
 
     if !steer::maybe_ours(&flow.dst) {
         return xdp_action::XDP_PASS;
@@ -94,6 +99,22 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
             tenant_dropped(tenant, class, r.why, bytes);
             r.action
         }
+    }
+}
+
+/// Tail-calls the fabric program for VXLAN to this host's VTEP when the
+/// fabric is the uplink interface; returns otherwise.
+#[inline(always)]
+fn shared_fabric(ctx: &XdpContext, flow: &Flow) {
+    if let Some(c) = CONFIG.get(0)
+        && c.ready != 0
+        && c.fabric_ifindex == c.uplink_ifindex
+        && flow.dst[..4] == c.vtep
+    {
+        // SAFETY: valid context and program array. A failed call returns
+        // and the packet goes on as uplink traffic (none of carwash's
+        // business: the VTEP is no VIP).
+        unsafe { JUMPS.tail_call(ctx, jumps::FABRIC) };
     }
 }
 
