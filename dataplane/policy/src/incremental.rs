@@ -58,11 +58,28 @@ impl ClaimField {
     }
 }
 
-/// One claim of a document: what, by which field, and where that field is
-/// (line and column as `Positions::locate` gives them).
+impl ClaimField {
+    /// What the field claims in `t`.
+    fn key(self, t: &Tenant) -> ClaimKey {
+        match self {
+            ClaimField::Name => ClaimKey::Name(t.name.as_str().into()),
+            ClaimField::Vni => ClaimKey::Vni(t.vni),
+            ClaimField::Vip(i) => ClaimKey::Vip(t.vips[i as usize]),
+            ClaimField::Connector(i) => ClaimKey::Vtep(t.connectors[i as usize].vtep),
+            ClaimField::Core(i) => ClaimKey::Vtep(t.cores[i as usize].vtep),
+            ClaimField::Egress4 => ClaimKey::Egress(IpAddr::V4(t.egress.as_ref().expect("claimed").snat_ipv4)),
+            ClaimField::Egress6 => ClaimKey::Egress(IpAddr::V6(
+                t.egress.as_ref().and_then(|e| e.snat_ipv6).expect("claimed"),
+            )),
+        }
+    }
+}
+
+/// One claim of a document: by which field (what it claims is read from
+/// the tenant), and where that field is (line and column as
+/// `Positions::locate` gives them).
 #[derive(Debug, Clone)]
 struct Site {
-    key: ClaimKey,
     field: ClaimField,
     line: u32,
     column: u32,
@@ -110,30 +127,29 @@ impl Prepared {
         check_tenant(doc, &mut errors);
         let t = &doc.tenant;
         let mut sites = Vec::new();
-        let mut add = |key: ClaimKey, field: ClaimField| {
+        let mut add = |field: ClaimField| {
             let (line, column) = doc.positions.locate(&field.path());
             sites.push(Site {
-                key,
                 field,
                 line: line as u32,
                 column: column as u32,
             });
         };
-        add(ClaimKey::Name(t.name.as_str().into()), ClaimField::Name);
-        add(ClaimKey::Vni(t.vni), ClaimField::Vni);
-        for (i, vip) in t.vips.iter().enumerate() {
-            add(ClaimKey::Vip(*vip), ClaimField::Vip(i as u16));
+        add(ClaimField::Name);
+        add(ClaimField::Vni);
+        for i in 0..t.vips.len() {
+            add(ClaimField::Vip(i as u16));
         }
-        for (i, b) in t.connectors.iter().enumerate() {
-            add(ClaimKey::Vtep(b.vtep), ClaimField::Connector(i as u16));
+        for i in 0..t.connectors.len() {
+            add(ClaimField::Connector(i as u16));
         }
-        for (i, b) in t.cores.iter().enumerate() {
-            add(ClaimKey::Vtep(b.vtep), ClaimField::Core(i as u16));
+        for i in 0..t.cores.len() {
+            add(ClaimField::Core(i as u16));
         }
         if let Some(e) = &t.egress {
-            add(ClaimKey::Egress(IpAddr::V4(e.snat_ipv4)), ClaimField::Egress4);
-            if let Some(v6) = e.snat_ipv6 {
-                add(ClaimKey::Egress(IpAddr::V6(v6)), ClaimField::Egress6);
+            add(ClaimField::Egress4);
+            if e.snat_ipv6.is_some() {
+                add(ClaimField::Egress6);
             }
         }
         Prepared {
@@ -146,6 +162,14 @@ impl Prepared {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What each site claims.
+    fn keys(&self) -> Vec<ClaimKey> {
+        match &self.tenant {
+            Some(t) => self.sites.iter().map(|s| s.field.key(t)).collect(),
+            None => Vec::new(),
+        }
     }
 
     pub fn tenant(&self) -> Option<&Tenant> {
@@ -244,7 +268,7 @@ impl IncrementalSet {
                 (self.docs.len() - 1) as u32
             }
         };
-        let keys: Vec<ClaimKey> = doc.sites.iter().map(|s| s.key.clone()).collect();
+        let keys = doc.keys();
         if !doc.errors.is_empty() {
             self.broken.insert(file);
         }
@@ -281,7 +305,7 @@ impl IncrementalSet {
         if let Some(t) = &doc.tenant {
             self.touched.insert(t.name.clone());
         }
-        let keys: Vec<ClaimKey> = doc.sites.into_iter().map(|s| s.key).collect();
+        let keys = doc.keys();
         for key in &keys {
             let Some(old) = self.claims.remove(key) else { continue };
             let mut v: Vec<ClaimRef> = old.as_slice().iter().copied().filter(|c| c.file != file).collect();

@@ -49,16 +49,23 @@ use crate::tables::allow_masks;
 #[derive(Debug, Clone)]
 pub struct Installed {
     pub name: String,
-    /// The policy last installed by this agent.
-    pub policy: Option<Tenant>,
-    /// [`tenant_digest`] of what is installed; known when `policy` is, or
+    /// [`tenant_digest`] of what is installed; known when `json` is, or
     /// from the state file after a restart.
     pub digest: Option<String>,
-    /// The canonical JSON of `policy` (for the set digest).
+    /// The canonical JSON of the policy last installed by this agent (for
+    /// the set digest, and to tell changes): the policy itself, in a
+    /// fraction of the memory of a parsed [`Tenant`].
     pub json: Option<String>,
     /// Every key the tenant may own in the maps (a superset after a failed
     /// apply; removals check ownership).
     pub entries: TenantEntries,
+}
+
+impl Installed {
+    /// The policy last installed by this agent, if it knows it.
+    pub fn policy(&self) -> Option<Tenant> {
+        serde_json::from_str(self.json.as_deref()?).ok()
+    }
 }
 
 /// The result of an apply.
@@ -282,7 +289,6 @@ impl Engine {
                 id,
                 Installed {
                     name,
-                    policy: None,
                     digest,
                     json: None,
                     entries: scanned.remove(&id).unwrap_or_default(),
@@ -322,14 +328,13 @@ impl Engine {
         if i.name != t.name {
             return true;
         }
-        match (&i.policy, &i.digest) {
-            (Some(p), _) => p != t,
+        match (&i.json, &i.digest) {
+            (Some(j), _) => *j != super::digest::tenant_json(t),
             (None, Some(d)) => {
                 let json = super::digest::tenant_json(t);
                 if *d != super::digest::tenant_digest_of_json(&json) {
                     return true;
                 }
-                i.policy = Some(t.clone());
                 i.json = Some(json);
                 false
             }
@@ -347,11 +352,10 @@ impl Engine {
             .filter(|id| self.installed[id].json.is_none())
             .map(|id| {
                 let i = &self.installed[id];
-                let json = match (&i.policy, target.tenant(&i.name)) {
-                    (Some(p), _) => super::digest::tenant_json(p),
-                    (None, Some(t)) => super::digest::tenant_json(t),
-                    (None, None) => String::new(),
-                };
+                let json = target
+                    .tenant(&i.name)
+                    .map(super::digest::tenant_json)
+                    .unwrap_or_default();
                 (*id, json)
             })
             .collect();
@@ -404,7 +408,7 @@ impl Engine {
                         .installed
                         .iter()
                         .filter(|(id, _)| !touched.contains(id))
-                        .map(|(_, i)| i.policy.clone())
+                        .map(|(_, i)| i.policy())
                         .collect();
                     untouched.map(|mut u| {
                         u.extend(saved);
@@ -528,7 +532,7 @@ impl Engine {
         let saved: Option<Vec<Tenant>> = touched
             .iter()
             .filter_map(|id| self.installed.get(id))
-            .map(|i| i.policy.clone())
+            .map(|i| i.policy())
             .collect();
         self.rollback = saved.map(|saved| (touched, saved));
 
@@ -555,17 +559,15 @@ impl Engine {
             }
             let entry = self.installed.entry(id).or_insert_with(|| Installed {
                 name: t.name.clone(),
-                policy: None,
                 digest: None,
                 json: None,
                 entries: TenantEntries::default(),
             });
-            if entry.policy.as_ref().is_some_and(|p| p.allow == t.allow) {
+            if entry.policy().is_some_and(|p| p.allow == t.allow) {
                 same_allow.insert(id);
             }
             // Until the install is done, the tenant may own old and new keys.
             entry.name = t.name.clone();
-            entry.policy = None;
             entry.digest = None;
             entry.json = None;
             entry.entries.union(&wanted_entries);
@@ -589,7 +591,6 @@ impl Engine {
             })?;
         for &(id, t, new) in &plan {
             let entry = self.installed.get_mut(&id).expect("inserted above");
-            entry.policy = Some(t.clone());
             let json = super::digest::tenant_json(t);
             entry.digest = Some(super::digest::tenant_digest_of_json(&json));
             entry.json = Some(json);
@@ -667,21 +668,45 @@ impl Engine {
             ..Default::default()
         })?;
         if let Some(path) = &self.state_file {
-            let state = StateFile {
+            // A StateFile, serialized straight from the engine (tenants in
+            // name order, as the BTreeMap of StateFile orders them).
+            let tenants = self
+                .by_name
+                .iter()
+                .filter_map(|(name, id)| Some((name, self.installed.get(id)?.digest.as_ref()?)));
+            let state = StateFileOut {
                 generation: self.generation,
-                digest: digest.to_string(),
-                tenants: self
-                    .installed
-                    .values()
-                    .filter_map(|i| Some((i.name.clone(), i.digest.clone()?)))
-                    .collect(),
+                digest,
+                tenants: MapOf(std::cell::RefCell::new(Some(tenants))),
             };
-            if let Err(e) = write_atomic(path, serde_json::to_string(&state)?.as_bytes()) {
+            let bytes = serde_json::to_vec(&state)?;
+            if let Err(e) = write_atomic(path, &bytes) {
                 // Only costs the next agent a full re-install.
                 warn!(path = %path.display(), error = %format!("{e:#}"), "cannot write the state file");
             }
         }
         Ok(())
+    }
+}
+
+/// A [`StateFile`] as it is written: borrowed from the engine.
+#[derive(Serialize)]
+#[serde(bound(serialize = "MapOf<I>: Serialize"))]
+struct StateFileOut<'a, I> {
+    generation: u64,
+    digest: &'a str,
+    tenants: MapOf<I>,
+}
+
+/// Serializes an iterator of pairs as a JSON object, once.
+struct MapOf<I>(std::cell::RefCell<Option<I>>);
+
+impl<'a, I: Iterator<Item = (&'a String, &'a String)>> Serialize for MapOf<I> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self.0.borrow_mut().take() {
+            Some(it) => s.collect_map(it),
+            None => s.collect_map(std::iter::empty::<(&str, &str)>()),
+        }
     }
 }
 
@@ -722,6 +747,23 @@ mod tests {
         assert_eq!(free_id(&all), None);
         all.remove(&7);
         assert_eq!(free_id(&all), Some(7));
+    }
+
+    #[test]
+    fn the_state_file_is_written_as_it_is_read() {
+        let (a, b) = (("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string()));
+        let out = StateFileOut {
+            generation: 7,
+            digest: "d",
+            tenants: MapOf(std::cell::RefCell::new(Some([(&a.0, &a.1), (&b.0, &b.1)].into_iter()))),
+        };
+        let back: StateFile = serde_json::from_slice(&serde_json::to_vec(&out).unwrap()).unwrap();
+        let want = StateFile {
+            generation: 7,
+            digest: "d".into(),
+            tenants: [a.clone(), b.clone()].into_iter().collect(),
+        };
+        assert_eq!(back, want);
     }
 
     #[test]
