@@ -334,9 +334,9 @@ impl Dataplane {
 
     fn install_chunk(&mut self, tenants: &[(u32, &Tenant, Health)], same_allow: &dyn Fn(u32) -> bool) -> Result<()> {
         let mut slots = Vec::with_capacity(tenants.len());
+        let mut new = Vec::with_capacity(tenants.len());
         let (mut swap_slots, mut swap_tenants) = (Vec::new(), Vec::new());
-        let mut bits = Vec::new();
-        for (id, t, health) in tenants {
+        for (id, t, _) in tenants {
             let (id, t) = (*id, *t);
             if id == 0 || id >= MAX_TENANTS {
                 bail!("tenant id {id} out of range 1..{MAX_TENANTS}");
@@ -356,43 +356,36 @@ impl Dataplane {
                 _ => 2 * id,
             };
             slots.push(slot);
+            new.push(current.is_none());
             if current.is_none_or(|c| c.allow_slot != slot) {
                 swap_slots.push(slot);
                 swap_tenants.push(t);
             }
-            if current.is_none() {
-                self.tenants_map()?.insert(id, tenant_info(t, slot, health, false), 0)?;
-            }
-            let name =
-                TenantName::new(&t.name).ok_or_else(|| anyhow!("tenant name {:?} longer than 32 bytes", t.name))?;
-            let mut names: HashMap<_, u32, TenantName> = HashMap::try_from(self.map_mut(maps::TENANT_NAMES)?)?;
-            names.insert(id, name, 0)?;
-            let mut vnis: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(maps::VNIS)?)?;
-            vnis.insert(t.vni, id, 0)
-                .with_context(|| format!("tenant {}: vni {}", t.name, t.vni))?;
-            let mut addrs: HashMap<_, AddrKey, AddrValue> = HashMap::try_from(self.map_mut(maps::ADDRS)?)?;
-            let vips = t.vips.iter().map(|ip| (*ip, ADDR_VIP));
-            let egress = t.egress.iter().flat_map(|e| {
-                std::iter::once(IpAddr::V4(e.snat_ipv4))
-                    .chain(e.snat_ipv6.map(IpAddr::V6))
-                    .map(|ip| (ip, ADDR_EGRESS))
-            });
-            for (ip, kind) in vips.chain(egress) {
-                let v = AddrValue {
-                    tenant: id,
-                    kind,
-                    _pad: [0; 3],
-                };
-                let key = addr_key(ip);
-                addrs
-                    .insert(key, v, 0)
-                    .with_context(|| format!("tenant {}: address {ip}", t.name))?;
-                bits.push(addr_filter_bit(&key.addr));
-            }
         }
-        self.filter_set(&bits)?;
-        let tries = Self::build_allow_all(&swap_tenants)?;
+        // Addresses claimed (fail closed) while the new tries are built on
+        // other threads.
+        let mut claim_all = || -> Result<()> {
+            let mut bits = Vec::new();
+            for (((id, t, health), slot), new) in tenants.iter().zip(&slots).zip(&new) {
+                self.claim(*id, t, health, *slot, *new, &mut bits)?;
+            }
+            self.filter_set(&bits)
+        };
+        let tries = if swap_tenants.len() < 64 {
+            claim_all()?;
+            Self::build_allow_all(&swap_tenants)?
+        } else {
+            std::thread::scope(|s| {
+                let built = s.spawn(|| Self::build_allow_all(&swap_tenants));
+                let claimed = claim_all();
+                let tries = built
+                    .join()
+                    .map_err(|_| anyhow!("building allowlists: a thread panicked"))?;
+                claimed.and(tries)
+            })?
+        };
         self.swap_allow(&swap_slots, &tries)?;
+        drop(tries);
         for ((id, t, health), slot) in tenants.iter().zip(&slots) {
             let mut svcs: HashMap<_, ServiceKey, ServiceValue> = HashMap::try_from(self.map_mut(maps::SERVICES)?)?;
             for (key, class) in services(t) {
@@ -406,6 +399,40 @@ impl Dataplane {
             }
             self.tenants_map()?
                 .insert(*id, tenant_info(t, *slot, health, true), 0)?;
+        }
+        Ok(())
+    }
+
+    /// A tenant's record (not ready, if it has none), name, VNI and
+    /// addresses; the addresses' filter bits are collected into `bits`.
+    fn claim(&mut self, id: u32, t: &Tenant, health: &Health, slot: u32, new: bool, bits: &mut Vec<u32>) -> Result<()> {
+        if new {
+            self.tenants_map()?.insert(id, tenant_info(t, slot, health, false), 0)?;
+        }
+        let name = TenantName::new(&t.name).ok_or_else(|| anyhow!("tenant name {:?} longer than 32 bytes", t.name))?;
+        let mut names: HashMap<_, u32, TenantName> = HashMap::try_from(self.map_mut(maps::TENANT_NAMES)?)?;
+        names.insert(id, name, 0)?;
+        let mut vnis: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(maps::VNIS)?)?;
+        vnis.insert(t.vni, id, 0)
+            .with_context(|| format!("tenant {}: vni {}", t.name, t.vni))?;
+        let mut addrs: HashMap<_, AddrKey, AddrValue> = HashMap::try_from(self.map_mut(maps::ADDRS)?)?;
+        let vips = t.vips.iter().map(|ip| (*ip, ADDR_VIP));
+        let egress = t.egress.iter().flat_map(|e| {
+            std::iter::once(IpAddr::V4(e.snat_ipv4))
+                .chain(e.snat_ipv6.map(IpAddr::V6))
+                .map(|ip| (ip, ADDR_EGRESS))
+        });
+        for (ip, kind) in vips.chain(egress) {
+            let v = AddrValue {
+                tenant: id,
+                kind,
+                _pad: [0; 3],
+            };
+            let key = addr_key(ip);
+            addrs
+                .insert(key, v, 0)
+                .with_context(|| format!("tenant {}: address {ip}", t.name))?;
+            bits.push(addr_filter_bit(&key.addr));
         }
         Ok(())
     }
