@@ -37,9 +37,9 @@ enum ClaimKey {
 enum ClaimField {
     Name,
     Vni,
-    Vip(u16),
-    Connector(u16),
-    Core(u16),
+    Vip(u32),
+    Connector(u32),
+    Core(u32),
     Egress4,
     Egress6,
 }
@@ -138,13 +138,13 @@ impl Prepared {
         add(ClaimField::Name);
         add(ClaimField::Vni);
         for i in 0..t.vips.len() {
-            add(ClaimField::Vip(i as u16));
+            add(ClaimField::Vip(i as u32));
         }
         for i in 0..t.connectors.len() {
-            add(ClaimField::Connector(i as u16));
+            add(ClaimField::Connector(i as u32));
         }
         for i in 0..t.cores.len() {
-            add(ClaimField::Core(i as u16));
+            add(ClaimField::Core(i as u32));
         }
         if let Some(e) = &t.egress {
             add(ClaimField::Egress4);
@@ -181,7 +181,7 @@ impl Prepared {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ClaimRef {
     file: u32,
-    site: u16,
+    site: u32,
 }
 
 /// The documents claiming a key; almost always one.
@@ -251,7 +251,7 @@ impl IncrementalSet {
     }
 
     /// Path order, then field order: who claimed first in a full check.
-    fn order(&self, c: ClaimRef) -> (&Path, u16) {
+    fn order(&self, c: ClaimRef) -> (&Path, u32) {
         (&self.doc(c.file).path, c.site)
     }
 
@@ -277,7 +277,7 @@ impl IncrementalSet {
         for (site, key) in keys.iter().enumerate() {
             let c = ClaimRef {
                 file,
-                site: site as u16,
+                site: site as u32,
             };
             match self.claims.remove(key) {
                 None => {
