@@ -30,9 +30,23 @@ use crate::Dataplane;
 use crate::batch;
 use crate::maglev;
 
-/// Tenants installed per batch of allowlist swaps: two open tries each, well
-/// under the default limit of 1024 open files.
-const INSTALL_CHUNK: usize = 256;
+/// Tenants installed per batch of allowlist swaps (each batch waits for an
+/// RCU grace period): as many as the open-file limit allows, since each
+/// holds two new tries (file descriptors) until the batch is swapped in.
+fn install_chunk() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid struct.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    };
+    // Half the descriptors left after those the process already needs.
+    (soft.saturating_sub(256) / 4).clamp(64, 8192) as usize
+}
 /// `BPF_F_NO_PREALLOC`: LPM tries require it.
 const NO_PREALLOC: u32 = 1;
 const IPPROTO_TCP: u8 = 6;
@@ -253,18 +267,50 @@ impl Dataplane {
         Ok((v4, v6))
     }
 
+    /// Builds the allowlists of many tenants, on every core.
+    fn build_allow_all(tenants: &[&Tenant]) -> Result<Vec<(Trie4, Trie6)>> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        if threads < 2 || tenants.len() < 64 {
+            return tenants.iter().map(|t| Self::build_allow(t)).collect();
+        }
+        let per = tenants.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let parts: Vec<_> = tenants
+                .chunks(per)
+                .map(|part| s.spawn(move || part.iter().map(|t| Self::build_allow(t)).collect::<Result<Vec<_>>>()))
+                .collect();
+            let mut out = Vec::with_capacity(tenants.len());
+            for p in parts {
+                out.extend(
+                    p.join()
+                        .map_err(|_| anyhow!("building allowlists: a thread panicked"))??,
+                );
+            }
+            Ok(out)
+        })
+    }
+
     /// Points allow slots at new tries: one batch per family, so one RCU
-    /// wait however many tenants change.
+    /// wait however many tenants change, and both families at once, so
+    /// that their waits overlap.
     fn swap_allow(&mut self, slots: &[u32], tries: &[(Trie4, Trie6)]) -> Result<()> {
+        if slots.is_empty() {
+            return Ok(());
+        }
         let fds4: Vec<u32> = tries.iter().map(|(v4, _)| raw_fd(v4.map())).collect();
         let fds6: Vec<u32> = tries.iter().map(|(_, v6)| raw_fd(v6.map())).collect();
-        for (name, fds) in [(maps::ALLOW_V4, &fds4), (maps::ALLOW_V6, &fds6)] {
-            let outer = match self.map_mut(name)? {
-                aya::maps::Map::ArrayOfMaps(d) => d,
-                _ => bail!("map {name} is not an array of maps"),
-            };
-            batch::set_inner_maps(outer.fd().as_fd(), slots, fds).with_context(|| format!("updating {name}"))?;
-        }
+        let outer = |name| match self.map_ref(name)? {
+            aya::maps::Map::ArrayOfMaps(d) => Ok(d.fd().as_fd()),
+            _ => Err(anyhow!("map {name} is not an array of maps")),
+        };
+        let (o4, o6) = (outer(maps::ALLOW_V4)?, outer(maps::ALLOW_V6)?);
+        let (r4, r6) = std::thread::scope(|s| {
+            let v6 = s.spawn(|| batch::set_inner_maps(o6, slots, &fds6));
+            (batch::set_inner_maps(o4, slots, &fds4), v6.join())
+        });
+        r4.with_context(|| format!("updating {}", maps::ALLOW_V4))?;
+        r6.map_err(|_| anyhow!("updating {}: the thread panicked", maps::ALLOW_V6))?
+            .with_context(|| format!("updating {}", maps::ALLOW_V6))?;
         Ok(())
     }
 
@@ -296,64 +342,78 @@ impl Dataplane {
     /// new state as a whole; the expensive part (swapping allowlist tries)
     /// is done for all of them at once.
     pub fn install_tenants(&mut self, tenants: &[(u32, &Tenant, Health)]) -> Result<()> {
+        self.install_tenants_reusing(tenants, &|_| false)
+    }
+
+    /// Like [`Dataplane::install_tenants`], but a ready tenant for whose id
+    /// `same_allow` says its allowlists do not change keeps the tries it
+    /// has: no new tries, no swap, no RCU wait for it.
+    pub fn install_tenants_reusing(
+        &mut self,
+        tenants: &[(u32, &Tenant, Health)],
+        same_allow: &dyn Fn(u32) -> bool,
+    ) -> Result<()> {
         // Every new trie holds a file descriptor until it is swapped in.
-        for chunk in tenants.chunks(INSTALL_CHUNK) {
-            self.install_chunk(chunk)?;
+        for chunk in tenants.chunks(install_chunk()) {
+            self.install_chunk(chunk, same_allow)?;
         }
         Ok(())
     }
 
-    fn install_chunk(&mut self, tenants: &[(u32, &Tenant, Health)]) -> Result<()> {
+    fn install_chunk(&mut self, tenants: &[(u32, &Tenant, Health)], same_allow: &dyn Fn(u32) -> bool) -> Result<()> {
         let mut slots = Vec::with_capacity(tenants.len());
-        for (id, t, health) in tenants {
+        let mut new = Vec::with_capacity(tenants.len());
+        let (mut swap_slots, mut swap_tenants) = (Vec::new(), Vec::new());
+        for (id, t, _) in tenants {
             let (id, t) = (*id, *t);
             if id == 0 || id >= MAX_TENANTS {
                 bail!("tenant id {id} out of range 1..{MAX_TENANTS}");
             }
             let current = self.tenant_info(id)?;
-            // The new allowlists go into the slot the tenant does not use now.
+            // The new allowlists go into the slot the tenant does not use
+            // now, unless they are the ones it has.
             let slot = match current {
+                Some(c)
+                    if c.flags & TENANT_READY != 0
+                        && (c.allow_slot == 2 * id || c.allow_slot == 2 * id + 1)
+                        && same_allow(id) =>
+                {
+                    c.allow_slot
+                }
                 Some(c) if c.allow_slot == 2 * id => 2 * id + 1,
                 _ => 2 * id,
             };
             slots.push(slot);
-            if current.is_none() {
-                self.tenants_map()?.insert(id, tenant_info(t, slot, health, false), 0)?;
+            new.push(current.is_none());
+            if current.is_none_or(|c| c.allow_slot != slot) {
+                swap_slots.push(slot);
+                swap_tenants.push(t);
             }
-            let name =
-                TenantName::new(&t.name).ok_or_else(|| anyhow!("tenant name {:?} longer than 32 bytes", t.name))?;
-            let mut names: HashMap<_, u32, TenantName> = HashMap::try_from(self.map_mut(maps::TENANT_NAMES)?)?;
-            names.insert(id, name, 0)?;
-            let mut vnis: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(maps::VNIS)?)?;
-            vnis.insert(t.vni, id, 0)
-                .with_context(|| format!("tenant {}: vni {}", t.name, t.vni))?;
-            let mut addrs: HashMap<_, AddrKey, AddrValue> = HashMap::try_from(self.map_mut(maps::ADDRS)?)?;
-            let vips = t.vips.iter().map(|ip| (*ip, ADDR_VIP));
-            let egress = t.egress.iter().flat_map(|e| {
-                std::iter::once(IpAddr::V4(e.snat_ipv4))
-                    .chain(e.snat_ipv6.map(IpAddr::V6))
-                    .map(|ip| (ip, ADDR_EGRESS))
-            });
-            let mut bits = Vec::new();
-            for (ip, kind) in vips.chain(egress) {
-                let v = AddrValue {
-                    tenant: id,
-                    kind,
-                    _pad: [0; 3],
-                };
-                let key = addr_key(ip);
-                addrs
-                    .insert(key, v, 0)
-                    .with_context(|| format!("tenant {}: address {ip}", t.name))?;
-                bits.push(addr_filter_bit(&key.addr));
-            }
-            self.filter_set(&bits)?;
         }
-        let tries = tenants
-            .iter()
-            .map(|(_, t, _)| Self::build_allow(t))
-            .collect::<Result<Vec<_>>>()?;
-        self.swap_allow(&slots, &tries)?;
+        // Addresses claimed (fail closed) while the new tries are built on
+        // other threads.
+        let mut claim_all = || -> Result<()> {
+            let mut bits = Vec::new();
+            for (((id, t, health), slot), new) in tenants.iter().zip(&slots).zip(&new) {
+                self.claim(*id, t, health, *slot, *new, &mut bits)?;
+            }
+            self.filter_set(&bits)
+        };
+        let tries = if swap_tenants.len() < 64 {
+            claim_all()?;
+            Self::build_allow_all(&swap_tenants)?
+        } else {
+            std::thread::scope(|s| {
+                let built = s.spawn(|| Self::build_allow_all(&swap_tenants));
+                let claimed = claim_all();
+                let tries = built
+                    .join()
+                    .map_err(|_| anyhow!("building allowlists: a thread panicked"))?;
+                claimed.and(tries)
+            })?
+        };
+        self.swap_allow(&swap_slots, &tries)?;
+        drop(tries);
         for ((id, t, health), slot) in tenants.iter().zip(&slots) {
             let mut svcs: HashMap<_, ServiceKey, ServiceValue> = HashMap::try_from(self.map_mut(maps::SERVICES)?)?;
             for (key, class) in services(t) {
@@ -371,13 +431,53 @@ impl Dataplane {
         Ok(())
     }
 
+    /// A tenant's record (not ready, if it has none), name, VNI and
+    /// addresses; the addresses' filter bits are collected into `bits`.
+    fn claim(&mut self, id: u32, t: &Tenant, health: &Health, slot: u32, new: bool, bits: &mut Vec<u32>) -> Result<()> {
+        if new {
+            self.tenants_map()?.insert(id, tenant_info(t, slot, health, false), 0)?;
+        }
+        let name = TenantName::new(&t.name).ok_or_else(|| anyhow!("tenant name {:?} longer than 32 bytes", t.name))?;
+        let mut names: HashMap<_, u32, TenantName> = HashMap::try_from(self.map_mut(maps::TENANT_NAMES)?)?;
+        names.insert(id, name, 0)?;
+        let mut vnis: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(maps::VNIS)?)?;
+        vnis.insert(t.vni, id, 0)
+            .with_context(|| format!("tenant {}: vni {}", t.name, t.vni))?;
+        let mut addrs: HashMap<_, AddrKey, AddrValue> = HashMap::try_from(self.map_mut(maps::ADDRS)?)?;
+        let vips = t.vips.iter().map(|ip| (*ip, ADDR_VIP));
+        let egress = t.egress.iter().flat_map(|e| {
+            std::iter::once(IpAddr::V4(e.snat_ipv4))
+                .chain(e.snat_ipv6.map(IpAddr::V6))
+                .map(|ip| (ip, ADDR_EGRESS))
+        });
+        for (ip, kind) in vips.chain(egress) {
+            let v = AddrValue {
+                tenant: id,
+                kind,
+                _pad: [0; 3],
+            };
+            let key = addr_key(ip);
+            addrs
+                .insert(key, v, 0)
+                .with_context(|| format!("tenant {}: address {ip}", t.name))?;
+            bits.push(addr_filter_bit(&key.addr));
+        }
+        Ok(())
+    }
+
     /// Sets filter bits (after the addresses are in ADDRS: a set bit only
     /// sends packets on to the exact lookup).
     fn filter_set(&mut self, bits: &[u32]) -> Result<()> {
-        let mut filter: aya::maps::Array<_, u64> = aya::maps::Array::try_from(self.map_mut(maps::ADDR_FILTER)?)?;
+        let mut words: BTreeMap<u32, u64> = BTreeMap::new();
         for &bit in bits {
-            let word = filter.get(&(bit >> 6), 0)?;
-            filter.set(bit >> 6, word | 1 << (bit & 63), 0)?;
+            *words.entry(bit >> 6).or_default() |= 1 << (bit & 63);
+        }
+        let mut filter: aya::maps::Array<_, u64> = aya::maps::Array::try_from(self.map_mut(maps::ADDR_FILTER)?)?;
+        for (w, set) in words {
+            let word = filter.get(&w, 0)?;
+            if word | set != word {
+                filter.set(w, word | set, 0)?;
+            }
         }
         Ok(())
     }

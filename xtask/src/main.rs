@@ -44,7 +44,8 @@ enum Cmd {
     },
     /// The main job: the agent on the lab topology with the repo's policies, until Ctrl-C.
     Run,
-    /// Benchmarks (BPF_PROG_TEST_RUN, against a minimal XDP_PASS program in the same run).
+    /// Benchmarks: the programs (BPF_PROG_TEST_RUN, against a minimal XDP_PASS program in the same
+    /// run) and the agent at 10,000 tenants; `bench -- packets` or `bench -- agent` runs one part.
     Bench {
         #[arg(last = true)]
         args: Vec<String>,

@@ -10,10 +10,13 @@
 //! - [`parse_toml`] / [`parse_json`]: one document, validated on its own.
 //! - [`parse_document`] + [`validate_set`]: the two steps separately, for
 //!   documents that do not come from a directory (control-plane pushes).
+//! - [`IncrementalSet`]: a set kept up to date one document at a time,
+//!   with the same answers as a full check.
 //! - [`PolicySet::digest`]: what is in force, as a stable hex string.
 
 mod digest;
 mod error;
+mod incremental;
 mod load;
 mod model;
 mod parse;
@@ -22,7 +25,8 @@ mod validate;
 
 pub use digest::PolicySet;
 pub use error::{PolicyError, PolicyErrors};
-pub use load::{load_path, read_dir_or_file};
+pub use incremental::{IncrementalSet, Prepared};
+pub use load::{check_documents, load_path, read_dir_or_file};
 pub use model::{Allow, Backend, Class, Egress, Lane, MacAddr, Tenant};
 pub use parse::{Document, parse_document, parse_json, parse_json_document, parse_toml, parse_toml_document};
 pub use positions::Positions;

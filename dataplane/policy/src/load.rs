@@ -46,6 +46,28 @@ fn load_documents(path: &Path) -> Result<(PolicySet, Vec<Document>), PolicyError
             Err(e) => errors.extend(e.0),
         }
     }
+    validate_parsed(errors, docs)
+}
+
+/// Parses and validates documents given with the names they are cited
+/// under, as one set, as [`load_path`] does the files of a directory (in
+/// the order given; a directory's files come in name order).
+pub fn check_documents(documents: &[(PathBuf, String)]) -> Result<PolicySet, PolicyErrors> {
+    let mut errors = Vec::new();
+    let mut docs = Vec::new();
+    for (file, text) in documents {
+        match parse_document(file, text) {
+            Ok(doc) => docs.push(doc),
+            Err(e) => errors.extend(e.0),
+        }
+    }
+    validate_parsed(errors, docs).map(|(set, _)| set)
+}
+
+fn validate_parsed(
+    mut errors: Vec<PolicyError>,
+    docs: Vec<Document>,
+) -> Result<(PolicySet, Vec<Document>), PolicyErrors> {
     // The documents that parsed are still checked, so that one broken file
     // does not hide what is wrong with the others.
     match validate_set(&docs) {

@@ -88,7 +88,7 @@ fn check_network(doc: &Document, field: &str, net: &IpNetwork, errors: &mut Vec<
     }
 }
 
-fn check_tenant(doc: &Document, errors: &mut Vec<PolicyError>) {
+pub(crate) fn check_tenant(doc: &Document, errors: &mut Vec<PolicyError>) {
     let t = &doc.tenant;
 
     if !valid_name(&t.name) {

@@ -45,24 +45,27 @@ use super::maps::{TenantEntries, carried_health};
 use crate::Dataplane;
 use crate::tables::allow_masks;
 
-/// Tenants installed per `install_tenants` call (each call waits for two
-/// RCU grace periods, and holds two file descriptors per tenant).
-const INSTALL_CHUNK: usize = 256;
-
 /// What the engine knows about one installed tenant.
 #[derive(Debug, Clone)]
 pub struct Installed {
     pub name: String,
-    /// The policy last installed by this agent.
-    pub policy: Option<Tenant>,
-    /// [`tenant_digest`] of what is installed; known when `policy` is, or
+    /// [`tenant_digest`] of what is installed; known when `json` is, or
     /// from the state file after a restart.
     pub digest: Option<String>,
-    /// The canonical JSON of `policy` (for the set digest).
+    /// The canonical JSON of the policy last installed by this agent (for
+    /// the set digest, and to tell changes): the policy itself, in a
+    /// fraction of the memory of a parsed [`Tenant`].
     pub json: Option<String>,
     /// Every key the tenant may own in the maps (a superset after a failed
     /// apply; removals check ownership).
     pub entries: TenantEntries,
+}
+
+impl Installed {
+    /// The policy last installed by this agent, if it knows it.
+    pub fn policy(&self) -> Option<Tenant> {
+        serde_json::from_str(self.json.as_deref()?).ok()
+    }
 }
 
 /// The result of an apply.
@@ -82,6 +85,54 @@ pub struct ApplyReport {
 impl ApplyReport {
     pub fn is_noop(&self) -> bool {
         self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// A validated policy set to apply, as the engine reads it: by name, and
+/// all of it. A [`PolicySet`] is one (through [`SetIndex`]), and so is the
+/// agent's [`carwash_policy::IncrementalSet`] of `policy_dir`.
+pub trait Target {
+    fn count(&self) -> usize;
+    fn tenant(&self, name: &str) -> Option<&Tenant>;
+    fn each(&self) -> Box<dyn Iterator<Item = &Tenant> + '_>;
+}
+
+/// A [`PolicySet`] indexed by name.
+pub struct SetIndex<'a> {
+    set: &'a PolicySet,
+    by_name: std::collections::HashMap<&'a str, &'a Tenant>,
+}
+
+impl<'a> SetIndex<'a> {
+    pub fn new(set: &'a PolicySet) -> SetIndex<'a> {
+        SetIndex {
+            set,
+            by_name: set.tenants.iter().map(|t| (t.name.as_str(), t)).collect(),
+        }
+    }
+}
+
+impl Target for SetIndex<'_> {
+    fn count(&self) -> usize {
+        self.set.tenants.len()
+    }
+    fn tenant(&self, name: &str) -> Option<&Tenant> {
+        self.by_name.get(name).copied()
+    }
+    fn each(&self) -> Box<dyn Iterator<Item = &Tenant> + '_> {
+        Box::new(self.set.tenants.iter())
+    }
+}
+
+impl Target for carwash_policy::IncrementalSet {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn tenant(&self, name: &str) -> Option<&Tenant> {
+        self.get(name)
+    }
+    fn each(&self) -> Box<dyn Iterator<Item = &Tenant> + '_> {
+        Box::new(self.tenants())
     }
 }
 
@@ -127,16 +178,17 @@ fn now_secs() -> u64 {
 /// Checks the limits of the maps that validation of the policy model does
 /// not know about, before anything is written.
 pub fn check_capacity(set: &PolicySet) -> Result<(), Vec<String>> {
+    check_capacity_of(set.tenants.len(), set.tenants.iter())
+}
+
+/// [`check_capacity`] of `count` tenants.
+pub fn check_capacity_of<'a>(count: usize, tenants: impl Iterator<Item = &'a Tenant>) -> Result<(), Vec<String>> {
     let mut errors = Vec::new();
-    if set.tenants.len() as u32 >= MAX_TENANTS {
-        errors.push(format!(
-            "{} tenants: the maps hold at most {}",
-            set.tenants.len(),
-            MAX_TENANTS - 1
-        ));
+    if count as u32 >= MAX_TENANTS {
+        errors.push(format!("{count} tenants: the maps hold at most {}", MAX_TENANTS - 1));
     }
     let (mut addrs, mut services) = (0usize, 0usize);
-    for t in &set.tenants {
+    for t in tenants {
         // Validated sets claim each VIP, egress IP and port once.
         let egress = t.egress.as_ref().map_or(0, |e| 1 + usize::from(e.snat_ipv6.is_some()));
         addrs += t.vips.len() + egress;
@@ -175,6 +227,12 @@ pub fn check_capacity(set: &PolicySet) -> Result<(), Vec<String>> {
 #[derive(Debug, Default)]
 pub struct Engine {
     pub installed: BTreeMap<u32, Installed>,
+    /// Name → id of every named tenant in `installed`.
+    by_name: BTreeMap<String, u32>,
+    /// Set when the engine may not know the maps' tenants exactly from
+    /// the last apply (a failure, a set applied without a hint): the next
+    /// apply compares every tenant whatever hint it gets.
+    compare_all: bool,
     pub generation: u64,
     /// Digest of the set in force; empty when it is not known as a whole
     /// (nothing applied yet, or a half-done apply was adopted).
@@ -231,15 +289,21 @@ impl Engine {
                 id,
                 Installed {
                     name,
-                    policy: None,
                     digest,
                     json: None,
                     entries: scanned.remove(&id).unwrap_or_default(),
                 },
             );
         }
+        let by_name = installed
+            .iter()
+            .filter(|(_, i)| !i.name.is_empty())
+            .map(|(id, i)| (i.name.clone(), *id))
+            .collect();
         Ok(Engine {
             installed,
+            by_name,
+            compare_all: true,
             generation: meta.generation,
             digest: meta_digest,
             applied_at: meta.applied_at,
@@ -251,11 +315,7 @@ impl Engine {
 
     /// The id of each tenant in force, by name.
     pub fn ids(&self) -> BTreeMap<String, u32> {
-        self.installed
-            .iter()
-            .filter(|(_, i)| !i.name.is_empty())
-            .map(|(id, i)| (i.name.clone(), *id))
-            .collect()
+        self.by_name.clone()
     }
 
     /// Whether `t` differs from what tenant `id` has installed. A tenant
@@ -268,14 +328,13 @@ impl Engine {
         if i.name != t.name {
             return true;
         }
-        match (&i.policy, &i.digest) {
-            (Some(p), _) => p != t,
+        match (&i.json, &i.digest) {
+            (Some(j), _) => *j != super::digest::tenant_json(t),
             (None, Some(d)) => {
                 let json = super::digest::tenant_json(t);
                 if *d != super::digest::tenant_digest_of_json(&json) {
                     return true;
                 }
-                i.policy = Some(t.clone());
                 i.json = Some(json);
                 false
             }
@@ -283,38 +342,64 @@ impl Engine {
         }
     }
 
-    /// The digest of `set`, all of whose tenants are installed: from their
-    /// canonical JSON, serialized once per change.
-    fn digest_of(&mut self, set: &PolicySet) -> String {
-        let ids = self.ids();
-        let mut tenants: Vec<&Tenant> = set.tenants.iter().collect();
-        tenants.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut jsons = Vec::with_capacity(tenants.len());
-        for t in tenants {
-            let cached = ids
-                .get(&t.name)
-                .and_then(|id| self.installed.get_mut(id))
-                .filter(|i| i.policy.as_ref() == Some(t));
-            match cached {
-                Some(i) => {
-                    if i.json.is_none() {
-                        i.json = Some(super::digest::tenant_json(t));
-                    }
-                    jsons.push(i.json.clone().unwrap_or_default());
-                }
-                None => jsons.push(super::digest::tenant_json(t)),
+    /// The digest of the set in force, all of whose tenants are installed
+    /// (`target` is that set): from their canonical JSON, serialized once
+    /// per change, in name order.
+    fn digest_of(&mut self, target: &dyn Target) -> String {
+        let missing: Vec<(u32, String)> = self
+            .by_name
+            .values()
+            .filter(|id| self.installed[id].json.is_none())
+            .map(|id| {
+                let i = &self.installed[id];
+                let json = target
+                    .tenant(&i.name)
+                    .map(super::digest::tenant_json)
+                    .unwrap_or_default();
+                (*id, json)
+            })
+            .collect();
+        for (id, json) in missing {
+            if let Some(i) = self.installed.get_mut(&id) {
+                i.json = Some(json);
             }
         }
-        super::digest::set_digest(jsons.iter().map(String::as_str))
+        super::digest::set_digest(
+            self.by_name
+                .values()
+                .map(|id| self.installed[id].json.as_deref().unwrap_or_default()),
+        )
     }
 
     /// Applies `set` (validated already): see the module documentation.
     pub fn apply(&mut self, dp: &mut Dataplane, set: &PolicySet) -> Result<ApplyReport> {
-        if let Err(errors) = check_capacity(set) {
+        let r = self.apply_with(dp, &SetIndex::new(set), None);
+        // Whoever handed over a whole set may follow up with hints relative
+        // to another one: the next apply compares everything.
+        self.compare_all = true;
+        r
+    }
+
+    /// Applies `target` (validated already). With `hint`, the names of the
+    /// only tenants that may differ from the set the last successful apply
+    /// put in force (added, changed or removed since), only those are
+    /// compared: the cost of an apply is then that of the change. The hint
+    /// is ignored when the engine cannot vouch for the maps (after a start
+    /// or a failure): then every tenant is compared.
+    pub fn apply_with(
+        &mut self,
+        dp: &mut Dataplane,
+        target: &dyn Target,
+        hint: Option<&BTreeSet<String>>,
+    ) -> Result<ApplyReport> {
+        if let Err(errors) = check_capacity_of(target.count(), target.each()) {
             bail!("{}", errors.join("\n"));
         }
+        let hint = hint.filter(|_| !self.compare_all && !self.digest.is_empty());
         self.rollback = None;
-        match self.apply_inner(dp, set) {
+        let first = self.apply_inner(dp, target, hint);
+        self.compare_all = first.is_err();
+        match first {
             Ok(r) => Ok(r),
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "apply failed part-way");
@@ -323,7 +408,7 @@ impl Engine {
                         .installed
                         .iter()
                         .filter(|(id, _)| !touched.contains(id))
-                        .map(|(_, i)| i.policy.clone())
+                        .map(|(_, i)| i.policy())
                         .collect();
                     untouched.map(|mut u| {
                         u.extend(saved);
@@ -331,7 +416,7 @@ impl Engine {
                     })
                 });
                 match old {
-                    Some(old) => match self.apply_inner(dp, &old) {
+                    Some(old) => match self.apply_inner(dp, &SetIndex::new(&old), None) {
                         Ok(r) => {
                             warn!(generation = r.generation, "rolled back to the previous policy set");
                             Err(e.context("applying the policy set failed; the previous set was restored"))
@@ -348,42 +433,71 @@ impl Engine {
         }
     }
 
-    fn apply_inner(&mut self, dp: &mut Dataplane, set: &PolicySet) -> Result<ApplyReport> {
+    fn apply_inner(
+        &mut self,
+        dp: &mut Dataplane,
+        target: &dyn Target,
+        hint: Option<&BTreeSet<String>>,
+    ) -> Result<ApplyReport> {
         let t0 = Instant::now();
-        let by_name = self.ids();
-        let wanted: BTreeSet<&str> = set.tenants.iter().map(|t| t.name.as_str()).collect();
+        // The tenants to compare: those the hint names, or all of them.
+        let (candidates, removed_ids): (Vec<&Tenant>, Vec<u32>) = match hint {
+            Some(names) => (
+                names.iter().filter_map(|n| target.tenant(n)).collect(),
+                names
+                    .iter()
+                    .filter(|n| target.tenant(n).is_none())
+                    .filter_map(|n| self.by_name.get(n).copied())
+                    .collect(),
+            ),
+            None => (
+                target.each().collect(),
+                self.installed
+                    .iter()
+                    .filter(|(_, i)| i.name.is_empty() || target.tenant(&i.name).is_none())
+                    .map(|(id, _)| *id)
+                    .collect(),
+            ),
+        };
 
         // Ids: stable per name; new tenants take free ids, not one freed
         // in this apply or still waiting for its slots to be cleared.
-        let removed_ids: Vec<u32> = self
-            .installed
-            .iter()
-            .filter(|(_, i)| !wanted.contains(i.name.as_str()))
-            .map(|(id, _)| *id)
-            .collect();
-        let mut taken: BTreeSet<u32> = self.installed.keys().copied().collect();
-        taken.extend(self.pending_clear.iter().copied());
+        let mut next_id = self.installed.keys().chain(&self.pending_clear).copied().max();
+        let mut taken: Option<BTreeSet<u32>> = None;
         let mut plan: Vec<(u32, &Tenant, bool)> = Vec::new(); // (id, policy, new)
-        let mut unchanged = 0;
-        for t in &set.tenants {
-            match by_name.get(&t.name) {
+        for t in candidates {
+            match self.by_name.get(&t.name) {
                 Some(&id) => {
                     if self.changed(id, t) {
                         plan.push((id, t, false));
-                    } else {
-                        unchanged += 1;
                     }
                 }
                 None => {
-                    let id = free_id(&taken).context("no free tenant id")?;
-                    taken.insert(id);
+                    // Above the highest id in use while there is room
+                    // (no set to build), else the lowest free one.
+                    let id = match next_id.unwrap_or(0) + 1 {
+                        id if id < MAX_TENANTS => id,
+                        _ => {
+                            let taken = taken.get_or_insert_with(|| {
+                                let mut s: BTreeSet<u32> = self.installed.keys().copied().collect();
+                                s.extend(self.pending_clear.iter().copied());
+                                s.extend(plan.iter().map(|(id, _, _)| *id));
+                                s
+                            });
+                            let id = free_id(taken).context("no free tenant id")?;
+                            taken.insert(id);
+                            id
+                        }
+                    };
+                    next_id = Some(next_id.map_or(id, |n| n.max(id)));
                     plan.push((id, t, true));
                 }
             }
         }
+        let unchanged = target.count() - plan.len();
         let mut report = ApplyReport {
             generation: self.generation,
-            tenants: set.tenants.len(),
+            tenants: target.count(),
             unchanged,
             ..Default::default()
         };
@@ -395,7 +509,7 @@ impl Engine {
                 report.micros = t0.elapsed().as_micros() as u64;
                 return Ok(report);
             }
-            let digest = self.digest_of(set);
+            let digest = self.digest_of(target);
             report.digest = digest.clone();
             {
                 // Same tenants, but META did not say so (e.g. first apply
@@ -418,7 +532,7 @@ impl Engine {
         let saved: Option<Vec<Tenant>> = touched
             .iter()
             .filter_map(|id| self.installed.get(id))
-            .map(|i| i.policy.clone())
+            .map(|i| i.policy())
             .collect();
         self.rollback = saved.map(|saved| (touched, saved));
 
@@ -433,20 +547,27 @@ impl Engine {
         self.digest.clear();
 
         // 2. New and changed tenants, in one batch (one RCU grace period
-        // for all their allowlist swaps), each switched as a whole.
+        // for all their allowlist swaps), each switched as a whole. A
+        // tenant whose allowlists stay as they are keeps its tries: no swap,
+        // no wait.
         let mut batch = Vec::with_capacity(plan.len());
+        let mut same_allow = BTreeSet::new();
         for &(id, t, new) in &plan {
             let wanted_entries = TenantEntries::of(t);
+            if new {
+                self.by_name.insert(t.name.clone(), id);
+            }
             let entry = self.installed.entry(id).or_insert_with(|| Installed {
                 name: t.name.clone(),
-                policy: None,
                 digest: None,
                 json: None,
                 entries: TenantEntries::default(),
             });
+            if entry.policy().is_some_and(|p| p.allow == t.allow) {
+                same_allow.insert(id);
+            }
             // Until the install is done, the tenant may own old and new keys.
             entry.name = t.name.clone();
-            entry.policy = None;
             entry.digest = None;
             entry.json = None;
             entry.entries.union(&wanted_entries);
@@ -457,12 +578,10 @@ impl Engine {
             let current = if new { None } else { dp.tenant_info(id)? };
             batch.push((id, t, carried_health(current.as_ref(), t)));
         }
-        // Each tenant holds two new tries (file descriptors) until the batch
-        // is done: chunks keep that bounded.
-        for chunk in batch.chunks(INSTALL_CHUNK) {
-            dp.install_tenants(chunk).with_context(|| {
-                let names: Vec<&str> = chunk.iter().take(5).map(|(_, t, _)| t.name.as_str()).collect();
-                let more = chunk.len().saturating_sub(names.len());
+        dp.install_tenants_reusing(&batch, &|id| same_allow.contains(&id))
+            .with_context(|| {
+                let names: Vec<&str> = batch.iter().take(5).map(|(_, t, _)| t.name.as_str()).collect();
+                let more = batch.len().saturating_sub(names.len());
                 let more = if more > 0 {
                     format!(" and {more} more")
                 } else {
@@ -470,10 +589,8 @@ impl Engine {
                 };
                 format!("installing tenants {}{more}", names.join(", "))
             })?;
-        }
         for &(id, t, new) in &plan {
             let entry = self.installed.get_mut(&id).expect("inserted above");
-            entry.policy = Some(t.clone());
             let json = super::digest::tenant_json(t);
             entry.digest = Some(super::digest::tenant_digest_of_json(&json));
             entry.json = Some(json);
@@ -503,6 +620,9 @@ impl Engine {
                 .with_context(|| format!("removing tenant {} (id {id})", entry.name))?;
             dp.remove_tenant_record(id)?;
             self.installed.remove(&id);
+            if self.by_name.get(&entry.name) == Some(&id) {
+                self.by_name.remove(&entry.name);
+            }
             self.pending_clear.insert(id);
             if !entry.name.is_empty() {
                 report.removed.push(entry.name.clone());
@@ -512,7 +632,7 @@ impl Engine {
 
         // 4. The new generation (the digest is computed now, once the maps
         // have the new policies).
-        let digest = self.digest_of(set);
+        let digest = self.digest_of(target);
         self.finish(dp, &digest)?;
         report.digest = digest;
         report.generation = self.generation;
@@ -548,21 +668,45 @@ impl Engine {
             ..Default::default()
         })?;
         if let Some(path) = &self.state_file {
-            let state = StateFile {
+            // A StateFile, serialized straight from the engine (tenants in
+            // name order, as the BTreeMap of StateFile orders them).
+            let tenants = self
+                .by_name
+                .iter()
+                .filter_map(|(name, id)| Some((name, self.installed.get(id)?.digest.as_ref()?)));
+            let state = StateFileOut {
                 generation: self.generation,
-                digest: digest.to_string(),
-                tenants: self
-                    .installed
-                    .values()
-                    .filter_map(|i| Some((i.name.clone(), i.digest.clone()?)))
-                    .collect(),
+                digest,
+                tenants: MapOf(std::cell::RefCell::new(Some(tenants))),
             };
-            if let Err(e) = write_atomic(path, serde_json::to_string(&state)?.as_bytes()) {
+            let bytes = serde_json::to_vec(&state)?;
+            if let Err(e) = write_atomic(path, &bytes) {
                 // Only costs the next agent a full re-install.
                 warn!(path = %path.display(), error = %format!("{e:#}"), "cannot write the state file");
             }
         }
         Ok(())
+    }
+}
+
+/// A [`StateFile`] as it is written: borrowed from the engine.
+#[derive(Serialize)]
+#[serde(bound(serialize = "MapOf<I>: Serialize"))]
+struct StateFileOut<'a, I> {
+    generation: u64,
+    digest: &'a str,
+    tenants: MapOf<I>,
+}
+
+/// Serializes an iterator of pairs as a JSON object, once.
+struct MapOf<I>(std::cell::RefCell<Option<I>>);
+
+impl<'a, I: Iterator<Item = (&'a String, &'a String)>> Serialize for MapOf<I> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self.0.borrow_mut().take() {
+            Some(it) => s.collect_map(it),
+            None => s.collect_map(std::iter::empty::<(&str, &str)>()),
+        }
     }
 }
 
@@ -603,6 +747,23 @@ mod tests {
         assert_eq!(free_id(&all), None);
         all.remove(&7);
         assert_eq!(free_id(&all), Some(7));
+    }
+
+    #[test]
+    fn the_state_file_is_written_as_it_is_read() {
+        let (a, b) = (("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string()));
+        let out = StateFileOut {
+            generation: 7,
+            digest: "d",
+            tenants: MapOf(std::cell::RefCell::new(Some([(&a.0, &a.1), (&b.0, &b.1)].into_iter()))),
+        };
+        let back: StateFile = serde_json::from_slice(&serde_json::to_vec(&out).unwrap()).unwrap();
+        let want = StateFile {
+            generation: 7,
+            digest: "d".into(),
+            tenants: [a.clone(), b.clone()].into_iter().collect(),
+        };
+        assert_eq!(back, want);
     }
 
     #[test]

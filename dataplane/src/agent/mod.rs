@@ -303,20 +303,37 @@ impl Agent {
     }
 
     /// Re-reads `policy_dir`, where the files `changed` names (all with
-    /// `None`) may have changed, and applies it.
+    /// `None`) may have changed, and applies it: only the files named are
+    /// read, and only the tenants they held or hold are compared with what
+    /// is in force (with `None`, every file's metadata and every tenant).
     pub fn reload_changed(&mut self, source: &str, changed: Option<&[PathBuf]>) -> Response {
         self.attempts += 1;
         let t0 = std::time::Instant::now();
         let loaded = self.cache.load_changed(&self.cfg.policy_dir, changed);
         let t1 = t0.elapsed();
+        let touched = self.cache.set().touched().len();
         let resp = match loaded {
-            Ok(set) => self.apply_set(&set, source),
+            Ok(()) => {
+                // Tenants touched since the last apply that succeeded (a
+                // refused set in between leaves its changes in the list).
+                let hint = changed.map(|_| self.cache.set().touched().clone());
+                let result = self.engine.apply_with(&mut self.dp, self.cache.set(), hint.as_ref());
+                let resp = self.applied(result, source);
+                if resp.ok {
+                    self.cache.set_mut().take_touched();
+                }
+                resp
+            }
             Err(errors) => self.refused(source, &errors),
         };
         let t2 = t0.elapsed();
-        release_memory();
+        // Parsing many files peaks far above what is kept; one file does not.
+        if changed.is_none() || touched > 64 {
+            release_memory();
+        }
         tracing::debug!(
             source,
+            touched,
             read_validate_us = t1.as_micros() as u64,
             apply_us = (t2 - t1).as_micros() as u64,
             trim_us = (t0.elapsed() - t2).as_micros() as u64,
@@ -362,7 +379,12 @@ impl Agent {
     }
 
     fn apply_set(&mut self, set: &PolicySet, source: &str) -> Response {
-        match self.engine.apply(&mut self.dp, set) {
+        let result = self.engine.apply(&mut self.dp, set);
+        self.applied(result, source)
+    }
+
+    fn applied(&mut self, result: Result<ApplyReport>, source: &str) -> Response {
+        match result {
             Ok(report) => {
                 if report.is_noop() {
                     tracing::debug!(source, generation = report.generation, "policy set unchanged");

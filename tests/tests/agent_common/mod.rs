@@ -152,7 +152,10 @@ impl AgentProc {
         let mut cmd = ns.command(carwash_bin().to_str().expect("utf-8 path"))?;
         cmd.args(["agent", "--config"])
             .arg(config)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("CARWASH_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
