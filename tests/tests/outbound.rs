@@ -11,7 +11,7 @@ use carwash_policy::{Backend, Tenant};
 use carwash_tests::fabric::{
     FABRIC_MAC, FabricNs, HOST_VTEP, INTERNET_ROUTER_MAC, ROUTER_MAC, UPLINK_MAC, loaded, vtep_mac,
 };
-use carwash_tests::fixture::{Case, Output, XDP_DROP, XDP_REDIRECT, check_all};
+use carwash_tests::fixture::{Case, Output, XDP_DROP, XDP_PASS, XDP_REDIRECT, check_all};
 use carwash_tests::inbound_cases::{addr16, tenants};
 use carwash_tests::packets::*;
 use carwash_tests::require_root;
@@ -715,4 +715,92 @@ fn reclaim_removes_what_the_data_path_treats_as_dead() {
     assert!(flow3.reply.is_some(), "the reply direction is back");
     // Nothing more to reclaim.
     assert_eq!(dp.reclaim_conntrack(now, |t| t == 1).unwrap().total(), 0);
+}
+
+#[test]
+fn an_apply_that_changes_only_the_egress_side_takes_effect() {
+    require_root();
+    use dataplane::agent::apply::Engine;
+    let ts = tenants();
+    let fab = FabricNs::new(&ts).unwrap();
+    let mut dp = Dataplane::load(None).unwrap();
+    dp.set_host(&fab.host_params()).unwrap();
+    let mut engine = Engine::adopt(&dp, None).unwrap();
+    let set = |beta: &Tenant| carwash_policy::PolicySet {
+        tenants: vec![ts[0].clone(), beta.clone()],
+    };
+    engine.apply(&mut dp, &set(&ts[1])).unwrap();
+    let beta_id = engine.ids().into_iter().find(|(n, _)| n == "beta").unwrap().1;
+    assert!(beta_id > 0);
+    let beta = &ts[1];
+    let far = Ipv4Addr::new(192, 0, 2, 99);
+    let frame = |src: Ipv4Addr| from_machine(beta, &beta.connectors[0], &udp4(src, far, 40000, 53, b"q"));
+    let run = |dp: &Dataplane, src: Ipv4Addr| {
+        fab.ns
+            .enter(|| dp.run(programs::FABRIC, &frame(src)).unwrap().0)
+            .unwrap()
+    };
+    assert_eq!(run(&dp, ACME_VM4), XDP_DROP, "outside beta's egress allowlist");
+
+    // Only the egress allowlist changes: the new tries must be swapped in.
+    let mut wider = beta.clone();
+    wider.egress.as_mut().unwrap().allow = vec!["0.0.0.0/0".parse().unwrap()];
+    engine.apply(&mut dp, &set(&wider)).unwrap();
+    assert_eq!(
+        run(&dp, ACME_VM4),
+        XDP_REDIRECT,
+        "the wider egress allowlist is in force"
+    );
+
+    // Only the vpc_cidrs change: the old private space may no longer send.
+    let mut moved = wider.clone();
+    moved.vpc_cidrs = vec!["10.250.0.0/16".parse().unwrap()];
+    engine.apply(&mut dp, &set(&moved)).unwrap();
+    assert_eq!(run(&dp, ACME_VM4), XDP_DROP, "10.101.0.0/16 is no longer beta's");
+    assert_eq!(run(&dp, Ipv4Addr::new(10, 250, 0, 1)), XDP_REDIRECT);
+}
+
+#[test]
+fn one_interface_for_uplink_and_fabric_runs_both_paths() {
+    require_root();
+    let ts = tenants();
+    let acme = &ts[0];
+    let fab = FabricNs::new(&ts).unwrap();
+    let mut dp = loaded(&fab, &ts).unwrap();
+    let vxlan = from_machine(acme, &acme.connectors[0], &udp4(ACME_VM4, PARTNER4, 40000, 53, b"q"));
+    let port = first_port(v4(ACME_VM4), v4(PARTNER4), 40000, 53, 17, ports());
+    let translated = to_internet(&udp4(ACME_EGRESS4, PARTNER4, port, 53, b"q"));
+    fab.ns
+        .enter(|| {
+            // Separate interfaces: tunnel traffic on the uplink is none of
+            // carwash's business (the VTEP is no VIP).
+            let (action, out) = dp.run(programs::UPLINK, &vxlan).unwrap();
+            assert_eq!((action, &out), (XDP_PASS, &vxlan));
+        })
+        .unwrap();
+    let mut host = fab.host_params();
+    host.fabric_ifindex = host.uplink_ifindex;
+    dp.set_host(&host).unwrap();
+    fab.ns
+        .enter(|| {
+            let before = dp.counters(dataplane_common::types::SIDE_FABRIC).unwrap();
+            let (action, out) = dp.run(programs::UPLINK, &vxlan).unwrap();
+            assert_eq!(action, XDP_REDIRECT);
+            assert_eq!(out, translated);
+            let d = dp
+                .counters(dataplane_common::types::SIDE_FABRIC)
+                .unwrap()
+                .since(&before);
+            assert_eq!(d.get(Counter::SnatOut), 1, "the fabric program handled it");
+            // Inbound traffic still takes the uplink path.
+            let syn = syn_with_mss(
+                v4(carwash_tests::inbound_cases::ALLOWED4),
+                v4(Ipv4Addr::new(203, 0, 113, 10)),
+                5000,
+                443,
+                1200,
+            );
+            assert_eq!(dp.run(programs::UPLINK, &syn).unwrap().0, XDP_REDIRECT);
+        })
+        .unwrap();
 }

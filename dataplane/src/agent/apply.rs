@@ -195,8 +195,15 @@ pub fn check_capacity_of<'a>(count: usize, tenants: impl Iterator<Item = &'a Ten
         services += t.vips.len() * (t.https_ports.len() + t.jms_ports.len());
         for (v6, family) in [(false, "IPv4"), (true, "IPv6")] {
             // allow_masks merges equal prefixes: count exactly only when
-            // the entries alone could be too many.
-            let entries = t.allow.iter().filter(|a| a.cidr.is_ipv6() == v6).count();
+            // the entries alone could be too many. The tries hold the
+            // vpc_cidrs and the egress allowlist too.
+            let entries = t.allow.iter().filter(|a| a.cidr.is_ipv6() == v6).count()
+                + t.vpc_cidrs.iter().filter(|n| n.is_ipv6() == v6).count()
+                + t.egress
+                    .iter()
+                    .flat_map(|e| e.allow.iter())
+                    .filter(|n| n.is_ipv6() == v6)
+                    .count();
             let n = if entries > MAX_ALLOW_PREFIXES as usize {
                 allow_masks(t, v6).len()
             } else {
@@ -204,7 +211,7 @@ pub fn check_capacity_of<'a>(count: usize, tenants: impl Iterator<Item = &'a Ten
             };
             if n > MAX_ALLOW_PREFIXES as usize {
                 errors.push(format!(
-                    "tenant {}: allow: {n} {family} prefixes, at most {MAX_ALLOW_PREFIXES}",
+                    "tenant {}: allow, vpc_cidrs and egress allow: {n} {family} prefixes, at most {MAX_ALLOW_PREFIXES}",
                     t.name
                 ));
             }
@@ -221,6 +228,12 @@ pub fn check_capacity_of<'a>(count: usize, tenants: impl Iterator<Item = &'a Ten
         ));
     }
     if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+/// Whether two policies of a tenant give its tries the same egress
+/// prefixes.
+fn same_egress_allow(a: &Tenant, b: &Tenant) -> bool {
+    a.egress.as_ref().map(|e| &e.allow) == b.egress.as_ref().map(|e| &e.allow)
 }
 
 /// The apply engine: what is installed, by tenant id.
@@ -563,7 +576,12 @@ impl Engine {
                 json: None,
                 entries: TenantEntries::default(),
             });
-            if entry.policy().is_some_and(|p| p.allow == t.allow) {
+            // The tries hold the allowlist, the vpc_cidrs and the egress
+            // allowlist: all three must be the same to keep them.
+            if entry
+                .policy()
+                .is_some_and(|p| p.allow == t.allow && p.vpc_cidrs == t.vpc_cidrs && same_egress_allow(&p, t))
+            {
                 same_allow.insert(id);
             }
             // Until the install is done, the tenant may own old and new keys.

@@ -268,10 +268,13 @@ impl Agent {
                     .attach_pinned(programs::FABRIC, "fabric", self.fabric.ifindex, mode, &pin)?,
             );
         } else {
-            // One interface runs one XDP program: the uplink program.
-            warn!(
+            // One interface runs one XDP program: the uplink program, which
+            // hands VXLAN to this host's VTEP to the fabric program.
+            info!(
                 interface = %self.uplink.name,
-                "fabric is the uplink interface: only {} is attached there", programs::UPLINK
+                "fabric is the uplink interface: {} is attached there and hands tunnel traffic to {}",
+                programs::UPLINK,
+                programs::FABRIC
             );
             let stale = loader::link_pin(&pin, "fabric");
             if stale.exists() {
