@@ -6,13 +6,13 @@
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use dataplane_common::{
     Counter, DropReason, jumps,
-    types::{ADDR_VIP, CLASS_NONE, HostConfig, SIDE_FABRIC, TenantInfo, VXLAN_PORT},
+    types::{ADDR_VIP, CLASS_NONE, HostConfig, SIDE_FABRIC, TenantInfo, VXLAN_PORT, vni_key},
 };
 
 use crate::counters::{Counters, tenant_dropped, tenant_steered};
 use crate::encap::{RouteQuery, route, transmit};
 use crate::handoff::hand_on;
-use crate::maps::{CONFIG, VNIS};
+use crate::maps::{CONFIG, VNIS, active_gen};
 use crate::packet::{IPPROTO_UDP, frame_len, read, write};
 use crate::parse::{Flow, NotIp, parse_from};
 use crate::steer;
@@ -82,15 +82,18 @@ fn vtep_slot(t: &TenantInfo, vtep: &[u8]) -> Option<u32> {
 
 #[inline(always)]
 fn from_vpc(ctx: &XdpContext, outer: &Flow, cfg: &HostConfig, tenant: &mut u32) -> Result<u32, Refused> {
+    let generation = active_gen();
     let vx: [u8; 8] = read(ctx, outer.l4_off + 8).ok_or(DropReason::Malformed)?;
     if vx[0] & 0x08 == 0 {
         return Err(DropReason::Malformed.into());
     }
     let vni = u32::from_be_bytes([0, vx[4], vx[5], vx[6]]);
     // SAFETY: copied out at once.
-    let id = unsafe { VNIS.get(&vni) }.copied().ok_or(DropReason::UnknownVni)?;
+    let id = unsafe { VNIS.get(vni_key(vni, generation)) }
+        .copied()
+        .ok_or(DropReason::UnknownVni)?;
     *tenant = id;
-    let t = steer::tenant(id)?;
+    let t = steer::tenant(id, generation)?;
     // The isolation check: a VNI is only believed from its tenant's VTEPs.
     let Some(origin) = vtep_slot(t, &outer.src[..4]) else {
         return Err(DropReason::VtepNotOfTenant.into());
@@ -102,10 +105,10 @@ fn from_vpc(ctx: &XdpContext, outer: &Flow, cfg: &HostConfig, tenant: &mut u32) 
         Err(NotIp::Other) => return Err(DropReason::InnerNotIp.into()),
         Err(NotIp::Malformed(_)) => return Err(DropReason::Malformed.into()),
     };
-    match steer::address(&inner.src, inner.v6) {
+    match steer::address(&inner.src, inner.v6, generation) {
         Some(a) if a.tenant == id && a.kind == ADDR_VIP => Ok(to_internet(ctx, &inner, &inner.src, inner_off, cfg)?),
         // Not a reply from a VIP: the outbound program decides (path 3).
-        _ => Err(hand_on(ctx, &inner, id, origin, inner_off, jumps::SNAT_OUT)),
+        _ => Err(hand_on(ctx, &inner, generation, id, origin, inner_off, jumps::SNAT_OUT)),
     }
 }
 

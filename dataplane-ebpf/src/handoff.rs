@@ -15,7 +15,15 @@ const MAX_OFF: usize = 1023;
 /// Tail-calls program `jump` (`dataplane_common::jumps`). Only returns if
 /// the call failed: the reason to drop the packet.
 #[inline(always)]
-pub fn hand_on(ctx: &XdpContext, flow: &Flow, tenant: u32, origin: u32, inner_off: usize, jump: u32) -> Refused {
+pub fn hand_on(
+    ctx: &XdpContext,
+    flow: &Flow,
+    generation: u32,
+    tenant: u32,
+    origin: u32,
+    inner_off: usize,
+    jump: u32,
+) -> Refused {
     if let Some(h) = HANDOFF.get_ptr_mut(0) {
         // SAFETY: this CPU's slot; the callee runs on this CPU right after.
         unsafe {
@@ -24,7 +32,7 @@ pub fn hand_on(ctx: &XdpContext, flow: &Flow, tenant: u32, origin: u32, inner_of
                 tenant,
                 origin,
                 inner_off: inner_off as u32,
-                _pad: 0,
+                generation,
             }
         };
         // SAFETY: valid context and program array.
@@ -45,5 +53,6 @@ pub fn take() -> Result<Handoff, DropReason> {
     h.flow.l3_off &= MAX_OFF;
     h.flow.l4_off &= MAX_OFF;
     h.inner_off &= MAX_OFF as u32;
+    h.generation &= 1;
     Ok(h)
 }

@@ -11,15 +11,30 @@ use dataplane_common::{
     hash::ADDR_FILTER_WORDS,
     jumps,
     types::{
-        AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendHop, CtKey, CtValue, HOPS_PER_TENANT, HostConfig,
-        MAX_ADDRS, MAX_ALLOW_PREFIXES, MAX_ALLOW_SLOTS, MAX_NEXT_HOPS, MAX_SERVICES, MAX_TENANTS, Meta, NextHopEntry,
-        NextHopKey, SIDES, ServiceKey, ServiceValue, TenantInfo, TenantName, TenantStats,
+        AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendHop, CtKey, CtValue, GENERATIONS, HOPS_PER_TENANT,
+        HostConfig, MAX_ADDRS, MAX_ALLOW_PREFIXES, MAX_ALLOW_SLOTS, MAX_NEXT_HOPS, MAX_SERVICES, MAX_TENANTS, Meta,
+        NextHopEntry, NextHopKey, SIDES, ServiceKey, ServiceValue, TenantInfo, TenantName, TenantStats,
     },
 };
 
 /// Global counters: one block per program and CPU.
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(SIDES, 0);
+
+/// Hash maps of policy hold two generations but are mostly half full:
+/// entries are allocated as they are written.
+const NO_PREALLOC: u32 = 1;
+
+/// The policy generation in force (`types::GENERATIONS`); a packet reads
+/// it once and keys every policy lookup with it.
+#[map(name = "GENERATION")]
+pub static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The generation in force.
+#[inline(always)]
+pub fn active_gen() -> u32 {
+    GENERATION.get(0).copied().unwrap_or(0) & 1
+}
 
 /// Host settings written by the agent.
 #[map(name = "CONFIG")]
@@ -28,15 +43,16 @@ pub static CONFIG: Array<HostConfig> = Array::with_max_entries(1, 0);
 /// A bit per hash of every VIP and egress IP: a clear bit means the
 /// packet is none of carwash's business, without a hash lookup.
 #[map(name = "ADDR_FILTER")]
-pub static ADDR_FILTER: Array<u64> = Array::with_max_entries(ADDR_FILTER_WORDS, 0);
+pub static ADDR_FILTER: Array<u64> = Array::with_max_entries(GENERATIONS * ADDR_FILTER_WORDS, 0);
 
 /// VIPs and egress IPs: the first lookup of every packet from the uplink
 /// that passes the filter; a miss means it is none of carwash's business.
 #[map(name = "ADDRS")]
-pub static ADDRS: HashMap<AddrKey, AddrValue> = HashMap::with_max_entries(MAX_ADDRS, 0);
+pub static ADDRS: HashMap<AddrKey, AddrValue> = HashMap::with_max_entries(GENERATIONS * MAX_ADDRS, NO_PREALLOC);
 
 #[map(name = "SERVICES")]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(GENERATIONS * MAX_SERVICES, NO_PREALLOC);
 
 /// Tenant names by id: written and read by userspace only, kept in the
 /// object so that they are created and pinned with everything else.
@@ -57,10 +73,10 @@ pub static BACKEND_HOPS: Array<BackendHop> = Array::with_max_entries(MAX_TENANTS
 
 /// VNI → tenant id, for traffic from the fabric.
 #[map(name = "VNIS")]
-pub static VNIS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TENANTS, 0);
+pub static VNIS: HashMap<u32, u32> = HashMap::with_max_entries(GENERATIONS * MAX_TENANTS, NO_PREALLOC);
 
 #[map(name = "TENANTS")]
-pub static TENANTS: HashMap<u32, TenantInfo> = HashMap::with_max_entries(MAX_TENANTS, 0);
+pub static TENANTS: HashMap<u32, TenantInfo> = HashMap::with_max_entries(GENERATIONS * MAX_TENANTS, NO_PREALLOC);
 
 /// Per-tenant counters, indexed by tenant id.
 #[map(name = "TENANT_STATS")]
@@ -105,7 +121,8 @@ pub struct Handoff {
     pub origin: u32,
     /// Fabric: offset of the inner Ethernet header.
     pub inner_off: u32,
-    pub _pad: u32,
+    /// The policy generation the packet was looked up in.
+    pub generation: u32,
 }
 
 #[map(name = "HANDOFF")]

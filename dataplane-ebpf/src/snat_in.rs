@@ -90,7 +90,7 @@ fn try_reply(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32
     let usable = cfg.fabric_mtu.saturating_sub(ENCAP_OVERHEAD as u16);
     // Checked before the rewrite: the answer quotes the packet as sent.
     if frame_len(ctx) - flow.l3_off > usable as usize {
-        return Err(hand_on(ctx, &flow, owner, 0, 0, jumps::TOO_BIG));
+        return Err(hand_on(ctx, &flow, h.generation, owner, 0, 0, jumps::TOO_BIG));
     }
     let port = u16::from_be_bytes(v.port_be);
     if !nat::rewrite(ctx, &flow, End::Dst, &v.addr, port) {
@@ -98,7 +98,7 @@ fn try_reply(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32
     }
     stats.inc(Counter::SnatReply);
     let (tenant, origin) = (v.tenant, v.origin as u32);
-    Err(hand_on(ctx, &flow, tenant, origin, 0, jumps::DELIVER))
+    Err(hand_on(ctx, &flow, h.generation, tenant, origin, 0, jumps::DELIVER))
 }
 
 /// The live tracking entry of a reply, brought up to date.
@@ -157,7 +157,7 @@ fn try_deliver(ctx: &XdpContext, _stats: &Counters, tenant: &mut u32) -> Result<
     let h = handoff::take()?;
     *tenant = h.tenant;
     let cfg = config()?;
-    let t = steer::tenant(h.tenant)?;
+    let t = steer::tenant(h.tenant, h.generation)?;
     let slot = h.origin & 3;
     let machine = steer::machine(t, slot)?;
     let flow = &h.flow;
@@ -281,5 +281,13 @@ fn try_icmp_error(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Resul
         return Err(DropReason::Malformed.into());
     }
     stats.inc(Counter::SnatIcmpError);
-    Err(hand_on(ctx, flow, v.tenant, v.origin as u32, 0, jumps::DELIVER))
+    Err(hand_on(
+        ctx,
+        flow,
+        h.generation,
+        v.tenant,
+        v.origin as u32,
+        0,
+        jumps::DELIVER,
+    ))
 }

@@ -103,7 +103,7 @@ fn try_out(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, 
     let cfg = config()?;
     let flow = h.flow;
     let inner_off = h.inner_off as usize;
-    let t = steer::tenant(h.tenant)?;
+    let t = steer::tenant(h.tenant, h.generation)?;
     if steer::mask(t, &flow.src, flow.v6) & MASK_VPC == 0 {
         return Err(DropReason::InnerSourceNotAllowed.into());
     }
@@ -148,7 +148,15 @@ fn try_out(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, 
     stats.inc(Counter::SnatOut);
     let mut out = flow;
     out.src = *egress;
-    Err(hand_on(ctx, &out, h.tenant, h.origin, inner_off, jumps::EXIT))
+    Err(hand_on(
+        ctx,
+        &out,
+        h.generation,
+        h.tenant,
+        h.origin,
+        inner_off,
+        jumps::EXIT,
+    ))
 }
 
 /// Strips the tunnel headers and routes the translated packet.

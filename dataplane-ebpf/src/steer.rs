@@ -4,10 +4,10 @@
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use dataplane_common::{
     DropReason,
-    hash::addr_filter_bit,
+    hash::{ADDR_FILTER_WORDS, addr_filter_bit},
     types::{
-        AddrKey, AddrValue, BackendEntry, CLASS_HTTPS, FAMILY_V4, FAMILY_V6, MAGLEV_SIZE, ServiceKey, TENANT_READY,
-        TenantInfo,
+        AddrKey, AddrValue, BackendEntry, CLASS_HTTPS, FAMILY_V4, FAMILY_V6, MAGLEV_SIZE, SERVICE_GEN_BIT, ServiceKey,
+        TENANT_READY, TenantInfo, tenant_key,
     },
 };
 
@@ -16,9 +16,9 @@ use crate::parse::Flow;
 
 /// Whether `addr` may be a VIP or egress IP (no false negatives).
 #[inline(always)]
-pub fn maybe_ours(addr: &[u8; 16]) -> bool {
+pub fn maybe_ours(addr: &[u8; 16], generation: u32) -> bool {
     let bit = addr_filter_bit(addr);
-    match ADDR_FILTER.get(bit >> 6) {
+    match ADDR_FILTER.get(generation * ADDR_FILTER_WORDS + (bit >> 6)) {
         Some(w) => (*w >> (bit & 63)) & 1 != 0,
         None => true,
     }
@@ -26,11 +26,11 @@ pub fn maybe_ours(addr: &[u8; 16]) -> bool {
 
 /// Whose VIP or egress IP `addr` is, if anyone's.
 #[inline(always)]
-pub fn address(addr: &[u8; 16], v6: bool) -> Option<AddrValue> {
+pub fn address(addr: &[u8; 16], v6: bool, generation: u32) -> Option<AddrValue> {
     let key = AddrKey {
         addr: *addr,
         family: if v6 { FAMILY_V6 } else { FAMILY_V4 },
-        _pad: [0; 3],
+        _pad: [generation as u8, 0, 0],
     };
     // SAFETY: copied out at once.
     unsafe { ADDRS.get(&key) }.copied()
@@ -43,12 +43,12 @@ pub struct Service {
 }
 
 #[inline(always)]
-pub fn service(flow: &Flow) -> Option<Service> {
+pub fn service(flow: &Flow, generation: u32) -> Option<Service> {
     let key = ServiceKey {
         addr: flow.dst,
         port_be: flow.dport.to_be_bytes(),
         proto: flow.proto,
-        family: if flow.v6 { FAMILY_V6 } else { FAMILY_V4 },
+        family: (if flow.v6 { FAMILY_V6 } else { FAMILY_V4 }) | if generation != 0 { SERVICE_GEN_BIT } else { 0 },
     };
     // SAFETY: the value is copied out at once.
     let v = unsafe { SERVICES.get(&key) }?;
@@ -60,10 +60,10 @@ pub fn service(flow: &Flow) -> Option<Service> {
 
 /// The tenant's fast-path record, if its policy is fully in place.
 #[inline(always)]
-pub fn tenant(id: u32) -> Result<&'static TenantInfo, DropReason> {
+pub fn tenant(id: u32, generation: u32) -> Result<&'static TenantInfo, DropReason> {
     // SAFETY: hash map values stay valid for the program's run (RCU), and an
     // update replaces the value as a whole.
-    match unsafe { TENANTS.get(&id) } {
+    match unsafe { TENANTS.get(tenant_key(id, generation)) } {
         Some(t) if t.flags & TENANT_READY != 0 => Ok(t),
         _ => Err(DropReason::NotReady),
     }

@@ -11,7 +11,7 @@ use dataplane_common::{
 use crate::counters::{Counters, tenant_dropped, tenant_steered};
 use crate::encap::{ENCAP_OVERHEAD, encapsulate};
 use crate::handoff::hand_on;
-use crate::maps::{CONFIG, JUMPS};
+use crate::maps::{CONFIG, JUMPS, active_gen};
 use crate::packet::{IPPROTO_UDP, frame_len};
 use crate::parse::Flow;
 use crate::{icmp, mss, nat, steer};
@@ -52,7 +52,8 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
         shared_fabric(ctx, &flow);
     }
 
-    if !steer::maybe_ours(&flow.dst) {
+    let generation = active_gen();
+    if !steer::maybe_ours(&flow.dst, generation) {
         return xdp_action::XDP_PASS;
     }
     // The service lookup comes first: for traffic to a service it is the
@@ -62,11 +63,11 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
     let svc = if flow.later_fragment {
         None
     } else {
-        steer::service(&flow)
+        steer::service(&flow, generation)
     };
     let (tenant, class, result) = match svc {
-        Some(svc) => (svc.tenant, svc.class, steer_to_vpc(ctx, &flow, &svc)),
-        None => match steer::address(&flow.dst, flow.v6) {
+        Some(svc) => (svc.tenant, svc.class, steer_to_vpc(ctx, &flow, &svc, generation)),
+        None => match steer::address(&flow.dst, flow.v6, generation) {
             // The filter's false positive: not ours after all.
             None => return xdp_action::XDP_PASS,
             // Replies to an egress IP: the tracking program decides.
@@ -76,7 +77,11 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
                 } else {
                     jumps::SNAT_IN
                 };
-                (a.tenant, CLASS_NONE, Err(hand_on(ctx, &flow, a.tenant, 0, 0, jump)))
+                (
+                    a.tenant,
+                    CLASS_NONE,
+                    Err(hand_on(ctx, &flow, generation, a.tenant, 0, 0, jump)),
+                )
             }
             Some(a) => {
                 let why = if flow.later_fragment {
@@ -120,8 +125,8 @@ fn shared_fabric(ctx: &XdpContext, flow: &Flow) {
 
 /// Path 1 for a packet to a service.
 #[inline(always)]
-fn steer_to_vpc(ctx: &XdpContext, flow: &Flow, svc: &steer::Service) -> Result<u32, Refused> {
-    let t = steer::tenant(svc.tenant)?;
+fn steer_to_vpc(ctx: &XdpContext, flow: &Flow, svc: &steer::Service, generation: u32) -> Result<u32, Refused> {
+    let t = steer::tenant(svc.tenant, generation)?;
     if !steer::allowed(t, flow, svc.class) {
         return Err(DropReason::NotAllowed.into());
     }

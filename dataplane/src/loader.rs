@@ -39,6 +39,7 @@ pub const ALL_MAPS: &[&str] = &[
     maps::CONNTRACK,
     maps::JUMPS,
     maps::HANDOFF,
+    maps::GENERATION,
 ];
 
 /// The default capacity of the connection-tracking table
@@ -86,6 +87,7 @@ pub fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
 /// A loaded eBPF object.
 pub struct Dataplane {
     pub(crate) ebpf: Ebpf,
+    pub(crate) gens: crate::generation::Generations,
 }
 
 impl Dataplane {
@@ -120,8 +122,17 @@ impl Dataplane {
                 .try_into()?;
             load_retrying(prog).with_context(|| format!("loading program {name} (verifier)"))?;
         }
-        let mut dp = Dataplane { ebpf };
+        let mut dp = Dataplane {
+            ebpf,
+            gens: Default::default(),
+        };
         dp.fill_jumps()?;
+        dp.read_active_generation()?;
+        // Pins an agent left mid-way through a transaction (or before the
+        // old generation caught up): both generations made equal again.
+        if dp.meta()?.generation != 0 {
+            dp.resync_generations()?;
+        }
         Ok(dp)
     }
 
@@ -287,17 +298,22 @@ pub fn expected_shapes() -> Vec<(&'static str, usize, usize, u32)> {
     vec![
         (maps::COUNTERS, 4, size_of::<CounterBlock>(), SIDES),
         (maps::CONFIG, 4, size_of::<HostConfig>(), 1),
-        (maps::ADDRS, size_of::<AddrKey>(), size_of::<AddrValue>(), MAX_ADDRS),
+        (
+            maps::ADDRS,
+            size_of::<AddrKey>(),
+            size_of::<AddrValue>(),
+            GENERATIONS * MAX_ADDRS,
+        ),
         (
             maps::SERVICES,
             size_of::<ServiceKey>(),
             size_of::<ServiceValue>(),
-            MAX_SERVICES,
+            GENERATIONS * MAX_SERVICES,
         ),
-        (maps::VNIS, 4, 4, MAX_TENANTS),
+        (maps::VNIS, 4, 4, GENERATIONS * MAX_TENANTS),
         (maps::TENANT_NAMES, 4, size_of::<TenantName>(), MAX_TENANTS),
         (maps::META, 4, size_of::<Meta>(), 1),
-        (maps::TENANTS, 4, size_of::<TenantInfo>(), MAX_TENANTS),
+        (maps::TENANTS, 4, size_of::<TenantInfo>(), GENERATIONS * MAX_TENANTS),
         (maps::TENANT_STATS, 4, size_of::<TenantStats>(), MAX_TENANTS),
         (maps::ALLOW_V4, 4, 4, MAX_ALLOW_SLOTS),
         (maps::ALLOW_V6, 4, 4, MAX_ALLOW_SLOTS),

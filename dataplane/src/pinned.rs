@@ -97,6 +97,9 @@ fn nothing_pinned(dir: &Path) -> anyhow::Error {
 pub struct Pins {
     dir: PathBuf,
     meta: Meta,
+    /// The policy generation in force (`GENERATION`): what the readers
+    /// show of the two copies the policy maps hold.
+    generation: u32,
 }
 
 impl Pins {
@@ -127,6 +130,7 @@ impl Pins {
         let mut pins = Pins {
             dir: dir.to_path_buf(),
             meta: Meta::default(),
+            generation: 0,
         };
         pins.meta = Array::<_, Meta>::try_from(Map::Array(pins.map(maps::META)?))?
             .get(&0, 0)
@@ -146,6 +150,10 @@ impl Pins {
                 dir.display()
             );
         }
+        pins.generation = Array::<_, u32>::try_from(Map::Array(pins.map(maps::GENERATION)?))?
+            .get(&0, 0)
+            .context("reading GENERATION")?
+            & 1;
         for (name, key, value, max) in expected_shapes() {
             let info = pins
                 .map(name)?
@@ -217,7 +225,11 @@ impl Pins {
         }
         let infos: HashMap<_, u32, TenantInfo> = HashMap::try_from(Map::HashMap(self.map(maps::TENANTS)?))?;
         for kv in infos.iter() {
-            let (id, info) = kv.context("reading TENANTS")?;
+            let (k, info) = kv.context("reading TENANTS")?;
+            let (g, id) = crate::generation::split_tenant(k);
+            if g != self.generation {
+                continue;
+            }
             out.entry(id).or_insert_with(|| TenantRecord::new(id)).info = Some(info);
         }
         Ok(out.into_values().collect())
@@ -247,6 +259,10 @@ impl Pins {
         let mut out = Vec::new();
         for kv in m.iter() {
             let (k, v) = kv.context("reading ADDRS")?;
+            let (g, k) = crate::generation::split_addr(k);
+            if g != self.generation {
+                continue;
+            }
             out.push(AddrEntry {
                 ip: addr_of(&k.addr, k.family),
                 kind: addr_kind(v.kind),
@@ -260,7 +276,10 @@ impl Pins {
     /// The owner of `ip` in `ADDRS`, if any.
     pub fn address(&self, ip: IpAddr) -> Result<Option<AddrValue>> {
         let m: HashMap<_, AddrKey, AddrValue> = HashMap::try_from(Map::HashMap(self.map(maps::ADDRS)?))?;
-        not_found_is_none(m.get(&crate::tables::addr_key(ip), 0))
+        not_found_is_none(m.get(
+            &dataplane_common::types::addr_key_gen(crate::tables::addr_key(ip), self.generation),
+            0,
+        ))
     }
 
     /// `SERVICES`, sorted by tenant, VIP, protocol and port.
@@ -269,6 +288,10 @@ impl Pins {
         let mut out = Vec::new();
         for kv in m.iter() {
             let (k, v) = kv.context("reading SERVICES")?;
+            let (g, k) = crate::generation::split_service(k);
+            if g != self.generation {
+                continue;
+            }
             out.push(ServiceEntry {
                 vip: addr_of(&k.addr, k.family),
                 proto: k.proto,
@@ -291,13 +314,21 @@ impl Pins {
             proto,
             family: a.family,
         };
-        not_found_is_none(m.get(&key, 0))
+        not_found_is_none(m.get(&dataplane_common::types::service_key_gen(key, self.generation), 0))
     }
 
     /// `VNIS`: VNI → tenant id.
     pub fn vnis(&self) -> Result<BTreeMap<u32, u32>> {
         let m: HashMap<_, u32, u32> = HashMap::try_from(Map::HashMap(self.map(maps::VNIS)?))?;
-        m.iter().map(|kv| kv.context("reading VNIS")).collect()
+        let mut out = BTreeMap::new();
+        for kv in m.iter() {
+            let (k, id) = kv.context("reading VNIS")?;
+            let (g, vni) = crate::generation::split_vni(k);
+            if g == self.generation {
+                out.insert(vni, id);
+            }
+        }
+        Ok(out)
     }
 
     /// The allow prefixes of allow slot `slot` (what `TenantInfo::allow_slot`

@@ -20,6 +20,7 @@ use dataplane_common::{
         ADDR_EGRESS, ADDR_VIP, AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendEntry, CLASS_HTTPS, CLASS_JMS,
         CLASSES, FAMILY_V4, FAMILY_V6, HostConfig, MASK_EGRESS, MASK_VPC, MAX_ALLOW_PREFIXES, MAX_TENANTS, ServiceKey,
         ServiceValue, TENANT_EGRESS_V4, TENANT_EGRESS_V6, TENANT_READY, TenantInfo, TenantName, TenantStats,
+        tenant_key,
     },
 };
 use ipnetwork::IpNetwork;
@@ -314,14 +315,11 @@ impl Dataplane {
         Ok(())
     }
 
-    fn tenants_map(&mut self) -> Result<HashMap<&mut MapData, u32, TenantInfo>> {
-        Ok(HashMap::try_from(self.map_mut(maps::TENANTS)?)?)
-    }
-
-    /// The tenant record as the maps hold it.
+    /// The tenant record as the maps hold it (in the generation in force;
+    /// inside a policy transaction, in the one being written).
     pub fn tenant_info(&self, id: u32) -> Result<Option<TenantInfo>> {
         let m: HashMap<&MapData, u32, TenantInfo> = HashMap::try_from(self.map_ref(maps::TENANTS)?)?;
-        match m.get(&id, 0) {
+        match m.get(&tenant_key(id, self.read_generation()), 0) {
             Ok(v) => Ok(Some(v)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e.into()),
@@ -415,18 +413,16 @@ impl Dataplane {
         self.swap_allow(&swap_slots, &tries)?;
         drop(tries);
         for ((id, t, health), slot) in tenants.iter().zip(&slots) {
-            let mut svcs: HashMap<_, ServiceKey, ServiceValue> = HashMap::try_from(self.map_mut(maps::SERVICES)?)?;
             for (key, class) in services(t) {
                 let v = ServiceValue {
                     tenant: *id,
                     class,
                     _pad: [0; 3],
                 };
-                svcs.insert(key, v, 0)
+                self.put_service(key, v)
                     .with_context(|| format!("tenant {}: service", t.name))?;
             }
-            self.tenants_map()?
-                .insert(*id, tenant_info(t, *slot, health, true), 0)?;
+            self.put_tenant(*id, tenant_info(t, *slot, health, true))?;
         }
         Ok(())
     }
@@ -435,15 +431,13 @@ impl Dataplane {
     /// addresses; the addresses' filter bits are collected into `bits`.
     fn claim(&mut self, id: u32, t: &Tenant, health: &Health, slot: u32, new: bool, bits: &mut Vec<u32>) -> Result<()> {
         if new {
-            self.tenants_map()?.insert(id, tenant_info(t, slot, health, false), 0)?;
+            self.put_tenant(id, tenant_info(t, slot, health, false))?;
         }
         let name = TenantName::new(&t.name).ok_or_else(|| anyhow!("tenant name {:?} longer than 32 bytes", t.name))?;
         let mut names: HashMap<_, u32, TenantName> = HashMap::try_from(self.map_mut(maps::TENANT_NAMES)?)?;
         names.insert(id, name, 0)?;
-        let mut vnis: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(maps::VNIS)?)?;
-        vnis.insert(t.vni, id, 0)
+        self.put_vni(t.vni, id)
             .with_context(|| format!("tenant {}: vni {}", t.name, t.vni))?;
-        let mut addrs: HashMap<_, AddrKey, AddrValue> = HashMap::try_from(self.map_mut(maps::ADDRS)?)?;
         let vips = t.vips.iter().map(|ip| (*ip, ADDR_VIP));
         let egress = t.egress.iter().flat_map(|e| {
             std::iter::once(IpAddr::V4(e.snat_ipv4))
@@ -457,8 +451,7 @@ impl Dataplane {
                 _pad: [0; 3],
             };
             let key = addr_key(ip);
-            addrs
-                .insert(key, v, 0)
+            self.put_addr(key, v)
                 .with_context(|| format!("tenant {}: address {ip}", t.name))?;
             bits.push(addr_filter_bit(&key.addr));
         }
@@ -472,11 +465,10 @@ impl Dataplane {
         for &bit in bits {
             *words.entry(bit >> 6).or_default() |= 1 << (bit & 63);
         }
-        let mut filter: aya::maps::Array<_, u64> = aya::maps::Array::try_from(self.map_mut(maps::ADDR_FILTER)?)?;
         for (w, set) in words {
-            let word = filter.get(&w, 0)?;
+            let word = self.filter_word(w)?;
             if word | set != word {
-                filter.set(w, word | set, 0)?;
+                self.set_filter_word(w, word | set)?;
             }
         }
         Ok(())
@@ -487,18 +479,16 @@ impl Dataplane {
     fn filter_rebuild(&mut self, bits: &[u32]) -> Result<()> {
         let words: std::collections::BTreeSet<u32> = bits.iter().map(|b| b >> 6).collect();
         let mut fresh: BTreeMap<u32, u64> = words.iter().map(|&w| (w, 0)).collect();
-        {
-            let addrs: HashMap<_, AddrKey, AddrValue> = HashMap::try_from(self.map_ref(maps::ADDRS)?)?;
-            for key in addrs.keys() {
-                let bit = addr_filter_bit(&key?.addr);
-                if let Some(w) = fresh.get_mut(&(bit >> 6)) {
-                    *w |= 1 << (bit & 63);
-                }
+        for key in self.addr_keys()? {
+            let bit = addr_filter_bit(&key.addr);
+            if let Some(w) = fresh.get_mut(&(bit >> 6)) {
+                *w |= 1 << (bit & 63);
             }
         }
-        let mut filter: aya::maps::Array<_, u64> = aya::maps::Array::try_from(self.map_mut(maps::ADDR_FILTER)?)?;
         for (w, v) in fresh {
-            filter.set(w, v, 0)?;
+            if self.filter_word(w)? != v {
+                self.set_filter_word(w, v)?;
+            }
         }
         Ok(())
     }
@@ -510,7 +500,7 @@ impl Dataplane {
             bail!("tenant {id} has {} cores; no core {index}", info.n_cores);
         }
         info.active_core = index;
-        self.tenants_map()?.insert(id, info, 0)?;
+        self.put_tenant(id, info)?;
         Ok(())
     }
 
@@ -518,34 +508,30 @@ impl Dataplane {
     /// carwash's business at once, then the rest.
     pub fn remove_tenant(&mut self, id: u32, t: &Tenant) -> Result<()> {
         let mut removed = Vec::new();
-        {
-            let mut addrs: HashMap<_, AddrKey, AddrValue> = HashMap::try_from(self.map_mut(maps::ADDRS)?)?;
-            let ips = t.vips.iter().copied().chain(
+        let ips: Vec<IpAddr> = t
+            .vips
+            .iter()
+            .copied()
+            .chain(
                 t.egress
                     .iter()
                     .flat_map(|e| std::iter::once(IpAddr::V4(e.snat_ipv4)).chain(e.snat_ipv6.map(IpAddr::V6))),
-            );
-            for ip in ips {
-                if let Ok(v) = addrs.get(&addr_key(ip), 0)
-                    && v.tenant == id
-                {
-                    addrs.remove(&addr_key(ip))?;
-                    removed.push(addr_filter_bit(&addr_key(ip).addr));
-                }
+            )
+            .collect();
+        for ip in ips {
+            if self.get_addr(addr_key(ip))?.is_some_and(|v| v.tenant == id) {
+                self.del_addr(addr_key(ip))?;
+                removed.push(addr_filter_bit(&addr_key(ip).addr));
             }
         }
         self.filter_rebuild(&removed)?;
-        {
-            let mut svcs: HashMap<_, ServiceKey, ServiceValue> = HashMap::try_from(self.map_mut(maps::SERVICES)?)?;
-            for (key, _) in services(t) {
-                let _ = svcs.remove(&key);
-            }
+        for (key, _) in services(t) {
+            self.del_service(key)?;
         }
-        let mut vnis: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(maps::VNIS)?)?;
-        if vnis.get(&t.vni, 0).ok() == Some(id) {
-            vnis.remove(&t.vni)?;
+        if self.get_vni(t.vni)? == Some(id) {
+            self.del_vni(t.vni)?;
         }
-        let _ = self.tenants_map()?.remove(&id);
+        self.del_tenant(id)?;
         let mut names: HashMap<_, u32, TenantName> = HashMap::try_from(self.map_mut(maps::TENANT_NAMES)?)?;
         let _ = names.remove(&id);
         Ok(())

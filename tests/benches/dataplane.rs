@@ -245,15 +245,20 @@ fn agent_at_scale(n: u32, changes: u32) -> anyhow::Result<()> {
     let pin = |name: &str| MapData::from_pin(setup.pin_path().join("maps").join(name));
     let svcs: HashMap<MapData, ServiceKey, ServiceValue> = HashMap::try_from(Map::HashMap(pin(maps::SERVICES)?))?;
     let records: HashMap<MapData, u32, TenantInfo> = HashMap::try_from(Map::HashMap(pin(maps::TENANTS)?))?;
+    let generation: aya::maps::Array<MapData, u32> = aya::maps::Array::try_from(Map::Array(pin(maps::GENERATION)?))?;
+    // Keys in the policy generation in force: what packets read.
+    let active = || generation.get(&0, 0).map(|g| g & 1).unwrap_or(0);
     let key = |i: u32, port: u16| {
         let vip = addr_key(std::net::IpAddr::V4(synthetic::vip4(i)));
-        ServiceKey {
+        let k = ServiceKey {
             addr: vip.addr,
             port_be: port.to_be_bytes(),
             proto: 6,
             family: vip.family,
-        }
+        };
+        dataplane_common::types::service_key_gen(k, active())
     };
+    let record_key = |id: u32| dataplane_common::types::tenant_key(id, active());
     let write = |t: &carwash_policy::Tenant| -> anyhow::Result<Instant> {
         let file = setup.policy_dir.join(format!("{}.json", t.name));
         let text = serde_json::to_string_pretty(t)?;
@@ -281,10 +286,10 @@ fn agent_at_scale(n: u32, changes: u32) -> anyhow::Result<()> {
             classes: vec![carwash_policy::Class::Https],
         });
         let id = ids[&t.name];
-        let slot = records.get(&id, 0)?.allow_slot;
+        let slot = records.get(&record_key(id), 0)?.allow_slot;
         let t0 = write(&t)?;
         allow_lat.push(wait_for(t0, &t.name, || {
-            records.get(&id, 0).is_ok_and(|r| r.allow_slot != slot)
+            records.get(&record_key(id), 0).is_ok_and(|r| r.allow_slot != slot)
         })?);
         std::thread::sleep(Duration::from_millis(30));
     }

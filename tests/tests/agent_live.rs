@@ -14,12 +14,15 @@ use carwash_tests::require_root;
 use dataplane::api::{Document, Request};
 use dataplane::tables::addr_key;
 use dataplane_common::maps;
-use dataplane_common::types::{AddrKey, AddrValue, ServiceKey, ServiceValue, TENANT_READY, TenantInfo};
+use dataplane_common::types::{
+    AddrKey, AddrValue, ServiceKey, ServiceValue, TENANT_READY, TenantInfo, addr_key_gen, tenant_key,
+};
 
 struct Pinned {
     addrs: HashMap<MapData, AddrKey, AddrValue>,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     tenants: HashMap<MapData, u32, TenantInfo>,
+    generation: aya::maps::Array<MapData, u32>,
 }
 
 impl Pinned {
@@ -29,23 +32,44 @@ impl Pinned {
             addrs: HashMap::try_from(open(maps::ADDRS)).unwrap(),
             services: HashMap::try_from(open(maps::SERVICES)).unwrap(),
             tenants: HashMap::try_from(open(maps::TENANTS)).unwrap(),
+            generation: aya::maps::Array::try_from(Map::Array(
+                MapData::from_pin(pin.join("maps").join(maps::GENERATION)).unwrap(),
+            ))
+            .unwrap(),
         }
+    }
+
+    /// The policy generation in force: what packets read.
+    fn generation(&self) -> u32 {
+        self.generation.get(&0, 0).unwrap() & 1
+    }
+
+    fn addr(&self, ip: &str) -> Option<AddrValue> {
+        let k = addr_key_gen(addr_key(ip.parse().unwrap()), self.generation());
+        self.addrs.get(&k, 0).ok()
+    }
+
+    fn tenant(&self, id: u32) -> Option<TenantInfo> {
+        self.tenants.get(&tenant_key(id, self.generation()), 0).ok()
     }
 
     /// The tenant id `ip` belongs to, if its tenant is ready.
     fn ready_owner(&self, ip: &str) -> Option<u32> {
-        let v = self.addrs.get(&addr_key(ip.parse().unwrap()), 0).ok()?;
-        let t = self.tenants.get(&v.tenant, 0).ok()?;
+        let v = self.addr(ip)?;
+        let t = self.tenant(v.tenant)?;
         (t.flags & TENANT_READY != 0).then_some(v.tenant)
     }
 
     fn services_of(&self, ip: &str) -> Vec<(u16, u32)> {
         let k = addr_key(ip.parse::<IpAddr>().unwrap());
+        let g = self.generation();
         let mut v: Vec<(u16, u32)> = self
             .services
             .iter()
             .map(|kv| kv.unwrap())
-            .filter(|(s, _)| s.addr == k.addr && s.family == k.family)
+            .map(|(s, v)| (dataplane::generation::split_service(s), v))
+            .filter(|((sg, s), _)| *sg == g && s.addr == k.addr && s.family == k.family)
+            .map(|((_, s), v)| (s, v))
             .map(|(s, v)| (u16::from_be_bytes(s.port_be), v.tenant))
             .collect();
         v.sort();
@@ -111,8 +135,7 @@ fn a_file_dropped_into_policy_dir_takes_effect_without_a_restart() {
         let t0 = Instant::now();
         std::fs::remove_file(&file).unwrap();
         wait_until("gamma removed", Duration::from_secs(5), || {
-            pins.addrs.get(&addr_key("203.0.113.30".parse().unwrap()), 0).is_err()
-                && pins.services_of("203.0.113.30").is_empty()
+            pins.addr("203.0.113.30").is_none() && pins.services_of("203.0.113.30").is_empty()
         });
         remove.push(t0.elapsed());
     }
@@ -156,7 +179,7 @@ fn only_what_changed_is_rewritten_and_stale_entries_disappear() {
         pins.services_of("203.0.113.20"),
         vec![(443, beta), (8443, beta), (61616, beta)]
     );
-    let acme_before = pins.tenants.get(&acme, 0).unwrap();
+    let acme_before = pins.tenant(acme).unwrap();
     let dump0 = dump_maps(setup.pin_path()).unwrap();
 
     // beta loses port 8443 and its IPv4 VIP, which acme takes over in the
@@ -197,7 +220,7 @@ fn only_what_changed_is_rewritten_and_stale_entries_disappear() {
 
     // Only beta changes: acme's record is not rewritten (same allow slot,
     // same bytes), and nothing of acme's in the maps moves.
-    let acme_mid = pins.tenants.get(&acme, 0).unwrap();
+    let acme_mid = pins.tenant(acme).unwrap();
     let dump1 = dump_maps(setup.pin_path()).unwrap();
     let beta3 = beta2.replace("classes = [\"https\"]", "classes = [\"https\", \"jms\"]");
     let r = agent.call(&Request::Apply {
@@ -208,7 +231,7 @@ fn only_what_changed_is_rewritten_and_stale_entries_disappear() {
     assert!(r.ok, "{r:?}");
     let rep = r.applied.unwrap();
     assert_eq!((rep.changed.clone(), rep.unchanged), (vec!["beta".to_string()], 1));
-    assert_eq!(pins.tenants.get(&acme, 0).unwrap(), acme_mid);
+    assert_eq!(pins.tenant(acme).unwrap(), acme_mid);
     // The first apply re-installed acme (a VIP more, checked above) but
     // kept its tries: its allowlist did not change, so no swap (and no RCU
     // wait) was needed.
@@ -262,7 +285,7 @@ fn only_what_changed_is_rewritten_and_stale_entries_disappear() {
         pins.services_of("2001:db8:20::20").is_empty(),
         "beta's services are gone"
     );
-    assert!(pins.tenants.get(&beta, 0).is_err(), "beta's record is gone");
+    assert!(pins.tenant(beta).is_none(), "beta's record is gone");
     let mut files: Vec<String> = std::fs::read_dir(&setup.policy_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -77,7 +77,12 @@ fn a_killed_agent_leaves_forwarding_attached_and_the_next_adopts_the_pins() {
     assert_eq!(xdp_prog(&setup, "uplink"), Some(s2.attachments[0].prog_id));
     assert_eq!(s2.tenants, s1.tenants);
     assert_eq!((s2.generation, &s2.digest), (s1.generation, &s1.digest));
-    let dump2 = dump_maps(setup.pin_path()).unwrap();
+    // The program array holds the programs the packets are handed on to:
+    // like the links, it now names the new agent's programs.
+    let (mut dump1, mut dump2) = (dump1, dump_maps(setup.pin_path()).unwrap());
+    let (jumps1, jumps2) = (dump1.remove("JUMPS").unwrap(), dump2.remove("JUMPS").unwrap());
+    assert_eq!(jumps1.len(), jumps2.len());
+    assert_ne!(jumps1, jumps2, "the new agent's programs are handed packets on to");
     assert!(dump1 == dump2, "adoption rewrote maps: {:?}", diff_maps(&dump1, &dump2));
 
     // Without the state file the agent cannot tell which tenants are

@@ -52,6 +52,7 @@ struct Maps {
     addrs: HashMap<MapData, AddrKey, AddrValue>,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     tenants: HashMap<MapData, u32, TenantInfo>,
+    generation: aya::maps::Array<MapData, u32>,
 }
 
 impl Maps {
@@ -61,11 +62,21 @@ impl Maps {
             addrs: HashMap::try_from(pin(maps::ADDRS)).unwrap(),
             services: HashMap::try_from(pin(maps::SERVICES)).unwrap(),
             tenants: HashMap::try_from(pin(maps::TENANTS)).unwrap(),
+            generation: aya::maps::Array::try_from(Map::Array(
+                MapData::from_pin(setup.pin_path().join("maps").join(maps::GENERATION)).unwrap(),
+            ))
+            .unwrap(),
         }
     }
 
+    /// The policy generation in force: what packets read.
+    fn generation(&self) -> u32 {
+        self.generation.get(&0, 0).unwrap() & 1
+    }
+
     fn owner(&self, ip: IpAddr) -> Option<u32> {
-        self.addrs.get(&addr_key(ip), 0).ok().map(|v| v.tenant)
+        let k = dataplane_common::types::addr_key_gen(addr_key(ip), self.generation());
+        self.addrs.get(&k, 0).ok().map(|v| v.tenant)
     }
 
     fn service(&self, ip: IpAddr, port: u16) -> Option<u32> {
@@ -76,11 +87,13 @@ impl Maps {
             proto: 6,
             family: a.family,
         };
+        let key = dataplane_common::types::service_key_gen(key, self.generation());
         self.services.get(&key, 0).ok().map(|v| v.tenant)
     }
 
     fn slot(&self, id: u32) -> u32 {
-        self.tenants.get(&id, 0).unwrap().allow_slot
+        let key = dataplane_common::types::tenant_key(id, self.generation());
+        self.tenants.get(&key, 0).unwrap().allow_slot
     }
 }
 

@@ -21,7 +21,7 @@ pub use drop::DropReason;
 
 /// Version of the map layout. A new binary refuses to adopt pinned maps of
 /// another version instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Names of the programs in the eBPF object, as userspace looks them up.
 pub mod programs {
@@ -110,6 +110,8 @@ pub mod maps {
     pub const CONNTRACK: &str = "CONNTRACK";
     /// Program array the programs tail-call through (`crate::jumps`).
     pub const JUMPS: &str = "JUMPS";
+    /// The policy generation in force (`types::GENERATIONS`): one `u32`.
+    pub const GENERATION: &str = "GENERATION";
     /// Per-CPU hand-over of a parsed packet to a tail-called program.
     pub const HANDOFF: &str = "HANDOFF";
 }

@@ -7,6 +7,7 @@ pub const VXLAN_PORT: u16 = 4789;
 
 /// Tenant ids index per-tenant arrays; 0 is never a tenant.
 pub const MAX_TENANTS: u32 = 16384;
+const _: () = assert!(MAX_TENANTS <= 1 << 16);
 /// Services (VIP, protocol, port) over all tenants.
 pub const MAX_SERVICES: u32 = 262_144;
 /// VIPs and egress IPs over all tenants.
@@ -56,6 +57,43 @@ pub const TENANT_EGRESS_V6: u32 = 4;
 pub const MASK_VPC: u32 = 1 << 4;
 /// ... or inside its egress allowlist (a destination it may reach).
 pub const MASK_EGRESS: u32 = 1 << 5;
+
+/// Policy generations. The maps a packet reads to find its tenant and
+/// policy (`ADDR_FILTER`, `ADDRS`, `SERVICES`, `VNIS`, `TENANTS`) hold two
+/// copies, told apart by a generation in the key; `GENERATION` names the
+/// copy in force, and a packet reads it once. The agent writes a new
+/// policy set into the other copy and switches: every packet sees one whole
+/// set, the old or the new.
+pub const GENERATIONS: u32 = 2;
+
+/// `AddrKey` of generation `generation` (in its first padding byte).
+#[inline(always)]
+pub const fn addr_key_gen(mut k: AddrKey, generation: u32) -> AddrKey {
+    k._pad[0] = generation as u8;
+    k
+}
+
+/// The bit of `ServiceKey::family` that holds the generation.
+pub const SERVICE_GEN_BIT: u8 = 0x80;
+
+/// `ServiceKey` of generation `generation`.
+#[inline(always)]
+pub const fn service_key_gen(mut k: ServiceKey, generation: u32) -> ServiceKey {
+    k.family = (k.family & !SERVICE_GEN_BIT) | if generation != 0 { SERVICE_GEN_BIT } else { 0 };
+    k
+}
+
+/// `VNIS` key of a VNI (24 bits) in generation `generation`.
+#[inline(always)]
+pub const fn vni_key(vni: u32, generation: u32) -> u32 {
+    (vni & 0x00ff_ffff) | generation << 24
+}
+
+/// `TENANTS` key of tenant `id` in generation `generation`.
+#[inline(always)]
+pub const fn tenant_key(id: u32, generation: u32) -> u32 {
+    (id & 0xffff) | generation << 16
+}
 
 /// An address as carwash keys it: IPv4 in the first four bytes.
 #[repr(C)]

@@ -410,8 +410,23 @@ impl Engine {
         }
         let hint = hint.filter(|_| !self.compare_all && !self.digest.is_empty());
         self.rollback = None;
+        // The whole set goes into the generation not in force, and one map
+        // write switches to it: every packet sees the old set or the new.
+        dp.begin_policy()?;
         let first = self.apply_inner(dp, target, hint);
         self.compare_all = first.is_err();
+        if first.is_ok() {
+            dp.commit_policy()?;
+            // The new set is in force; the old copy catches up once no
+            // packet can be reading it (one RCU grace period), so both are
+            // equal again between applies.
+            dp.settle()?;
+        } else {
+            // Whatever got written (and rolled back) never was in force: the
+            // generation in force is the previous set, and the other is made
+            // its copy again.
+            dp.abort_policy()?;
+        }
         match first {
             Ok(r) => Ok(r),
             Err(e) => {

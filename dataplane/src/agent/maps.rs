@@ -119,10 +119,18 @@ impl Dataplane {
         Ok(())
     }
 
-    /// The ids `TENANTS` has a record for.
+    /// The ids `TENANTS` has a record for (in the generation reads see).
     pub fn tenant_ids(&self) -> Result<BTreeSet<u32>> {
         let m: HashMap<&MapData, u32, TenantInfo> = HashMap::try_from(map_ref(self, maps::TENANTS)?)?;
-        m.keys().map(|k| Ok(k?)).collect()
+        let g = self.read_generation();
+        let mut out = BTreeSet::new();
+        for k in m.keys() {
+            let (kg, id) = crate::generation::split_tenant(k?);
+            if kg == g {
+                out.insert(id);
+            }
+        }
+        Ok(out)
     }
 
     /// `META`: the layout version and the policy generation in force.
@@ -140,21 +148,32 @@ impl Dataplane {
     /// Every key of `ADDRS`, `SERVICES` and `VNIS`, grouped by the tenant id
     /// it points to: what the maps hold, whoever wrote it.
     pub fn scan_entries(&self) -> Result<BTreeMap<u32, TenantEntries>> {
+        use crate::generation::{split_addr, split_service, split_vni};
+        let g = self.read_generation();
         let mut out: BTreeMap<u32, TenantEntries> = BTreeMap::new();
         let addrs: HashMap<&MapData, AddrKey, AddrValue> = HashMap::try_from(map_ref(self, maps::ADDRS)?)?;
         for kv in addrs.iter() {
             let (k, v) = kv?;
-            out.entry(v.tenant).or_default().addrs.push(k);
+            let (kg, k) = split_addr(k);
+            if kg == g {
+                out.entry(v.tenant).or_default().addrs.push(k);
+            }
         }
         let svcs: HashMap<&MapData, ServiceKey, ServiceValue> = HashMap::try_from(map_ref(self, maps::SERVICES)?)?;
         for kv in svcs.iter() {
             let (k, v) = kv?;
-            out.entry(v.tenant).or_default().services.push(k);
+            let (kg, k) = split_service(k);
+            if kg == g {
+                out.entry(v.tenant).or_default().services.push(k);
+            }
         }
         let vnis: HashMap<&MapData, u32, u32> = HashMap::try_from(map_ref(self, maps::VNIS)?)?;
         for kv in vnis.iter() {
-            let (vni, id) = kv?;
-            out.entry(id).or_default().vnis.push(vni);
+            let (k, id) = kv?;
+            let (kg, vni) = split_vni(k);
+            if kg == g {
+                out.entry(id).or_default().vnis.push(vni);
+            }
         }
         for e in out.values_mut() {
             e.normalize();
@@ -167,26 +186,19 @@ impl Dataplane {
     /// Addresses go first, so the tenant's traffic stops being carwash's
     /// business before its services and VNI go.
     pub fn remove_owned_entries(&mut self, id: u32, e: &TenantEntries) -> Result<()> {
-        {
-            let mut addrs: HashMap<_, AddrKey, AddrValue> = HashMap::try_from(map_mut(self, maps::ADDRS)?)?;
-            for k in &e.addrs {
-                if addrs.get(k, 0).is_ok_and(|v| v.tenant == id) {
-                    addrs.remove(k)?;
-                }
+        for k in &e.addrs {
+            if self.get_addr(*k)?.is_some_and(|v| v.tenant == id) {
+                self.del_addr(*k)?;
             }
         }
-        {
-            let mut svcs: HashMap<_, ServiceKey, ServiceValue> = HashMap::try_from(map_mut(self, maps::SERVICES)?)?;
-            for k in &e.services {
-                if svcs.get(k, 0).is_ok_and(|v| v.tenant == id) {
-                    svcs.remove(k)?;
-                }
+        for k in &e.services {
+            if self.get_service(*k)?.is_some_and(|v| v.tenant == id) {
+                self.del_service(*k)?;
             }
         }
-        let mut vnis: HashMap<_, u32, u32> = HashMap::try_from(map_mut(self, maps::VNIS)?)?;
         for vni in &e.vnis {
-            if vnis.get(vni, 0).is_ok_and(|v| v == id) {
-                vnis.remove(vni)?;
+            if self.get_vni(*vni)? == Some(id) {
+                self.del_vni(*vni)?;
             }
         }
         Ok(())
@@ -197,8 +209,7 @@ impl Dataplane {
     /// a packet that read the record just before may still look them up;
     /// [`Dataplane::clear_allow_slots`] empties them later.
     pub fn remove_tenant_record(&mut self, id: u32) -> Result<()> {
-        let mut tenants: HashMap<_, u32, TenantInfo> = HashMap::try_from(map_mut(self, maps::TENANTS)?)?;
-        let _ = tenants.remove(&id);
+        self.del_tenant(id)?;
         let mut names: HashMap<_, u32, TenantName> = HashMap::try_from(map_mut(self, maps::TENANT_NAMES)?)?;
         let _ = names.remove(&id);
         Ok(())

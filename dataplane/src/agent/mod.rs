@@ -473,6 +473,11 @@ impl Agent {
             Ok(n) => tracing::debug!(tenants = n, "emptied the allow slots of removed tenants"),
             Err(e) => warn!(error = %format!("{e:#}"), "emptying the allow slots of removed tenants"),
         }
+        match self.dp.settle_if_due() {
+            Ok(true) => tracing::debug!("the old policy generation caught up with the one in force"),
+            Ok(false) => {}
+            Err(e) => warn!(error = %format!("{e:#}"), "bringing the old policy generation up to date"),
+        }
         self.ticks += 1;
         if self.ticks.is_multiple_of(RECLAIM_EVERY) {
             self.reclaim_conntrack();

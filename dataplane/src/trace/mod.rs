@@ -53,6 +53,7 @@ pub use packet::{Flow, Proto, Tunnel};
 /// later layout adds until it is listed here.
 pub const SHARED_MAPS: &[&str] = &[
     maps::CONFIG,
+    maps::GENERATION,
     maps::ADDR_FILTER,
     maps::ADDRS,
     maps::SERVICES,

@@ -1,0 +1,398 @@
+//! The two generations of the policy maps, from userspace.
+//!
+//! `ADDR_FILTER`, `ADDRS`, `SERVICES`, `VNIS` and `TENANTS` hold two copies
+//! of the policy, told apart by a generation in the key
+//! (`types::GENERATIONS`); the `GENERATION` map names the one in force, and
+//! each packet reads it once. A policy transaction ([`Dataplane::begin_policy`]
+//! .. [`Dataplane::commit_policy`]) writes only the other copy, then switches
+//! to it in one map write: a packet sees the whole old set or the whole new
+//! one, across tenants. The writes are kept and replayed into the old copy
+//! later ([`Dataplane::settle`]), once no packet can still be using it (an
+//! RCU grace period after the switch), so that both copies are equal again
+//! before the next transaction starts.
+//!
+//! Outside a transaction (tests, health changes) a write goes to both
+//! copies at once, as before there were two.
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use aya::maps::{Array, HashMap, IterableMap, LpmTrie, MapData};
+use dataplane_common::hash::ADDR_FILTER_WORDS;
+use dataplane_common::maps;
+use dataplane_common::types::{
+    AddrKey, AddrValue, Allow4, AllowMask, SERVICE_GEN_BIT, ServiceKey, ServiceValue, TenantInfo, addr_key_gen,
+    service_key_gen, tenant_key, vni_key,
+};
+use std::os::fd::{AsFd, AsRawFd};
+
+use crate::Dataplane;
+use crate::batch;
+
+/// One write to the policy maps, without its generation.
+#[derive(Debug, Clone)]
+enum Op {
+    Addr(AddrKey, Option<AddrValue>),
+    Service(ServiceKey, Option<ServiceValue>),
+    Vni(u32, Option<u32>),
+    Tenant(u32, Option<Box<TenantInfo>>),
+    FilterWord(u32, u64),
+}
+
+/// Where the policy maps stand.
+#[derive(Default)]
+pub struct Generations {
+    /// The generation in force.
+    pub active: u32,
+    /// Inside a transaction: writes go to the other generation only.
+    txn: bool,
+    /// Writes the generation not in force still lacks.
+    replay: Vec<Op>,
+    switched_at: Option<Instant>,
+    /// The empty trie slot 0 of `ALLOW_V4` is pointed at to wait for an RCU
+    /// grace period: always the same one, so the maps look the same after.
+    sync_trie: Option<LpmTrie<MapData, Allow4, AllowMask>>,
+}
+
+/// How long after a switch the old generation is surely unused, so that
+/// housekeeping replays into it without waiting (the replay still waits for
+/// an RCU grace period: this only keeps housekeeping from trying early).
+const SETTLE_AFTER: Duration = Duration::from_millis(500);
+
+/// The generation of an `AddrKey`, and the key without it.
+pub fn split_addr(k: AddrKey) -> (u32, AddrKey) {
+    (k._pad[0] as u32, addr_key_gen(k, 0))
+}
+
+pub fn split_service(k: ServiceKey) -> (u32, ServiceKey) {
+    ((k.family & SERVICE_GEN_BIT != 0) as u32, service_key_gen(k, 0))
+}
+
+/// The generation of a `VNIS` key, and the VNI.
+pub fn split_vni(k: u32) -> (u32, u32) {
+    (k >> 24, k & 0x00ff_ffff)
+}
+
+/// The generation of a `TENANTS` key, and the tenant id.
+pub fn split_tenant(k: u32) -> (u32, u32) {
+    (k >> 16, k & 0xffff)
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<()> {
+    match r {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Dataplane {
+    fn pmap(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("no map {name} in the eBPF object"))
+    }
+
+    fn pmap_ref(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("no map {name} in the eBPF object"))
+    }
+
+    /// The generation reads see: the one being written inside a
+    /// transaction, else the one in force.
+    pub fn read_generation(&self) -> u32 {
+        if self.gens.txn {
+            1 - self.gens.active
+        } else {
+            self.gens.active
+        }
+    }
+
+    fn write_generations(&self) -> &'static [u32] {
+        match (self.gens.txn, self.gens.active) {
+            (false, _) => &[0, 1],
+            (true, 0) => &[1],
+            (true, _) => &[0],
+        }
+    }
+
+    fn apply_op(&mut self, op: &Op, gens: &[u32]) -> Result<()> {
+        for &g in gens {
+            match op {
+                Op::Addr(k, v) => {
+                    let mut m: HashMap<_, AddrKey, AddrValue> = HashMap::try_from(self.pmap(maps::ADDRS)?)?;
+                    let k = addr_key_gen(*k, g);
+                    match v {
+                        Some(v) => m.insert(k, v, 0)?,
+                        None => ignore_missing(m.remove(&k))?,
+                    }
+                }
+                Op::Service(k, v) => {
+                    let mut m: HashMap<_, ServiceKey, ServiceValue> = HashMap::try_from(self.pmap(maps::SERVICES)?)?;
+                    let k = service_key_gen(*k, g);
+                    match v {
+                        Some(v) => m.insert(k, v, 0)?,
+                        None => ignore_missing(m.remove(&k))?,
+                    }
+                }
+                Op::Vni(vni, v) => {
+                    let mut m: HashMap<_, u32, u32> = HashMap::try_from(self.pmap(maps::VNIS)?)?;
+                    let k = vni_key(*vni, g);
+                    match v {
+                        Some(v) => m.insert(k, v, 0)?,
+                        None => ignore_missing(m.remove(&k))?,
+                    }
+                }
+                Op::Tenant(id, v) => {
+                    let mut m: HashMap<_, u32, TenantInfo> = HashMap::try_from(self.pmap(maps::TENANTS)?)?;
+                    let k = tenant_key(*id, g);
+                    match v {
+                        Some(v) => m.insert(k, **v, 0)?,
+                        None => ignore_missing(m.remove(&k))?,
+                    }
+                }
+                Op::FilterWord(w, v) => {
+                    let mut m: Array<_, u64> = Array::try_from(self.pmap(maps::ADDR_FILTER)?)?;
+                    m.set(g * ADDR_FILTER_WORDS + w, v, 0)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, op: Op) -> Result<()> {
+        if !self.gens.txn {
+            // Both copies at once: first make sure the old one has every
+            // earlier write, or the replay would undo this one.
+            self.settle()?;
+        }
+        let gens = self.write_generations();
+        self.apply_op(&op, gens)?;
+        if self.gens.txn {
+            self.gens.replay.push(op);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn put_addr(&mut self, k: AddrKey, v: AddrValue) -> Result<()> {
+        self.write(Op::Addr(k, Some(v)))
+    }
+
+    pub(crate) fn del_addr(&mut self, k: AddrKey) -> Result<()> {
+        self.write(Op::Addr(k, None))
+    }
+
+    pub(crate) fn put_service(&mut self, k: ServiceKey, v: ServiceValue) -> Result<()> {
+        self.write(Op::Service(k, Some(v)))
+    }
+
+    pub(crate) fn del_service(&mut self, k: ServiceKey) -> Result<()> {
+        self.write(Op::Service(k, None))
+    }
+
+    pub(crate) fn put_vni(&mut self, vni: u32, id: u32) -> Result<()> {
+        self.write(Op::Vni(vni, Some(id)))
+    }
+
+    pub(crate) fn del_vni(&mut self, vni: u32) -> Result<()> {
+        self.write(Op::Vni(vni, None))
+    }
+
+    pub(crate) fn put_tenant(&mut self, id: u32, info: TenantInfo) -> Result<()> {
+        self.write(Op::Tenant(id, Some(Box::new(info))))
+    }
+
+    pub(crate) fn del_tenant(&mut self, id: u32) -> Result<()> {
+        self.write(Op::Tenant(id, None))
+    }
+
+    pub(crate) fn set_filter_word(&mut self, word: u32, v: u64) -> Result<()> {
+        self.write(Op::FilterWord(word, v))
+    }
+
+    /// A word of the address filter, as reads see it.
+    pub(crate) fn filter_word(&self, word: u32) -> Result<u64> {
+        let m: Array<_, u64> = Array::try_from(self.pmap_ref(maps::ADDR_FILTER)?)?;
+        Ok(m.get(&(self.read_generation() * ADDR_FILTER_WORDS + word), 0)?)
+    }
+
+    /// The owner of an address, as reads see it.
+    pub(crate) fn get_addr(&self, k: AddrKey) -> Result<Option<AddrValue>> {
+        let m: HashMap<_, AddrKey, AddrValue> = HashMap::try_from(self.pmap_ref(maps::ADDRS)?)?;
+        match m.get(&addr_key_gen(k, self.read_generation()), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The service behind a key, as reads see it.
+    pub(crate) fn get_service(&self, k: ServiceKey) -> Result<Option<ServiceValue>> {
+        let m: HashMap<_, ServiceKey, ServiceValue> = HashMap::try_from(self.pmap_ref(maps::SERVICES)?)?;
+        match m.get(&service_key_gen(k, self.read_generation()), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The tenant a VNI names, as reads see it.
+    pub(crate) fn get_vni(&self, vni: u32) -> Result<Option<u32>> {
+        let m: HashMap<_, u32, u32> = HashMap::try_from(self.pmap_ref(maps::VNIS)?)?;
+        match m.get(&vni_key(vni, self.read_generation()), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The keys of `ADDRS` in the generation reads see.
+    pub(crate) fn addr_keys(&self) -> Result<Vec<AddrKey>> {
+        let m: HashMap<_, AddrKey, AddrValue> = HashMap::try_from(self.pmap_ref(maps::ADDRS)?)?;
+        let g = self.read_generation();
+        let mut out = Vec::new();
+        for k in m.keys() {
+            let (kg, k) = split_addr(k?);
+            if kg == g {
+                out.push(k);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The generation in force.
+    pub fn active_generation(&self) -> u32 {
+        self.gens.active
+    }
+
+    /// Reads which generation is in force (after loading over pins).
+    pub(crate) fn read_active_generation(&mut self) -> Result<()> {
+        let m: Array<_, u32> = Array::try_from(self.pmap_ref(maps::GENERATION)?)?;
+        self.gens.active = m.get(&0, 0)? & 1;
+        Ok(())
+    }
+
+    /// Starts a policy transaction: writes go to the generation not in
+    /// force until [`Dataplane::commit_policy`] switches to it.
+    pub fn begin_policy(&mut self) -> Result<()> {
+        self.settle()?;
+        self.gens.txn = true;
+        Ok(())
+    }
+
+    /// Switches to the generation the transaction wrote: one map write (none
+    /// if it wrote nothing).
+    pub fn commit_policy(&mut self) -> Result<()> {
+        if !self.gens.txn {
+            return Ok(());
+        }
+        if self.gens.replay.is_empty() {
+            self.gens.txn = false;
+            return Ok(());
+        }
+        let next = 1 - self.gens.active;
+        let mut m: Array<_, u32> = Array::try_from(self.pmap(maps::GENERATION)?)?;
+        m.set(0, next, 0).context("switching the policy generation")?;
+        self.gens.active = next;
+        self.gens.txn = false;
+        self.gens.switched_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Ends a transaction without switching: the generation it wrote is
+    /// made a copy of the one in force again.
+    pub fn abort_policy(&mut self) -> Result<()> {
+        self.gens.txn = false;
+        self.gens.replay.clear();
+        self.resync_generations()
+    }
+
+    /// Replays into the generation not in force what it lacks, once no
+    /// packet can be using it any more.
+    pub fn settle(&mut self) -> Result<()> {
+        if self.gens.replay.is_empty() {
+            return Ok(());
+        }
+        self.wait_for_readers()?;
+        let old = [1 - self.gens.active];
+        let ops = std::mem::take(&mut self.gens.replay);
+        for op in &ops {
+            self.apply_op(op, &old)?;
+        }
+        Ok(())
+    }
+
+    /// [`Dataplane::settle`], if the last switch is old enough that it
+    /// costs nothing to wait for (housekeeping).
+    pub fn settle_if_due(&mut self) -> Result<bool> {
+        if self.gens.replay.is_empty() || self.gens.switched_at.is_some_and(|t| t.elapsed() < SETTLE_AFTER) {
+            return Ok(false);
+        }
+        self.settle()?;
+        Ok(true)
+    }
+
+    /// Waits until every program run that started before now has ended (an
+    /// RCU grace period): the kernel waits for one on every update of an
+    /// array of maps, here slot 0 of `ALLOW_V4`, which no tenant uses.
+    fn wait_for_readers(&mut self) -> Result<()> {
+        if self.gens.sync_trie.is_none() {
+            self.gens.sync_trie = Some(LpmTrie::create(1, 1)?);
+        }
+        let fd = self
+            .gens
+            .sync_trie
+            .as_ref()
+            .map(|t| t.map().fd().as_fd().as_raw_fd() as u32);
+        let fd = fd.ok_or_else(|| anyhow!("no trie to wait with"))?;
+        let outer = match self.pmap(maps::ALLOW_V4)? {
+            aya::maps::Map::ArrayOfMaps(d) => d,
+            _ => anyhow::bail!("map {} is not an array of maps", maps::ALLOW_V4),
+        };
+        batch::set_inner_maps(outer.fd().as_fd(), &[0], &[fd]).context("waiting for the programs (RCU)")?;
+        Ok(())
+    }
+
+    /// Makes the generation not in force an exact copy of the one in force
+    /// (after adopting pins an agent left mid-way, or an aborted
+    /// transaction).
+    pub fn resync_generations(&mut self) -> Result<()> {
+        let (a, o) = (self.gens.active, 1 - self.gens.active);
+        macro_rules! sync {
+            ($name:expr, $k:ty, $v:ty, $split:expr, $join:expr) => {{
+                let mut m: HashMap<_, $k, $v> = HashMap::try_from(self.pmap($name)?)?;
+                let mut want = std::collections::HashMap::new();
+                let mut have = Vec::new();
+                for kv in m.iter() {
+                    let (k, v) = kv?;
+                    let (g, bare) = $split(k);
+                    if g == a {
+                        want.insert(bare, v);
+                    } else if g == o {
+                        have.push((bare, v));
+                    }
+                }
+                for (bare, _) in &have {
+                    if !want.contains_key(bare) {
+                        ignore_missing(m.remove(&$join(*bare, o)))?;
+                    }
+                }
+                for (bare, v) in want {
+                    m.insert($join(bare, o), v, 0)?;
+                }
+            }};
+        }
+        sync!(maps::ADDRS, AddrKey, AddrValue, split_addr, addr_key_gen);
+        sync!(maps::SERVICES, ServiceKey, ServiceValue, split_service, service_key_gen);
+        sync!(maps::VNIS, u32, u32, split_vni, vni_key);
+        sync!(maps::TENANTS, u32, TenantInfo, split_tenant, tenant_key);
+        let mut f: Array<_, u64> = Array::try_from(self.pmap(maps::ADDR_FILTER)?)?;
+        for w in 0..ADDR_FILTER_WORDS {
+            let v = f.get(&(a * ADDR_FILTER_WORDS + w), 0)?;
+            if f.get(&(o * ADDR_FILTER_WORDS + w), 0)? != v {
+                f.set(o * ADDR_FILTER_WORDS + w, v, 0)?;
+            }
+        }
+        self.gens.replay.clear();
+        Ok(())
+    }
+}
