@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: ns/packet of carwash's programs against the minimal
 //! XDP_PASS program measured in the same run (BPF_PROG_TEST_RUN, JIT; see
 //! `carwash_tests::bench` for the method), at 10 and at 10,000 tenants with
-//! ten allow prefixes each, and the maps' kernel memory.
+//! ten allow prefixes each, and the maps' kernel memory; then source NAT
+//! (`carwash_tests::bench_snat`; `cargo xtask bench -- snat` runs it alone).
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
@@ -65,6 +66,10 @@ fn scenarios(i: u32) -> Vec<Scenario> {
 
 fn main() -> anyhow::Result<()> {
     carwash_tests::require_root();
+    // `cargo xtask bench -- snat`: the source-NAT section alone.
+    if std::env::args().any(|a| a == "snat") {
+        return carwash_tests::bench_snat::run();
+    }
     let measured: Vec<u32> = SCALES.iter().map(|s| s / 2).collect();
     let fab = FabricNs::new(&measured.iter().map(|&i| synthetic::tenant(i)).collect::<Vec<_>>())?;
 
@@ -162,5 +167,6 @@ fn main() -> anyhow::Result<()> {
         "\ninstalling the tenants through the library: {} in {:.2?}, {} in {:.2?}",
         small.0, small.5, large.0, large.5
     );
-    Ok(())
+
+    carwash_tests::bench_snat::run()
 }
