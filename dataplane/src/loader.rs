@@ -204,7 +204,10 @@ impl Dataplane {
     pub fn set_bench_frame(&mut self, frame: &[u8]) -> Result<()> {
         use dataplane_common::types::BENCH_FRAME_MAX;
         if frame.len() > BENCH_FRAME_MAX {
-            bail!("a bench frame holds at most {BENCH_FRAME_MAX} bytes, not {}", frame.len());
+            bail!(
+                "a bench frame holds at most {BENCH_FRAME_MAX} bytes, not {}",
+                frame.len()
+            );
         }
         let mut bytes = [0u8; BENCH_FRAME_MAX];
         bytes[..frame.len()].copy_from_slice(frame);
