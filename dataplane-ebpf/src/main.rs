@@ -4,6 +4,7 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
+mod bench;
 mod counters;
 mod encap;
 mod fabric;
@@ -74,6 +75,20 @@ pub fn carwash_deliver(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn carwash_bench_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Benchmarks only (live frames): restores the frame, then the fabric
+/// program.
+#[xdp]
+pub fn carwash_bench_restore_fabric(ctx: XdpContext) -> u32 {
+    bench::restore_then_fabric(&ctx)
+}
+
+/// Benchmarks only (live frames): restores the frame, then the kernel
+/// stack.
+#[xdp]
+pub fn carwash_bench_restore_pass(ctx: XdpContext) -> u32 {
+    bench::restore_then_pass(&ctx)
 }
 
 #[cfg(not(test))]

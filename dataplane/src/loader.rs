@@ -49,7 +49,13 @@ pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 262_144;
 /// Every program of the object: the attached ones, the tail-called ones,
 /// the benchmark yardstick.
 fn all_programs() -> Vec<&'static str> {
-    let mut all = vec![programs::UPLINK, programs::FABRIC, programs::BENCH_PASS];
+    let mut all = vec![
+        programs::UPLINK,
+        programs::FABRIC,
+        programs::BENCH_PASS,
+        programs::BENCH_RESTORE_FABRIC,
+        programs::BENCH_RESTORE_PASS,
+    ];
     for (name, _) in programs::JUMPED {
         if !all.contains(name) {
             all.push(name);
@@ -221,6 +227,27 @@ impl Dataplane {
         self.xdp(name)?
             .test_run(opts)
             .with_context(|| format!("test run of {name}"))
+    }
+
+    /// Benchmarks only: the frame the `carwash_bench_restore_*` programs
+    /// write back over every packet they see (at most
+    /// `BENCH_FRAME_MAX` bytes).
+    pub fn set_bench_frame(&mut self, frame: &[u8]) -> Result<()> {
+        use dataplane_common::types::BENCH_FRAME_MAX;
+        if frame.len() > BENCH_FRAME_MAX {
+            bail!(
+                "a bench frame holds at most {BENCH_FRAME_MAX} bytes, not {}",
+                frame.len()
+            );
+        }
+        let mut bytes = [0u8; BENCH_FRAME_MAX];
+        bytes[..frame.len()].copy_from_slice(frame);
+        let map = self
+            .ebpf
+            .map_mut(maps::BENCH_FRAME)
+            .ok_or_else(|| anyhow!("no map {}", maps::BENCH_FRAME))?;
+        aya::maps::Array::<_, [u8; BENCH_FRAME_MAX]>::try_from(map)?.set(0, bytes, 0)?;
+        Ok(())
     }
 
     /// The counters of program `side` (`SIDE_UPLINK`, `SIDE_FABRIC`),

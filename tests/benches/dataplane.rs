@@ -1,10 +1,10 @@
 //! `cargo xtask bench`: ns/packet of carwash's programs against the minimal
 //! XDP_PASS program measured in the same run (BPF_PROG_TEST_RUN, JIT; see
 //! `carwash_tests::bench` for the method), at 10 and at 10,000 tenants with
-//! ten allow prefixes each, and the maps' kernel memory; then the agent
-//! itself (the real `carwash agent` binary) at 10,000 tenants from files:
-//! time to apply them, time from one tenant's file change to the maps, and
-//! its resident memory.
+//! ten allow prefixes each, and the maps' kernel memory; then source NAT
+//! (`carwash_tests::bench_snat`); then the agent itself (the real `carwash
+//! agent` binary) at 10,000 tenants from files: time to apply them, time
+//! from one tenant's file change to the maps, and its resident memory.
 #[path = "../tests/agent_common/mod.rs"]
 mod agent_common;
 use std::net::Ipv4Addr;
@@ -68,13 +68,16 @@ fn scenarios(i: u32) -> Vec<Scenario> {
     ]
 }
 
-/// `cargo xtask bench [packets|agent]`: both parts, or the one named.
+/// `cargo xtask bench [packets|snat|agent]`: every part, or the ones named.
 fn main() -> anyhow::Result<()> {
     carwash_tests::require_root();
     let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let wants = |part: &str| only.is_empty() || only.iter().any(|a| a == part);
     if wants("packets") {
         packets()?;
+    }
+    if wants("snat") {
+        carwash_tests::bench_snat::run()?;
     }
     if wants("agent") {
         agent_at_scale(AGENT_TENANTS, AGENT_CHANGES)?;

@@ -3,11 +3,13 @@
 //! etherparse (see [`packets`]). End-to-end tests use the `netlab` crate's
 //! namespaces.
 pub mod bench;
+pub mod bench_snat;
 pub mod cli;
 pub mod fabric;
 pub mod fixture;
 pub mod inbound_cases;
 pub mod labrun;
+pub mod outbound;
 pub mod packets;
 pub mod synthetic;
 

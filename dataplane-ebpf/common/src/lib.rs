@@ -32,6 +32,11 @@ pub mod programs {
     /// The smallest possible XDP program (returns XDP_PASS): the yardstick
     /// every benchmark figure is divided by.
     pub const BENCH_PASS: &str = "carwash_bench_pass";
+    /// Benchmarks only (live frames): writes the frame of `BENCH_FRAME`
+    /// back over the packet, then tail-calls the fabric program.
+    pub const BENCH_RESTORE_FABRIC: &str = "carwash_bench_restore_fabric";
+    /// Benchmarks only (live frames): the same, then XDP_PASS.
+    pub const BENCH_RESTORE_PASS: &str = "carwash_bench_restore_pass";
     /// Outbound source NAT (path 3), tail-called by the fabric program.
     pub const SNAT_OUT: &str = "carwash_snat_out";
     /// Replies to egress IPs and ICMP errors about them (path 4),
@@ -114,4 +119,7 @@ pub mod maps {
     pub const GENERATION: &str = "GENERATION";
     /// Per-CPU hand-over of a parsed packet to a tail-called program.
     pub const HANDOFF: &str = "HANDOFF";
+    /// Benchmarks only: the frame the `carwash_bench_restore_*` programs
+    /// write back (`crate::types::BENCH_FRAME_MAX` bytes); never pinned.
+    pub const BENCH_FRAME: &str = "BENCH_FRAME";
 }

@@ -371,6 +371,9 @@ pub const CT_TOUCH_NS: u64 = 1_000_000_000;
 /// Ports tried for a new flow before it counts as port exhaustion.
 pub const SNAT_PROBES: u32 = 32;
 
+/// The largest frame the benchmark-only restore programs write back.
+pub const BENCH_FRAME_MAX: usize = 256;
+
 /// The lifetime of a tracked direction in `state`, for protocol `proto`.
 #[inline(always)]
 pub const fn ct_lifetime(proto: u8, state: u8) -> u64 {
