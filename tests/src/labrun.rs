@@ -64,7 +64,11 @@ impl LabRun {
 
     /// The id tenant `name` was installed with.
     pub fn tenant_id(&self, name: &str) -> Option<u32> {
-        self.lab.tenants.iter().position(|t| t.name == name).map(|i| i as u32 + 1)
+        self.lab
+            .tenants
+            .iter()
+            .position(|t| t.name == name)
+            .map(|i| i as u32 + 1)
     }
 
     /// Runs a command in the internet namespace; its output, whatever the

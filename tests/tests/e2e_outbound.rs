@@ -157,12 +157,17 @@ impl Session {
 
 /// One datagram to `dst` from inside `m`'s namespace; the local port, the
 /// reply and where the reply came from.
-fn udp_ask(m: &Machine, bind: SocketAddr, dst: SocketAddr) -> std::io::Result<(u16, String, SocketAddr)> {
+fn udp_ask(
+    m: &Machine,
+    bind: SocketAddr,
+    dst: SocketAddr,
+    wait: Duration,
+) -> std::io::Result<(u16, String, SocketAddr)> {
     m.ns()
         .unwrap()
         .enter(|| -> std::io::Result<_> {
             let s = UdpSocket::bind(bind)?;
-            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.set_read_timeout(Some(wait))?;
             s.send_to(b"hello\n", dst)?;
             let mut buf = [0u8; 512];
             let (n, from) = s.recv_from(&mut buf)?;
@@ -270,7 +275,7 @@ fn machines_reach_the_partner_as_their_tenants_egress_ip() {
         // UDP: the reply comes from the partner's address, to our port.
         let dst = SocketAddr::new(partner, PARTNER_UDP_PORT);
         let (lport, reply, from) =
-            udp_ask(m, any_addr(v6), dst).unwrap_or_else(|e| panic!("{tenant} UDP to {dst}: {e}"));
+            udp_ask(m, any_addr(v6), dst, TIMEOUT).unwrap_or_else(|e| panic!("{tenant} UDP to {dst}: {e}"));
         assert_eq!(from, dst, "{tenant}: UDP reply source");
         let (peer, port) = seen(&reply);
         assert_eq!(peer, egress, "{tenant}: UDP: the partner saw {reply}");
@@ -335,7 +340,8 @@ fn a_thousand_concurrent_connections_get_a_thousand_translations() {
         .enter(|| {
             (0..N)
                 .map(|i| {
-                    TcpStream::connect_timeout(&dst, Duration::from_secs(30)).map_err(|e| format!("connection {i}: {e}"))
+                    TcpStream::connect_timeout(&dst, Duration::from_secs(30))
+                        .map_err(|e| format!("connection {i}: {e}"))
                 })
                 .collect::<Result<Vec<_>, _>>()
         })
@@ -422,7 +428,10 @@ fn two_tenants_with_the_same_private_address_talk_at_the_same_time() {
     let a = run.lab.tenant("acme").unwrap();
     let b = run.lab.tenant("beta").unwrap();
     let (ma, mb) = (a.connectors().next().unwrap(), b.connectors().next().unwrap());
-    assert_eq!(ma.private_v4, mb.private_v4, "the lab gives both machines the same address");
+    assert_eq!(
+        ma.private_v4, mb.private_v4,
+        "the lab gives both machines the same address"
+    );
     let (ida, idb) = (run.tenant_id("acme").unwrap(), run.tenant_id("beta").unwrap());
     let private = ma.private_v4;
 
@@ -445,7 +454,11 @@ fn two_tenants_with_the_same_private_address_talk_at_the_same_time() {
     assert_eq!(translation(&fb), (peer_b, port_b));
     let ra = fa.reply.expect("acme's reply entry").1;
     let rb = fb.reply.expect("beta's reply entry").1;
-    assert_eq!((ra.tenant, rb.tenant), (ida, idb), "the replies go back to their own tenants");
+    assert_eq!(
+        (ra.tenant, rb.tenant),
+        (ida, idb),
+        "the replies go back to their own tenants"
+    );
 
     // Both talk at once, each from its own thread; each gets only its own
     // lines back.
@@ -482,19 +495,19 @@ fn two_tenants_with_the_same_private_address_talk_at_the_same_time() {
     ub.send_to(b"beta\n", udst).unwrap();
     for (s, t) in [(&ua, a), (&ub, b)] {
         let mut buf = [0u8; 256];
-        let (n, from) = s.recv_from(&mut buf).unwrap_or_else(|e| panic!("{}: UDP reply: {e}", t.name));
+        let (n, from) = s
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("{}: UDP reply: {e}", t.name));
         assert_eq!(from, udst);
         let reply = String::from_utf8_lossy(&buf[..n]);
-        assert_eq!(
-            seen(&reply).0,
-            IpAddr::V4(t.egress_v4.unwrap()),
-            "{}: {reply}",
-            t.name
-        );
+        assert_eq!(seen(&reply).0, IpAddr::V4(t.egress_v4.unwrap()), "{}: {reply}", t.name);
     }
     let flows = run.dp.conntrack_flows().unwrap();
     for id in [ida, idb] {
-        assert!(flow_of(&flows, id, UDP, usrc.into(), udst).is_some(), "tenant {id}'s UDP flow");
+        assert!(
+            flow_of(&flows, id, UDP, usrc.into(), udst).is_some(),
+            "tenant {id}'s UDP flow"
+        );
     }
     println!(
         "acme and beta from {src} to {dst}: the partner saw {peer_a}:{port_a} and {peer_b}:{port_b}; 40 echoes each"
@@ -567,7 +580,12 @@ fn without_egress_nothing_gets_out() {
             .enter(|| TcpStream::connect_timeout(&dst, short))
             .unwrap();
         assert!(r.is_err(), "gamma connected to {dst}");
-        let r = udp_ask(g, any_addr(partner.is_ipv6()), SocketAddr::new(partner, PARTNER_UDP_PORT));
+        let r = udp_ask(
+            g,
+            any_addr(partner.is_ipv6()),
+            SocketAddr::new(partner, PARTNER_UDP_PORT),
+            Duration::from_secs(1),
+        );
         assert!(r.is_err(), "gamma got a UDP reply from {partner}: {r:?}");
     }
     let out = g
@@ -589,10 +607,7 @@ fn without_egress_nothing_gets_out() {
     assert!(fabric.dropped(DropReason::NoEgress) >= dropped, "{fabric:?}");
     assert_eq!(fabric.get(Counter::SnatNewFlow), 0, "{fabric:?}");
     let flows = run.dp.conntrack_flows().unwrap();
-    assert!(
-        flows.iter().all(|f| f.tenant() != gid),
-        "no flow of gamma is tracked"
-    );
+    assert!(flows.iter().all(|f| f.tenant() != gid), "no flow of gamma is tracked");
 
     // Beta has an IPv4 egress IP only: its IPv6 attempts end the same way.
     let b = run.lab.tenant("beta").unwrap().connectors().next().unwrap();
@@ -659,7 +674,8 @@ fn path_mtu_discovery_across_a_narrow_link() {
         s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
         // Segments as large as the machine's MTU allows, with DF (Linux's
         // default): only the narrow link's ICMP errors can make them fit.
-        s.write_all(&data).unwrap_or_else(|e| panic!("sending 1 MiB to {dst}: {e}"));
+        s.write_all(&data)
+            .unwrap_or_else(|e| panic!("sending 1 MiB to {dst}: {e}"));
         s.shutdown(Shutdown::Write).unwrap();
         let mut reply = String::new();
         s.read_to_string(&mut reply)
@@ -683,6 +699,53 @@ fn path_mtu_discovery_across_a_narrow_link() {
         );
         assert!(route.contains(&mtu), "the machine did not learn the path MTU: {route}");
     }
+}
+
+#[test]
+fn icmp_errors_about_translated_flows_reach_the_machine() {
+    require_root();
+    let run = LabRun::up().unwrap();
+    let acme = run.lab.tenant("acme").unwrap();
+    let m = acme.connectors().next().unwrap();
+    let ns = m.ns().unwrap();
+    let uplink0 = run.dp.counters(SIDE_UPLINK).unwrap();
+
+    // Port unreachable: a connected UDP socket learns of it as a refusal.
+    for partner in [IpAddr::V4(PARTNER_V4), IpAddr::V6(PARTNER_V6)] {
+        let closed = SocketAddr::new(partner, PARTNER_UDP_PORT + 1);
+        let r = ns
+            .enter(|| -> std::io::Result<usize> {
+                let s = UdpSocket::bind(any_addr(partner.is_ipv6()))?;
+                s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                s.connect(closed)?;
+                s.send(b"anyone?\n")?;
+                s.recv(&mut [0u8; 64])
+            })
+            .unwrap();
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            other => panic!("UDP to {closed}: expected a refusal from the port unreachable, got {other:?}"),
+        }
+    }
+    // Time exceeded: an echo request that dies at the internet's router
+    // (carwash is no IP hop); the error quotes the translated request.
+    for far in [IpAddr::V4(FAR_PARTNER_V4), IpAddr::V6(FAR_PARTNER_V6)] {
+        let out = ns
+            .exec(&["ping", "-n", "-c", "1", "-W", "2", "-t", "1", &far.to_string()])
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("exceeded"),
+            "ping {far} with TTL 1: no time exceeded came back: {text}"
+        );
+    }
+    let uplink = run.dp.counters(SIDE_UPLINK).unwrap().since(&uplink0);
+    println!(
+        "port unreachable and time exceeded, both families: snat_icmp_error +{}",
+        uplink.get(Counter::SnatIcmpError)
+    );
+    assert!(uplink.get(Counter::SnatIcmpError) >= 4, "{uplink:?}");
+    assert_eq!(uplink.dropped(DropReason::NoConntrack), 0, "{uplink:?}");
 }
 
 /// The tracked flows, read from the pins (as the CLI does).

@@ -767,8 +767,16 @@ impl Lab {
         inet.addr(NARROW_IF, &format!("{NARROW_INET_V6}/64"))?;
         rt.addr(NARROW_IF, &format!("{NARROW_ROUTER_V4}/30"))?;
         rt.addr(NARROW_IF, &format!("{NARROW_ROUTER_V6}/64"))?;
-        inet.route(&format!("{FAR_PARTNER_V4}/32"), &NARROW_ROUTER_V4.to_string(), Some(NARROW_IF))?;
-        inet.route(&format!("{FAR_PARTNER_V6}/128"), &NARROW_ROUTER_V6.to_string(), Some(NARROW_IF))?;
+        inet.route(
+            &format!("{FAR_PARTNER_V4}/32"),
+            &NARROW_ROUTER_V4.to_string(),
+            Some(NARROW_IF),
+        )?;
+        inet.route(
+            &format!("{FAR_PARTNER_V6}/128"),
+            &NARROW_ROUTER_V6.to_string(),
+            Some(NARROW_IF),
+        )?;
 
         veth_pair(&rt, FAR_IF, None, &far, INET_IF, None)?;
         rt.addr(FAR_IF, &format!("{FAR_ROUTER_V4}/30"))?;
