@@ -767,6 +767,21 @@ fn icmp_errors_about_translated_flows_reach_the_machine() {
             other => panic!("UDP to {closed}: expected a refusal from the port unreachable, got {other:?}"),
         }
     }
+    // Not ICMP, but the same kind of answer: a closed TCP port's reset
+    // reaches the machine as a refusal, at once.
+    for partner in [IpAddr::V4(PARTNER_V4), IpAddr::V6(PARTNER_V6)] {
+        let closed = SocketAddr::new(partner, PARTNER_TCP_PORT + 1);
+        let t0 = Instant::now();
+        match connect(m, closed) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            other => panic!("TCP to {closed}: expected a refusal, got {other:?}"),
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "the reset took {:?}",
+            t0.elapsed()
+        );
+    }
     // Time exceeded: an echo request that dies at the internet's router
     // (carwash is no IP hop); the error quotes the translated request.
     for far in [IpAddr::V4(FAR_PARTNER_V4), IpAddr::V6(FAR_PARTNER_V6)] {
