@@ -29,8 +29,15 @@ fn mtu(dev: &str) -> Result<u16> {
 }
 
 impl LabRun {
+    /// The repository's policies.
     pub fn up() -> Result<LabRun> {
-        let lab = LabGuard::up(&LabConfig::unique())?;
+        LabRun::up_with(&LabConfig::unique())
+    }
+
+    /// A lab of the caller's choosing; tenant ids count from 1 in the
+    /// lab's tenant order.
+    pub fn up_with(cfg: &LabConfig) -> Result<LabRun> {
+        let lab = LabGuard::up(cfg)?;
         let host = NetNs::open(&lab.host)?;
         let inet = NetNs::open(&lab.inet)?;
         let mut dp = Dataplane::load(None)?;
@@ -53,6 +60,15 @@ impl LabRun {
             Ok(())
         })??;
         Ok(LabRun { dp, lab, host, inet })
+    }
+
+    /// The id tenant `name` was installed with.
+    pub fn tenant_id(&self, name: &str) -> Option<u32> {
+        self.lab
+            .tenants
+            .iter()
+            .position(|t| t.name == name)
+            .map(|i| i as u32 + 1)
     }
 
     /// Runs a command in the internet namespace; its output, whatever the

@@ -4,9 +4,18 @@
 //!  NAME-inet              NAME-host               NAME-ul         NAME-<tenant>-conn1 (…core2)
 //!  lo: clients, partner   carwash (XDP/TC)        br0             lo: the tenant's VIPs
 //!  eth0 ═════════════════ uplink                  │               vx0: VXLAN VNI -> 10.200.0.1
-//!                         fabric 10.200.0.1 ═════ p-host          eth0: VTEP/16
-//!                                                 p-acme-conn1 ══ eth0
+//!  narrow (MTU 1280)      fabric 10.200.0.1 ═════ p-host          eth0: VTEP/16
+//!    ║                                            p-acme-conn1 ══ eth0
+//!  NAME-rt: narrow, far ═ NAME-far: eth0, lo: the far partner
 //! ```
+//!
+//! The internet namespace routes: towards the far partner it forwards over
+//! a narrow link (MTU 1280) to the router `NAME-rt`, behind which the far
+//! partner sits on an ordinary link. Neither end of the path sees the
+//! narrow link (the far partner announces a full-size MSS), so a large
+//! transfer to it only completes through path-MTU discovery: the internet
+//! namespace answers oversized packets with ICMP fragmentation needed /
+//! packet too big.
 //!
 //! The lab outlives the process that built it (`cargo xtask lab up` exits),
 //! so its namespaces are found again by name and its servers are detached;
@@ -49,6 +58,10 @@ pub const INET_IF: &str = "eth0";
 pub const MACHINE_UNDERLAY_IF: &str = "eth0";
 pub const MACHINE_VXLAN_IF: &str = "vx0";
 pub const BRIDGE: &str = "br0";
+/// The narrow link's interfaces (in `NAME-inet` and `NAME-rt`) and the
+/// router's interface towards the far partner.
+pub const NARROW_IF: &str = "narrow";
+pub const FAR_IF: &str = "far";
 pub const HOST_UNDERLAY_PORT: &str = "p-host";
 
 /// The link between the internet and the host.
@@ -75,6 +88,24 @@ pub const PARTNER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 pub const PARTNER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 0x10);
 pub const PARTNER_TCP_PORT: u16 = 8080;
 pub const PARTNER_UDP_PORT: u16 = 5353;
+/// The far partner, behind the narrow link (inside beta's egress allowlist
+/// too). Over TCP it replies `peer=ADDR port=PORT`, then, once the client
+/// has closed its side, `sha256=HEX` of everything it received.
+pub const FAR_PARTNER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
+pub const FAR_PARTNER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 1, 0, 0, 0, 0x10);
+pub const FAR_PARTNER_TCP_PORT: u16 = 9090;
+/// MTU of the narrow link between the internet namespace and the router.
+pub const NARROW_MTU: u16 = 1280;
+/// The narrow link: the internet's end and the router's.
+pub const NARROW_INET_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 1);
+pub const NARROW_INET_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 1, 0, 0, 0, 0, 1);
+pub const NARROW_ROUTER_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 2);
+pub const NARROW_ROUTER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 1, 0, 0, 0, 0, 2);
+/// The router's link to the far partner (MTU 1500).
+pub const FAR_ROUTER_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 2, 1);
+pub const FAR_ROUTER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 2, 0, 0, 0, 0, 1);
+pub const FAR_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 2, 2);
+pub const FAR_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 2, 0, 0, 0, 0, 2);
 
 /// Machines' IPv6 default gateway (on `vx0`, resolved to [`ROUTER_MAC`]).
 pub const VPC_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
@@ -284,10 +315,13 @@ pub struct Lab {
     /// of every HTTPS server, and its key.
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// Namespaces: the internet, the carwash host, the underlay bridge.
+    /// Namespaces: the internet, the carwash host, the underlay bridge,
+    /// the router behind the narrow link and the far partner.
     pub inet: String,
     pub host: String,
     pub underlay: String,
+    pub router: String,
+    pub far: String,
     /// The host's interfaces.
     pub uplink: String,
     pub fabric: String,
@@ -409,6 +443,8 @@ impl Lab {
             inet: format!("{name}-inet"),
             host: format!("{name}-host"),
             underlay: format!("{name}-ul"),
+            router: format!("{name}-rt"),
+            far: format!("{name}-far"),
             cert: state_dir.join("cert.pem"),
             key: state_dir.join("key.pem"),
             state_dir,
@@ -530,7 +566,13 @@ impl Lab {
 
     /// Every namespace of the lab, in creation order.
     pub fn namespaces(&self) -> Vec<String> {
-        let mut v = vec![self.inet.clone(), self.host.clone(), self.underlay.clone()];
+        let mut v = vec![
+            self.inet.clone(),
+            self.host.clone(),
+            self.underlay.clone(),
+            self.router.clone(),
+            self.far.clone(),
+        ];
         v.extend(self.machines().map(|m| m.netns.clone()));
         v
     }
@@ -564,6 +606,14 @@ impl Lab {
 
     pub fn underlay_ns(&self) -> Result<NetNs> {
         NetNs::open(&self.underlay)
+    }
+
+    pub fn router_ns(&self) -> Result<NetNs> {
+        NetNs::open(&self.router)
+    }
+
+    pub fn far_ns(&self) -> Result<NetNs> {
+        NetNs::open(&self.far)
     }
 
     fn build(&self) -> Result<()> {
@@ -634,6 +684,8 @@ impl Lab {
             inet.route(&host_prefix(a), &via, Some(INET_IF))?;
         }
 
+        self.build_narrow_path(&inet, &common)?;
+
         // Underlay: one bridge, the host's fabric and every machine's eth0.
         ul.ip(&["link", "add", "name", BRIDGE, "type", "bridge"])?;
         ul.link_up(BRIDGE)?;
@@ -695,6 +747,53 @@ impl Lab {
         self.wait_servers(&inet)
     }
 
+    /// The router and the far partner behind the narrow link; the internet
+    /// namespace forwards towards them.
+    fn build_narrow_path(&self, inet: &NetNs, common: &[(&str, &str)]) -> Result<()> {
+        let rt = NetNs::named(&self.router)?.disown();
+        let far = NetNs::named(&self.far)?.disown();
+        rt.sysctls(common)?;
+        far.sysctls(common)?;
+        let forwarding = [("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")];
+        inet.sysctls(&forwarding)?;
+        rt.sysctls(&forwarding)?;
+
+        veth_pair(inet, NARROW_IF, None, &rt, NARROW_IF, None)?;
+        let mtu = NARROW_MTU.to_string();
+        for ns in [inet, &rt] {
+            ns.ip(&["link", "set", "dev", NARROW_IF, "mtu", &mtu])?;
+        }
+        inet.addr(NARROW_IF, &format!("{NARROW_INET_V4}/30"))?;
+        inet.addr(NARROW_IF, &format!("{NARROW_INET_V6}/64"))?;
+        rt.addr(NARROW_IF, &format!("{NARROW_ROUTER_V4}/30"))?;
+        rt.addr(NARROW_IF, &format!("{NARROW_ROUTER_V6}/64"))?;
+        inet.route(
+            &format!("{FAR_PARTNER_V4}/32"),
+            &NARROW_ROUTER_V4.to_string(),
+            Some(NARROW_IF),
+        )?;
+        inet.route(
+            &format!("{FAR_PARTNER_V6}/128"),
+            &NARROW_ROUTER_V6.to_string(),
+            Some(NARROW_IF),
+        )?;
+
+        veth_pair(&rt, FAR_IF, None, &far, INET_IF, None)?;
+        rt.addr(FAR_IF, &format!("{FAR_ROUTER_V4}/30"))?;
+        rt.addr(FAR_IF, &format!("{FAR_ROUTER_V6}/64"))?;
+        far.addr(INET_IF, &format!("{FAR_V4}/30"))?;
+        far.addr(INET_IF, &format!("{FAR_V6}/64"))?;
+        rt.route(&format!("{FAR_PARTNER_V4}/32"), &FAR_V4.to_string(), Some(FAR_IF))?;
+        rt.route(&format!("{FAR_PARTNER_V6}/128"), &FAR_V6.to_string(), Some(FAR_IF))?;
+        rt.route("default", &NARROW_INET_V4.to_string(), Some(NARROW_IF))?;
+        rt.route("default", &NARROW_INET_V6.to_string(), Some(NARROW_IF))?;
+
+        far.addr("lo", &host_prefix(IpAddr::V4(FAR_PARTNER_V4)))?;
+        far.addr("lo", &host_prefix(IpAddr::V6(FAR_PARTNER_V6)))?;
+        far.route("default", &FAR_ROUTER_V4.to_string(), Some(INET_IF))?;
+        far.route("default", &FAR_ROUTER_V6.to_string(), Some(INET_IF))
+    }
+
     fn bin_dir(&self) -> PathBuf {
         self.state_dir.join("bin")
     }
@@ -713,6 +812,7 @@ impl Lab {
             ("http.sh", HTTP_SH),
             ("jms.sh", JMS_SH),
             ("partner.sh", PARTNER_SH),
+            ("far.sh", FAR_SH),
         ] {
             std::fs::write(bin.join(file), text)?;
         }
@@ -811,6 +911,18 @@ impl Lab {
         }
         let (tcp, udp) = (PARTNER_TCP_PORT, PARTNER_UDP_PORT);
         self.start_server(
+            &NetNs::open(&self.far)?,
+            "far-partner",
+            &[
+                "socat",
+                // Once the client is done sending, give the checksum time.
+                "-t",
+                "30",
+                &format!("TCP6-LISTEN:{FAR_PARTNER_TCP_PORT},ipv6only=0,backlog=128,fork,reuseaddr"),
+                &format!("EXEC:/bin/sh {bin}/far.sh"),
+            ],
+        )?;
+        self.start_server(
             inet,
             "partner-tcp",
             &[
@@ -842,6 +954,7 @@ impl Lab {
     }
 
     fn wait_servers(&self, inet: &NetNs) -> Result<()> {
+        NetNs::open(&self.far)?.wait_listening(false, FAR_PARTNER_TCP_PORT, WAIT_SERVERS)?;
         for m in self.machines() {
             let ports: Vec<u16> = m.https_ports.iter().chain(&m.jms_ports).copied().collect();
             m.ns()?.wait_listening_all(false, &ports, WAIT_SERVERS)?;
@@ -945,12 +1058,13 @@ fn check_lab_name(name: &str) -> Result<()> {
 }
 
 /// Whether `ns` looks like a namespace of lab `lab`: `NAME-inet`,
-/// `NAME-host`, `NAME-ul` or `NAME-<tenant>-(conn|core)<n>`.
+/// `NAME-host`, `NAME-ul`, `NAME-rt`, `NAME-far` or
+/// `NAME-<tenant>-(conn|core)<n>`.
 fn is_lab_namespace(lab: &str, ns: &str) -> bool {
     let Some(rest) = ns.strip_prefix(lab).and_then(|r| r.strip_prefix('-')) else {
         return false;
     };
-    if matches!(rest, "inet" | "host" | "ul") {
+    if matches!(rest, "inet" | "host" | "ul" | "rt" | "far") {
         return true;
     }
     let Some((tenant, machine)) = rest.rsplit_once('-') else {
@@ -1052,6 +1166,14 @@ printf 'peer=%s port=%s\n' "$PEER" "$PEERPORT"
 exec cat
 "#;
 
+/// The far partner: the source it saw at once, then the SHA-256 of
+/// everything the client sent once the client has closed its side.
+const FAR_SH: &str = r#". "$(dirname "$0")/common.sh"
+printf 'peer=%s port=%s\n' "$PEER" "$PEERPORT"
+sum=$(sha256sum)
+printf 'sha256=%s\n' "${sum%% *}"
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1105,6 +1227,8 @@ mod tests {
     #[test]
     fn lab_namespace_matching() {
         assert!(is_lab_namespace("cwlab", "cwlab-inet"));
+        assert!(is_lab_namespace("cwlab", "cwlab-rt"));
+        assert!(is_lab_namespace("cwlab", "cwlab-far"));
         assert!(is_lab_namespace("cwlab", "cwlab-acme-conn1"));
         assert!(is_lab_namespace("cwlab", "cwlab-my-tenant-core12"));
         assert!(!is_lab_namespace("cwlab", "cwlab2-inet"));

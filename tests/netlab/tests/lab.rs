@@ -167,8 +167,42 @@ fn lab_up_works_without_carwash_and_down_cleans_up() {
             assert_eq!(lab::parse_peer_port(&reply), Some(from.1), "{reply:?}");
         }
 
-        // Nothing answers for the VIPs on the host: that is carwash's job.
+        // The far partner, behind the narrow link: 1 MiB from the host
+        // (which announces and sends full-size segments) only arrives
+        // through path-MTU discovery, the internet namespace answering
+        // with fragmentation needed / packet too big.
         let host = lab.host_ns().unwrap();
+        let big = lab.state_dir.join(lab::BIG_FILE);
+        let sum = std::process::Command::new("sha256sum").arg(&big).output().unwrap();
+        let want = format!("sha256={}", stdout(&sum).split_whitespace().next().unwrap());
+        let data = lab::one_mib();
+        for (far, from) in [
+            (IpAddr::V4(lab::FAR_PARTNER_V4), IpAddr::V4(HOST_UPLINK_V4)),
+            (IpAddr::V6(lab::FAR_PARTNER_V6), IpAddr::V6(HOST_UPLINK_V6)),
+        ] {
+            let reply = host
+                .enter(|| {
+                    let dst = SocketAddr::new(far, lab::FAR_PARTNER_TCP_PORT);
+                    let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(5)).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+                    s.write_all(&data).unwrap();
+                    s.shutdown(std::net::Shutdown::Write).unwrap();
+                    let mut reply = String::new();
+                    std::io::Read::read_to_string(&mut s, &mut reply).unwrap();
+                    reply
+                })
+                .unwrap();
+            assert_eq!(lab::parse_peer(&reply), Some(from), "{reply:?}");
+            assert!(reply.contains(&want), "{reply:?}");
+            let route = host.ip(&["route", "get", &far.to_string()]).unwrap();
+            assert!(
+                route.contains(&format!("mtu {}", lab::NARROW_MTU)),
+                "the host did not learn the narrow link's MTU: {route}"
+            );
+        }
+
+        // Nothing answers for the VIPs on the host: that is carwash's job.
         let host_addrs = host.ip(&["-br", "addr"]).unwrap();
         for a in lab.public_addrs() {
             assert!(!host_addrs.contains(&a.to_string()), "{a} on the host: {host_addrs}");
