@@ -4,6 +4,7 @@
 //! which leaves decapsulated for the internet. Everything that is not VXLAN
 //! to this host's VTEP passes to the host stack untouched.
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_log_ebpf::debug;
 use dataplane_common::{
     Counter, DropReason, jumps,
     types::{ADDR_VIP, CLASS_NONE, HostConfig, SIDE_FABRIC, TenantInfo, VXLAN_PORT, vni_key},
@@ -56,6 +57,7 @@ fn try_fabric(ctx: &XdpContext, stats: &Counters) -> u32 {
             if tenant != 0 {
                 tenant_dropped(tenant, CLASS_NONE, r.why, bytes);
             }
+            debug!(ctx, "fabric: dropped, reason {}, tenant {}", r.why.index(), tenant);
             r.action
         }
     }

@@ -3,7 +3,7 @@
 //! translated back and encapsulated to the machine that opened the flow; an
 //! ICMP error about a tracked flow is translated too, outer and embedded
 //! headers, and follows the flow; anything else is dropped.
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use dataplane_common::{
     Counter, DropReason, jumps,
     types::{CT_REPLY, CT_TOUCH_NS, CtKey, CtValue, HOPS_PER_TENANT, HostConfig, SIDE_UPLINK},
@@ -85,7 +85,7 @@ fn try_reply(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32
     };
     let key = nat::key(0, &flow.src, &flow.dst, sport, dport, flow.proto, flow.v6);
     // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let v = reply_entry(&key, &flow, owner, now)?;
     let usable = cfg.fabric_mtu.saturating_sub(ENCAP_OVERHEAD as u16);
     // Checked before the rewrite: the answer quotes the packet as sent.
@@ -224,7 +224,7 @@ fn try_icmp_error(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Resul
     // SAFETY: a value of the map, valid for this run (RCU).
     let v = unsafe { CONNTRACK.get(&key) }.ok_or(DropReason::NoConntrack)?;
     // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if v.expires_ns <= now || v.tenant != owner {
         return Err(DropReason::NoConntrack.into());
     }

@@ -5,7 +5,7 @@
 //! the host's range, and leaves decapsulated through the uplink.
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, xdp_action},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     programs::XdpContext,
 };
 use dataplane_common::{
@@ -127,7 +127,7 @@ fn try_out(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, 
     let egress = if flow.v6 { &t.snat_v6 } else { &t.snat_v4 };
     let key = nat::key(h.tenant, &flow.src, &flow.dst, sport, dport, flow.proto, flow.v6);
     // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let seen = tcp_state(&flow);
     let port = match tracked(&key, &flow, egress, seen, now) {
         Some(p) => p,

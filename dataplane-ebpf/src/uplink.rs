@@ -3,6 +3,7 @@
 //! traffic to a VIP is checked against the tenant's policy and steered into
 //! its VPC, or dropped with a counted reason.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_log_ebpf::debug;
 use dataplane_common::{
     Counter, DropReason, jumps,
     types::{ADDR_EGRESS, CLASS_NONE, HOPS_PER_TENANT, SIDE_UPLINK, VXLAN_PORT},
@@ -102,6 +103,14 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
         Err(r) => {
             stats.drop(r.why);
             tenant_dropped(tenant, class, r.why, bytes);
+            // Compiled out unless the agent loads with an eBPF log level.
+            debug!(
+                ctx,
+                "uplink: dropped, reason {}, tenant {}, class {}",
+                r.why.index(),
+                tenant,
+                class
+            );
             r.action
         }
     }

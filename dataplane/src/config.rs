@@ -77,6 +77,10 @@ pub struct HostConfig {
     pub api_socket: PathBuf,
     #[serde(default = "default_metrics")]
     pub metrics: String,
+    /// The programs' own debug log (aya-log, into the agent's log):
+    /// `off` (default), `error`, `warn`, `info`, `debug`, `trace`.
+    #[serde(default)]
+    pub ebpf_log: crate::loader::EbpfLog,
     #[serde(default)]
     pub snat: SnatConfig,
     #[serde(default)]
@@ -171,5 +175,14 @@ mod tests {
         let e =
             HostConfig::parse("uplink = \"eth0\"\nvtep = \"10.200.0.1\"\n[snat]\nport_range = \"9-3\"\n").unwrap_err();
         assert!(format!("{e:#}").contains("port_range"), "{e:#}");
+    }
+
+    #[test]
+    fn the_programs_log_is_off_unless_asked() {
+        let base = "uplink = \"eth0\"\nvtep = \"10.200.0.1\"\n";
+        assert_eq!(HostConfig::parse(base).unwrap().ebpf_log, crate::loader::EbpfLog::Off);
+        let c = HostConfig::parse(&format!("{base}ebpf_log = \"debug\"\n")).unwrap();
+        assert_eq!(c.ebpf_log, crate::loader::EbpfLog::Debug);
+        assert!(HostConfig::parse(&format!("{base}ebpf_log = \"loud\"\n")).is_err());
     }
 }

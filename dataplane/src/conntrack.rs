@@ -2,7 +2,7 @@
 //! it as flows (an outbound key and its reply key make one flow), and
 //! reclaiming what the data path already treats as dead.
 //!
-//! The programs expire entries by their own clock (`bpf_ktime_get_ns`, the
+//! The programs expire entries by their own clock (`bpf_ktime_get_coarse_ns`, the
 //! monotonic clock) and never reuse a port whose reply entry is still
 //! there, expired or not; the agent reclaims expired flows (both
 //! directions at once, as soon as either has expired), entries whose twin
@@ -17,11 +17,14 @@ use dataplane_common::types::{CT_ESTABLISHED, CT_FIN, CT_REPLY, CT_RST, CT_SYN, 
 use crate::Dataplane;
 use dataplane_common::maps;
 
-/// Now on the clock the programs use (CLOCK_MONOTONIC), in nanoseconds.
+/// Now on the clock the programs use (`bpf_ktime_get_coarse_ns`:
+/// CLOCK_MONOTONIC_COARSE, a few milliseconds of resolution, which is
+/// plenty for lifetimes of seconds and costs the data path less), in
+/// nanoseconds.
 pub fn now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 

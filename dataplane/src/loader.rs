@@ -42,6 +42,21 @@ pub const ALL_MAPS: &[&str] = &[
     maps::GENERATION,
 ];
 
+/// How much the programs log through aya-log (`ebpf_log` in the host
+/// configuration). Off by default: then no log statement runs at all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+#[repr(u8)]
+pub enum EbpfLog {
+    #[default]
+    Off = 0,
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+    Trace = 5,
+}
+
 /// The default capacity of the connection-tracking table
 /// (`[conntrack] max_entries`).
 pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 262_144;
@@ -107,11 +122,20 @@ impl Dataplane {
     /// [`Dataplane::load`] with a connection-tracking table of
     /// `conntrack_entries` (a table pinned already keeps its size).
     pub fn load_with(pin_dir: Option<&Path>, conntrack_entries: u32) -> Result<Dataplane> {
+        Self::load_opts(pin_dir, conntrack_entries, EbpfLog::Off)
+    }
+
+    /// [`Dataplane::load_with`], with the programs' own debug log at
+    /// `log` (compiled out by the verifier when off: the level is a
+    /// constant of the loaded object).
+    pub fn load_opts(pin_dir: Option<&Path>, conntrack_entries: u32, log: EbpfLog) -> Result<Dataplane> {
         if conntrack_entries < 2 {
             bail!("conntrack.max_entries must be at least 2 (a flow takes two entries)");
         }
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(maps::CONNTRACK, conntrack_entries);
+        let level = log as u8;
+        loader.override_global(aya_log::LEVEL, &level, true);
         if let Some(dir) = pin_dir {
             let maps_dir = dir.join("maps");
             std::fs::create_dir_all(&maps_dir)

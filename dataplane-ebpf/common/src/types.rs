@@ -344,7 +344,7 @@ pub struct CtValue {
     pub state: u8,
     /// The flow's tenant (both directions).
     pub tenant: u32,
-    /// `bpf_ktime_get_ns` after which the entry is dead (data path) and
+    /// `bpf_ktime_get_coarse_ns` after which the entry is dead (data path) and
     /// reclaimed (agent).
     pub expires_ns: u64,
     /// When this direction last pushed out the other direction's expiry.

@@ -147,7 +147,33 @@ pub struct Agent {
     ticks: u64,
     uplink_addrs: host::UplinkAddrs,
     metrics: Option<tokio::net::TcpListener>,
+    /// The programs' aya-log ring buffer, when `ebpf_log` is on.
+    ebpf_log: Option<EbpfLogFd>,
     _lock: PinLock,
+}
+
+type EbpfLogFd = tokio::io::unix::AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>;
+
+/// Forwards the programs' log records as they come (never, without a
+/// logger).
+async fn ebpf_log_ready(slot: &mut Option<EbpfLogFd>) {
+    let Some(fd) = slot.as_mut() else {
+        return std::future::pending().await;
+    };
+    let failed = match fd.readable_mut().await {
+        Ok(mut guard) => {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+            false
+        }
+        Err(e) => {
+            warn!(error = %e, "the programs' log stopped");
+            true
+        }
+    };
+    if failed {
+        *slot = None;
+    }
 }
 
 impl Agent {
@@ -175,7 +201,19 @@ impl Agent {
             host::enable_forwarding(&fabric.name)?;
         }
 
-        let mut dp = Dataplane::load_with(Some(&cfg.pin_path), cfg.conntrack.max_entries)?;
+        let mut dp = Dataplane::load_opts(Some(&cfg.pin_path), cfg.conntrack.max_entries, cfg.ebpf_log)?;
+        let ebpf_log = match cfg.ebpf_log {
+            crate::loader::EbpfLog::Off => None,
+            level => {
+                let logger = aya_log::EbpfLogger::init(&mut dp.ebpf).context("reading the programs' log")?;
+                info!(level = ?level, "the programs log into this log (target dataplane_ebpf)");
+                // SAFETY: the logger owns its ring buffer's file descriptor
+                // for as long as it lives, and the AsyncFd owns the logger.
+                let fd =
+                    unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+                Some(fd.map_err(|e| anyhow::anyhow!("watching the programs' log: {e}"))?)
+            }
+        };
         let ct_capacity = dp.conntrack_capacity()?;
         if ct_capacity != cfg.conntrack.max_entries {
             warn!(
@@ -247,6 +285,7 @@ impl Agent {
             ticks: 0,
             uplink_addrs: host::UplinkAddrs::default(),
             metrics,
+            ebpf_log,
             _lock: lock,
         };
         // Policies before programs: on a fresh start the programs see every
@@ -568,6 +607,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
     rt.block_on(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let mut agent = Agent::start(cfg, mode).await?;
+        let mut ebpf_log = agent.ebpf_log.take();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let listener = server::bind(&agent.cfg.api_socket)?;
         tokio::spawn(server::serve(listener, tx.clone()));
@@ -607,6 +647,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
                     agent.sync_uplink_addresses();
                 }
                 _ = idle.tick() => agent.housekeep(),
+                _ = ebpf_log_ready(&mut ebpf_log) => {}
                 _ = term.recv() => { info!("SIGTERM: stopping; the programs stay attached"); break; }
                 _ = int.recv() => { info!("SIGINT: stopping; the programs stay attached"); break; }
             }

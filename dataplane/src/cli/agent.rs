@@ -40,6 +40,9 @@ pub struct AgentArgs {
     /// Overrides `metrics`.
     #[arg(long)]
     metrics: Option<String>,
+    /// Overrides `ebpf_log`: the programs' own log, into the agent's.
+    #[arg(long, value_enum)]
+    ebpf_log: Option<dataplane::loader::EbpfLog>,
     /// Attach in generic (skb) mode, for interfaces whose driver lacks native XDP.
     #[arg(long)]
     skb_mode: bool,
@@ -72,6 +75,12 @@ fn config(args: &AgentArgs) -> Result<HostConfig> {
     set("policy_dir", args.policy_dir.as_ref().map(|p| p.display().to_string()));
     set("api_socket", args.api_socket.as_ref().map(|p| p.display().to_string()));
     set("metrics", args.metrics.clone());
+    set(
+        "ebpf_log",
+        args.ebpf_log
+            .and_then(|l| toml::Value::try_from(l).ok())
+            .and_then(|v| v.as_str().map(str::to_string)),
+    );
     HostConfig::parse(&toml::to_string(&table)?).with_context(|| {
         format!(
             "host configuration {} with the command-line flags",
@@ -80,9 +89,22 @@ fn config(args: &AgentArgs) -> Result<HostConfig> {
     })
 }
 
+/// `RUST_LOG` (default `info`); the programs' records (`ebpf_log`, target
+/// `dataplane_ebpf`) pass whatever it says unless it names that target:
+/// `ebpf_log` already chose their level where they are made.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let spec = if spec.contains("dataplane_ebpf") {
+        spec
+    } else {
+        format!("{spec},dataplane_ebpf=trace")
+    };
+    tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
 pub fn run(args: AgentArgs) -> Result<ExitCode> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
