@@ -12,7 +12,7 @@ use dataplane_common::{
     Counter, DropReason, jumps,
     types::{
         CT_ESTABLISHED, CT_FIN, CT_RST, CT_SYN, CT_TOUCH_NS, CtKey, CtValue, HostConfig, MASK_EGRESS, MASK_VPC,
-        SIDE_FABRIC, SNAT_PROBES, TENANT_EGRESS_V4, TENANT_EGRESS_V6, ct_lifetime,
+        SIDE_FABRIC, SNAT_PROBES, TENANT_EGRESS_V4, TENANT_EGRESS_V6, TenantInfo, ct_lifetime,
     },
 };
 
@@ -104,22 +104,10 @@ fn try_out(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, 
     let flow = h.flow;
     let inner_off = h.inner_off as usize;
     let t = steer::tenant(h.tenant, h.generation)?;
-    if steer::mask(t, &flow.src, flow.v6) & MASK_VPC == 0 {
-        return Err(DropReason::InnerSourceNotAllowed.into());
-    }
-    let need = if flow.v6 { TENANT_EGRESS_V6 } else { TENANT_EGRESS_V4 };
-    if t.flags & need == 0 {
-        return Err(DropReason::NoEgress.into());
-    }
-    if steer::mask(t, &flow.dst, flow.v6) & MASK_EGRESS == 0 {
-        return Err(DropReason::EgressNotAllowed.into());
-    }
-    if flow.later_fragment {
-        return Err(DropReason::Fragment.into());
-    }
     let (sport, dport) = match flow.proto {
         IPPROTO_TCP | IPPROTO_UDP => (flow.sport, flow.dport),
         _ if nat::is_echo(&flow, true) => (flow.sport, 0),
+        _ if flow.later_fragment => (0, 0),
         _ => return Err(DropReason::SnatProtocol.into()),
     };
     // A reference into the tenant's record: a copy would take 16 bytes
@@ -128,13 +116,37 @@ fn try_out(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, 
     let key = nat::key(h.tenant, &flow.src, &flow.dst, sport, dport, flow.proto, flow.v6);
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // A live flow to the tenant's egress IP, checked against the tenant's
+    // tries as they are now, is not checked again: the fast path of an
+    // established flow has no trie lookup.
+    let live = CONNTRACK
+        .get_ptr_mut(&key)
+        // SAFETY: a value of the map, valid for this run (RCU).
+        .filter(|v| unsafe { (**v).expires_ns > now && (**v).addr == *egress });
+    // SAFETY: as above.
+    if !live.is_some_and(|v| unsafe { (*v).version } == t.version) {
+        if steer::mask(t, &flow.src, flow.v6) & MASK_VPC == 0 {
+            return Err(DropReason::InnerSourceNotAllowed.into());
+        }
+        let need = if flow.v6 { TENANT_EGRESS_V6 } else { TENANT_EGRESS_V4 };
+        if t.flags & need == 0 {
+            return Err(DropReason::NoEgress.into());
+        }
+        if steer::mask(t, &flow.dst, flow.v6) & MASK_EGRESS == 0 {
+            return Err(DropReason::EgressNotAllowed.into());
+        }
+        if flow.later_fragment {
+            return Err(DropReason::Fragment.into());
+        }
+    }
     let seen = tcp_state(&flow);
-    let port = match tracked(&key, &flow, egress, seen, now) {
+    // SAFETY: as above.
+    let port = match live.and_then(|v| tracked(unsafe { &mut *v }, &key, &flow, t.version, seen, now)) {
         Some(p) => p,
         None => {
             stats.inc(Counter::SnatNewFlow);
             let origin = h.origin as u8;
-            allocate(&key, &flow, cfg, egress, origin, seen, now)?
+            allocate(&key, &flow, cfg, t, origin, seen, now)?
         }
     };
     if !nat::rewrite(ctx, &flow, End::Src, egress, port) {
@@ -174,15 +186,8 @@ fn try_exit(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32,
 /// brought up to date; `None` for a new flow (or one whose reply direction
 /// now belongs to another flow, which gets a new translation).
 #[inline(always)]
-fn tracked(key: &CtKey, flow: &Flow, egress: &[u8; 16], seen: u8, now: u64) -> Option<u16> {
-    // SAFETY: a value of the map, valid for this run (RCU); another CPU
-    // may update the same flow, and either write is a valid state.
-    let v = unsafe { &mut *CONNTRACK.get_ptr_mut(key)? };
-    // A flow translated to an egress IP the tenant no longer has starts
-    // anew.
-    if v.expires_ns <= now || v.addr != *egress {
-        return None;
-    }
+fn tracked(v: &mut CtValue, key: &CtKey, flow: &Flow, version: u32, seen: u8, now: u64) -> Option<u16> {
+    v.version = version;
     let bare_syn = flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN && flow.proto == IPPROTO_TCP;
     refresh(v, flow.proto, seen, bare_syn, now);
     let port = u16::from_be_bytes(v.port_be);
@@ -229,6 +234,7 @@ pub fn keep_twin(fill: impl FnOnce(&mut CtKey, &mut CtValue), own: &CtValue, tou
         state: own.state,
         expires_ns: own.expires_ns,
         touched_ns: now,
+        version: own.version,
         ..s.value
     };
     fill(&mut s.key, &mut s.value);
@@ -276,11 +282,12 @@ fn allocate(
     key: &CtKey,
     flow: &Flow,
     cfg: &HostConfig,
-    egress: &[u8; 16],
+    t: &TenantInfo,
     origin: u8,
     seen: u8,
     now: u64,
 ) -> Result<u16, DropReason> {
+    let egress = if flow.v6 { &t.snat_v6 } else { &t.snat_v4 };
     let lo = cfg.snat_port_lo as u32;
     let hi = cfg.snat_port_hi as u32;
     if lo == 0 || hi < lo {
@@ -297,6 +304,8 @@ fn allocate(
         tenant: key.tenant,
         expires_ns,
         touched_ns: now,
+        version: t.version,
+        _pad: 0,
     };
     let mut i = 0;
     while i < SNAT_PROBES && i < range {

@@ -48,6 +48,9 @@ pub struct Generations {
     /// Writes the generation not in force still lacks.
     replay: Vec<Op>,
     switched_at: Option<Instant>,
+    /// The last `TenantInfo::version` handed out (0: not read from the maps
+    /// yet).
+    policy_version: u32,
     /// The empty trie slot 0 of `ALLOW_V4` is pointed at to wait for an RCU
     /// grace period: always the same one, so the maps look the same after.
     sync_trie: Option<LpmTrie<MapData, Allow4, AllowMask>>,
@@ -257,6 +260,22 @@ impl Dataplane {
             }
         }
         Ok(out)
+    }
+
+    /// A `TenantInfo::version` no tenant record has had: one more than the
+    /// highest in the maps (read once), so versions only grow, across
+    /// restarts too.
+    pub(crate) fn next_policy_version(&mut self) -> Result<u32> {
+        if self.gens.policy_version == 0 {
+            let m: HashMap<_, u32, TenantInfo> = HashMap::try_from(self.pmap_ref(maps::TENANTS)?)?;
+            let mut max = 0;
+            for kv in m.iter() {
+                max = max.max(kv?.1.version);
+            }
+            self.gens.policy_version = max;
+        }
+        self.gens.policy_version = self.gens.policy_version.wrapping_add(1).max(1);
+        Ok(self.gens.policy_version)
     }
 
     /// The generation in force.

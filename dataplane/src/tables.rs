@@ -360,6 +360,7 @@ impl Dataplane {
 
     fn install_chunk(&mut self, tenants: &[(u32, &Tenant, Health)], same_allow: &dyn Fn(u32) -> bool) -> Result<()> {
         let mut slots = Vec::with_capacity(tenants.len());
+        let mut versions = Vec::with_capacity(tenants.len());
         let mut new = Vec::with_capacity(tenants.len());
         let (mut swap_slots, mut swap_tenants) = (Vec::new(), Vec::new());
         for (id, t, _) in tenants {
@@ -386,6 +387,10 @@ impl Dataplane {
             if current.is_none_or(|c| c.allow_slot != slot) {
                 swap_slots.push(slot);
                 swap_tenants.push(t);
+                // New tries: tracked flows are checked against them again.
+                versions.push(self.next_policy_version()?);
+            } else {
+                versions.push(current.map_or(0, |c| c.version));
             }
         }
         // Addresses claimed (fail closed) while the new tries are built on
@@ -412,7 +417,7 @@ impl Dataplane {
         };
         self.swap_allow(&swap_slots, &tries)?;
         drop(tries);
-        for ((id, t, health), slot) in tenants.iter().zip(&slots) {
+        for (((id, t, health), slot), version) in tenants.iter().zip(&slots).zip(&versions) {
             for (key, class) in services(t) {
                 let v = ServiceValue {
                     tenant: *id,
@@ -422,7 +427,9 @@ impl Dataplane {
                 self.put_service(key, v)
                     .with_context(|| format!("tenant {}: service", t.name))?;
             }
-            self.put_tenant(*id, tenant_info(t, *slot, health, true))?;
+            let mut info = tenant_info(t, *slot, health, true);
+            info.version = *version;
+            self.put_tenant(*id, info)?;
         }
         Ok(())
     }

@@ -670,8 +670,18 @@ fn an_apply_that_changes_only_the_egress_side_takes_effect() {
     let mut moved = wider.clone();
     moved.vpc_cidrs = vec!["10.250.0.0/16".parse().unwrap()];
     engine.apply(&mut dp, &set(&moved)).unwrap();
+    // (ACME_VM4's flow is tracked and established: the fast path skips the
+    // tries only while they are the ones the flow was checked against.)
     assert_eq!(run(&dp, ACME_VM4), XDP_DROP, "10.101.0.0/16 is no longer beta's");
-    assert_eq!(run(&dp, Ipv4Addr::new(10, 250, 0, 1)), XDP_REDIRECT);
+    let moved_vm = Ipv4Addr::new(10, 250, 0, 1);
+    assert_eq!(run(&dp, moved_vm), XDP_REDIRECT);
+    assert_eq!(run(&dp, moved_vm), XDP_REDIRECT, "tracked now");
+
+    // The egress allowlist narrows again: the tracked flow is cut.
+    let mut narrow = beta.clone();
+    narrow.vpc_cidrs = moved.vpc_cidrs.clone();
+    engine.apply(&mut dp, &set(&narrow)).unwrap();
+    assert_eq!(run(&dp, moved_vm), XDP_DROP, "{far} is no longer allowed");
 }
 
 #[test]

@@ -154,6 +154,10 @@ pub struct TenantInfo {
     pub flags: u32,
     /// Slot of the tenant's allowlists in `ALLOW_V4` / `ALLOW_V6`.
     pub allow_slot: u32,
+    /// Changes whenever the tenant's tries do (allowlist, `vpc_cidrs`,
+    /// egress allowlist): a tracked flow checked against this version need
+    /// not be checked against the tries again.
+    pub version: u32,
     /// Index into `cores` of the active core.
     pub active_core: u8,
     pub n_connectors: u8,
@@ -176,6 +180,7 @@ impl Default for TenantInfo {
             vni: 0,
             flags: 0,
             allow_slot: 0,
+            version: 0,
             active_core: 0,
             n_connectors: 0,
             n_cores: 0,
@@ -349,6 +354,10 @@ pub struct CtValue {
     pub expires_ns: u64,
     /// When this direction last pushed out the other direction's expiry.
     pub touched_ns: u64,
+    /// Outbound entries: the `TenantInfo::version` the flow was last
+    /// checked against (source in `vpc_cidrs`, destination allowed).
+    pub version: u32,
+    pub _pad: u32,
 }
 
 /// `CtValue::state` bits.
@@ -437,11 +446,11 @@ mod tests {
         assert_eq!(size_of::<ServiceKey>(), 20);
         assert_eq!(size_of::<ServiceValue>(), 8);
         assert_eq!(size_of::<BackendEntry>(), 12);
-        assert_eq!(size_of::<TenantInfo>(), 16 + 4 * 12 + 32 + 256);
+        assert_eq!(size_of::<TenantInfo>(), 20 + 4 * 12 + 32 + 256);
         assert_eq!(align_of::<TenantInfo>(), 4);
         assert_eq!(size_of::<HostConfig>(), 32);
         assert_eq!(size_of::<CtKey>(), 44);
-        assert_eq!(size_of::<CtValue>(), 40);
+        assert_eq!(size_of::<CtValue>(), 48);
         assert_eq!(size_of::<TenantName>(), 36);
         assert_eq!(size_of::<NextHopKey>(), 24);
         assert_eq!(size_of::<NextHopEntry>(), 24);
