@@ -141,6 +141,11 @@ pub struct AgentStatus {
     pub last_error: Option<LastError>,
     /// Policy sets read or received so far (applied, unchanged or refused).
     pub attempts: u64,
+    /// The policy generation whose VIPs and egress IPs the uplink answers
+    /// for (0: none yet); behind `generation` while the kernel is still
+    /// adding addresses.
+    #[serde(default)]
+    pub uplink_addresses_generation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

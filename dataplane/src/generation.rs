@@ -51,6 +51,10 @@ pub struct Generations {
     /// The last `TenantInfo::version` handed out (0: not read from the maps
     /// yet).
     policy_version: u32,
+    /// The wait for an RCU grace period started at the last switch, on a
+    /// thread of its own: by the next transaction it is usually over, so
+    /// the replay costs no waiting.
+    grace: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     /// The empty trie slot 0 of `ALLOW_V4` is pointed at to wait for an RCU
     /// grace period: always the same one, so the maps look the same after.
     sync_trie: Option<LpmTrie<MapData, Allow4, AllowMask>>,
@@ -314,6 +318,8 @@ impl Dataplane {
         self.gens.active = next;
         self.gens.txn = false;
         self.gens.switched_at = Some(Instant::now());
+        // The grace period the replay must wait for starts now, elsewhere.
+        self.gens.grace = self.start_grace_period().ok();
         Ok(())
     }
 
@@ -331,23 +337,58 @@ impl Dataplane {
         if self.gens.replay.is_empty() {
             return Ok(());
         }
-        self.wait_for_readers()?;
+        match self.gens.grace.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| anyhow!("waiting for the programs (RCU): the thread panicked"))?
+                .context("waiting for the programs (RCU)")?,
+            None => self.wait_for_readers()?,
+        }
         let old = [1 - self.gens.active];
         let ops = std::mem::take(&mut self.gens.replay);
         for op in &ops {
             self.apply_op(op, &old)?;
         }
+        // A large apply's log is not kept around as capacity.
+        self.gens.replay.shrink_to(64);
         Ok(())
     }
 
-    /// [`Dataplane::settle`], if the last switch is old enough that it
-    /// costs nothing to wait for (housekeeping).
+    /// [`Dataplane::settle`], if it would not wait: the grace period
+    /// started at the switch is over (or, without one under way, the switch
+    /// is old enough).
     pub fn settle_if_due(&mut self) -> Result<bool> {
-        if self.gens.replay.is_empty() || self.gens.switched_at.is_some_and(|t| t.elapsed() < SETTLE_AFTER) {
+        if self.gens.replay.is_empty() {
+            return Ok(false);
+        }
+        let ready = match &self.gens.grace {
+            Some(t) => t.is_finished(),
+            None => self.gens.switched_at.is_none_or(|t| t.elapsed() >= SETTLE_AFTER),
+        };
+        if !ready {
             return Ok(false);
         }
         self.settle()?;
         Ok(true)
+    }
+
+    /// Starts waiting for an RCU grace period on a thread (the same update
+    /// as [`Dataplane::wait_for_readers`], on duplicated descriptors).
+    fn start_grace_period(&mut self) -> Result<std::thread::JoinHandle<std::io::Result<()>>> {
+        if self.gens.sync_trie.is_none() {
+            self.gens.sync_trie = Some(LpmTrie::create(1, 1)?);
+        }
+        let inner = match &self.gens.sync_trie {
+            Some(t) => t.map().fd().as_fd().try_clone_to_owned()?,
+            None => anyhow::bail!("no trie to wait with"),
+        };
+        let outer = match self.pmap(maps::ALLOW_V4)? {
+            aya::maps::Map::ArrayOfMaps(d) => d.fd().as_fd().try_clone_to_owned()?,
+            _ => anyhow::bail!("map {} is not an array of maps", maps::ALLOW_V4),
+        };
+        Ok(std::thread::spawn(move || {
+            batch::set_inner_maps(outer.as_fd(), &[0], &[inner.as_raw_fd() as u32])
+        }))
     }
 
     /// Waits until every program run that started before now has ended (an

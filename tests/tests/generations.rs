@@ -53,7 +53,12 @@ fn a_transaction_is_seen_whole_or_not_at_all() {
 
     // The old generation catches up; the next transaction starts from the
     // set in force.
+    let t0 = std::time::Instant::now();
     dp.settle().unwrap();
+    println!(
+        "the old generation caught up in {:?} (one RCU grace period and the replay)",
+        t0.elapsed()
+    );
     assert_eq!(verdicts(&dp), (XDP_DROP, XDP_DROP));
 
     // An aborted transaction: nothing of it is ever seen, and the copy it

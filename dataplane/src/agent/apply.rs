@@ -416,11 +416,11 @@ impl Engine {
         let first = self.apply_inner(dp, target, hint);
         self.compare_all = first.is_err();
         if first.is_ok() {
-            dp.commit_policy()?;
             // The new set is in force; the old copy catches up once no
-            // packet can be reading it (one RCU grace period), so both are
-            // equal again between applies.
-            dp.settle()?;
+            // packet can be reading it (one RCU grace period, waited for on
+            // a thread): the agent settles it when idle, or the next apply
+            // does first.
+            dp.commit_policy()?;
         } else {
             // Whatever got written (and rolled back) never was in force: the
             // generation in force is the previous set, and the other is made

@@ -341,6 +341,8 @@ pub struct UplinkAddrs {
     tx: Option<watch::Sender<Wanted>>,
     /// The policy generation last handed over.
     sent: Option<u64>,
+    /// The policy generation last made true on the uplink.
+    pub done: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How long a failed reconciliation (the addresses could not even be
@@ -386,19 +388,83 @@ async fn reconcile(ifindex: u32, dev: &str, generation: u64, want: &BTreeSet<IpA
     }
 }
 
-fn spawn_reconciler(ifindex: u32, dev: String) -> Result<watch::Sender<Wanted>> {
+/// Adds `new` (addresses that were not in force at the last full
+/// reconciliation); `false` if any could not be added, so that the next set
+/// is reconciled in full. An address the operator has already is left alone
+/// (`EEXIST`).
+async fn add_only(ifindex: u32, dev: &str, generation: u64, new: &[IpAddr]) -> bool {
+    let handle = match connect() {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(interface = dev, error = %format!("{e:#}"), "adding uplink addresses");
+            return false;
+        }
+    };
+    let results: Vec<Result<(), String>> = futures_util::stream::iter(new.iter().copied())
+        .map(|ip| {
+            let h = handle.clone();
+            async move { add_address(h, ifindex, ip).await }
+        })
+        .buffer_unordered(NETLINK_CONCURRENCY)
+        .collect()
+        .await;
+    let failed: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err())
+        .filter(|e| !e.contains("File exists"))
+        .collect();
+    if !new.is_empty() {
+        info!(
+            interface = dev,
+            generation,
+            added = new.len() - failed.len(),
+            "uplink addresses for the VIPs and egress IPs in force"
+        );
+    }
+    if !failed.is_empty() {
+        error!(
+            interface = dev,
+            failed = failed.len(),
+            "the uplink will not answer ARP/NDP for some addresses in force: {}",
+            failed.join("; ")
+        );
+    }
+    failed.is_empty()
+}
+
+fn spawn_reconciler(
+    ifindex: u32,
+    dev: String,
+    done_gen: Arc<std::sync::atomic::AtomicU64>,
+) -> Result<watch::Sender<Wanted>> {
     let (tx, mut rx) = watch::channel::<Wanted>(None);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new()
         .name("carwash-addrs".into())
         .spawn(move || {
             rt.block_on(async move {
+                // The set the uplink was last made to answer for, in full
+                // and without failures: a newer set then only needs the
+                // difference (nothing at all for, say, a port change).
+                let mut synced: Option<Arc<BTreeSet<IpAddr>>> = None;
                 while rx.changed().await.is_ok() {
                     loop {
                         let Some((generation, want)) = rx.borrow_and_update().clone() else {
                             break;
                         };
-                        if reconcile(ifindex, &dev, generation, &want).await {
+                        let done = match &synced {
+                            Some(old) if old.is_superset(&want) && want.len() == old.len() => true,
+                            // Only additions: added straight away, without
+                            // listing every address of the uplink.
+                            Some(old) if want.is_superset(old) => {
+                                let new: Vec<IpAddr> = want.difference(old).copied().collect();
+                                add_only(ifindex, &dev, generation, &new).await
+                            }
+                            _ => reconcile(ifindex, &dev, generation, &want).await,
+                        };
+                        synced = done.then(|| want.clone());
+                        if done {
+                            done_gen.store(generation, std::sync::atomic::Ordering::Relaxed);
                             break;
                         }
                         // Failed: again after a while, or at once with a
@@ -436,7 +502,11 @@ impl super::Agent {
             return;
         }
         if self.uplink_addrs.tx.is_none() {
-            match spawn_reconciler(self.uplink.ifindex, self.uplink.name.clone()) {
+            match spawn_reconciler(
+                self.uplink.ifindex,
+                self.uplink.name.clone(),
+                self.uplink_addrs.done.clone(),
+            ) {
                 Ok(tx) => self.uplink_addrs.tx = Some(tx),
                 Err(e) => {
                     error!(error = %format!("{e:#}"), "the uplink's addresses cannot be kept");

@@ -291,6 +291,10 @@ impl Agent {
         // Policies before programs: on a fresh start the programs see every
         // tenant complete from their first packet.
         agent.reload("startup");
+        // Both generations equal before anything else happens (and the
+        // writes kept for the replay given back).
+        agent.dp.settle()?;
+        release_memory();
         agent.attach(mode)?;
         Ok(agent)
     }
@@ -506,17 +510,22 @@ impl Agent {
 
     /// Deferred work of earlier applies (emptying removed tenants' allow
     /// slots); run when the agent is otherwise idle.
+    /// Brings the old policy generation up to date if that costs no wait.
+    pub fn settle_if_due(&mut self) {
+        match self.dp.settle_if_due() {
+            Ok(true) => tracing::debug!("the old policy generation caught up with the one in force"),
+            Ok(false) => {}
+            Err(e) => warn!(error = %format!("{e:#}"), "bringing the old policy generation up to date"),
+        }
+    }
+
     pub fn housekeep(&mut self) {
         match self.engine.housekeep(&mut self.dp) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(tenants = n, "emptied the allow slots of removed tenants"),
             Err(e) => warn!(error = %format!("{e:#}"), "emptying the allow slots of removed tenants"),
         }
-        match self.dp.settle_if_due() {
-            Ok(true) => tracing::debug!("the old policy generation caught up with the one in force"),
-            Ok(false) => {}
-            Err(e) => warn!(error = %format!("{e:#}"), "bringing the old policy generation up to date"),
-        }
+        self.settle_if_due();
         self.ticks += 1;
         if self.ticks.is_multiple_of(RECLAIM_EVERY) {
             self.reclaim_conntrack();
@@ -570,6 +579,7 @@ impl Agent {
             last_apply: self.last_apply.clone(),
             last_error: self.last_error.clone(),
             attempts: self.attempts,
+            uplink_addresses_generation: self.uplink_addrs.done.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
@@ -619,6 +629,10 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        // The old policy generation catches up soon after a switch, as soon
+        // as its grace period is over (checked without waiting).
+        let mut settle = tokio::time::interval(Duration::from_millis(10));
+        settle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut idle = tokio::time::interval(HOUSEKEEPING);
         idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         info!(
@@ -647,6 +661,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
                     agent.sync_uplink_addresses();
                 }
                 _ = idle.tick() => agent.housekeep(),
+                _ = settle.tick() => agent.settle_if_due(),
                 _ = ebpf_log_ready(&mut ebpf_log) => {}
                 _ = term.recv() => { info!("SIGTERM: stopping; the programs stay attached"); break; }
                 _ = int.recv() => { info!("SIGINT: stopping; the programs stay attached"); break; }
