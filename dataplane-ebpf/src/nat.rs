@@ -159,23 +159,38 @@ pub fn update_check(ctx: &XdpContext, off: usize, d: Delta, udp4: bool) -> Optio
     Some((old, new))
 }
 
+/// Rewrites the address of one end of the packet `flow` describes, with the
+/// IPv4 header checksum (a fragment after the first has nothing else to
+/// rewrite); the change, for the transport checksum.
+#[inline(always)]
+pub fn rewrite_ip(ctx: &XdpContext, flow: &Flow, end: End, addr: &[u8; 16]) -> Option<Delta> {
+    let old_addr = match end {
+        End::Src => &flow.src,
+        End::Dst => &flow.dst,
+    };
+    let mut a = Delta::new();
+    a.addr(old_addr, addr, flow.v6);
+    if !write_addr(ctx, addr_off(flow.l3_off, flow.v6, end), addr, flow.v6) {
+        return None;
+    }
+    if !flow.v6 {
+        update_check(ctx, flow.l3_off + 10, a, false)?;
+    }
+    Some(a)
+}
+
 /// Rewrites the address and port (ICMP echo: identifier) of one end of the
 /// packet `flow` describes, with the IP and transport checksums. The old
 /// values are the flow's.
 #[inline(always)]
 pub fn rewrite(ctx: &XdpContext, flow: &Flow, end: End, addr: &[u8; 16], port: u16) -> bool {
-    let (old_addr, old_port) = match end {
-        End::Src => (&flow.src, flow.sport),
-        End::Dst => (&flow.dst, flow.dport),
+    let old_port = match end {
+        End::Src => flow.sport,
+        End::Dst => flow.dport,
     };
-    let mut a = Delta::new();
-    a.addr(old_addr, addr, flow.v6);
-    if !write_addr(ctx, addr_off(flow.l3_off, flow.v6, end), addr, flow.v6) {
+    let Some(a) = rewrite_ip(ctx, flow, end, addr) else {
         return false;
-    }
-    if !flow.v6 && update_check(ctx, flow.l3_off + 10, a, false).is_none() {
-        return false;
-    }
+    };
     let l4 = flow.l4_off;
     let (port_off, check_off, pseudo) = match flow.proto {
         IPPROTO_TCP => (if end == End::Src { l4 } else { l4 + 2 }, l4 + 16, true),

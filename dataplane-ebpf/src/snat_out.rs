@@ -135,9 +135,26 @@ fn try_out(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, 
         if steer::mask(t, &flow.dst, flow.v6) & MASK_EGRESS == 0 {
             return Err(DropReason::EgressNotAllowed.into());
         }
-        if flow.later_fragment {
-            return Err(DropReason::Fragment.into());
+    }
+    // A fragment after the first carries no ports: the source address is
+    // all there is to translate (the egress IP is the tenant's, whatever
+    // the flow), and the first fragment took the port.
+    if flow.later_fragment {
+        if nat::rewrite_ip(ctx, &flow, End::Src, egress).is_none() {
+            return Err(DropReason::Malformed.into());
         }
+        stats.inc(Counter::SnatOut);
+        let mut out = flow;
+        out.src = *egress;
+        return Err(hand_on(
+            ctx,
+            &out,
+            h.generation,
+            h.tenant,
+            h.origin,
+            h.inner_off as usize,
+            jumps::EXIT,
+        ));
     }
     let seen = tcp_state(&flow);
     // SAFETY: as above.

@@ -308,3 +308,28 @@ pub fn with_macs(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
     f[6..12].copy_from_slice(&src);
     f
 }
+
+/// `frame` (Ethernet + IPv4 without options) split in two fragments after
+/// `at` bytes of its IP payload (a multiple of 8), with their IP headers
+/// (length, more-fragments, offset, checksum) as a router would write them.
+pub fn fragments4(frame: &[u8], at: usize) -> (Vec<u8>, Vec<u8>) {
+    assert!(at % 8 == 0 && frame[14] == 0x45);
+    let (eth, ip) = frame.split_at(14);
+    let (hdr, payload) = ip.split_at(20);
+    let part = |data: &[u8], offset: usize, more: bool| {
+        let mut h = hdr.to_vec();
+        h[2..4].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
+        let frag = (offset / 8) as u16 | if more { 0x2000 } else { 0 } | (u16::from_be_bytes([h[6], h[7]]) & 0x4000);
+        h[6..8].copy_from_slice(&frag.to_be_bytes());
+        h[10..12].copy_from_slice(&[0, 0]);
+        let sum = h
+            .chunks(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
+            .sum::<u32>();
+        let sum = (sum & 0xffff) + (sum >> 16);
+        let sum = (sum & 0xffff) + (sum >> 16);
+        h[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        [eth, &h, data].concat()
+    };
+    (part(&payload[..at], 0, true), part(&payload[at..], at, false))
+}

@@ -728,3 +728,41 @@ fn one_interface_for_uplink_and_fabric_runs_both_paths() {
         })
         .unwrap();
 }
+
+#[test]
+fn the_fragments_of_an_outbound_datagram_are_translated() {
+    require_root();
+    let ts = tenants();
+    let acme = &ts[0];
+    let fab = FabricNs::new(&ts).unwrap();
+    let dp = loaded(&fab, &ts).unwrap();
+    let payload: Vec<u8> = (0..100u8).collect();
+    let port = first_port(v4(ACME_VM4), v4(PARTNER4), 40100, 53, 17, ports());
+    // The machine's datagram, split after the UDP header and 16 bytes; the
+    // translated datagram split the same way is what must leave.
+    let (first, rest) = fragments4(&udp4(ACME_VM4, PARTNER4, 40100, 53, &payload), 24);
+    let (want_first, want_rest) = fragments4(&udp4(ACME_EGRESS4, PARTNER4, port, 53, &payload), 24);
+    let m = &acme.connectors[0];
+    // (The protocol counters count the outer packet: UDP to the VTEP.)
+    let rest_case = fabric_case(
+        "a later fragment: its source address",
+        from_machine(acme, m, &rest),
+        XDP_REDIRECT,
+        Output::Exact(to_internet(&want_rest)),
+        TRACKED,
+    );
+    let cases = vec![
+        fabric_case(
+            "the first fragment: address and port, the checksum of the whole datagram",
+            from_machine(acme, m, &first),
+            XDP_REDIRECT,
+            Output::Exact(to_internet(&want_first)),
+            NEW,
+        ),
+        rest_case,
+    ];
+    fab.ns
+        .enter(|| check_all(&dp, programs::FABRIC, &cases))
+        .unwrap()
+        .unwrap();
+}
