@@ -313,7 +313,7 @@ pub fn with_macs(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
 /// `at` bytes of its IP payload (a multiple of 8), with their IP headers
 /// (length, more-fragments, offset, checksum) as a router would write them.
 pub fn fragments4(frame: &[u8], at: usize) -> (Vec<u8>, Vec<u8>) {
-    assert!(at % 8 == 0 && frame[14] == 0x45);
+    assert!(at.is_multiple_of(8) && frame[14] == 0x45);
     let (eth, ip) = frame.split_at(14);
     let (hdr, payload) = ip.split_at(20);
     let part = |data: &[u8], offset: usize, more: bool| {
