@@ -114,6 +114,23 @@ impl Counters {
     }
 }
 
+/// The body of a tail-called program of side `side`: runs `f` (which
+/// sets the tenant it learns) and counts its outcome with [`finish`].
+#[inline(always)]
+pub fn run_handed(
+    ctx: &XdpContext,
+    side: u32,
+    f: impl FnOnce(&XdpContext, &Counters, &mut u32) -> Result<u32, Refused>,
+) -> u32 {
+    let Some(stats) = Counters::this_cpu(side) else {
+        return xdp_action::XDP_DROP;
+    };
+    let bytes = crate::packet::frame_len(ctx) as u64;
+    let mut tenant = 0;
+    let r = f(ctx, &stats, &mut tenant);
+    finish(&stats, tenant, bytes, r)
+}
+
 /// Counts the outcome of a program that handles a packet for `tenant` (0:
 /// not known) and returns its action.
 #[inline(always)]

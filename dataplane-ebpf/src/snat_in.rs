@@ -3,13 +3,13 @@
 //! translated back and encapsulated to the machine that opened the flow; an
 //! ICMP error about a tracked flow is translated too, outer and embedded
 //! headers, and follows the flow; anything else is dropped.
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use dataplane_common::{
     Counter, DropReason, jumps,
     types::{CT_REPLY, CT_TOUCH_NS, CtKey, CtValue, HOPS_PER_TENANT, HostConfig, SIDE_UPLINK},
 };
 
-use crate::counters::{Counters, finish};
+use crate::counters::{Counters, run_handed};
 use crate::encap::{ENCAP_OVERHEAD, encapsulate};
 use crate::handoff::hand_on;
 use crate::maps::{CONFIG, CONNTRACK};
@@ -51,13 +51,7 @@ pub fn run_deliver(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn run(ctx: &XdpContext, f: impl FnOnce(&XdpContext, &Counters, &mut u32) -> Result<u32, Refused>) -> u32 {
-    let Some(stats) = Counters::this_cpu(SIDE_UPLINK) else {
-        return xdp_action::XDP_DROP;
-    };
-    let bytes = frame_len(ctx) as u64;
-    let mut tenant = 0;
-    let r = f(ctx, &stats, &mut tenant);
-    finish(&stats, tenant, bytes, r)
+    run_handed(ctx, SIDE_UPLINK, f)
 }
 
 #[inline(always)]

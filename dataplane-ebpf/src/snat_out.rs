@@ -4,7 +4,7 @@
 //! (or has) a tracked translation to the tenant's egress IP and a port from
 //! the host's range, and leaves decapsulated through the uplink.
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST, xdp_action},
+    bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::bpf_ktime_get_coarse_ns,
     programs::XdpContext,
 };
@@ -16,13 +16,13 @@ use dataplane_common::{
     },
 };
 
-use crate::counters::{Counters, finish};
+use crate::counters::{Counters, run_handed};
 use crate::encap::ENCAP_OVERHEAD;
 use crate::fabric::to_internet;
 use crate::handoff::hand_on;
 use crate::maps::{CONFIG, CONNTRACK, CT_SCRATCH};
 use crate::nat::{self, End};
-use crate::packet::{IPPROTO_TCP, IPPROTO_UDP, TCP_FLAG_SYN, frame_len};
+use crate::packet::{IPPROTO_TCP, IPPROTO_UDP, TCP_FLAG_SYN};
 use crate::parse::Flow;
 use crate::uplink::Refused;
 use crate::{handoff, mss, steer};
@@ -45,13 +45,7 @@ pub fn run_exit(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn run_with(ctx: &XdpContext, f: impl FnOnce(&XdpContext, &Counters, &mut u32) -> Result<u32, Refused>) -> u32 {
-    let Some(stats) = Counters::this_cpu(SIDE_FABRIC) else {
-        return xdp_action::XDP_DROP;
-    };
-    let bytes = frame_len(ctx) as u64;
-    let mut tenant = 0;
-    let r = f(ctx, &stats, &mut tenant);
-    finish(&stats, tenant, bytes, r)
+    run_handed(ctx, SIDE_FABRIC, f)
 }
 
 /// The `CT_*` bits a TCP segment's flags stand for.

@@ -304,3 +304,60 @@ fn trace_prints_the_path_of_a_packet() {
     let out = p.carwash(&bin, &["trace", "--src", "198.51.100.10", "--dst", "203.0.113.10"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--dport is required for tcp packets"));
 }
+
+#[test]
+fn trace_follows_outbound_traffic_through_source_nat() {
+    require_root();
+    let p = Pinned::new(tenants()).unwrap();
+    let bin = carwash_bin();
+    let ns = p.fab.ns.name();
+    let outbound = |src: &str, dst: &str| {
+        json(&p.carwash(
+            &bin,
+            &[
+                "trace",
+                "--netns",
+                ns,
+                "--from",
+                "fabric",
+                "--vni",
+                "1001",
+                "--vtep",
+                "10.200.1.10",
+                "--src",
+                src,
+                "--dst",
+                dst,
+                "--dport",
+                "53",
+                "--proto",
+                "udp",
+                "-o",
+                "json",
+            ],
+        ))
+        .unwrap()
+    };
+    // A machine of acme to a partner: translated to acme's egress IP, out
+    // of the uplink, decapsulated.
+    let before = dump_maps(p.pin_path()).unwrap();
+    let t = outbound("10.101.0.5", "198.18.0.10");
+    assert_eq!(t["action"], "XDP_REDIRECT", "{t:#}");
+    assert_eq!(t["tenant"]["name"], "acme");
+    let out = t["output"].as_array().unwrap();
+    assert_eq!(out.len(), 3, "outer headers gone: {t:#}");
+    assert_eq!(out[1]["src"], "203.0.113.200", "{t:#}");
+    assert_eq!(out[1]["dst"], "198.18.0.10");
+    // The trace tracked its flow in a table of its own.
+    let after = dump_maps(p.pin_path()).unwrap();
+    assert_eq!(
+        before.get("CONNTRACK"),
+        after.get("CONNTRACK"),
+        "the live table is untouched"
+    );
+
+    // From outside acme's VPC: refused, with the reason.
+    let t = outbound("10.99.0.5", "198.18.0.10");
+    assert_eq!(t["action"], "XDP_DROP", "{t:#}");
+    assert_eq!(t["drop_reason"], "inner_source_not_allowed", "{t:#}");
+}

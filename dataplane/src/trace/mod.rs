@@ -68,6 +68,8 @@ pub const SHARED_MAPS: &[&str] = &[
 /// Entries of the trace's private FIB cache: it holds what one packet
 /// looks up.
 const TRACE_NEXT_HOPS: u32 = 64;
+/// Entries of the trace's private tracking table: one flow's two.
+const TRACE_CONNTRACK: u32 = 64;
 
 /// Where the traced packet arrives.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -279,15 +281,41 @@ fn run_program(pins: &Pins, host: &HostConfig, side: Side, frame: &[u8], tenant_
     // Likewise the caches: one trace needs a next hop or two.
     loader.map_max_entries(maps::BACKEND_HOPS, slots * HOPS_PER_TENANT);
     loader.map_max_entries(maps::NEXT_HOPS, TRACE_NEXT_HOPS);
+    // A private, empty tracking table: a traced flow is always a new one,
+    // and the live table is never touched.
+    loader.map_max_entries(maps::CONNTRACK, TRACE_CONNTRACK);
     let mut ebpf = loader
         .load(EBPF_OBJECT)
         .context("loading the trace's copy of the eBPF object on the pinned policy maps")?;
     let name = side.program();
+    // The programs a packet is handed on to, this copy's own (its program
+    // array is private too), so that the outbound and egress-IP paths are
+    // traced through.
+    let mut jumps = Vec::new();
+    for (jumped, slot) in programs::JUMPED {
+        let prog: &mut Xdp = ebpf
+            .program_mut(jumped)
+            .ok_or_else(|| anyhow!("program {jumped} missing from the eBPF object"))?
+            .try_into()?;
+        crate::loader::load_retrying(prog).with_context(|| format!("loading program {jumped} (verifier)"))?;
+        jumps.push((*slot, prog.fd()?.try_clone()?));
+    }
+    {
+        let map = ebpf
+            .map_mut(maps::JUMPS)
+            .ok_or_else(|| anyhow!("no map {}", maps::JUMPS))?;
+        let mut array = aya::maps::ProgramArray::try_from(map)?;
+        for (slot, fd) in &jumps {
+            array.set(*slot, fd, 0)?;
+        }
+    }
     let prog: &mut Xdp = ebpf
         .program_mut(name)
         .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
         .try_into()?;
-    crate::loader::load_retrying(prog).with_context(|| format!("loading program {name} (verifier)"))?;
+    if prog.fd().is_err() {
+        crate::loader::load_retrying(prog).with_context(|| format!("loading program {name} (verifier)"))?;
+    }
     let tag = prog.info()?.tag();
 
     let ingress_ifindex = match side {
