@@ -13,7 +13,7 @@ use dataplane_common::{
     types::{BackendEntry, BackendHop, HostConfig, NEXT_HOP_TTL_NS, NextHopEntry, NextHopKey, VXLAN_PORT},
 };
 
-use crate::maps::{BACKEND_HOPS, FIB_PARAMS, NEXT_HOPS};
+use crate::maps::{BACKEND_HOPS, FIB_PARAMS, NEXT_HOPS, UNRESOLVED};
 use crate::packet::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, frame_len, ptr_at_mut};
 use crate::parse::Flow;
 
@@ -26,6 +26,7 @@ const HEADERS: usize = ETH_LEN + ENCAP_OVERHEAD;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
+const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
 
 /// The route towards a VTEP: egress interface and MACs.
 #[derive(Default)]
@@ -158,6 +159,26 @@ fn fib(q: &RouteQuery, nh: &mut NextHop) -> bool {
     }
     // SAFETY: valid context and parameter struct of the size passed.
     let rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, p, core::mem::size_of::<FibParams>() as i32, 0) };
+    if rc == BPF_FIB_LKUP_RET_NO_NEIGH {
+        // The route is there, the neighbour is not resolved: the kernel
+        // put the next hop and its interface into the parameters. The
+        // agent has the kernel resolve it (and keep it resolved).
+        let mut key = NextHopKey {
+            ifindex: p.ifindex,
+            family: q.v6 as u8,
+            _pad: [0; 3],
+            addr: [0; 16],
+        };
+        // SAFETY: plain-data unions, filled by the helper.
+        unsafe {
+            if q.v6 {
+                key.addr = core::mem::transmute::<[u32; 4], [u8; 16]>(p.__bindgen_anon_4.ipv6_dst);
+            } else {
+                key.addr[..4].copy_from_slice(&p.__bindgen_anon_4.ipv4_dst.to_ne_bytes());
+            }
+        }
+        let _ = UNRESOLVED.insert(&key, &0u64, 0);
+    }
     if rc != BPF_FIB_LKUP_RET_SUCCESS {
         return false;
     }

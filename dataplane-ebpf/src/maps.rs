@@ -145,3 +145,8 @@ pub struct CtScratch {
 
 #[map(name = "CT_SCRATCH")]
 pub static CT_SCRATCH: PerCpuArray<CtScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Next hops a FIB lookup found unresolved (no neighbour entry): the agent
+/// has the kernel resolve them and keep them resolved, then removes them.
+#[map(name = "UNRESOLVED")]
+pub static UNRESOLVED: LruHashMap<NextHopKey, u64> = LruHashMap::with_max_entries(1024, 0);

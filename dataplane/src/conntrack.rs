@@ -149,6 +149,26 @@ pub fn flows_of(map: &Map) -> Result<Vec<Flow>> {
     Ok(flows)
 }
 
+/// Takes the next hops the programs' FIB lookups found unresolved
+/// (`UNRESOLVED`): interface and neighbour address, each once.
+impl Dataplane {
+    pub fn take_unresolved(&mut self) -> Result<Vec<(u32, IpAddr)>> {
+        use dataplane_common::types::NextHopKey;
+        let map = self
+            .ebpf
+            .map_mut(maps::UNRESOLVED)
+            .ok_or_else(|| anyhow!("no map {} in the eBPF object", maps::UNRESOLVED))?;
+        let mut m: HashMap<&mut MapData, NextHopKey, u64> = HashMap::try_from(map)?;
+        let keys: Vec<NextHopKey> = m.keys().filter_map(|k| k.ok()).collect();
+        let mut out = Vec::new();
+        for k in keys {
+            let _ = m.remove(&k);
+            out.push((k.ifindex, ip(&k.addr, if k.family != 0 { FAMILY_V6 } else { 4 })));
+        }
+        Ok(out)
+    }
+}
+
 /// What a reclaim pass removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Reclaimed {

@@ -115,6 +115,9 @@ pub mod maps {
     pub const CONNTRACK: &str = "CONNTRACK";
     /// Program array the programs tail-call through (`crate::jumps`).
     pub const JUMPS: &str = "JUMPS";
+    /// Next hops the programs' FIB lookups found unresolved: LRU hash,
+    /// [`crate::types::NextHopKey`] → `u64` (unused).
+    pub const UNRESOLVED: &str = "UNRESOLVED";
     /// The policy generation in force (`types::GENERATIONS`): one `u32`.
     pub const GENERATION: &str = "GENERATION";
     /// Per-CPU hand-over of a parsed packet to a tail-called program.

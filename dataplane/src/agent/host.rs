@@ -548,3 +548,45 @@ pub fn remove_uplink_addresses(cfg: &HostConfig) -> Result<Vec<IpAddr>> {
         Ok(ch.removed)
     })
 }
+
+// ---- Next hops kept resolved (managed neighbours) ----
+
+/// Makes the kernel keep the neighbour `ip` on `ifindex` resolved by
+/// itself (a managed neighbour: it resolves it now and again before it goes
+/// stale), for a next hop the programs' FIB lookup found unresolved. An
+/// entry already managed, or one the operator made permanent, is left as
+/// it is.
+pub async fn manage_neighbour(ifindex: u32, ip: IpAddr) -> Result<bool> {
+    use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourState};
+    let handle = connect()?;
+    let mut dump = handle.neighbours().get().execute();
+    while let Some(n) = dump.try_next().await.map_err(|e| anyhow!("listing neighbours: {e}"))? {
+        if n.header.ifindex != ifindex {
+            continue;
+        }
+        let same = n.attributes.iter().any(|a| match (a, ip) {
+            (NeighbourAttribute::Destination(NeighbourAddress::Inet(a)), IpAddr::V4(b)) => *a == b,
+            (NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)), IpAddr::V6(b)) => *a == b,
+            _ => false,
+        });
+        let managed = n
+            .attributes
+            .iter()
+            .any(|a| matches!(a, NeighbourAttribute::ExtFlags(f) if f.contains(NeighbourExtFlags::Managed)));
+        if same && (managed || n.header.state == NeighbourState::Permanent) {
+            return Ok(false);
+        }
+    }
+    let mut req = handle
+        .neighbours()
+        .add(ifindex, ip)
+        .state(NeighbourState::None)
+        .replace();
+    req.message_mut()
+        .attributes
+        .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+    req.execute()
+        .await
+        .map_err(|e| anyhow!("keeping neighbour {ip} resolved: {e}"))?;
+    Ok(true)
+}

@@ -510,6 +510,27 @@ impl Agent {
 
     /// Deferred work of earlier applies (emptying removed tenants' allow
     /// slots); run when the agent is otherwise idle.
+    /// Has the kernel keep resolved the next hops the programs' FIB lookups
+    /// found unresolved (their packets were dropped as `no_route`).
+    pub async fn keep_next_hops(&mut self) {
+        let hops = match self.dp.take_unresolved() {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "reading the unresolved next hops");
+                return;
+            }
+        };
+        for (ifindex, ip) in hops {
+            match host::manage_neighbour(ifindex, ip).await {
+                Ok(true) => {
+                    info!(ifindex, next_hop = %ip, "next hop unresolved: the kernel now keeps it resolved (managed neighbour)")
+                }
+                Ok(false) => {}
+                Err(e) => warn!(ifindex, next_hop = %ip, error = %format!("{e:#}"), "keeping a next hop resolved"),
+            }
+        }
+    }
+
     /// Brings the old policy generation up to date if that costs no wait.
     pub fn settle_if_due(&mut self) {
         match self.dp.settle_if_due() {
@@ -633,6 +654,10 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
         // as its grace period is over (checked without waiting).
         let mut settle = tokio::time::interval(Duration::from_millis(10));
         settle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Next hops the programs found unresolved are handed to the kernel
+        // to resolve and keep resolved, promptly.
+        let mut neighbours = tokio::time::interval(Duration::from_millis(100));
+        neighbours.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut idle = tokio::time::interval(HOUSEKEEPING);
         idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         info!(
@@ -662,6 +687,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
                 }
                 _ = idle.tick() => agent.housekeep(),
                 _ = settle.tick() => agent.settle_if_due(),
+                _ = neighbours.tick() => agent.keep_next_hops().await,
                 _ = ebpf_log_ready(&mut ebpf_log) => {}
                 _ = term.recv() => { info!("SIGTERM: stopping; the programs stay attached"); break; }
                 _ = int.recv() => { info!("SIGINT: stopping; the programs stay attached"); break; }
