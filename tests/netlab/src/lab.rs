@@ -617,7 +617,16 @@ impl Lab {
     }
 
     fn build(&self) -> Result<()> {
-        std::fs::create_dir_all(&self.state_dir).with_context(|| format!("creating {}", self.state_dir.display()))?;
+        // Another lab going down removes STATE_ROOT when it is empty, which
+        // can happen between this call's creating it and creating the lab's
+        // own directory in it: try again then.
+        let mut tries = 0;
+        while let Err(e) = std::fs::create_dir_all(&self.state_dir) {
+            tries += 1;
+            if e.kind() != std::io::ErrorKind::NotFound || tries == 5 {
+                return Err(e).with_context(|| format!("creating {}", self.state_dir.display()));
+            }
+        }
         // Written first so `down` finds everything even if we die half-way.
         std::fs::write(self.state_dir.join("namespaces"), self.namespaces().join("\n") + "\n")?;
         self.write_files()?;
