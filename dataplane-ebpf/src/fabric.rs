@@ -107,7 +107,14 @@ fn from_vpc(ctx: &XdpContext, outer: &Flow, cfg: &HostConfig, tenant: &mut u32) 
         Err(NotIp::Other) => return Err(DropReason::InnerNotIp.into()),
         Err(NotIp::Malformed(_)) => return Err(DropReason::Malformed.into()),
     };
-    match steer::address(&inner.src, inner.v6, generation) {
+    // A private source (outbound traffic) mostly has a clear filter bit:
+    // no exact lookup for it.
+    let addr = if steer::maybe_ours(&inner.src, generation) {
+        steer::address(&inner.src, inner.v6, generation)
+    } else {
+        None
+    };
+    match addr {
         Some(a) if a.tenant == id && a.kind == ADDR_VIP => Ok(to_internet(ctx, &inner, &inner.src, inner_off, cfg)?),
         // Not a reply from a VIP: the outbound program decides (path 3).
         _ => Err(hand_on(ctx, &inner, generation, id, origin, inner_off, jumps::SNAT_OUT)),
