@@ -36,6 +36,16 @@ pub fn active_gen() -> u32 {
     GENERATION.get(0).copied().unwrap_or(0) & 1
 }
 
+/// The host settings, once the agent wrote them (until then traffic that
+/// needs them is dropped: `no_config`).
+#[inline(always)]
+pub fn host_config() -> Result<&'static HostConfig, dataplane_common::DropReason> {
+    match CONFIG.get(0) {
+        Some(c) if c.ready != 0 => Ok(c),
+        _ => Err(dataplane_common::DropReason::NoConfig),
+    }
+}
+
 /// Host settings written by the agent.
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<HostConfig> = Array::with_max_entries(1, 0);

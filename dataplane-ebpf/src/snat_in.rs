@@ -6,13 +6,13 @@
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use dataplane_common::{
     Counter, DropReason, jumps,
-    types::{CT_REPLY, CT_TOUCH_NS, CtKey, CtValue, HOPS_PER_TENANT, HostConfig, SIDE_UPLINK},
+    types::{CT_REPLY, CT_TOUCH_NS, CtKey, CtValue, HOPS_PER_TENANT, SIDE_UPLINK},
 };
 
 use crate::counters::{Counters, run_handed};
 use crate::encap::{ENCAP_OVERHEAD, encapsulate};
 use crate::handoff::hand_on;
-use crate::maps::{CONFIG, CONNTRACK};
+use crate::maps::{CONNTRACK, host_config};
 use crate::nat::{self, Delta, End};
 use crate::packet::{
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_FLAG_SYN, be16, frame_len, header, read, write,
@@ -27,39 +27,26 @@ const TCP_FLAG_ACK: u8 = 0x10;
 /// `carwash_snat_in`: a reply of a tracked flow.
 #[inline(always)]
 pub fn run_reply(ctx: &XdpContext) -> u32 {
-    run(ctx, try_reply)
+    run_handed(ctx, SIDE_UPLINK, try_reply)
 }
 
 /// `carwash_snat_icmp`: an ICMP error about a tracked flow.
 #[inline(always)]
 pub fn run_icmp(ctx: &XdpContext) -> u32 {
-    run(ctx, try_icmp_error)
+    run_handed(ctx, SIDE_UPLINK, try_icmp_error)
 }
 
 /// `carwash_too_big`: a reply that would not fit the fabric is answered
 /// with fragmentation needed / packet too big.
 #[inline(always)]
 pub fn run_too_big(ctx: &XdpContext) -> u32 {
-    run(ctx, try_too_big)
+    run_handed(ctx, SIDE_UPLINK, try_too_big)
 }
 
 /// `carwash_deliver`: a translated packet to the machine of its flow.
 #[inline(always)]
 pub fn run_deliver(ctx: &XdpContext) -> u32 {
-    run(ctx, try_deliver)
-}
-
-#[inline(always)]
-fn run(ctx: &XdpContext, f: impl FnOnce(&XdpContext, &Counters, &mut u32) -> Result<u32, Refused>) -> u32 {
-    run_handed(ctx, SIDE_UPLINK, f)
-}
-
-#[inline(always)]
-fn config() -> Result<&'static HostConfig, DropReason> {
-    match CONFIG.get(0) {
-        Some(c) if c.ready != 0 => Ok(c),
-        _ => Err(DropReason::NoConfig),
-    }
+    run_handed(ctx, SIDE_UPLINK, try_deliver)
 }
 
 #[inline(always)]
@@ -67,7 +54,7 @@ fn try_reply(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32
     let h = handoff::take()?;
     let owner = h.tenant;
     *tenant = owner;
-    let cfg = config()?;
+    let cfg = host_config()?;
     let flow = h.flow;
     if flow.later_fragment {
         return Err(DropReason::Fragment.into());
@@ -139,7 +126,7 @@ fn reply_entry(key: &CtKey, flow: &Flow, owner: u32, now: u64) -> Result<&'stati
 fn try_too_big(ctx: &XdpContext, _stats: &Counters, tenant: &mut u32) -> Result<u32, Refused> {
     let h = handoff::take()?;
     *tenant = h.tenant;
-    let cfg = config()?;
+    let cfg = host_config()?;
     let usable = cfg.fabric_mtu.saturating_sub(ENCAP_OVERHEAD as u16);
     Err(too_big(ctx, &h.flow, usable))
 }
@@ -150,7 +137,7 @@ fn try_too_big(ctx: &XdpContext, _stats: &Counters, tenant: &mut u32) -> Result<
 fn try_deliver(ctx: &XdpContext, _stats: &Counters, tenant: &mut u32) -> Result<u32, Refused> {
     let h = handoff::take()?;
     *tenant = h.tenant;
-    let cfg = config()?;
+    let cfg = host_config()?;
     let t = steer::tenant(h.tenant, h.generation)?;
     let slot = h.origin & 3;
     let machine = steer::machine(t, slot)?;
@@ -176,7 +163,7 @@ fn try_icmp_error(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Resul
     let h = handoff::take()?;
     let owner = h.tenant;
     *tenant = owner;
-    let cfg = config()?;
+    let cfg = host_config()?;
     let flow = &h.flow;
     let e = flow.l4_off + 8;
     // The reply key of the quoted packet: from its destination to its

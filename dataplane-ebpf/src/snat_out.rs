@@ -20,7 +20,7 @@ use crate::counters::{Counters, run_handed};
 use crate::encap::ENCAP_OVERHEAD;
 use crate::fabric::to_internet;
 use crate::handoff::hand_on;
-use crate::maps::{CONFIG, CONNTRACK, CT_SCRATCH};
+use crate::maps::{CONNTRACK, CT_SCRATCH, host_config};
 use crate::nat::{self, End};
 use crate::packet::{IPPROTO_TCP, IPPROTO_UDP, TCP_FLAG_SYN};
 use crate::parse::Flow;
@@ -34,18 +34,13 @@ const TCP_FLAG_ACK: u8 = 0x10;
 /// `carwash_snat_out`: an outbound packet from a tenant's machine.
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
-    run_with(ctx, try_out)
+    run_handed(ctx, SIDE_FABRIC, try_out)
 }
 
 /// `carwash_exit`: a translated outbound packet leaves decapsulated.
 #[inline(always)]
 pub fn run_exit(ctx: &XdpContext) -> u32 {
-    run_with(ctx, try_exit)
-}
-
-#[inline(always)]
-fn run_with(ctx: &XdpContext, f: impl FnOnce(&XdpContext, &Counters, &mut u32) -> Result<u32, Refused>) -> u32 {
-    run_handed(ctx, SIDE_FABRIC, f)
+    run_handed(ctx, SIDE_FABRIC, try_exit)
 }
 
 /// The `CT_*` bits a TCP segment's flags stand for.
@@ -83,18 +78,10 @@ pub fn refresh(v: &mut CtValue, proto: u8, seen: u8, bare_syn: bool, now: u64) {
 }
 
 #[inline(always)]
-fn config() -> Result<&'static HostConfig, DropReason> {
-    match CONFIG.get(0) {
-        Some(c) if c.ready != 0 => Ok(c),
-        _ => Err(DropReason::NoConfig),
-    }
-}
-
-#[inline(always)]
 fn try_out(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, Refused> {
     let h = handoff::take()?;
     *tenant = h.tenant;
-    let cfg = config()?;
+    let cfg = host_config()?;
     let flow = h.flow;
     let inner_off = h.inner_off as usize;
     let t = steer::tenant(h.tenant, h.generation)?;
@@ -187,7 +174,7 @@ fn try_out(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, 
 fn try_exit(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, Refused> {
     let h = handoff::take()?;
     *tenant = h.tenant;
-    let cfg = config()?;
+    let cfg = host_config()?;
     let action = to_internet(ctx, &h.flow, &h.flow.src, h.inner_off as usize, cfg)?;
     stats.inc(Counter::Decapsulated);
     Ok(action)

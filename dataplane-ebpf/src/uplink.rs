@@ -12,7 +12,7 @@ use dataplane_common::{
 use crate::counters::{Counters, tenant_dropped, tenant_steered};
 use crate::encap::{ENCAP_OVERHEAD, encapsulate};
 use crate::handoff::hand_on;
-use crate::maps::{CONFIG, JUMPS, active_gen};
+use crate::maps::{CONFIG, JUMPS, active_gen, host_config};
 use crate::packet::{IPPROTO_UDP, frame_len};
 use crate::parse::Flow;
 use crate::{icmp, mss, nat, steer};
@@ -141,10 +141,7 @@ fn steer_to_vpc(ctx: &XdpContext, flow: &Flow, svc: &steer::Service, generation:
     }
     let hash = flow.hash();
     let (backend, slot) = steer::backend(t, svc.class, hash)?;
-    let cfg = match CONFIG.get(0) {
-        Some(c) if c.ready != 0 => c,
-        _ => return Err(DropReason::NoConfig.into()),
-    };
+    let cfg = host_config()?;
 
     let usable = cfg.fabric_mtu.saturating_sub(ENCAP_OVERHEAD as u16);
     // MSS = usable MTU - IP header - TCP header.

@@ -546,7 +546,6 @@ impl Agent {
             Ok(n) => tracing::debug!(tenants = n, "emptied the allow slots of removed tenants"),
             Err(e) => warn!(error = %format!("{e:#}"), "emptying the allow slots of removed tenants"),
         }
-        self.settle_if_due();
         self.ticks += 1;
         if self.ticks.is_multiple_of(RECLAIM_EVERY) {
             self.reclaim_conntrack();
