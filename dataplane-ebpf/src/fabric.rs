@@ -7,13 +7,16 @@ use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::Xdp
 use aya_log_ebpf::debug;
 use dataplane_common::{
     Counter, DropReason, jumps,
-    types::{ADDR_VIP, CLASS_NONE, HostConfig, SIDE_FABRIC, TenantInfo, VXLAN_PORT, vni_key},
+    types::{
+        ADDR_VIP, CLASS_NONE, HostConfig, SIDE_FABRIC, TENANT_EGRESS_V4, TENANT_EGRESS_V6, TenantInfo, VXLAN_PORT,
+        vni_key,
+    },
 };
 
 use crate::counters::{Counters, tenant_dropped, tenant_steered};
 use crate::encap::{RouteQuery, route, transmit};
-use crate::handoff::hand_on;
-use crate::maps::{CONFIG, VNIS, active_gen};
+use crate::handoff::{self, hand_on};
+use crate::maps::{CONFIG, Outbound, VNIS, active_gen};
 use crate::packet::{IPPROTO_UDP, frame_len, read, write};
 use crate::parse::{Flow, NotIp, parse_from};
 use crate::steer;
@@ -117,7 +120,42 @@ fn from_vpc(ctx: &XdpContext, outer: &Flow, cfg: &HostConfig, tenant: &mut u32) 
     match addr {
         Some(a) if a.tenant == id && a.kind == ADDR_VIP => Ok(to_internet(ctx, &inner, &inner.src, inner_off, cfg)?),
         // Not a reply from a VIP: the outbound program decides (path 3).
-        _ => Err(hand_on(ctx, &inner, generation, id, origin, inner_off, jumps::SNAT_OUT)),
+        _ => {
+            if let Some(out) = handoff::outbound_mut() {
+                outbound(ctx, t, &inner, cfg, out);
+            }
+            Err(hand_on(ctx, &inner, generation, id, origin, inner_off, jumps::SNAT_OUT))
+        }
+    }
+}
+
+/// What the outbound program needs of the tenant's record, and the route a
+/// translated packet would take: found here, where the record is at hand
+/// and the stack has room for a route lookup.
+#[inline(always)]
+fn outbound(ctx: &XdpContext, t: &TenantInfo, inner: &Flow, cfg: &HostConfig, out: &mut Outbound) {
+    let (egress, need) = if inner.v6 {
+        (&t.snat_v6, TENANT_EGRESS_V6)
+    } else {
+        (&t.snat_v4, TENANT_EGRESS_V4)
+    };
+    out.egress = *egress;
+    out.flags = t.flags;
+    out.allow_slot = t.allow_slot;
+    out.version = t.version;
+    out.ifindex = 0;
+    if t.flags & need != 0
+        && let Ok(nh) = route(&RouteQuery {
+            ctx,
+            ifindex: cfg.uplink_ifindex,
+            v6: inner.v6,
+            src: egress,
+            dst: &inner.dst,
+        })
+    {
+        out.ifindex = nh.ifindex;
+        out.smac = nh.smac;
+        out.dmac = nh.dmac;
     }
 }
 
@@ -138,12 +176,26 @@ pub fn to_internet(
         src,
         dst: &inner.dst,
     })?;
+    leave(ctx, inner_off, nh.ifindex, &nh.smac, &nh.dmac)
+}
+
+/// Strips everything before the inner IP packet (whose Ethernet header
+/// starts at `inner_off`) and sends it out of `ifindex` from `smac` to
+/// `dmac`.
+#[inline(always)]
+pub fn leave(
+    ctx: &XdpContext,
+    inner_off: usize,
+    ifindex: u32,
+    smac: &[u8; 6],
+    dmac: &[u8; 6],
+) -> Result<u32, DropReason> {
     // SAFETY: valid context; pointers are re-derived afterwards.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, inner_off as i32) } != 0 {
         return Err(DropReason::Malformed);
     }
-    if !write(ctx, 0, nh.dmac) || !write(ctx, 6, nh.smac) {
+    if !write(ctx, 0, *dmac) || !write(ctx, 6, *smac) {
         return Err(DropReason::Malformed);
     }
-    Ok(transmit(ctx, nh.ifindex))
+    Ok(transmit(ctx, ifindex))
 }

@@ -4,7 +4,7 @@
 use aya_ebpf::programs::XdpContext;
 use dataplane_common::DropReason;
 
-use crate::maps::{HANDOFF, Handoff, JUMPS};
+use crate::maps::{HANDOFF, JUMPS, Outbound};
 use crate::parse::Flow;
 use crate::uplink::Refused;
 
@@ -27,13 +27,11 @@ pub fn hand_on(
     if let Some(h) = HANDOFF.get_ptr_mut(0) {
         // SAFETY: this CPU's slot; the callee runs on this CPU right after.
         unsafe {
-            *h = Handoff {
-                flow: *flow,
-                tenant,
-                origin,
-                inner_off: inner_off as u32,
-                generation,
-            }
+            (*h).flow = *flow;
+            (*h).tenant = tenant;
+            (*h).origin = origin;
+            (*h).inner_off = inner_off as u32;
+            (*h).generation = generation;
         };
         // SAFETY: valid context and program array.
         unsafe { JUMPS.tail_call(ctx, jump) };
@@ -41,12 +39,47 @@ pub fn hand_on(
     DropReason::NoHandoff.into()
 }
 
+/// The outbound part of the hand-off, for the fabric program to fill in
+/// before it hands a packet to `carwash_snat_out`.
+#[inline(always)]
+pub fn outbound_mut() -> Option<&'static mut Outbound> {
+    // SAFETY: this CPU's slot; the program runs to its tail call without
+    // anything else on this CPU using it.
+    HANDOFF.get_ptr_mut(0).map(|h| unsafe { &mut (*h).out })
+}
+
+/// The outbound part of the hand-off (see [`outbound_mut`]), read in place.
+#[inline(always)]
+pub fn outbound() -> Result<&'static Outbound, DropReason> {
+    // SAFETY: this CPU's slot, written by the caller just before; only read.
+    HANDOFF
+        .get_ptr(0)
+        .map(|h| unsafe { &(*h).out })
+        .ok_or(DropReason::NoHandoff)
+}
+
+/// The common part of a hand-off, copied out of the slot.
+pub struct Taken {
+    pub flow: Flow,
+    pub tenant: u32,
+    pub origin: u32,
+    pub inner_off: u32,
+    pub generation: u32,
+}
+
 /// What the calling program handed on, with its offsets bounded for the
 /// verifier.
 #[inline(always)]
-pub fn take() -> Result<Handoff, DropReason> {
+pub fn take() -> Result<Taken, DropReason> {
     // SAFETY: this CPU's slot, written by the caller just before.
-    let mut h = unsafe { *HANDOFF.get_ptr(0).ok_or(DropReason::NoHandoff)? };
+    let s = unsafe { &*HANDOFF.get_ptr(0).ok_or(DropReason::NoHandoff)? };
+    let mut h = Taken {
+        flow: s.flow,
+        tenant: s.tenant,
+        origin: s.origin,
+        inner_off: s.inner_off,
+        generation: s.generation,
+    };
     if h.flow.l3_off > MAX_OFF || h.flow.l4_off > MAX_OFF || h.inner_off as usize > MAX_OFF {
         return Err(DropReason::Malformed);
     }

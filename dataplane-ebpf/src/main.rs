@@ -40,12 +40,6 @@ pub fn carwash_snat_out(ctx: XdpContext) -> u32 {
     snat_out::run(&ctx)
 }
 
-/// The last step of outbound NAT: tail-called by `carwash_snat_out`.
-#[xdp]
-pub fn carwash_exit(ctx: XdpContext) -> u32 {
-    snat_out::run_exit(&ctx)
-}
-
 /// Replies to egress IPs: tail-called by `carwash_uplink`.
 #[xdp]
 pub fn carwash_snat_in(ctx: XdpContext) -> u32 {

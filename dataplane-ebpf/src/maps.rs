@@ -133,6 +133,28 @@ pub struct Handoff {
     pub inner_off: u32,
     /// The policy generation the packet was looked up in.
     pub generation: u32,
+    /// Fabric to `carwash_snat_out` only: what the outbound translation
+    /// needs of the tenant's record and the route out, so that the
+    /// outbound program looks up neither.
+    pub out: Outbound,
+}
+
+/// The fabric program's findings for an outbound packet.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Outbound {
+    /// The tenant's egress IP of the packet's family, as addresses are
+    /// keyed (meaningless unless `flags` has the family's egress bit).
+    pub egress: [u8; 16],
+    /// The tenant's `TenantInfo::flags`, `allow_slot` and `version`.
+    pub flags: u32,
+    pub allow_slot: u32,
+    pub version: u32,
+    /// The next hop to the destination through the uplink; `ifindex` 0:
+    /// none (no route, or no egress IP to route from).
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
 }
 
 #[map(name = "HANDOFF")]

@@ -9,18 +9,17 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use dataplane_common::{
-    Counter, DropReason, jumps,
+    Counter, DropReason,
     types::{
         CT_ESTABLISHED, CT_FIN, CT_RST, CT_SYN, CT_TOUCH_NS, CtKey, CtValue, HostConfig, MASK_EGRESS, MASK_VPC,
-        SIDE_FABRIC, SNAT_PROBES, TENANT_EGRESS_V4, TENANT_EGRESS_V6, TenantInfo, ct_lifetime,
+        SIDE_FABRIC, SNAT_PROBES, TENANT_EGRESS_V4, TENANT_EGRESS_V6, ct_lifetime,
     },
 };
 
 use crate::counters::{Counters, run_handed};
 use crate::encap::ENCAP_OVERHEAD;
-use crate::fabric::to_internet;
-use crate::handoff::hand_on;
-use crate::maps::{CONNTRACK, CT_SCRATCH, host_config};
+use crate::fabric::leave;
+use crate::maps::{CONNTRACK, CT_SCRATCH, Outbound, host_config};
 use crate::nat::{self, End};
 use crate::packet::{IPPROTO_TCP, IPPROTO_UDP, TCP_FLAG_SYN};
 use crate::parse::Flow;
@@ -35,12 +34,6 @@ const TCP_FLAG_ACK: u8 = 0x10;
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
     run_handed(ctx, SIDE_FABRIC, try_out)
-}
-
-/// `carwash_exit`: a translated outbound packet leaves decapsulated.
-#[inline(always)]
-pub fn run_exit(ctx: &XdpContext) -> u32 {
-    run_handed(ctx, SIDE_FABRIC, try_exit)
 }
 
 /// The `CT_*` bits a TCP segment's flags stand for.
@@ -82,18 +75,17 @@ fn try_out(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, 
     let h = handoff::take()?;
     *tenant = h.tenant;
     let cfg = host_config()?;
+    // The tenant's record and the route, as the fabric program found them.
+    let out = handoff::outbound()?;
     let flow = h.flow;
     let inner_off = h.inner_off as usize;
-    let t = steer::tenant(h.tenant, h.generation)?;
     let (sport, dport) = match flow.proto {
         IPPROTO_TCP | IPPROTO_UDP => (flow.sport, flow.dport),
         _ if nat::is_echo(&flow, true) => (flow.sport, 0),
         _ if flow.later_fragment => (0, 0),
         _ => return Err(DropReason::SnatProtocol.into()),
     };
-    // A reference into the tenant's record: a copy would take 16 bytes
-    // of registers or stack.
-    let egress = if flow.v6 { &t.snat_v6 } else { &t.snat_v4 };
+    let egress = &out.egress;
     let key = nat::key(h.tenant, &flow.src, &flow.dst, sport, dport, flow.proto, flow.v6);
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
@@ -105,17 +97,20 @@ fn try_out(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, 
         // SAFETY: a value of the map, valid for this run (RCU).
         .filter(|v| unsafe { (**v).expires_ns > now && (**v).addr == *egress });
     // SAFETY: as above.
-    if !live.is_some_and(|v| unsafe { (*v).version } == t.version) {
-        if steer::mask(t, &flow.src, flow.v6) & MASK_VPC == 0 {
+    if !live.is_some_and(|v| unsafe { (*v).version } == out.version) {
+        if steer::mask(out.allow_slot, &flow.src, flow.v6) & MASK_VPC == 0 {
             return Err(DropReason::InnerSourceNotAllowed.into());
         }
         let need = if flow.v6 { TENANT_EGRESS_V6 } else { TENANT_EGRESS_V4 };
-        if t.flags & need == 0 {
+        if out.flags & need == 0 {
             return Err(DropReason::NoEgress.into());
         }
-        if steer::mask(t, &flow.dst, flow.v6) & MASK_EGRESS == 0 {
+        if steer::mask(out.allow_slot, &flow.dst, flow.v6) & MASK_EGRESS == 0 {
             return Err(DropReason::EgressNotAllowed.into());
         }
+    }
+    if out.ifindex == 0 {
+        return Err(DropReason::NoRoute.into());
     }
     // A fragment after the first carries no ports: the source address is
     // all there is to translate (the egress IP is the tenant's, whatever
@@ -124,58 +119,27 @@ fn try_out(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, 
         if nat::rewrite_ip(ctx, &flow, End::Src, egress).is_none() {
             return Err(DropReason::Malformed.into());
         }
-        stats.inc(Counter::SnatOut);
-        let mut out = flow;
-        out.src = *egress;
-        return Err(hand_on(
-            ctx,
-            &out,
-            h.generation,
-            h.tenant,
-            h.origin,
-            h.inner_off as usize,
-            jumps::EXIT,
-        ));
-    }
-    let seen = tcp_state(&flow);
-    // SAFETY: as above.
-    let port = match live.and_then(|v| tracked(unsafe { &mut *v }, &key, &flow, t.version, seen, now)) {
-        Some(p) => p,
-        None => {
-            stats.inc(Counter::SnatNewFlow);
-            let origin = h.origin as u8;
-            allocate(&key, &flow, cfg, t, origin, seen, now)?
+    } else {
+        let seen = tcp_state(&flow);
+        // SAFETY: as above.
+        let port = match live.and_then(|v| tracked(unsafe { &mut *v }, &key, &flow, out.version, seen, now)) {
+            Some(p) => p,
+            None => {
+                stats.inc(Counter::SnatNewFlow);
+                allocate(&key, &flow, cfg, out, h.origin as u8, seen, now)?
+            }
+        };
+        if !nat::rewrite(ctx, &flow, End::Src, egress, port) {
+            return Err(DropReason::Malformed.into());
         }
-    };
-    if !nat::rewrite(ctx, &flow, End::Src, egress, port) {
-        return Err(DropReason::Malformed.into());
+        // Replies must fit the fabric once encapsulated: the SYN tells the
+        // other end how large a segment to send.
+        let usable = cfg.fabric_mtu.saturating_sub(ENCAP_OVERHEAD as u16);
+        let ip_hdr = if flow.v6 { 40 } else { 20 };
+        mss::clamp(ctx, &flow, usable.saturating_sub(ip_hdr + 20));
     }
-    // Replies must fit the fabric once encapsulated: the SYN tells the
-    // other end how large a segment to send.
-    let usable = cfg.fabric_mtu.saturating_sub(ENCAP_OVERHEAD as u16);
-    let ip_hdr = if flow.v6 { 40 } else { 20 };
-    mss::clamp(ctx, &flow, usable.saturating_sub(ip_hdr + 20));
     stats.inc(Counter::SnatOut);
-    let mut out = flow;
-    out.src = *egress;
-    Err(hand_on(
-        ctx,
-        &out,
-        h.generation,
-        h.tenant,
-        h.origin,
-        inner_off,
-        jumps::EXIT,
-    ))
-}
-
-/// Strips the tunnel headers and routes the translated packet.
-#[inline(always)]
-fn try_exit(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, Refused> {
-    let h = handoff::take()?;
-    *tenant = h.tenant;
-    let cfg = host_config()?;
-    let action = to_internet(ctx, &h.flow, &h.flow.src, h.inner_off as usize, cfg)?;
+    let action = leave(ctx, inner_off, out.ifindex, &out.smac, &out.dmac)?;
     stats.inc(Counter::Decapsulated);
     Ok(action)
 }
@@ -280,12 +244,12 @@ fn allocate(
     key: &CtKey,
     flow: &Flow,
     cfg: &HostConfig,
-    t: &TenantInfo,
+    out: &Outbound,
     origin: u8,
     seen: u8,
     now: u64,
 ) -> Result<u16, DropReason> {
-    let egress = if flow.v6 { &t.snat_v6 } else { &t.snat_v4 };
+    let egress = &out.egress;
     let lo = cfg.snat_port_lo as u32;
     let hi = cfg.snat_port_hi as u32;
     if lo == 0 || hi < lo {
@@ -302,7 +266,7 @@ fn allocate(
         tenant: key.tenant,
         expires_ns,
         touched_ns: now,
-        version: t.version,
+        version: out.version,
         _pad: 0,
     };
     let mut i = 0;

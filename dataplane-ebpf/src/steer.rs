@@ -72,19 +72,19 @@ pub fn tenant(id: u32, generation: u32) -> Result<&'static TenantInfo, DropReaso
 /// Whether the tenant allows the packet's source for `class`.
 #[inline(always)]
 pub fn allowed(t: &TenantInfo, flow: &Flow, class: u8) -> bool {
-    mask(t, &flow.src, flow.v6) & (1 << class) != 0
+    mask(t.allow_slot, &flow.src, flow.v6) & (1 << class) != 0
 }
 
-/// The tenant's mask for `addr`: the classes a source there may use
+/// The mask for `addr` in the tenant's tries (slot `allow_slot`): the classes a source there may use
 /// (`1 << CLASS_*`), `MASK_VPC` inside its VPC, `MASK_EGRESS` where it may
 /// send to; 0 when no prefix covers it.
 #[inline(always)]
-pub fn mask(t: &TenantInfo, addr: &[u8; 16], v6: bool) -> u32 {
+pub fn mask(allow_slot: u32, addr: &[u8; 16], v6: bool) -> u32 {
     let m = if v6 {
-        ALLOW_V6.get_value_ptr_mut(t.allow_slot, &Key::new(128, *addr))
+        ALLOW_V6.get_value_ptr_mut(allow_slot, &Key::new(128, *addr))
     } else {
         let a4 = [addr[0], addr[1], addr[2], addr[3]];
-        ALLOW_V4.get_value_ptr_mut(t.allow_slot, &Key::new(32, a4))
+        ALLOW_V4.get_value_ptr_mut(allow_slot, &Key::new(32, a4))
     };
     match m {
         // SAFETY: a value of the trie, read once.

@@ -21,7 +21,7 @@ pub use drop::DropReason;
 
 /// Version of the map layout. A new binary refuses to adopt pinned maps of
 /// another version instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Names of the programs in the eBPF object, as userspace looks them up.
 pub mod programs {
@@ -47,8 +47,6 @@ pub mod programs {
     pub const SNAT_ICMP: &str = "carwash_snat_icmp";
     /// Encapsulates a translated reply to the machine that opened the flow.
     pub const DELIVER: &str = "carwash_deliver";
-    /// Sends a translated outbound packet, decapsulated, to the internet.
-    pub const EXIT: &str = "carwash_exit";
     /// Answers a reply to an egress IP that would not fit the fabric.
     pub const TOO_BIG: &str = "carwash_too_big";
     /// Every program tail-called through `JUMPS`, with its slot.
@@ -58,7 +56,6 @@ pub mod programs {
         (FABRIC, crate::jumps::FABRIC),
         (SNAT_ICMP, crate::jumps::SNAT_ICMP),
         (DELIVER, crate::jumps::DELIVER),
-        (EXIT, crate::jumps::EXIT),
         (TOO_BIG, crate::jumps::TOO_BIG),
     ];
 }
@@ -71,9 +68,8 @@ pub mod jumps {
     pub const FABRIC: u32 = 2;
     pub const SNAT_ICMP: u32 = 3;
     pub const DELIVER: u32 = 4;
-    pub const EXIT: u32 = 5;
-    pub const TOO_BIG: u32 = 6;
-    pub const COUNT: u32 = 7;
+    pub const TOO_BIG: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Names of the maps in the eBPF object; also their file names under the pin
