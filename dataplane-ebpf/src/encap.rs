@@ -36,24 +36,35 @@ pub struct NextHop {
     pub dmac: [u8; 6],
 }
 
+/// The next hop to a backend's `vtep` from its slot `hop` of the backend
+/// next-hop array, if the slot holds it and is fresh at `now`.
+#[inline(always)]
+pub fn cached_hop(vtep: [u8; 4], hop: u32, now: u64) -> Option<NextHop> {
+    // SAFETY: an array slot, valid for the program's run. Another CPU may
+    // refresh it at the same time with the same values.
+    let cached = unsafe { *BACKEND_HOPS.get_ptr(hop)? };
+    if cached.vtep == vtep && now < cached.expires_ns {
+        Some(NextHop {
+            ifindex: cached.ifindex,
+            smac: cached.smac,
+            dmac: cached.dmac,
+        })
+    } else {
+        None
+    }
+}
+
 /// The next hop to a backend's `vtep`: from its slot `hop` of the backend
 /// next-hop array while fresh, else from the kernel's FIB (and neighbour
 /// table), refreshing the slot.
 #[inline(always)]
 pub fn next_hop(ctx: &XdpContext, cfg: &HostConfig, vtep: [u8; 4], hop: u32) -> Result<NextHop, DropReason> {
-    let slot = BACKEND_HOPS.get_ptr_mut(hop).ok_or(DropReason::NoRoute)?;
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    // SAFETY: an array slot, valid for the program's run. Another CPU may
-    // refresh it at the same time with the same values.
-    let cached = unsafe { *slot };
-    if cached.vtep == vtep && now < cached.expires_ns {
-        return Ok(NextHop {
-            ifindex: cached.ifindex,
-            smac: cached.smac,
-            dmac: cached.dmac,
-        });
+    if let Some(nh) = cached_hop(vtep, hop, now) {
+        return Ok(nh);
     }
+    let slot = BACKEND_HOPS.get_ptr_mut(hop).ok_or(DropReason::NoRoute)?;
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
     src[..4].copy_from_slice(&cfg.vtep);
@@ -69,7 +80,7 @@ pub fn next_hop(ctx: &XdpContext, cfg: &HostConfig, vtep: [u8; 4], hop: u32) -> 
     if !fib(&q, &mut nh) {
         return Err(DropReason::NoRoute);
     }
-    // SAFETY: as above.
+    // SAFETY: as in `cached_hop`.
     unsafe {
         *slot = BackendHop {
             vtep,
@@ -200,6 +211,20 @@ pub fn encapsulate(
     hash: u32,
 ) -> Result<u32, DropReason> {
     let nh = next_hop(ctx, cfg, backend.vtep, hop)?;
+    encapsulate_via(ctx, flow, cfg, vni, backend, &nh, hash)
+}
+
+/// [`encapsulate`] through a next hop already known.
+#[inline(always)]
+pub fn encapsulate_via(
+    ctx: &XdpContext,
+    flow: &Flow,
+    cfg: &HostConfig,
+    vni: u32,
+    backend: &BackendEntry,
+    nh: &NextHop,
+    hash: u32,
+) -> Result<u32, DropReason> {
     let ip_len = frame_len(ctx) - flow.l3_off;
     // The inner frame keeps no VLAN tags: replace whatever L2 header came
     // in by the tunnel headers and a fresh inner Ethernet header.

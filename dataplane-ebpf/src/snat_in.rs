@@ -10,7 +10,7 @@ use dataplane_common::{
 };
 
 use crate::counters::{Counters, run_handed};
-use crate::encap::{ENCAP_OVERHEAD, encapsulate};
+use crate::encap::{ENCAP_OVERHEAD, cached_hop, encapsulate, encapsulate_via};
 use crate::handoff::hand_on;
 use crate::maps::{CONNTRACK, host_config};
 use crate::nat::{self, Delta, End};
@@ -79,7 +79,16 @@ fn try_reply(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32
     }
     stats.inc(Counter::SnatReply);
     let (tenant, origin) = (v.tenant, v.origin as u32);
-    Err(hand_on(ctx, &flow, h.generation, tenant, origin, 0, jumps::DELIVER))
+    // The machine's next hop is mostly cached: then the packet leaves from
+    // here. A stale cache means a FIB lookup, for which this program's
+    // stack has no room: `carwash_deliver` does it.
+    let t = steer::tenant(tenant, h.generation)?;
+    let slot = origin & 3;
+    let machine = steer::machine(t, slot)?;
+    match cached_hop(machine.vtep, tenant * HOPS_PER_TENANT + slot, now) {
+        Some(nh) => Ok(encapsulate_via(ctx, &flow, cfg, t.vni, &machine, &nh, flow.hash())?),
+        None => Err(hand_on(ctx, &flow, h.generation, tenant, origin, 0, jumps::DELIVER)),
+    }
 }
 
 /// The live tracking entry of a reply, brought up to date.
