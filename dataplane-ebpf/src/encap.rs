@@ -104,18 +104,16 @@ pub struct RouteQuery<'a> {
     pub dst: &'a [u8; 16],
 }
 
-/// The next hop to any destination, from the LRU cache while it is fresh,
-/// else from the FIB.
+/// The next hop to any destination, from the LRU cache while it is fresh
+/// at `now` (`bpf_ktime_get_coarse_ns`), else from the FIB.
 #[inline(always)]
-pub fn route(q: &RouteQuery) -> Result<NextHop, DropReason> {
+pub fn route(q: &RouteQuery, now: u64) -> Result<NextHop, DropReason> {
     let key = NextHopKey {
         ifindex: q.ifindex,
         family: q.v6 as u8,
         _pad: [0; 3],
         addr: *q.dst,
     };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: copied out at once.
     if let Some(e) = unsafe { NEXT_HOPS.get(&key) }
         && now < e.expires_ns

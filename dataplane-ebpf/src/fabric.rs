@@ -3,7 +3,11 @@
 //! VTEPs; the inner frame is then a reply from one of the tenant's VIPs,
 //! which leaves decapsulated for the internet. Everything that is not VXLAN
 //! to this host's VTEP passes to the host stack untouched.
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_xdp_adjust_head},
+    programs::XdpContext,
+};
 use aya_log_ebpf::debug;
 use dataplane_common::{
     Counter, DropReason, jumps,
@@ -144,14 +148,20 @@ fn outbound(ctx: &XdpContext, t: &TenantInfo, inner: &Flow, cfg: &HostConfig, ou
     out.allow_slot = t.allow_slot;
     out.version = t.version;
     out.ifindex = 0;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    out.now = now;
     if t.flags & need != 0
-        && let Ok(nh) = route(&RouteQuery {
-            ctx,
-            ifindex: cfg.uplink_ifindex,
-            v6: inner.v6,
-            src: egress,
-            dst: &inner.dst,
-        })
+        && let Ok(nh) = route(
+            &RouteQuery {
+                ctx,
+                ifindex: cfg.uplink_ifindex,
+                v6: inner.v6,
+                src: egress,
+                dst: &inner.dst,
+            },
+            now,
+        )
     {
         out.ifindex = nh.ifindex;
         out.smac = nh.smac;
@@ -169,13 +179,18 @@ pub fn to_internet(
     inner_off: usize,
     cfg: &HostConfig,
 ) -> Result<u32, DropReason> {
-    let nh = route(&RouteQuery {
-        ctx,
-        ifindex: cfg.uplink_ifindex,
-        v6: inner.v6,
-        src,
-        dst: &inner.dst,
-    })?;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let nh = route(
+        &RouteQuery {
+            ctx,
+            ifindex: cfg.uplink_ifindex,
+            v6: inner.v6,
+            src,
+            dst: &inner.dst,
+        },
+        now,
+    )?;
     leave(ctx, inner_off, nh.ifindex, &nh.smac, &nh.dmac)
 }
 

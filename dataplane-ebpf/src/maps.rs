@@ -155,6 +155,8 @@ pub struct Outbound {
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
+    /// `bpf_ktime_get_coarse_ns` as the fabric program read it.
+    pub now: u64,
 }
 
 #[map(name = "HANDOFF")]
@@ -171,9 +173,14 @@ pub static FIB_PARAMS: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> = PerCpuA
 #[derive(Clone, Copy)]
 pub struct CtScratch {
     pub key: CtKey,
-    pub _pad: u32,
+    /// Tracking entries this CPU inserted in the current epoch.
+    pub inserts: u32,
     pub value: CtValue,
 }
+
+/// The tracking epoch (`HostConfig::ct_epoch_inserts`).
+#[map(name = "CT_EPOCH")]
+pub static CT_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map(name = "CT_SCRATCH")]
 pub static CT_SCRATCH: PerCpuArray<CtScratch> = PerCpuArray::with_max_entries(1, 0);
