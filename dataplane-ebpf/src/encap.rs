@@ -4,7 +4,7 @@
 //! VNI, inner Ethernet to the backend's MAC from the router MAC.
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
-    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
 use dataplane_common::{
@@ -13,6 +13,7 @@ use dataplane_common::{
     types::{BackendEntry, BackendHop, HostConfig, NEXT_HOP_TTL_NS, NextHopEntry, NextHopKey, VXLAN_PORT},
 };
 
+use crate::clock;
 use crate::maps::{BACKEND_HOPS, FIB_PARAMS, NEXT_HOPS, UNRESOLVED};
 use crate::packet::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, frame_len, ptr_at_mut};
 use crate::parse::Flow;
@@ -59,8 +60,7 @@ pub fn cached_hop(vtep: [u8; 4], hop: u32, now: u64) -> Option<NextHop> {
 /// table), refreshing the slot.
 #[inline(always)]
 pub fn next_hop(ctx: &XdpContext, cfg: &HostConfig, vtep: [u8; 4], hop: u32) -> Result<NextHop, DropReason> {
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = clock::now(cfg);
     if let Some(nh) = cached_hop(vtep, hop, now) {
         return Ok(nh);
     }

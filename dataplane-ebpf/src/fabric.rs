@@ -3,11 +3,7 @@
 //! VTEPs; the inner frame is then a reply from one of the tenant's VIPs,
 //! which leaves decapsulated for the internet. Everything that is not VXLAN
 //! to this host's VTEP passes to the host stack untouched.
-use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::{bpf_ktime_get_coarse_ns, bpf_xdp_adjust_head},
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use aya_log_ebpf::debug;
 use dataplane_common::{
     Counter, DropReason, jumps,
@@ -17,6 +13,7 @@ use dataplane_common::{
     },
 };
 
+use crate::clock;
 use crate::counters::{Counters, tenant_dropped, tenant_steered};
 use crate::encap::{RouteQuery, route, transmit};
 use crate::handoff::{self, hand_on};
@@ -148,8 +145,7 @@ fn outbound(ctx: &XdpContext, t: &TenantInfo, inner: &Flow, cfg: &HostConfig, ou
     out.allow_slot = t.allow_slot;
     out.version = t.version;
     out.ifindex = 0;
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = clock::now(cfg);
     out.now = now;
     if t.flags & need != 0
         && let Ok(nh) = route(
@@ -179,8 +175,7 @@ pub fn to_internet(
     inner_off: usize,
     cfg: &HostConfig,
 ) -> Result<u32, DropReason> {
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = clock::now(cfg);
     let nh = route(
         &RouteQuery {
             ctx,

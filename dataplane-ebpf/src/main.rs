@@ -5,6 +5,7 @@
 #![feature(asm_experimental_arch)]
 
 mod bench;
+mod clock;
 mod counters;
 mod encap;
 mod fabric;
@@ -63,6 +64,12 @@ pub fn carwash_too_big(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn carwash_deliver(ctx: XdpContext) -> u32 {
     snat_in::run_deliver(&ctx)
+}
+
+/// The kernel's tick counter, for the agent (never attached).
+#[xdp]
+pub fn carwash_clock(ctx: XdpContext) -> u32 {
+    clock::report(&ctx)
 }
 
 /// The yardstick for benchmarks: the cheapest program XDP can run.

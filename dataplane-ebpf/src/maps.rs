@@ -155,7 +155,7 @@ pub struct Outbound {
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
-    /// `bpf_ktime_get_coarse_ns` as the fabric program read it.
+    /// carwash's clock (`crate::clock`) as the fabric program read it.
     pub now: u64,
 }
 

@@ -3,12 +3,13 @@
 //! translated back and encapsulated to the machine that opened the flow; an
 //! ICMP error about a tracked flow is translated too, outer and embedded
 //! headers, and follows the flow; anything else is dropped.
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use dataplane_common::{
     Counter, DropReason, jumps,
     types::{CT_REPLY, CtKey, CtValue, HOPS_PER_TENANT, SIDE_UPLINK},
 };
 
+use crate::clock;
 use crate::counters::{Counters, run_handed};
 use crate::encap::{ENCAP_OVERHEAD, cached_hop, encapsulate, encapsulate_via};
 use crate::handoff::hand_on;
@@ -65,8 +66,7 @@ fn try_reply(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32
         _ => return Err(DropReason::NoConntrack.into()),
     };
     let key = nat::key(0, &flow.src, &flow.dst, sport, dport, flow.proto, flow.v6);
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = clock::now(cfg);
     let v = reply_entry(&key, &flow, owner, now, cfg.ct_epoch_inserts)?;
     let usable = cfg.fabric_mtu.saturating_sub(ENCAP_OVERHEAD as u16);
     // Checked before the rewrite: the answer quotes the packet as sent.
@@ -214,8 +214,7 @@ fn try_icmp_error(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Resul
     let q_proto = key.proto;
     // SAFETY: a value of the map, valid for this run (RCU).
     let v = unsafe { CONNTRACK.get(&key) }.ok_or(DropReason::NoConntrack)?;
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = clock::now(cfg);
     if v.expires_ns <= now || v.tenant != owner {
         return Err(DropReason::NoConntrack.into());
     }

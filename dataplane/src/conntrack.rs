@@ -17,15 +17,54 @@ use dataplane_common::types::{CT_ESTABLISHED, CT_FIN, CT_REPLY, CT_RST, CT_SYN, 
 use crate::Dataplane;
 use dataplane_common::maps;
 
-/// Now on the clock the programs use (`bpf_ktime_get_coarse_ns`:
-/// CLOCK_MONOTONIC_COARSE, a few milliseconds of resolution, which is
-/// plenty for lifetimes of seconds and costs the data path less), in
-/// nanoseconds.
+/// Now on carwash's clock, in nanoseconds: the kernel's tick counter times
+/// the tick length, which the programs read as `bpf_jiffies64` and
+/// userspace as `times(2)` (the same counter in steps of 10 ms; see
+/// `HostConfig::ns_per_tick`).
 pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    clock_ticks() * (1_000_000_000 / user_hz())
+}
+
+/// `times(2)`: the kernel's tick counter in `USER_HZ` units.
+pub fn clock_ticks() -> u64 {
+    let mut t = libc::tms {
+        tms_utime: 0,
+        tms_stime: 0,
+        tms_cutime: 0,
+        tms_cstime: 0,
+    };
+    // SAFETY: valid pointer to a tms.
+    unsafe { libc::times(&mut t) as u64 }
+}
+
+/// `USER_HZ`: 100 on every Linux architecture carwash runs on.
+fn user_hz() -> u64 {
+    // SAFETY: plain libc call.
+    match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        n if n > 0 => n as u64,
+        _ => 100,
+    }
+}
+
+/// The kernel's tick length in nanoseconds, from its tick counter as the
+/// programs read it (`ticks`, read between the `times(2)` readings
+/// `before` and `after`): `times(2)` is that counter scaled to `USER_HZ`.
+/// Snapped to the tick of a `CONFIG_HZ` the kernel offers.
+pub fn tick_ns(ticks: u64, before: u64, after: u64) -> anyhow::Result<u32> {
+    anyhow::ensure!(
+        ticks > 0 && before > 0 && after >= before,
+        "no clock readings ({ticks}, {before}, {after})"
+    );
+    let per_user_tick = 1_000_000_000 / user_hz();
+    let mid = (before + after) as f64 / 2.0 * per_user_tick as f64;
+    let measured = mid / ticks as f64;
+    // TICK_NSEC of HZ = 100, 250, 300, 1000.
+    for tick in [10_000_000u32, 4_000_000, 3_333_333, 1_000_000] {
+        if (measured / tick as f64 - 1.0).abs() < 0.01 {
+            return Ok(tick);
+        }
+    }
+    anyhow::bail!("the kernel's tick is {measured:.0} ns long, which is no CONFIG_HZ carwash knows")
 }
 
 /// An address of a key or value as an `IpAddr`.
@@ -263,3 +302,44 @@ impl Dataplane {
 /// new flow writes its two entries one after the other, and a reply entry
 /// claims its port before the outbound entry exists.
 pub const ORPHAN_GRACE_NS: u64 = 2_000_000_000;
+
+#[cfg(test)]
+mod clock_tests {
+    use super::tick_ns;
+
+    /// `times(2)` as the kernel computes it from its tick counter, for a
+    /// tick of `tick` ns (`USER_HZ` = 100).
+    fn user_ticks(ticks: u64, tick: u64) -> u64 {
+        ticks * tick / 10_000_000
+    }
+
+    #[test]
+    fn the_tick_of_every_common_hz_is_recognised() {
+        // The counter starts 300 s before wrapping 32 bits.
+        for (hz, tick) in [
+            (100, 10_000_000u64),
+            (250, 4_000_000),
+            (300, 3_333_333),
+            (1000, 1_000_000),
+        ] {
+            for uptime_s in [1u64, 600, 86_400 * 400] {
+                let ticks = (1u64 << 32) - 300 * hz + uptime_s * hz;
+                let t = user_ticks(ticks, tick);
+                assert_eq!(
+                    tick_ns(ticks, t, t).unwrap() as u64,
+                    tick,
+                    "HZ {hz}, uptime {uptime_s} s"
+                );
+                assert_eq!(tick_ns(ticks, t - 1, t + 1).unwrap() as u64, tick);
+            }
+        }
+    }
+
+    #[test]
+    fn readings_that_fit_no_hz_are_refused() {
+        let ticks = 5_000_000_000u64;
+        assert!(tick_ns(ticks, ticks / 7, ticks / 7).is_err());
+        assert!(tick_ns(0, 1, 1).is_err());
+        assert!(tick_ns(ticks, 5, 4).is_err());
+    }
+}

@@ -2,8 +2,8 @@
 //! running them on packets (`BPF_PROG_TEST_RUN`).
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
 use anyhow::{Context, Result, anyhow};
+use anyhow::{bail, ensure};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray},
@@ -70,6 +70,7 @@ fn all_programs() -> Vec<&'static str> {
         programs::BENCH_PASS,
         programs::BENCH_RESTORE_FABRIC,
         programs::BENCH_RESTORE_PASS,
+        programs::CLOCK,
     ];
     for (name, _) in programs::JUMPED {
         if !all.contains(name) {
@@ -251,6 +252,21 @@ impl Dataplane {
         self.xdp(name)?
             .test_run(opts)
             .with_context(|| format!("test run of {name}"))
+    }
+
+    /// The kernel's tick length in nanoseconds (see
+    /// `HostConfig::ns_per_tick`), from the tick counter as the programs
+    /// read it.
+    pub fn kernel_tick_ns(&self) -> Result<u32> {
+        let frame = [0u8; 64];
+        let mut out = [0u8; 64];
+        let before = crate::conntrack::clock_ticks();
+        let r = self.test_run(programs::CLOCK, &frame, Some(&mut out), 1)?;
+        let after = crate::conntrack::clock_ticks();
+        ensure!(r.return_value == 2, "{}: verdict {}", programs::CLOCK, r.return_value);
+        let mut ticks = [0u8; 8];
+        ticks.copy_from_slice(&out[..8]);
+        crate::conntrack::tick_ns(u64::from_ne_bytes(ticks), before, after)
     }
 
     /// Benchmarks only: the frame the `carwash_bench_restore_*` programs

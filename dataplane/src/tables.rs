@@ -233,6 +233,7 @@ impl Dataplane {
             _ => bail!("{} is not an LRU hash map", maps::CONNTRACK),
         };
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting the CPUs")? as u32;
+        let ns_per_tick = self.kernel_tick_ns().context("measuring the kernel's tick")?;
         let mut cfg: aya::maps::Array<_, HostConfig> = aya::maps::Array::try_from(self.map_mut(maps::CONFIG)?)?;
         cfg.set(
             0,
@@ -247,6 +248,7 @@ impl Dataplane {
                 snat_port_lo: p.snat_ports.0,
                 snat_port_hi: p.snat_ports.1,
                 ct_epoch_inserts: ct_epoch_inserts(ct_entries, cpus),
+                ns_per_tick,
             },
             0,
         )?;

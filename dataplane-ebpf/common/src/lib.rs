@@ -37,6 +37,9 @@ pub mod programs {
     pub const BENCH_RESTORE_FABRIC: &str = "carwash_bench_restore_fabric";
     /// Benchmarks only (live frames): the same, then XDP_PASS.
     pub const BENCH_RESTORE_PASS: &str = "carwash_bench_restore_pass";
+    /// Never attached: writes the kernel's tick counter over the first
+    /// eight bytes of the packet, for the agent to learn the tick length.
+    pub const CLOCK: &str = "carwash_clock";
     /// Outbound source NAT (path 3), tail-called by the fabric program.
     pub const SNAT_OUT: &str = "carwash_snat_out";
     /// Replies to egress IPs and ICMP errors about them (path 4),

@@ -226,7 +226,8 @@ pub struct NextHopEntry {
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
-    /// `bpf_ktime_get_coarse_ns` after which the entry is looked up anew.
+    /// carwash's clock (`HostConfig::ns_per_tick`) after which the entry is
+    /// looked up anew.
     pub expires_ns: u64,
 }
 
@@ -272,6 +273,11 @@ pub struct HostConfig {
     /// Tracking entries each CPU inserts before it advances the tracking
     /// epoch: [`ct_epoch_inserts`] of the table's size and the CPUs.
     pub ct_epoch_inserts: u32,
+    /// The length of a kernel tick in nanoseconds (1e9 / `CONFIG_HZ`).
+    /// carwash's clock, in nanoseconds, is the kernel's tick counter times
+    /// this: one load for the programs (`bpf_jiffies64`), the very timeline
+    /// `times(2)` reads in userspace (in steps of 10 ms).
+    pub ns_per_tick: u32,
 }
 
 /// A busy direction of a tracked flow looks up the other direction at
@@ -366,7 +372,7 @@ pub struct CtValue {
     pub state: u8,
     /// The flow's tenant (both directions).
     pub tenant: u32,
-    /// `bpf_ktime_get_coarse_ns` after which the entry is dead (data path) and
+    /// carwash's clock (`HostConfig::ns_per_tick`) after which the entry is dead (data path) and
     /// reclaimed (agent).
     pub expires_ns: u64,
     /// When this direction last pushed out the other direction's expiry.
@@ -467,7 +473,7 @@ mod tests {
         assert_eq!(size_of::<BackendEntry>(), 12);
         assert_eq!(size_of::<TenantInfo>(), 20 + 4 * 12 + 32 + 256);
         assert_eq!(align_of::<TenantInfo>(), 4);
-        assert_eq!(size_of::<HostConfig>(), 32);
+        assert_eq!(size_of::<HostConfig>(), 40);
         assert_eq!(size_of::<CtKey>(), 44);
         assert_eq!(size_of::<CtValue>(), 48);
         assert_eq!(size_of::<TenantName>(), 36);
