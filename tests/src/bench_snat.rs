@@ -550,7 +550,7 @@ fn live_frames(dp: &mut Dataplane, fab: &FabricNs, acme: &Tenant) -> Result<()> 
     println!("| path (64-byte UDP inside VXLAN, one established flow) | ns/frame, best | median | Mpps, best |");
     println!("| --- | ---: | ---: | ---: |");
     println!(
-        "| carwash: restore, fabric → snat_out → exit, redirect to uplink | {cb:.0} | {cm:.0} | {:.2} |",
+        "| carwash: restore, fabric → snat_out, redirect to uplink | {cb:.0} | {cm:.0} | {:.2} |",
         1e3 / cb
     );
     println!(
