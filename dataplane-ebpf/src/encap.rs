@@ -105,7 +105,7 @@ pub struct RouteQuery<'a> {
 }
 
 /// The next hop to any destination, from the LRU cache while it is fresh
-/// at `now` (`bpf_ktime_get_coarse_ns`), else from the FIB.
+/// at `now` (carwash's clock, `crate::clock`), else from the FIB.
 #[inline(always)]
 pub fn route(q: &RouteQuery, now: u64) -> Result<NextHop, DropReason> {
     let key = NextHopKey {

@@ -2,8 +2,8 @@
 //! it as flows (an outbound key and its reply key make one flow), and
 //! reclaiming what the data path already treats as dead.
 //!
-//! The programs expire entries by their own clock (`bpf_ktime_get_coarse_ns`, the
-//! monotonic clock) and never reuse a port whose reply entry is still
+//! The programs expire entries by carwash's clock (the kernel's tick
+//! counter times the tick length: [`now_ns`]) and never reuse a port whose reply entry is still
 //! there, expired or not; the agent reclaims expired flows (both
 //! directions at once, as soon as either has expired), entries whose twin
 //! is gone, and the flows of tenants that no longer exist.
