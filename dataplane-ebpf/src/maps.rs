@@ -110,7 +110,7 @@ pub static ALLOW_V6: ArrayOfMaps<
 /// the agent from `conntrack.max_entries`; a full table evicts its least
 /// recently used entries.
 #[map(name = "CONNTRACK")]
-pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(262_144, 0);
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(262_145, 0);
 
 /// Where a program hands a packet on (`dataplane_common::jumps`): a tail
 /// call starts the next program with a fresh stack and a fresh verifier

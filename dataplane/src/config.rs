@@ -53,7 +53,9 @@ pub struct ConntrackConfig {
 
 impl Default for ConntrackConfig {
     fn default() -> Self {
-        ConntrackConfig { max_entries: 262144 }
+        ConntrackConfig {
+            max_entries: crate::loader::DEFAULT_CONNTRACK_ENTRIES,
+        }
     }
 }
 
@@ -146,7 +148,7 @@ mod tests {
         assert_eq!(c.fabric(), "eth0");
         assert_eq!(c.pin_path, PathBuf::from("/sys/fs/bpf/carwash"));
         assert_eq!(c.snat.ports().unwrap(), (20000, 59999));
-        assert_eq!(c.conntrack.max_entries, 262144);
+        assert_eq!(c.conntrack.max_entries, 262_145);
         assert_eq!(c.metrics_addr().unwrap(), Some("127.0.0.1:9464".parse().unwrap()));
     }
 

@@ -25,7 +25,7 @@ use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
 use carwash_policy::Tenant;
 use dataplane::Dataplane;
 use dataplane::conntrack::{now_ns, reply_key_of};
-use dataplane::loader::map_pin;
+use dataplane::loader::{DEFAULT_CONNTRACK_ENTRIES, map_pin};
 use dataplane_common::hash::flow_hash;
 use dataplane_common::types::{CT_ESTABLISHED, CT_REPLY, CtKey, CtValue, FAMILY_V4, SIDE_FABRIC, SIDE_UPLINK};
 use dataplane_common::{Counter, DropReason, maps, programs};
@@ -39,7 +39,10 @@ use crate::outbound::{ACME_EGRESS4, ACME_VM4, PARTNER4, first_port, from_machine
 use crate::packets::{syn_with_mss, tcp4, udp4};
 
 /// The tracking table's size: the default `[conntrack] max_entries`.
-pub const CT_ENTRIES: u32 = 262_144;
+pub const CT_ENTRIES: u32 = DEFAULT_CONNTRACK_ENTRIES;
+/// For comparison: a table of a power of two of entries, which the kernel
+/// gives as many hash buckets as entries (half as many as the default).
+const POW2_ENTRIES: u32 = 1 << 18;
 const RUNS: u32 = 100_000;
 const ROUNDS: usize = 5;
 /// New flows measured between two clean-ups of the table.
@@ -77,6 +80,7 @@ pub fn run() -> Result<()> {
     let mut ct = conntrack(pins.path())?;
 
     ns_per_packet_figures(&dp, &mut ct, &fab, acme)?;
+    power_of_two_table(&fab, &ts)?;
     live_frames(&mut dp, &fab, acme)?;
     Ok(())
 }
@@ -143,6 +147,55 @@ fn fill(ct: &mut HashMap<MapData, CtKey, CtValue>, from: u32, to: u32) -> Result
             ct.insert(k, v, 0).context("writing a synthetic flow")?;
         }
     }
+    Ok(())
+}
+
+/// Synthetic flows that fill a table of `size` entries to `pct` percent.
+fn flows_at(size: u32, pct: u32) -> u32 {
+    (size as u64 * pct as u64 / 100 / 2) as u32
+}
+
+/// The new-flow figure again, in a table of `POW2_ENTRIES` entries: what
+/// the default's one entry above a power of two buys (see
+/// `DEFAULT_CONNTRACK_ENTRIES`), in the same run.
+fn power_of_two_table(fab: &FabricNs, ts: &[Tenant]) -> Result<()> {
+    let acme = &ts[0];
+    let pins = PinDir::new()?;
+    let mut dp = Dataplane::load_with(Some(pins.path()), POW2_ENTRIES)?;
+    dp.set_host(&fab.host_params())?;
+    for (i, t) in ts.iter().enumerate() {
+        dp.install_tenant(i as u32 + 1, t)?;
+    }
+    let mut ct = conntrack(pins.path())?;
+    let probe = from_machine(
+        acme,
+        &acme.connectors[0],
+        &tcp4(ACME_VM4, PARTNER4, 40000, 443, PAYLOAD),
+    );
+    let (mut filled, mut next) = (0, 0);
+    let mut ratios = Vec::new();
+    for fill_pct in FILLS {
+        let want = flows_at(POW2_ENTRIES, fill_pct);
+        fill(&mut ct, filled, want)?;
+        filled = want;
+        let (base, new) = fab.ns.enter(|| -> Result<_> {
+            let base = ns_per_packet(&dp, programs::BENCH_PASS, &probe, XDP_PASS, RUNS, ROUNDS)?;
+            Ok((base, ns_new_flows(&dp, &mut ct, acme, &mut next)?))
+        })??;
+        let n = entries(&ct);
+        ensure!(
+            n == 2 * filled as usize,
+            "the {POW2_ENTRIES}-entry table holds {n} entries, not the {} measured at",
+            2 * filled
+        );
+        ratios.push((new, new / base));
+    }
+    let ((a, ra), (b, rb)) = (ratios[0], ratios[1]);
+    println!(
+        "| for comparison: first packet of a new flow, table of {POW2_ENTRIES} entries (2^18, as many buckets as entries) | \
+         {a:.1} ns, {ra:.2}× | {b:.1} ns, {rb:.2}× | {:.2} | |",
+        rb / ra
+    );
     Ok(())
 }
 
@@ -265,7 +318,7 @@ fn ns_per_packet_figures(
     let mut next_new = 0u32;
     for fill_pct in FILLS {
         // Entries to reach, the measured flow's two included.
-        let want_flows = (CT_ENTRIES as u64 * fill_pct as u64 / 100 / 2) as u32 - 1;
+        let want_flows = flows_at(CT_ENTRIES, fill_pct) - 1;
         fill(ct, filled, want_flows)?;
         filled = want_flows;
         let (baseline, est, new, rep, vip) = fab.ns.enter(|| -> Result<_> {
