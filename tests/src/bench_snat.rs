@@ -72,17 +72,29 @@ pub fn run() -> Result<()> {
     let acme = &ts[0];
     let fab = FabricNs::new(&ts)?;
     let pins = PinDir::new()?;
-    let mut dp = Dataplane::load_with(Some(pins.path()), CT_ENTRIES)?;
-    dp.set_host(&fab.host_params())?;
-    for (i, t) in ts.iter().enumerate() {
-        dp.install_tenant(i as u32 + 1, t)?;
-    }
-    let mut ct = conntrack(pins.path())?;
+    let (mut dp, mut ct) = load(&pins, CT_ENTRIES, &fab, &ts)?;
 
     ns_per_packet_figures(&dp, &mut ct, &fab, acme)?;
     power_of_two_table(&fab, &ts)?;
     live_frames(&mut dp, &fab, acme)?;
     Ok(())
+}
+
+/// The programs with a tracking table of `entries`, pinned in `pins`, set
+/// up for `fab` with the tenants `ts`; and the table, for writing from
+/// userspace.
+fn load(
+    pins: &PinDir,
+    entries: u32,
+    fab: &FabricNs,
+    ts: &[Tenant],
+) -> Result<(Dataplane, HashMap<MapData, CtKey, CtValue>)> {
+    let mut dp = Dataplane::load_with(Some(pins.path()), entries)?;
+    dp.set_host(&fab.host_params())?;
+    for (i, t) in ts.iter().enumerate() {
+        dp.install_tenant(i as u32 + 1, t)?;
+    }
+    Ok((dp, conntrack(pins.path())?))
 }
 
 /// The pinned tracking table, for writing from userspace.
@@ -161,12 +173,7 @@ fn flows_at(size: u32, pct: u32) -> u32 {
 fn power_of_two_table(fab: &FabricNs, ts: &[Tenant]) -> Result<()> {
     let acme = &ts[0];
     let pins = PinDir::new()?;
-    let mut dp = Dataplane::load_with(Some(pins.path()), POW2_ENTRIES)?;
-    dp.set_host(&fab.host_params())?;
-    for (i, t) in ts.iter().enumerate() {
-        dp.install_tenant(i as u32 + 1, t)?;
-    }
-    let mut ct = conntrack(pins.path())?;
+    let (dp, mut ct) = load(&pins, POW2_ENTRIES, fab, ts)?;
     let probe = from_machine(
         acme,
         &acme.connectors[0],
