@@ -11,9 +11,10 @@ use dataplane_common::{
     hash::ADDR_FILTER_WORDS,
     jumps,
     types::{
-        AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendHop, CtKey, CtValue, GENERATIONS, HOPS_PER_TENANT,
-        HostConfig, MAX_ADDRS, MAX_ALLOW_PREFIXES, MAX_ALLOW_SLOTS, MAX_NEXT_HOPS, MAX_SERVICES, MAX_TENANTS, Meta,
-        NextHopEntry, NextHopKey, SIDES, ServiceKey, ServiceValue, TenantInfo, TenantName, TenantStats,
+        AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendHop, CT_DEFAULT_ENTRIES, CtKey, CtValue, GENERATIONS,
+        HOPS_PER_TENANT, HostConfig, MAX_ADDRS, MAX_ALLOW_PREFIXES, MAX_ALLOW_SLOTS, MAX_NEXT_HOPS, MAX_SERVICES,
+        MAX_TENANTS, Meta, NextHopEntry, NextHopKey, SIDES, ServiceKey, ServiceValue, TenantInfo, TenantName,
+        TenantStats,
     },
 };
 
@@ -110,7 +111,7 @@ pub static ALLOW_V6: ArrayOfMaps<
 /// the agent from `conntrack.max_entries`; a full table evicts its least
 /// recently used entries.
 #[map(name = "CONNTRACK")]
-pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(262_145, 0);
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(CT_DEFAULT_ENTRIES, 0);
 
 /// Where a program hands a packet on (`dataplane_common::jumps`): a tail
 /// call starts the next program with a fresh stack and a fresh verifier

@@ -13,7 +13,10 @@ use aya::{
         xdp::{XdpLink, XdpLinkId},
     },
 };
-use dataplane_common::{CounterBlock, LAYOUT_VERSION, maps, programs, types::Meta};
+use dataplane_common::{
+    CounterBlock, LAYOUT_VERSION, maps, programs,
+    types::{CT_DEFAULT_ENTRIES, Meta},
+};
 
 use crate::counters::Counters;
 
@@ -58,14 +61,8 @@ pub enum EbpfLog {
 }
 
 /// The default capacity of the connection-tracking table
-/// (`[conntrack] max_entries`): one entry above a power of two. The kernel
-/// gives a hash map the smallest power of two of buckets that is at least
-/// its `max_entries`, so 2^18 + 1 entries get 2^19 buckets, and a full
-/// table has half an entry per bucket where 2^18 entries would have one:
-/// a new flow walks two buckets that are not in cache (its own key, found
-/// absent, and the reply key it claims), and each entry on those chains is
-/// a cache miss. The price is 4 MiB more of bucket heads.
-pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 262_145;
+/// (`[conntrack] max_entries`); see [`CT_DEFAULT_ENTRIES`].
+pub const DEFAULT_CONNTRACK_ENTRIES: u32 = CT_DEFAULT_ENTRIES;
 
 /// Every program of the object: the attached ones, the tail-called ones,
 /// the benchmark yardstick.

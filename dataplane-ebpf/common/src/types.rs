@@ -10,6 +10,15 @@ pub const MAX_TENANTS: u32 = 16384;
 const _: () = assert!(MAX_TENANTS <= 1 << 16);
 /// Services (VIP, protocol, port) over all tenants.
 pub const MAX_SERVICES: u32 = 262_144;
+/// The default capacity of the connection-tracking table
+/// (`[conntrack] max_entries`): one entry above a power of two. The kernel
+/// gives a hash map the smallest power of two of buckets that is at least
+/// its `max_entries`, so 2^18 + 1 entries get 2^19 buckets, and a full
+/// table has half an entry per bucket where 2^18 entries would have one:
+/// a new flow walks two buckets that are not in cache (its own key, found
+/// absent, and the reply key it claims), and each entry on those chains is
+/// a cache miss. The price is 4 MiB more of bucket heads.
+pub const CT_DEFAULT_ENTRIES: u32 = (1 << 18) + 1;
 /// VIPs and egress IPs over all tenants.
 pub const MAX_ADDRS: u32 = 65_536;
 /// Allowlist slots: two per tenant, so a tenant's new allowlist is built
