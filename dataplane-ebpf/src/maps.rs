@@ -11,10 +11,10 @@ use dataplane_common::{
     hash::ADDR_FILTER_WORDS,
     jumps,
     types::{
-        AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendHop, CT_DEFAULT_ENTRIES, CtKey, CtValue, GENERATIONS,
-        HOPS_PER_TENANT, HostConfig, MAX_ADDRS, MAX_ALLOW_PREFIXES, MAX_ALLOW_SLOTS, MAX_NEXT_HOPS, MAX_SERVICES,
-        MAX_TENANTS, Meta, NextHopEntry, NextHopKey, SIDES, ServiceKey, ServiceValue, TenantInfo, TenantName,
-        TenantStats,
+        AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendHop, CT_DEFAULT_ENTRIES, CT_EVICT_MAX, CtKey, CtValue,
+        EvictCandidate, EvictCursor, GENERATIONS, HOPS_PER_TENANT, HostConfig, MAX_ADDRS, MAX_ALLOW_PREFIXES,
+        MAX_ALLOW_SLOTS, MAX_NEXT_HOPS, MAX_SERVICES, MAX_TENANTS, Meta, NextHopEntry, NextHopKey, SIDES, ServiceKey,
+        ServiceValue, TenantInfo, TenantName, TenantStats,
     },
 };
 
@@ -108,10 +108,19 @@ pub static ALLOW_V6: ArrayOfMaps<
 > = ArrayOfMaps::new();
 
 /// Connection tracking of source-NATed flows (both directions). Sized by
-/// the agent from `conntrack.max_entries`; a full table evicts its least
-/// recently used entries.
+/// the agent from `conntrack.max_entries`; preallocated, so an insert takes
+/// an element from a per-CPU free list. A full table gives up its least
+/// recently used flows (`CT_EVICT`).
 #[map(name = "CONNTRACK")]
-pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(CT_DEFAULT_ENTRIES, 0);
+pub static CONNTRACK: HashMap<CtKey, CtValue> = HashMap::with_max_entries(CT_DEFAULT_ENTRIES, 0);
+
+/// The least recently used flows of the tracking table, oldest first, as
+/// the agent last listed them; two halves, one in use (`CT_EVICT_CURSOR`).
+#[map(name = "CT_EVICT")]
+pub static CT_EVICT: Array<EvictCandidate> = Array::with_max_entries(2 * CT_EVICT_MAX, 0);
+
+#[map(name = "CT_EVICT_CURSOR")]
+pub static CT_EVICT_CURSOR: Array<EvictCursor> = Array::with_max_entries(1, 0);
 
 /// Where a program hands a packet on (`dataplane_common::jumps`): a tail
 /// call starts the next program with a fresh stack and a fresh verifier

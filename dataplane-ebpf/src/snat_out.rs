@@ -10,15 +10,15 @@ use aya_ebpf::{
 use dataplane_common::{
     Counter, DropReason,
     types::{
-        CT_ESTABLISHED, CT_FIN, CT_RST, CT_SYN, CT_TOUCH_NS, CtKey, CtValue, HostConfig, MASK_EGRESS, MASK_VPC,
-        SIDE_FABRIC, SNAT_PROBES, TENANT_EGRESS_V4, TENANT_EGRESS_V6, ct_lifetime,
+        CT_ESTABLISHED, CT_EVICT_SKIPS, CT_FIN, CT_RST, CT_SYN, CT_TOUCH_NS, CtKey, CtValue, HostConfig, MASK_EGRESS,
+        MASK_VPC, SIDE_FABRIC, SNAT_PROBES, TENANT_EGRESS_V4, TENANT_EGRESS_V6, ct_lifetime,
     },
 };
 
 use crate::counters::{Counters, run_handed};
 use crate::encap::ENCAP_OVERHEAD;
 use crate::fabric::leave;
-use crate::maps::{CONNTRACK, CT_EPOCH, CT_SCRATCH, CtScratch, Outbound, host_config};
+use crate::maps::{CONNTRACK, CT_EPOCH, CT_EVICT, CT_EVICT_CURSOR, CT_SCRATCH, CtScratch, Outbound, host_config};
 use crate::nat::{self, End};
 use crate::packet::{IPPROTO_TCP, IPPROTO_UDP, TCP_FLAG_SYN};
 use crate::parse::Flow;
@@ -134,7 +134,7 @@ fn try_out(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, 
             Some(p) => p,
             None => {
                 stats.inc(Counter::SnatNewFlow);
-                allocate(&key, &flow, cfg, out, h.origin as u8, seen, now)?
+                allocate(&key, &flow, cfg, out, h.origin as u8, seen, now, stats)?
             }
         };
         if !nat::rewrite(ctx, &flow, End::Src, egress, port) {
@@ -298,9 +298,15 @@ fn reply_key(key: &CtKey, egress: &[u8; 16], port: u16) -> CtKey {
     }
 }
 
+/// `-E2BIG`: what an insert into a full preallocated hash map returns.
+const E2BIG: i32 = -7;
+
 /// A new translation: the first free port of the host's range from a
 /// flow-dependent start, claimed by inserting the reply key only if it is
-/// not there (so no two flows ever share a translated tuple).
+/// not there (so no two flows ever share a translated tuple). A full table
+/// first gives up a flow ([`evict`]); with none to give up, the packet is
+/// dropped (`conntrack_full`), never a tracked flow overwritten.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn allocate(
     key: &CtKey,
@@ -310,6 +316,7 @@ fn allocate(
     origin: u8,
     seen: u8,
     now: u64,
+    stats: &Counters,
 ) -> Result<u16, DropReason> {
     let egress = &out.egress;
     let lo = cfg.snat_port_lo as u32;
@@ -334,19 +341,67 @@ fn allocate(
         twin_epoch: ct_epoch(),
     };
     let mut i = 0;
+    let mut evicted = false;
     while i < SNAT_PROBES && i < range {
         let port = (lo + (start + i).checked_rem(range).unwrap_or(0)) as u16;
         let rkey = reply_key(key, egress, port);
         count_insert(s, cfg.ct_epoch_inserts);
-        if CONNTRACK.insert(&rkey, &reply, BPF_NOEXIST as u64).is_ok() {
-            reply.addr = *egress;
-            reply.port_be = port.to_be_bytes();
-            // A failed insert only means the next packet translates anew.
-            count_insert(s, cfg.ct_epoch_inserts);
-            let _ = CONNTRACK.insert(key, &reply, BPF_ANY as u64);
-            return Ok(port);
+        match CONNTRACK.insert(&rkey, &reply, BPF_NOEXIST as u64) {
+            Ok(()) => {
+                reply.addr = *egress;
+                reply.port_be = port.to_be_bytes();
+                // A failed insert only means the next packet translates anew.
+                count_insert(s, cfg.ct_epoch_inserts);
+                let _ = CONNTRACK.insert(key, &reply, BPF_ANY as u64);
+                return Ok(port);
+            }
+            // Full: the same port again once a flow made room (two entries:
+            // this one and the outbound key).
+            Err(E2BIG) => {
+                if evicted || !evict(stats) {
+                    return Err(DropReason::ConntrackFull);
+                }
+                evicted = true;
+            }
+            Err(_) => i += 1,
         }
-        i += 1;
     }
     Err(DropReason::PortsExhausted)
+}
+
+/// Makes room in a full tracking table: removes both directions of the
+/// next eviction candidate (the least recently used flows, oldest first,
+/// as the agent listed them) that no packet has used since it was listed,
+/// skipping at most `CT_EVICT_SKIPS` that were. `false`: no candidate
+/// left.
+#[inline(always)]
+fn evict(stats: &Counters) -> bool {
+    let Some(cur) = CT_EVICT_CURSOR.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: the array's one slot, valid for the program's run; shared by
+    // the CPUs without a lock (see `EvictCursor`).
+    let cur = unsafe { &mut *cur };
+    let mut n = 0;
+    while n < CT_EVICT_SKIPS {
+        let at = cur.next;
+        if at >= cur.end {
+            return false;
+        }
+        cur.next = at + 1;
+        n += 1;
+        let Some(c) = CT_EVICT.get(at) else {
+            return false;
+        };
+        // SAFETY: values of the map, valid for this run (RCU).
+        let idle = unsafe { CONNTRACK.get(&c.out) }.is_some_and(|v| v.expires_ns == c.out_expires_ns)
+            && unsafe { CONNTRACK.get(&c.reply) }.is_none_or(|v| v.expires_ns == c.reply_expires_ns);
+        if idle {
+            let _ = CONNTRACK.remove(&c.out);
+            let _ = CONNTRACK.remove(&c.reply);
+            stats.inc(Counter::CtEvicted);
+            return true;
+        }
+    }
+    false
 }

@@ -11,8 +11,11 @@ use std::collections::HashMap as StdHashMap;
 use std::net::IpAddr;
 
 use anyhow::{Result, anyhow, bail};
-use aya::maps::{HashMap, Map, MapData};
-use dataplane_common::types::{CT_ESTABLISHED, CT_FIN, CT_REPLY, CT_RST, CT_SYN, CtKey, CtValue, FAMILY_V6};
+use aya::maps::{Array, HashMap, Map, MapData};
+use dataplane_common::types::{
+    CT_ESTABLISHED, CT_EVICT_MAX, CT_FIN, CT_REPLY, CT_RST, CT_SYN, CtKey, CtValue, EvictCandidate, EvictCursor,
+    FAMILY_V6, ct_last_use,
+};
 
 use crate::Dataplane;
 use dataplane_common::maps;
@@ -208,15 +211,17 @@ impl Dataplane {
     }
 }
 
-/// What a reclaim pass removed.
+/// What a reclaim pass removed, and the eviction candidates it listed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Reclaimed {
     /// Flows past their expiry.
     pub expired: usize,
-    /// Directions without their twin (the other was evicted).
+    /// Directions without their twin.
     pub orphans: usize,
     /// Flows of tenants not in force.
     pub gone_tenants: usize,
+    /// Flows listed for a full table to give up (`CT_EVICT`).
+    pub candidates: usize,
 }
 
 impl Reclaimed {
@@ -266,11 +271,13 @@ impl Dataplane {
 
     /// Removes expired flows, orphaned directions older than `orphan_grace_ns`
     /// (a new flow's two entries are written one after the other), and
-    /// flows of tenants for which `live` says no.
+    /// flows of tenants for which `live` says no; then lists the flows
+    /// left as eviction candidates ([`Dataplane::list_evict_candidates`]).
     pub fn reclaim_conntrack(&mut self, now: u64, live: impl Fn(u32) -> bool) -> Result<Reclaimed> {
         let flows = self.conntrack_flows()?;
         let mut m = self.conntrack_mut()?;
         let mut done = Reclaimed::default();
+        let mut kept = Vec::with_capacity(flows.len());
         for f in flows {
             let why = if !live(f.tenant()) {
                 &mut done.gone_tenants
@@ -286,6 +293,7 @@ impl Dataplane {
                     _ => continue,
                 }
             } else {
+                kept.push(f);
                 continue;
             };
             *why += 1;
@@ -294,7 +302,59 @@ impl Dataplane {
                 let _ = m.remove(&k);
             }
         }
+        done.candidates = self.list_evict_candidates(&kept)?;
         Ok(done)
+    }
+
+    /// Lists the least recently used of `flows` (those with both
+    /// directions), oldest first, up to `CT_EVICT_MAX`, as the flows a
+    /// full table gives up: written to the half of `CT_EVICT` the data path
+    /// is not using, then switched to in one write of the cursor. A flow's
+    /// last use is the later of its two directions' ([`ct_last_use`]).
+    pub fn list_evict_candidates(&mut self, flows: &[Flow]) -> Result<usize> {
+        let mut c: Vec<(u64, EvictCandidate)> = flows
+            .iter()
+            .filter_map(|f| {
+                let ((ok, ov), (rk, rv)) = (f.out?, f.reply?);
+                let last = ct_last_use(ok.proto, &ov).max(ct_last_use(rk.proto, &rv));
+                Some((
+                    last,
+                    EvictCandidate {
+                        out: ok,
+                        reply: rk,
+                        out_expires_ns: ov.expires_ns,
+                        reply_expires_ns: rv.expires_ns,
+                    },
+                ))
+            })
+            .collect();
+        let max = CT_EVICT_MAX as usize;
+        if c.len() > max {
+            c.select_nth_unstable_by_key(max, |(t, _)| *t);
+            c.truncate(max);
+        }
+        c.sort_by_key(|(t, _)| *t);
+        let in_use = {
+            let cursor: Array<&mut MapData, EvictCursor> = Array::try_from(self.map_mut(maps::CT_EVICT_CURSOR)?)?;
+            cursor.get(&0, 0)?.base
+        };
+        let base = if in_use == 0 { CT_EVICT_MAX } else { 0 };
+        let mut list: Array<&mut MapData, EvictCandidate> = Array::try_from(self.map_mut(maps::CT_EVICT)?)?;
+        for (i, (_, cand)) in c.iter().enumerate() {
+            list.set(base + i as u32, cand, 0)?;
+        }
+        let mut cursor: Array<&mut MapData, EvictCursor> = Array::try_from(self.map_mut(maps::CT_EVICT_CURSOR)?)?;
+        cursor.set(
+            0,
+            EvictCursor {
+                next: base,
+                end: base + c.len() as u32,
+                base,
+                _pad: 0,
+            },
+            0,
+        )?;
+        Ok(c.len())
     }
 }
 

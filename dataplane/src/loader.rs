@@ -40,6 +40,8 @@ pub const ALL_MAPS: &[&str] = &[
     maps::ALLOW_V4,
     maps::ALLOW_V6,
     maps::CONNTRACK,
+    maps::CT_EVICT,
+    maps::CT_EVICT_CURSOR,
     maps::JUMPS,
     maps::HANDOFF,
     maps::GENERATION,
@@ -198,8 +200,8 @@ impl Dataplane {
             .map(maps::CONNTRACK)
             .ok_or_else(|| anyhow!("no map {}", maps::CONNTRACK))?;
         let fd = match map {
-            aya::maps::Map::LruHashMap(d) => d,
-            _ => bail!("map {} is not an LRU hash map", maps::CONNTRACK),
+            aya::maps::Map::HashMap(d) => d,
+            _ => bail!("map {} is not a hash map", maps::CONNTRACK),
         };
         Ok(fd.info()?.max_entries())
     }
@@ -389,6 +391,8 @@ pub fn expected_shapes() -> Vec<(&'static str, usize, usize, u32)> {
         (maps::ALLOW_V6, 4, 4, MAX_ALLOW_SLOTS),
         // Any capacity: `[conntrack] max_entries` sets it.
         (maps::CONNTRACK, size_of::<CtKey>(), size_of::<CtValue>(), 0),
+        (maps::CT_EVICT, 4, size_of::<EvictCandidate>(), 2 * CT_EVICT_MAX),
+        (maps::CT_EVICT_CURSOR, 4, size_of::<EvictCursor>(), 1),
     ]
 }
 

@@ -394,7 +394,7 @@ impl Pins {
                 ),
             });
         }
-        let flows = crate::conntrack::flows_of(&Map::LruHashMap(self.map(maps::CONNTRACK)?))?;
+        let flows = crate::conntrack::flows_of(&Map::HashMap(self.map(maps::CONNTRACK)?))?;
         let names: BTreeMap<u32, String> = self.tenants()?.into_iter().map(|t| (t.id, t.display_name())).collect();
         let now = crate::conntrack::now_ns();
         let mut entries: Vec<SnatEntry> = flows.iter().map(|f| SnatEntry::of(f, &names, now)).collect();

@@ -214,7 +214,7 @@ pub fn tenant_info(t: &Tenant, allow_slot: u32, health: &Health, ready: bool) ->
 }
 
 impl Dataplane {
-    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+    pub(crate) fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
         self.ebpf
             .map_mut(name)
             .ok_or_else(|| anyhow!("no map {name} in the eBPF object"))
@@ -229,8 +229,8 @@ impl Dataplane {
     /// Writes the host settings; until then VIP traffic is dropped (`no_config`).
     pub fn set_host(&mut self, p: &HostParams) -> Result<()> {
         let ct_entries = match self.map_ref(maps::CONNTRACK)? {
-            aya::maps::Map::LruHashMap(m) => m.info()?.max_entries(),
-            _ => bail!("{} is not an LRU hash map", maps::CONNTRACK),
+            aya::maps::Map::HashMap(m) => m.info()?.max_entries(),
+            _ => bail!("{} is not a hash map", maps::CONNTRACK),
         };
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting the CPUs")? as u32;
         let ns_per_tick = self.kernel_tick_ns().context("measuring the kernel's tick")?;

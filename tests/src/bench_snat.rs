@@ -101,7 +101,7 @@ fn load(
 fn conntrack(pin_dir: &Path) -> Result<HashMap<MapData, CtKey, CtValue>> {
     let path = map_pin(pin_dir, maps::CONNTRACK);
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    Ok(HashMap::try_from(Map::LruHashMap(data))?)
+    Ok(HashMap::try_from(Map::HashMap(data))?)
 }
 
 fn entries(ct: &HashMap<MapData, CtKey, CtValue>) -> usize {

@@ -829,7 +829,7 @@ fn icmp_errors_about_translated_flows_reach_the_machine() {
 /// The tracked flows, read from the pins (as the CLI does).
 fn pinned_flows(pins: &Path) -> Vec<Flow> {
     let p = Pins::open(pins).unwrap();
-    flows_of(&Map::LruHashMap(p.map(maps::CONNTRACK).unwrap())).unwrap()
+    flows_of(&Map::HashMap(p.map(maps::CONNTRACK).unwrap())).unwrap()
 }
 
 #[test]

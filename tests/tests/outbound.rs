@@ -16,6 +16,7 @@ use carwash_tests::packets::*;
 use carwash_tests::require_root;
 use dataplane::Dataplane;
 use dataplane_common::hash::flow_hash;
+use dataplane_common::types::SIDE_FABRIC;
 use dataplane_common::{Counter, DropReason, programs};
 
 /// A fabric-side case: the outer headers count as IPv4/UDP.
@@ -511,7 +512,7 @@ fn a_full_table_evicts_the_least_recently_used_flows() {
     }
     let m = &acme.connectors[0];
     let frame = |sport: u16| from_machine(acme, m, &udp4(ACME_VM4, PARTNER4, sport, 53, b"q"));
-    let run = |sport: u16| -> u32 { dp.run(programs::FABRIC, &frame(sport)).unwrap().0 };
+    let run = |dp: &Dataplane, sport: u16| -> u32 { dp.run(programs::FABRIC, &frame(sport)).unwrap().0 };
     let out_sports = |dp: &Dataplane| -> Vec<u16> {
         let mut v: Vec<u16> = dp
             .conntrack_flows()
@@ -524,36 +525,76 @@ fn a_full_table_evicts_the_least_recently_used_flows() {
         v.sort();
         v
     };
+    // carwash's clock moves in kernel ticks (at most 10 ms).
+    let tick = || std::thread::sleep(std::time::Duration::from_millis(30));
+    let now = dataplane::conntrack::now_ns;
+    let fabric = |dp: &Dataplane| dp.counters(SIDE_FABRIC).unwrap();
+    let before = fabric(&dp);
     fab.ns
         .enter(|| {
-            // Fill the table with 200 flows; keep the first 100 busy.
+            // A full table: flows 1-100 (to be kept busy), 101-200, then
+            // later 201-256.
             for sport in 1..=200 {
-                assert_eq!(run(sport), XDP_REDIRECT);
+                assert_eq!(run(&dp, sport), XDP_REDIRECT);
             }
+            tick();
+            for sport in 201..=256 {
+                assert_eq!(run(&dp, sport), XDP_REDIRECT);
+            }
+            tick();
             for sport in 1..=100 {
-                assert_eq!(run(sport), XDP_REDIRECT);
-            }
-            // 100 new flows need room the table does not have.
-            for sport in 1001..=1100 {
-                assert_eq!(run(sport), XDP_REDIRECT, "a full table makes room, it does not refuse");
+                assert_eq!(run(&dp, sport), XDP_REDIRECT);
             }
         })
         .unwrap();
+    assert_eq!(out_sports(&dp).len(), 256);
+    // Nothing listed to give up yet: a new flow is refused, counted, and
+    // the tracked flows carry on.
+    fab.ns
+        .enter(|| {
+            assert_eq!(run(&dp, 1000), XDP_DROP, "no candidate: refused");
+            assert_eq!(run(&dp, 7), XDP_REDIRECT, "a tracked flow carries on");
+        })
+        .unwrap();
+    let d = fabric(&dp).since(&before);
+    assert_eq!(d.dropped(DropReason::ConntrackFull), 1);
+    assert_eq!(d.get(Counter::CtEvicted), 0);
+
+    // The agent's pass lists all 256 flows, least recently used first.
+    let r = dp.reclaim_conntrack(now(), |t| t == 1).unwrap();
+    assert_eq!((r.total(), r.candidates), (0, 256), "{r:?}");
+    tick();
+    let before = fabric(&dp);
+    fab.ns
+        .enter(|| {
+            // Flow 150 is used again after the listing: it is not idle.
+            assert_eq!(run(&dp, 150), XDP_REDIRECT);
+            // 100 new flows need room the table does not have.
+            for sport in 1001..=1100 {
+                assert_eq!(run(&dp, sport), XDP_REDIRECT, "a full table makes room");
+            }
+        })
+        .unwrap();
+    let d = fabric(&dp).since(&before);
+    assert_eq!(d.get(Counter::CtEvicted), 100);
+    assert_eq!(d.dropped(DropReason::ConntrackFull), 0);
     let kept = out_sports(&dp);
-    let busy_kept = kept.iter().filter(|s| (1..=100).contains(*s)).count();
-    let idle_kept = kept.iter().filter(|s| (101..=200).contains(*s)).count();
-    let new_kept = kept.iter().filter(|s| (1001..=1100).contains(*s)).count();
-    println!("busy kept {busy_kept}/100, idle kept {idle_kept}/100, new kept {new_kept}/100");
-    assert!(kept.len() <= 256);
-    assert_eq!(new_kept, 100, "the newest flows are all there");
-    // The kernel's LRU is an approximation (recently used entries are
-    // moved to its active list in batches), so a busy flow may rarely be
-    // taken; the room must come from the idle ones.
-    assert!(busy_kept >= 95, "busy flows stay: {busy_kept} of 100 left");
-    assert!(
-        idle_kept <= 50,
-        "the room came from idle flows: {idle_kept} of 100 left"
+    let count = |r: std::ops::RangeInclusive<u16>| kept.iter().filter(|s| r.contains(s)).count();
+    println!(
+        "busy kept {}/100, oldest idle kept {}/100, newer idle kept {}/56, new kept {}/100",
+        count(1..=100),
+        count(101..=200),
+        count(201..=256),
+        count(1001..=1100)
     );
+    assert_eq!(kept.len(), 256, "one flow out for each flow in");
+    assert_eq!(count(1001..=1100), 100, "the new flows are all there");
+    assert_eq!(count(1..=100), 100, "busy flows stay");
+    // The room came from the oldest idle flows, in order: all of 101-200
+    // but 150 (used since it was listed), then one of 201-256.
+    assert_eq!(count(101..=200), 1);
+    assert!(kept.contains(&150));
+    assert_eq!(count(201..=256), 55);
 }
 
 #[test]

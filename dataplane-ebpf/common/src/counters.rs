@@ -79,6 +79,8 @@ indexed_enum! {
         /// Packets from a tenant machine, decapsulated and sent on.
         Decapsulated = "decapsulated",
         SnatNewFlow = "snat_new_flow",
+        /// Flows a full tracking table gave up for a new one.
+        CtEvicted = "conntrack_evicted",
         SnatOut = "snat_out",
         SnatReply = "snat_reply",
         SnatIcmpError = "snat_icmp_error",

@@ -44,6 +44,11 @@ indexed_enum! {
         NoEgress = "no_egress",
         EgressNotAllowed = "egress_not_allowed",
         PortsExhausted = "snat_ports_exhausted",
+        /// A new flow found the tracking table full and no flow to evict:
+        /// every candidate the agent listed was used again since, or there
+        /// were none (the agent lists them every 10 seconds, and at once
+        /// after such a drop).
+        ConntrackFull = "conntrack_full",
         NoHandoff = "no_handoff",
         SnatProtocol = "snat_unsupported_protocol",
     }

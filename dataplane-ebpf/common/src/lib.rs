@@ -21,7 +21,7 @@ pub use drop::DropReason;
 
 /// Version of the map layout. A new binary refuses to adopt pinned maps of
 /// another version instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Names of the programs in the eBPF object, as userspace looks them up.
 pub mod programs {
@@ -109,9 +109,16 @@ pub mod maps {
     pub const ALLOW_V6: &str = "ALLOW_V6";
     /// Per-CPU [`crate::types::TenantStats`] indexed by tenant id.
     pub const TENANT_STATS: &str = "TENANT_STATS";
-    /// Connection tracking of source-NATed flows: LRU hash,
+    /// Connection tracking of source-NATed flows: hash,
     /// [`crate::types::CtKey`] → [`crate::types::CtValue`].
     pub const CONNTRACK: &str = "CONNTRACK";
+    /// The flows a full tracking table gives up first, least recently used
+    /// first, as the agent listed them: array of
+    /// [`crate::types::EvictCandidate`], two halves of
+    /// [`crate::types::CT_EVICT_MAX`] (one in use, one being written).
+    pub const CT_EVICT: &str = "CT_EVICT";
+    /// Where the data path is in `CT_EVICT`: one [`crate::types::EvictCursor`].
+    pub const CT_EVICT_CURSOR: &str = "CT_EVICT_CURSOR";
     /// Program array the programs tail-call through (`crate::jumps`).
     pub const JUMPS: &str = "JUMPS";
     /// Next hops the programs' FIB lookups found unresolved: LRU hash,

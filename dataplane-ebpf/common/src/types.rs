@@ -394,6 +394,46 @@ pub struct CtValue {
     pub twin_epoch: u32,
 }
 
+/// A flow a full tracking table may give up: both its keys, and the
+/// expiry of each as the agent saw it. The data path evicts it only if
+/// neither has moved since (no packet of the flow came by).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvictCandidate {
+    pub out: CtKey,
+    pub reply: CtKey,
+    pub out_expires_ns: u64,
+    pub reply_expires_ns: u64,
+}
+
+/// The data path's place in the eviction candidates: it takes slot `next`
+/// while `next < end`; `base` is the first slot of the half in use (0 or
+/// [`CT_EVICT_MAX`]). CPUs share it without a lock: two that take the same
+/// slot both find the same flow, and the second finds it gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvictCursor {
+    pub next: u32,
+    pub end: u32,
+    pub base: u32,
+    pub _pad: u32,
+}
+
+/// Eviction candidates the agent lists at a time: the least recently used
+/// flows of the table, up to this many.
+pub const CT_EVICT_MAX: u32 = 8192;
+/// Candidates a packet skips (used again since they were listed) before
+/// it gives up and is dropped (`conntrack_full`).
+pub const CT_EVICT_SKIPS: u32 = 16;
+
+/// The moment a tracked direction last carried a packet (or had its
+/// expiry pushed out by the other direction): its expiry less its
+/// lifetime.
+#[inline(always)]
+pub const fn ct_last_use(proto: u8, v: &CtValue) -> u64 {
+    v.expires_ns.saturating_sub(ct_lifetime(proto, v.state))
+}
+
 /// `CtValue::state` bits.
 pub const CT_REPLY: u8 = 1;
 pub const CT_SYN: u8 = 2;
@@ -460,6 +500,8 @@ mod pod {
     unsafe impl aya::Pod for Meta {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for EvictCandidate {}
+    unsafe impl aya::Pod for EvictCursor {}
 }
 
 #[cfg(test)]
@@ -485,6 +527,8 @@ mod tests {
         assert_eq!(size_of::<HostConfig>(), 40);
         assert_eq!(size_of::<CtKey>(), 44);
         assert_eq!(size_of::<CtValue>(), 48);
+        assert_eq!(size_of::<EvictCandidate>(), 104);
+        assert_eq!(size_of::<EvictCursor>(), 16);
         assert_eq!(size_of::<TenantName>(), 36);
         assert_eq!(size_of::<NextHopKey>(), 24);
         assert_eq!(size_of::<NextHopEntry>(), 24);

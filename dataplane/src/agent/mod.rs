@@ -145,6 +145,10 @@ pub struct Agent {
     cache: load::DirCache,
     /// Housekeeping rounds so far.
     ticks: u64,
+    /// New flows the data path dropped for a full tracking table, as last
+    /// seen: more of them calls for a reclaim pass (and fresh eviction
+    /// candidates) at once.
+    ct_full_seen: u64,
     uplink_addrs: host::UplinkAddrs,
     metrics: Option<tokio::net::TcpListener>,
     /// The programs' aya-log ring buffer, when `ebpf_log` is on.
@@ -283,6 +287,7 @@ impl Agent {
             attempts: 0,
             cache: load::DirCache::default(),
             ticks: 0,
+            ct_full_seen: 0,
             uplink_addrs: host::UplinkAddrs::default(),
             metrics,
             ebpf_log,
@@ -547,7 +552,14 @@ impl Agent {
             Err(e) => warn!(error = %format!("{e:#}"), "emptying the allow slots of removed tenants"),
         }
         self.ticks += 1;
-        if self.ticks.is_multiple_of(RECLAIM_EVERY) {
+        let full = self
+            .dp
+            .counters(dataplane_common::types::SIDE_FABRIC)
+            .map(|c| c.dropped(dataplane_common::DropReason::ConntrackFull))
+            .unwrap_or(0);
+        let newly_full = full > self.ct_full_seen;
+        self.ct_full_seen = full;
+        if newly_full || self.ticks.is_multiple_of(RECLAIM_EVERY) {
             self.reclaim_conntrack();
         }
     }
@@ -565,6 +577,7 @@ impl Agent {
                 expired = r.expired,
                 orphans = r.orphans,
                 gone_tenants = r.gone_tenants,
+                eviction_candidates = r.candidates,
                 "reclaimed tracked flows"
             ),
             Err(e) => warn!(error = %format!("{e:#}"), "reclaiming tracked flows"),
