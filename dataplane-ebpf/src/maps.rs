@@ -183,14 +183,8 @@ pub static FIB_PARAMS: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> = PerCpuA
 #[derive(Clone, Copy)]
 pub struct CtScratch {
     pub key: CtKey,
-    /// Tracking entries this CPU inserted in the current epoch.
-    pub inserts: u32,
     pub value: CtValue,
 }
-
-/// The tracking epoch (`HostConfig::ct_epoch_inserts`).
-#[map(name = "CT_EPOCH")]
-pub static CT_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map(name = "CT_SCRATCH")]
 pub static CT_SCRATCH: PerCpuArray<CtScratch> = PerCpuArray::with_max_entries(1, 0);

@@ -19,7 +19,7 @@ use crate::packet::{
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_FLAG_SYN, be16, frame_len, header, read, write,
 };
 use crate::parse::Flow;
-use crate::snat_out::{ct_epoch, keep_twin, refresh, tcp_state, twin_due};
+use crate::snat_out::{keep_twin, refresh, tcp_state, twin_due};
 use crate::uplink::{Refused, too_big};
 use crate::{handoff, steer};
 
@@ -67,7 +67,7 @@ fn try_reply(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32
     };
     let key = nat::key(0, &flow.src, &flow.dst, sport, dport, flow.proto, flow.v6);
     let now = clock::now(cfg);
-    let v = reply_entry(&key, &flow, owner, now, cfg.ct_epoch_inserts)?;
+    let v = reply_entry(&key, &flow, owner, now)?;
     let usable = cfg.fabric_mtu.saturating_sub(ENCAP_OVERHEAD as u16);
     // Checked before the rewrite: the answer quotes the packet as sent.
     if frame_len(ctx) - flow.l3_off > usable as usize {
@@ -93,7 +93,7 @@ fn try_reply(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32
 
 /// The live tracking entry of a reply, brought up to date.
 #[inline(always)]
-fn reply_entry(key: &CtKey, flow: &Flow, owner: u32, now: u64, per_epoch: u32) -> Result<&'static CtValue, DropReason> {
+fn reply_entry(key: &CtKey, flow: &Flow, owner: u32, now: u64) -> Result<&'static CtValue, DropReason> {
     // SAFETY: a value of the map, valid for this run (RCU).
     let v = unsafe { &mut *CONNTRACK.get_ptr_mut(key).ok_or(DropReason::NoConntrack)? };
     // The egress IP's owner must be the flow's tenant: entries of an
@@ -103,11 +103,10 @@ fn reply_entry(key: &CtKey, flow: &Flow, owner: u32, now: u64, per_epoch: u32) -
     }
     let bare_syn = flow.proto == IPPROTO_TCP && flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
     refresh(v, flow.proto, tcp_state(flow) | CT_REPLY, bare_syn, now);
-    let epoch = ct_epoch();
-    let Some(touch) = twin_due(v, now, epoch) else {
+    if !twin_due(v, now) {
         return Ok(v);
-    };
-    // The outbound direction ages with this one.
+    }
+    // The outbound direction lives as long as this one.
     let icmp = flow.proto != IPPROTO_TCP && flow.proto != IPPROTO_UDP;
     let fill = |k: &mut CtKey, w: &mut CtValue| {
         *k = CtKey {
@@ -124,11 +123,10 @@ fn reply_entry(key: &CtKey, flow: &Flow, owner: u32, now: u64, per_epoch: u32) -
         w.port_be = key.dport_be;
         w.origin = v.origin;
     };
-    if !keep_twin(fill, v, touch, now, per_epoch) {
+    if !keep_twin(fill, v, now) {
         // The machine's tuple has moved on to another translation.
         return Err(DropReason::NoConntrack);
     }
-    v.twin_epoch = epoch;
     Ok(v)
 }
 

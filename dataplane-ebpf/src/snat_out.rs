@@ -18,7 +18,7 @@ use dataplane_common::{
 use crate::counters::{Counters, run_handed};
 use crate::encap::ENCAP_OVERHEAD;
 use crate::fabric::leave;
-use crate::maps::{CONNTRACK, CT_EPOCH, CT_EVICT, CT_EVICT_CURSOR, CT_SCRATCH, CtScratch, Outbound, host_config};
+use crate::maps::{CONNTRACK, CT_EVICT, CT_EVICT_CURSOR, CT_SCRATCH, Outbound, host_config};
 use crate::nat::{self, End};
 use crate::packet::{IPPROTO_TCP, IPPROTO_UDP, TCP_FLAG_SYN};
 use crate::parse::Flow;
@@ -120,17 +120,7 @@ fn try_out(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, 
     } else {
         let seen = tcp_state(&flow);
         // SAFETY: as above.
-        let port = match live.and_then(|v| {
-            tracked(
-                unsafe { &mut *v },
-                &key,
-                &flow,
-                out.version,
-                seen,
-                now,
-                cfg.ct_epoch_inserts,
-            )
-        }) {
+        let port = match live.and_then(|v| tracked(unsafe { &mut *v }, &key, &flow, out.version, seen, now)) {
             Some(p) => p,
             None => {
                 stats.inc(Counter::SnatNewFlow);
@@ -156,15 +146,14 @@ fn try_out(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, 
 /// brought up to date; `None` for a new flow (or one whose reply direction
 /// now belongs to another flow, which gets a new translation).
 #[inline(always)]
-fn tracked(v: &mut CtValue, key: &CtKey, flow: &Flow, version: u32, seen: u8, now: u64, per_epoch: u32) -> Option<u16> {
+fn tracked(v: &mut CtValue, key: &CtKey, flow: &Flow, version: u32, seen: u8, now: u64) -> Option<u16> {
     v.version = version;
     let bare_syn = flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN && flow.proto == IPPROTO_TCP;
     refresh(v, flow.proto, seen, bare_syn, now);
     let port = u16::from_be_bytes(v.port_be);
-    let epoch = ct_epoch();
-    let Some(touch) = twin_due(v, now, epoch) else {
+    if !twin_due(v, now) {
         return Some(port);
-    };
+    }
     let (addr, origin) = (v.addr, v.origin);
     let ok = keep_twin(
         |k, w| {
@@ -177,73 +166,29 @@ fn tracked(v: &mut CtValue, key: &CtKey, flow: &Flow, version: u32, seen: u8, no
             };
         },
         v,
-        touch,
         now,
-        per_epoch,
     );
-    if !ok {
-        return None;
-    }
-    v.twin_epoch = epoch;
-    Some(port)
+    ok.then_some(port)
 }
 
-/// Whether a packet of the tracked direction `v` looks up the other
-/// direction ([`keep_twin`]): once per tracking epoch (see
-/// `dataplane_common::types::ct_epoch_inserts`; `epoch` is the current
-/// one), and whenever it pushes the other direction's expiry out
-/// (`Some(true)`, at most once per `CT_TOUCH_NS`). The caller records a
-/// successful look-up in `twin_epoch`.
+/// Whether a packet of the tracked direction `v` brings the other
+/// direction up to date ([`keep_twin`]): at most once per `CT_TOUCH_NS`.
 #[inline(always)]
-pub fn twin_due(v: &mut CtValue, now: u64, epoch: u32) -> Option<bool> {
-    let touch = now.wrapping_sub(v.touched_ns) > CT_TOUCH_NS;
-    if touch {
+pub fn twin_due(v: &mut CtValue, now: u64) -> bool {
+    let due = now.wrapping_sub(v.touched_ns) > CT_TOUCH_NS;
+    if due {
         v.touched_ns = now;
-        Some(true)
-    } else if v.twin_epoch != epoch {
-        Some(false)
-    } else {
-        None
     }
-}
-
-/// The current tracking epoch.
-#[inline(always)]
-pub fn ct_epoch() -> u32 {
-    CT_EPOCH.get(0).copied().unwrap_or(0)
-}
-
-/// Counts an insert into the tracking table (any insert may evict an
-/// entry) against this CPU's share of the epoch, `per_epoch`
-/// (`HostConfig::ct_epoch_inserts`), and ends the epoch when it is used
-/// up. Two CPUs ending it at once may both write the same next epoch: all
-/// that counts is that it changes.
-#[inline(always)]
-fn count_insert(s: &mut CtScratch, per_epoch: u32) {
-    s.inserts += 1;
-    if s.inserts >= per_epoch {
-        s.inserts = 0;
-        if let Some(e) = CT_EPOCH.get_ptr_mut(0) {
-            // SAFETY: a u32 array slot, valid for the program's run.
-            unsafe { *e = (*e).wrapping_add(1) };
-        }
-    }
+    due
 }
 
 /// Keeps the other direction of a tracked flow in step with the one a
-/// packet just used. It is looked up often enough ([`twin_due`]: an LRU
-/// lookup marks it used, so a busy flow's two entries age together and a
-/// full table evicts idle flows, not halves of busy ones); its expiry is pushed out
-/// at most once per `CT_TOUCH_NS`; an evicted twin is written back as
-/// `want`. `false` when the twin's key belongs to another flow now.
+/// packet just used: its expiry is pushed out (a flow whose traffic goes
+/// one way only lives as long as that traffic), and a twin that is gone is
+/// written back as `fill` makes it. `false` when the twin's key belongs to
+/// another flow now.
 #[inline(always)]
-pub fn keep_twin(
-    fill: impl FnOnce(&mut CtKey, &mut CtValue),
-    own: &CtValue,
-    touch: bool,
-    now: u64,
-    per_epoch: u32,
-) -> bool {
+pub fn keep_twin(fill: impl FnOnce(&mut CtKey, &mut CtValue), own: &CtValue, now: u64) -> bool {
     let Some(s) = CT_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
@@ -255,7 +200,6 @@ pub fn keep_twin(
         expires_ns: own.expires_ns,
         touched_ns: now,
         version: own.version,
-        twin_epoch: own.twin_epoch,
         ..s.value
     };
     fill(&mut s.key, &mut s.value);
@@ -266,18 +210,13 @@ pub fn keep_twin(
             if r.tenant != s.value.tenant || r.addr != s.value.addr || r.port_be != s.value.port_be {
                 return false;
             }
-            if touch {
-                let e = now + ct_lifetime(s.key.proto, r.state);
-                if e > r.expires_ns {
-                    r.expires_ns = e;
-                }
+            let e = now + ct_lifetime(s.key.proto, r.state);
+            if e > r.expires_ns {
+                r.expires_ns = e;
             }
             true
         }
-        None => {
-            count_insert(s, per_epoch);
-            CONNTRACK.insert(&s.key, &s.value, BPF_NOEXIST as u64).is_ok()
-        }
+        None => CONNTRACK.insert(&s.key, &s.value, BPF_NOEXIST as u64).is_ok(),
     }
 }
 
@@ -326,8 +265,6 @@ fn allocate(
     }
     let range = hi - lo + 1;
     let start = flow.hash().checked_rem(range).unwrap_or(0);
-    // SAFETY: this CPU's slot, used by nothing else while the program runs.
-    let s = unsafe { &mut *CT_SCRATCH.get_ptr_mut(0).ok_or(DropReason::PortsExhausted)? };
     let expires_ns = now + ct_lifetime(flow.proto, seen);
     let mut reply = CtValue {
         addr: key.src,
@@ -338,20 +275,18 @@ fn allocate(
         expires_ns,
         touched_ns: now,
         version: out.version,
-        twin_epoch: ct_epoch(),
+        _pad: 0,
     };
     let mut i = 0;
     let mut evicted = false;
     while i < SNAT_PROBES && i < range {
         let port = (lo + (start + i).checked_rem(range).unwrap_or(0)) as u16;
         let rkey = reply_key(key, egress, port);
-        count_insert(s, cfg.ct_epoch_inserts);
         match CONNTRACK.insert(&rkey, &reply, BPF_NOEXIST as u64) {
             Ok(()) => {
                 reply.addr = *egress;
                 reply.port_be = port.to_be_bytes();
                 // A failed insert only means the next packet translates anew.
-                count_insert(s, cfg.ct_epoch_inserts);
                 let _ = CONNTRACK.insert(key, &reply, BPF_ANY as u64);
                 return Ok(port);
             }

@@ -312,20 +312,12 @@ impl Dataplane {
     /// is not using, then switched to in one write of the cursor. A flow's
     /// last use is the later of its two directions' ([`ct_last_use`]).
     pub fn list_evict_candidates(&mut self, flows: &[Flow]) -> Result<usize> {
-        let mut c: Vec<(u64, EvictCandidate)> = flows
+        // (last use, flow): only the chosen ones become candidates.
+        let mut c: Vec<(u64, &Flow)> = flows
             .iter()
             .filter_map(|f| {
                 let ((ok, ov), (rk, rv)) = (f.out?, f.reply?);
-                let last = ct_last_use(ok.proto, &ov).max(ct_last_use(rk.proto, &rv));
-                Some((
-                    last,
-                    EvictCandidate {
-                        out: ok,
-                        reply: rk,
-                        out_expires_ns: ov.expires_ns,
-                        reply_expires_ns: rv.expires_ns,
-                    },
-                ))
+                Some((ct_last_use(ok.proto, &ov).max(ct_last_use(rk.proto, &rv)), f))
             })
             .collect();
         let max = CT_EVICT_MAX as usize;
@@ -334,13 +326,26 @@ impl Dataplane {
             c.truncate(max);
         }
         c.sort_by_key(|(t, _)| *t);
-        let in_use = {
+        let cur = {
             let cursor: Array<&mut MapData, EvictCursor> = Array::try_from(self.map_mut(maps::CT_EVICT_CURSOR)?)?;
-            cursor.get(&0, 0)?.base
+            cursor.get(&0, 0)?
         };
-        let base = if in_use == 0 { CT_EVICT_MAX } else { 0 };
+        if c.is_empty() && cur.next >= cur.end {
+            // Nothing listed, nothing to list: the maps stay as they are.
+            return Ok(0);
+        }
+        let base = if cur.base == 0 { CT_EVICT_MAX } else { 0 };
         let mut list: Array<&mut MapData, EvictCandidate> = Array::try_from(self.map_mut(maps::CT_EVICT)?)?;
-        for (i, (_, cand)) in c.iter().enumerate() {
+        for (i, (_, f)) in c.iter().enumerate() {
+            let (Some((ok, ov)), Some((rk, rv))) = (f.out, f.reply) else {
+                continue;
+            };
+            let cand = EvictCandidate {
+                out: ok,
+                reply: rk,
+                out_expires_ns: ov.expires_ns,
+                reply_expires_ns: rv.expires_ns,
+            };
             list.set(base + i as u32, cand, 0)?;
         }
         let mut cursor: Array<&mut MapData, EvictCursor> = Array::try_from(self.map_mut(maps::CT_EVICT_CURSOR)?)?;

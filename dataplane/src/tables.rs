@@ -20,7 +20,7 @@ use dataplane_common::{
         ADDR_EGRESS, ADDR_VIP, AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendEntry, CLASS_HTTPS, CLASS_JMS,
         CLASSES, FAMILY_V4, FAMILY_V6, HostConfig, MASK_EGRESS, MASK_VPC, MAX_ALLOW_PREFIXES, MAX_TENANTS, ServiceKey,
         ServiceValue, TENANT_EGRESS_V4, TENANT_EGRESS_V6, TENANT_READY, TenantInfo, TenantName, TenantStats,
-        ct_epoch_inserts, tenant_key,
+        tenant_key,
     },
 };
 use ipnetwork::IpNetwork;
@@ -228,11 +228,6 @@ impl Dataplane {
 
     /// Writes the host settings; until then VIP traffic is dropped (`no_config`).
     pub fn set_host(&mut self, p: &HostParams) -> Result<()> {
-        let ct_entries = match self.map_ref(maps::CONNTRACK)? {
-            aya::maps::Map::HashMap(m) => m.info()?.max_entries(),
-            _ => bail!("{} is not a hash map", maps::CONNTRACK),
-        };
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting the CPUs")? as u32;
         let ns_per_tick = self.kernel_tick_ns().context("measuring the kernel's tick")?;
         let mut cfg: aya::maps::Array<_, HostConfig> = aya::maps::Array::try_from(self.map_mut(maps::CONFIG)?)?;
         cfg.set(
@@ -247,7 +242,6 @@ impl Dataplane {
                 ready: 1,
                 snat_port_lo: p.snat_ports.0,
                 snat_port_hi: p.snat_ports.1,
-                ct_epoch_inserts: ct_epoch_inserts(ct_entries, cpus),
                 ns_per_tick,
             },
             0,

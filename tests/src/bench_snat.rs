@@ -140,7 +140,7 @@ fn synthetic_flow(i: u32, now: u64) -> [(CtKey, CtValue); 2] {
         // each synthetic flow is; the measured flow is kept up to date by
         // its own packets.
         version: 0,
-        twin_epoch: 0,
+        _pad: 0,
     };
     let reply_v = CtValue {
         addr: out.src,

@@ -279,28 +279,11 @@ pub struct HostConfig {
     /// inclusive.
     pub snat_port_lo: u16,
     pub snat_port_hi: u16,
-    /// Tracking entries each CPU inserts before it advances the tracking
-    /// epoch: [`ct_epoch_inserts`] of the table's size and the CPUs.
-    pub ct_epoch_inserts: u32,
     /// The length of a kernel tick in nanoseconds (1e9 / `CONFIG_HZ`).
     /// carwash's clock, in nanoseconds, is the kernel's tick counter times
     /// this: one load for the programs (`bpf_jiffies64`), the very timeline
     /// `times(2)` reads in userspace (in steps of 10 ms).
     pub ns_per_tick: u32,
-}
-
-/// A busy direction of a tracked flow looks up the other direction at
-/// least once per tracking epoch (and whenever it pushes the other one's
-/// expiry out). A CPU ends the epoch once it has inserted its share of a
-/// tenth of the table's entries, so fewer than a tenth of the table is
-/// inserted in one epoch, over all CPUs: the kernel's LRU only evicts an entry not used
-/// since its scan last passed it, which takes as many inserts as the table
-/// holds, so a twin looked up once an epoch is never evicted as unused,
-/// while a steady table (no new flows) needs no look-ups at all.
-pub const fn ct_epoch_inserts(entries: u32, cpus: u32) -> u32 {
-    let cpus = if cpus == 0 { 1 } else { cpus };
-    let n = entries / 10 / cpus;
-    if n == 0 { 1 } else { n }
 }
 
 /// A tenant's name as the maps keep it, for the CLI and for an agent that
@@ -389,9 +372,7 @@ pub struct CtValue {
     /// Outbound entries: the `TenantInfo::version` the flow was last
     /// checked against (source in `vpc_cidrs`, destination allowed).
     pub version: u32,
-    /// The tracking epoch (`HostConfig::ct_epoch_inserts`) in which this
-    /// direction last looked up the other one.
-    pub twin_epoch: u32,
+    pub _pad: u32,
 }
 
 /// A flow a full tracking table may give up: both its keys, and the
@@ -524,7 +505,7 @@ mod tests {
         assert_eq!(size_of::<BackendEntry>(), 12);
         assert_eq!(size_of::<TenantInfo>(), 20 + 4 * 12 + 32 + 256);
         assert_eq!(align_of::<TenantInfo>(), 4);
-        assert_eq!(size_of::<HostConfig>(), 40);
+        assert_eq!(size_of::<HostConfig>(), 36);
         assert_eq!(size_of::<CtKey>(), 44);
         assert_eq!(size_of::<CtValue>(), 48);
         assert_eq!(size_of::<EvictCandidate>(), 104);
