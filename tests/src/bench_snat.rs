@@ -187,7 +187,9 @@ fn power_of_two_table(fab: &FabricNs, ts: &[Tenant]) -> Result<()> {
         filled = want;
         let (base, new) = fab.ns.enter(|| -> Result<_> {
             let base = ns_per_packet(&dp, programs::BENCH_PASS, &probe, XDP_PASS, RUNS, ROUNDS)?;
-            Ok((base, ns_new_flows(&dp, &mut ct, acme, &mut next)?))
+            let new = ns_new_flows(&dp, &mut ct, acme, &mut next)?;
+            let again = ns_per_packet(&dp, programs::BENCH_PASS, &probe, XDP_PASS, RUNS, ROUNDS)?;
+            Ok((base.min(again), new))
         })??;
         let n = entries(&ct);
         ensure!(
@@ -367,6 +369,11 @@ fn ns_per_packet_figures(
                 du.get(Counter::SnatReply)
             );
             let new = ns_new_flows(dp, ct, acme, &mut next_new)?;
+            // The minimal program again at the end of the phase: the lower
+            // of its two figures, so that one noisy measurement of an
+            // 80 ns program does not move every ratio of the phase.
+            let again = ns_per_packet(dp, programs::BENCH_PASS, &established, XDP_PASS, RUNS, ROUNDS)?;
+            let baseline = baseline.min(again);
             Ok((baseline, est, new, rep, vip))
         })??;
         let n = entries(ct);
@@ -393,16 +400,19 @@ fn ns_per_packet_figures(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!("| scenario (64-byte TCP inside VXLAN) | table 1% full | table 90% full | 90% / 1% | target |");
+    println!(
+        "| scenario (64-byte TCP inside VXLAN) | table 1% full | table 90% full | 90% / 1% (of the ×; of the ns) | target |"
+    );
     println!("| --- | ---: | ---: | ---: | --- |");
     for f in &figures {
         let (a, b) = (f.ns[0] / baselines[0], f.ns[1] / baselines[1]);
         println!(
-            "| {} | {:.1} ns, {a:.2}× | {:.1} ns, {b:.2}× | {:.2} | ≤ {}×; 90%/1% ≤ 1.3 |",
+            "| {} | {:.1} ns, {a:.2}× | {:.1} ns, {b:.2}× | {:.2}; {:.2} | ≤ {}×; 90%/1% ≤ 1.3 |",
             f.name,
             f.ns[0],
             f.ns[1],
             b / a,
+            f.ns[1] / f.ns[0],
             f.target
         );
     }
