@@ -989,3 +989,84 @@ fn a_fragmented_datagram_gets_through() {
         d.get(Counter::SnatOut)
     );
 }
+
+/// A table too small for the flows a machine opens, in front of a real
+/// agent: a new flow that finds it full with nothing listed to give up is
+/// dropped and counted; the agent sees the drop and lists the least
+/// recently used flows at once; from then on new flows get through by
+/// evicting the oldest idle flows, never the busy one.
+#[test]
+fn a_full_table_makes_room_from_the_agents_list() {
+    require_root();
+    let _alone = heavy();
+    let lab = LabGuard::up(&LabConfig::unique()).unwrap();
+    let host = lab.host_ns().unwrap();
+    let pins = PinDir::new().unwrap();
+    let tmp = TempDir::new("snat-full");
+    let policy_dir = tmp.path().join("policies");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    for t in &lab.tenants {
+        std::fs::copy(&t.policy_file, policy_dir.join(t.policy_file.file_name().unwrap())).unwrap();
+    }
+    let socket = tmp.path().join("api.sock");
+    let config = tmp.path().join("carwash.toml");
+    // 16 entries: 8 flows.
+    let toml = lab.host_config_toml(pins.path(), &socket, &policy_dir) + "[conntrack]\nmax_entries = 16\n";
+    std::fs::write(&config, toml).unwrap();
+    let log = tmp.path().join("agent.log");
+    let agent = AgentProc::start(&host, &config, &socket, &log).unwrap();
+
+    let acme = lab.tenant("acme").unwrap();
+    let m = acme.connectors().next().unwrap();
+    let dst = SocketAddr::new(IpAddr::V4(PARTNER_V4), PARTNER_UDP_PORT);
+    let from = |port: u16| SocketAddr::new(IpAddr::V4(m.private_v4), port);
+    let ask = |port: u16, wait: Duration| udp_ask(m, from(port), dst, wait);
+    let fabric = || Pins::open(pins.path()).unwrap().counters(SIDE_FABRIC).unwrap();
+    let tracked_ports = || -> BTreeSet<u16> {
+        pinned_flows(pins.path())
+            .iter()
+            .filter(|f| f.reply.is_some())
+            .filter_map(|f| f.out.map(|(k, _)| u16::from_be_bytes(k.sport_be)))
+            .collect()
+    };
+    // Eight flows fill the table; the first stays busy.
+    for port in 40001..=40008 {
+        ask(port, TIMEOUT).unwrap_or_else(|e| panic!("flow {port}: {e}\n{}", agent.log_text()));
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert_eq!(tracked_ports().len(), 8);
+    ask(40001, TIMEOUT).unwrap();
+    // The ninth: refused until the agent has listed what to give up.
+    let c0 = fabric();
+    let t0 = Instant::now();
+    let mut refused = 0;
+    loop {
+        match ask(40009, Duration::from_millis(300)) {
+            Ok(_) => break,
+            Err(_) => refused += 1,
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "no room made in 15 s\n{}",
+            agent.log_text()
+        );
+    }
+    let made_room = t0.elapsed();
+    assert!(refused >= 1, "the table had room before the agent listed anything");
+    let d = fabric().since(&c0);
+    assert_eq!(d.get(Counter::CtEvicted), 1, "{d:?}");
+    assert_eq!(d.dropped(DropReason::ConntrackFull), refused, "{d:?}");
+    // Two more new flows evict the next oldest, at once.
+    for port in [40010, 40011] {
+        ask(port, TIMEOUT).unwrap_or_else(|e| panic!("flow {port}: {e}"));
+    }
+    let kept = tracked_ports();
+    println!("refused {refused} times, room after {made_room:?}; tracked: {kept:?}");
+    assert_eq!(
+        kept,
+        [40001, 40005, 40006, 40007, 40008, 40009, 40010, 40011]
+            .into_iter()
+            .collect(),
+        "the oldest idle flows went, in order; the busy one stayed"
+    );
+}
