@@ -243,8 +243,9 @@ const E2BIG: i32 = -7;
 /// A new translation: the first free port of the host's range from a
 /// flow-dependent start, claimed by inserting the reply key only if it is
 /// not there (so no two flows ever share a translated tuple). A full table
-/// first gives up a flow ([`evict`]); with none to give up, the packet is
-/// dropped (`conntrack_full`), never a tracked flow overwritten.
+/// first gives up a flow ([`evict`]) for the port it found free; with none
+/// to give up, the packet is dropped (`conntrack_full`), never a tracked
+/// flow overwritten.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn allocate(
@@ -277,31 +278,45 @@ fn allocate(
         version: out.version,
         _pad: 0,
     };
+    // The probes; a full table ends them with the port it would have
+    // claimed (free, since the insert got as far as wanting room).
     let mut i = 0;
-    let mut evicted = false;
+    let mut full_at = None;
     while i < SNAT_PROBES && i < range {
         let port = (lo + (start + i).checked_rem(range).unwrap_or(0)) as u16;
-        let rkey = reply_key(key, egress, port);
-        match CONNTRACK.insert(&rkey, &reply, BPF_NOEXIST as u64) {
-            Ok(()) => {
-                reply.addr = *egress;
-                reply.port_be = port.to_be_bytes();
-                // A failed insert only means the next packet translates anew.
-                let _ = CONNTRACK.insert(key, &reply, BPF_ANY as u64);
-                return Ok(port);
-            }
-            // Full: the same port again once a flow made room (two entries:
-            // this one and the outbound key).
+        match CONNTRACK.insert(reply_key(key, egress, port), &reply, BPF_NOEXIST as u64) {
+            Ok(()) => return Ok(track(key, &mut reply, egress, port)),
             Err(E2BIG) => {
-                if evicted || !evict(stats) {
-                    return Err(DropReason::ConntrackFull);
-                }
-                evicted = true;
+                full_at = Some(port);
+                break;
             }
             Err(_) => i += 1,
         }
     }
-    Err(DropReason::PortsExhausted)
+    // Out of the loop, so that the verifier goes through the eviction once,
+    // not once per probe.
+    let Some(port) = full_at else {
+        return Err(DropReason::PortsExhausted);
+    };
+    if !evict(stats)
+        || CONNTRACK
+            .insert(reply_key(key, egress, port), &reply, BPF_NOEXIST as u64)
+            .is_err()
+    {
+        return Err(DropReason::ConntrackFull);
+    }
+    Ok(track(key, &mut reply, egress, port))
+}
+
+/// The outbound entry of a flow whose reply key `reply` just claimed
+/// `egress`:`port`.
+#[inline(always)]
+fn track(key: &CtKey, reply: &mut CtValue, egress: &[u8; 16], port: u16) -> u16 {
+    reply.addr = *egress;
+    reply.port_be = port.to_be_bytes();
+    // A failed insert only means the next packet translates anew.
+    let _ = CONNTRACK.insert(key, &*reply, BPF_ANY as u64);
+    port
 }
 
 /// Makes room in a full tracking table: removes both directions of the
