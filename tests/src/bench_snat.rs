@@ -31,7 +31,7 @@ use dataplane_common::types::{CT_ESTABLISHED, CT_REPLY, CtKey, CtValue, FAMILY_V
 use dataplane_common::{Counter, DropReason, maps, programs};
 use netlab::netns::PinDir;
 
-use crate::bench::ns_per_packet;
+use crate::bench::{ns_per_packet, ns_per_packet_many};
 use crate::fabric::{FabricNs, HOST_VTEP, ROUTER_MAC};
 use crate::fixture::{XDP_PASS, XDP_REDIRECT};
 use crate::inbound_cases::{addr16, tenants};
@@ -45,6 +45,8 @@ pub const CT_ENTRIES: u32 = DEFAULT_CONNTRACK_ENTRIES;
 const POW2_ENTRIES: u32 = 1 << 18;
 const RUNS: u32 = 100_000;
 const ROUNDS: usize = 5;
+/// Established flows measured (see `ns_per_packet_figures`).
+const MEASURED: u32 = 64;
 /// Rounds of new flows: each is a mean over 100 chunks, and its spread
 /// from round to round (about 7 % here: every run is a set of cache
 /// misses, which other work on the machine stretches) is twice that of
@@ -290,10 +292,30 @@ fn ns_per_packet_figures(
 ) -> Result<()> {
     let m = &acme.connectors[0];
     let (sport, dport) = (40000, 443);
-    let syn = from_machine(acme, m, &syn_with_mss(v4(ACME_VM4), v4(PARTNER4), sport, dport, 1460));
-    let established = from_machine(acme, m, &tcp4(ACME_VM4, PARTNER4, sport, dport, PAYLOAD));
-    let port = first_port(v4(ACME_VM4), v4(PARTNER4), sport, dport, 6, ports());
-    let reply = tcp4(PARTNER4, ACME_EGRESS4, dport, port, PAYLOAD);
+    // The measured flows: `MEASURED` of them, from source ports 40000 on,
+    // each opened by a SYN. A flow's lookups walk its keys' buckets, and in
+    // a 90 % full table where its entries sit on their chains is a matter
+    // of the table's hash seed: the established and reply figures are the
+    // mean over all of them, not one flow's luck.
+    let sports: Vec<u16> = (sport..sport + MEASURED as u16).collect();
+    let syns: Vec<Vec<u8>> = sports
+        .iter()
+        .map(|&s| from_machine(acme, m, &syn_with_mss(v4(ACME_VM4), v4(PARTNER4), s, dport, 1460)))
+        .collect();
+    let established: Vec<Vec<u8>> = sports
+        .iter()
+        .map(|&s| from_machine(acme, m, &tcp4(ACME_VM4, PARTNER4, s, dport, PAYLOAD)))
+        .collect();
+    let out_key = |s: u16| CtKey {
+        tenant: ACME_ID,
+        src: addr16(v4(ACME_VM4)),
+        dst: addr16(v4(PARTNER4)),
+        sport_be: s.to_be_bytes(),
+        dport_be: dport.to_be_bytes(),
+        proto: 6,
+        family: FAMILY_V4,
+        _pad: [0; 2],
+    };
     // For reference: a reply from one of acme's VIPs (path 2) is
     // decapsulated and routed out of the uplink like a translated packet,
     // without tracking or translation.
@@ -331,32 +353,51 @@ fn ns_per_packet_figures(
     let mut filled = 0u32;
     let mut next_new = 0u32;
     for fill_pct in FILLS {
-        // Entries to reach, the measured flow's two included.
-        let want_flows = flows_at(CT_ENTRIES, fill_pct) - 1;
+        // Entries to reach, the measured flows' included.
+        let want_flows = flows_at(CT_ENTRIES, fill_pct) - MEASURED;
         fill(ct, filled, want_flows)?;
         filled = want_flows;
         let (baseline, est, new, rep, vip) = fab.ns.enter(|| -> Result<_> {
-            // The measured flow: opened by a SYN, then data both ways; the
-            // exact frames checked once.
-            let (a, _) = dp.run(programs::FABRIC, &syn)?;
-            ensure!(a == XDP_REDIRECT, "the measured flow's SYN: verdict {a}");
-            let (a, o) = dp.run(programs::FABRIC, &established)?;
+            // The measured flows: opened by a SYN (again, at 90 %: still
+            // the same flows), then data both ways; the first one's exact
+            // frames checked.
+            for syn in &syns {
+                let (a, _) = dp.run(programs::FABRIC, syn)?;
+                ensure!(a == XDP_REDIRECT, "a measured flow's SYN: verdict {a}");
+            }
+            let mut replies = Vec::new();
+            for &s in &sports {
+                let v = ct.get(&out_key(s), 0).context("a measured flow is not tracked")?;
+                replies.push(tcp4(
+                    PARTNER4,
+                    ACME_EGRESS4,
+                    dport,
+                    u16::from_be_bytes(v.port_be),
+                    PAYLOAD,
+                ));
+            }
+            let port = first_port(v4(ACME_VM4), v4(PARTNER4), sport, dport, 6, ports());
+            ensure!(
+                replies[0] == tcp4(PARTNER4, ACME_EGRESS4, dport, port, PAYLOAD),
+                "the first measured flow is not on its first port"
+            );
+            let (a, o) = dp.run(programs::FABRIC, &established[0])?;
             ensure!(
                 a == XDP_REDIRECT && o == to_internet(&tcp4(ACME_EGRESS4, PARTNER4, port, dport, PAYLOAD)),
                 "the established packet is not translated as expected (verdict {a})"
             );
-            let (a, o) = dp.run(programs::UPLINK, &reply)?;
+            let (a, o) = dp.run(programs::UPLINK, &replies[0])?;
             let hash = flow_hash(&addr16(v4(PARTNER4)), &addr16(v4(ACME_EGRESS4)), dport, port, 6);
             ensure!(
                 a == XDP_REDIRECT && o == to_machine(acme, m, hash, &tcp4(PARTNER4, ACME_VM4, dport, sport, PAYLOAD)),
                 "the reply is not translated back as expected (verdict {a})"
             );
-            let baseline = ns_per_packet(dp, programs::BENCH_PASS, &established, XDP_PASS, RUNS, ROUNDS)?;
+            let baseline = ns_per_packet(dp, programs::BENCH_PASS, &established[0], XDP_PASS, RUNS, ROUNDS)?;
             let vip = ns_per_packet(dp, programs::FABRIC, &vip_reply, XDP_REDIRECT, RUNS, ROUNDS)?;
             let fab0 = dp.counters(SIDE_FABRIC)?;
             let up0 = dp.counters(SIDE_UPLINK)?;
-            let est = ns_per_packet(dp, programs::FABRIC, &established, XDP_REDIRECT, RUNS, ROUNDS)?;
-            let rep = ns_per_packet(dp, programs::UPLINK, &reply, XDP_REDIRECT, RUNS, ROUNDS)?;
+            let est = ns_per_packet_many(dp, programs::FABRIC, &established, XDP_REDIRECT, RUNS, ROUNDS)?;
+            let rep = ns_per_packet_many(dp, programs::UPLINK, &replies, XDP_REDIRECT, RUNS, ROUNDS)?;
             let (df, du) = (
                 dp.counters(SIDE_FABRIC)?.since(&fab0),
                 dp.counters(SIDE_UPLINK)?.since(&up0),
@@ -377,12 +418,12 @@ fn ns_per_packet_figures(
             // The minimal program again at the end of the phase: the lower
             // of its two figures, so that one noisy measurement of an
             // 80 ns program does not move every ratio of the phase.
-            let again = ns_per_packet(dp, programs::BENCH_PASS, &established, XDP_PASS, RUNS, ROUNDS)?;
+            let again = ns_per_packet(dp, programs::BENCH_PASS, &established[0], XDP_PASS, RUNS, ROUNDS)?;
             let baseline = baseline.min(again);
             Ok((baseline, est, new, rep, vip))
         })??;
         let n = entries(ct);
-        let expect = 2 * (filled as usize + 1);
+        let expect = 2 * (filled + MEASURED) as usize;
         println!(
             "conntrack after the {fill_pct}% runs: {n} of {CT_ENTRIES} entries ({:.1}%), {expect} expected",
             100.0 * n as f64 / CT_ENTRIES as f64
