@@ -13,20 +13,7 @@ use dataplane::Dataplane;
 /// Mean ns/packet of `prog` on `packet`: best of `rounds` rounds of `runs`
 /// single runs. Fails if the program's verdict is not `expect`.
 pub fn ns_per_packet(dp: &Dataplane, prog: &str, packet: &[u8], expect: u32, runs: u32, rounds: usize) -> Result<f64> {
-    let mut out = vec![0u8; packet.len() + 256];
-    let mut best = f64::INFINITY;
-    for _ in 0..rounds {
-        let mut total = 0u128;
-        for _ in 0..runs {
-            let r = dp.test_run(prog, packet, Some(&mut out), 1)?;
-            if r.return_value != expect {
-                bail!("{prog}: verdict {} where {expect} was expected", r.return_value);
-            }
-            total += r.duration.as_nanos();
-        }
-        best = best.min(total as f64 / runs as f64);
-    }
-    Ok(best)
+    ns_per_packet_many(dp, prog, &[packet], expect, runs, rounds)
 }
 
 /// [`ns_per_packet`] over several packets taken in turn (`runs` in all):
@@ -34,18 +21,18 @@ pub fn ns_per_packet(dp: &Dataplane, prog: &str, packet: &[u8], expect: u32, run
 pub fn ns_per_packet_many(
     dp: &Dataplane,
     prog: &str,
-    packets: &[Vec<u8>],
+    packets: &[impl AsRef<[u8]>],
     expect: u32,
     runs: u32,
     rounds: usize,
 ) -> Result<f64> {
-    let longest = packets.iter().map(|p| p.len()).max().unwrap_or(0);
+    let longest = packets.iter().map(|p| p.as_ref().len()).max().unwrap_or(0);
     let mut out = vec![0u8; longest + 256];
     let mut best = f64::INFINITY;
     for _ in 0..rounds {
         let mut total = 0u128;
         for packet in packets.iter().cycle().take(runs as usize) {
-            let r = dp.test_run(prog, packet, Some(&mut out), 1)?;
+            let r = dp.test_run(prog, packet.as_ref(), Some(&mut out), 1)?;
             if r.return_value != expect {
                 bail!("{prog}: verdict {} where {expect} was expected", r.return_value);
             }

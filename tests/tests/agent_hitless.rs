@@ -8,10 +8,9 @@ mod agent_common;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use agent_common::{AgentProc, TempDir};
+use agent_common::LabAgent;
 use carwash_tests::require_root;
 use netlab::lab::{ALLOWED_CLIENT_V4, ALLOWED_CLIENT_V6, LabConfig, LabGuard, one_mib};
-use netlab::netns::PinDir;
 
 /// A rate-limited download of the lab's 1 MiB file through carwash, taking
 /// about `secs` seconds.
@@ -62,19 +61,10 @@ fn transfers_survive_sigkill_of_the_agent_and_a_new_agent_adopts() {
     let lab = LabGuard::up(&LabConfig::unique()).unwrap();
     let host = lab.host_ns().unwrap();
     let inet = lab.inet_ns().unwrap();
-    let pins = PinDir::new().unwrap();
-    let tmp = TempDir::new("hitless");
-    let policy_dir = tmp.path().join("policies");
-    std::fs::create_dir_all(&policy_dir).unwrap();
-    for t in &lab.tenants {
-        std::fs::copy(&t.policy_file, policy_dir.join(t.policy_file.file_name().unwrap())).unwrap();
-    }
-    let socket = tmp.path().join("api.sock");
-    let config = tmp.path().join("carwash.toml");
-    std::fs::write(&config, lab.host_config_toml(pins.path(), &socket, &policy_dir)).unwrap();
-    let log = tmp.path().join("agent.log");
+    let agent = LabAgent::new(&lab, "hitless", "").unwrap();
+    let tmp = &agent.dir;
 
-    let a1 = AgentProc::start(&host, &config, &socket, &log).unwrap();
+    let a1 = agent.start(&host).unwrap();
     let s1 = a1.status();
     let acme = lab.tenant("acme").unwrap();
     let (vip4, vip6) = (acme.vip_v4().unwrap(), acme.vip_v6().unwrap());
@@ -114,7 +104,7 @@ fn transfers_survive_sigkill_of_the_agent_and_a_new_agent_adopts() {
 
     // A new agent adopts the pins: the same links, its programs swapped in.
     let t0 = Instant::now();
-    let a2 = AgentProc::start(&host, &config, &socket, &log).unwrap();
+    let a2 = agent.start(&host).unwrap();
     let adopt = t0.elapsed();
     let s2 = a2.status();
     assert!(s2.adopted);

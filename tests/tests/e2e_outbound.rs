@@ -13,7 +13,7 @@ use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agent_common::{AgentProc, TempDir};
+use agent_common::LabAgent;
 use aya::maps::Map;
 use carwash_tests::labrun::LabRun;
 use carwash_tests::require_root;
@@ -26,7 +26,7 @@ use netlab::lab::{
     ALLOWED_CLIENT_V4, BIG_FILE, FAR_PARTNER_TCP_PORT, FAR_PARTNER_V4, FAR_PARTNER_V6, NARROW_MTU, PARTNER_TCP_PORT,
     PARTNER_UDP_PORT, PARTNER_V4, PARTNER_V6, one_mib, parse_peer, parse_peer_port,
 };
-use netlab::netns::{PinDir, unique_tag};
+use netlab::netns::unique_tag;
 use netlab::{LabConfig, LabGuard, Machine};
 
 /// Taken by the tests that must not share the two CPUs with each other:
@@ -838,18 +838,9 @@ fn an_outbound_flow_survives_sigkill_of_the_agent_with_its_translation() {
     let _alone = heavy();
     let lab = LabGuard::up(&LabConfig::unique()).unwrap();
     let host = lab.host_ns().unwrap();
-    let pins = PinDir::new().unwrap();
-    let tmp = TempDir::new("snat-hitless");
-    let policy_dir = tmp.path().join("policies");
-    std::fs::create_dir_all(&policy_dir).unwrap();
-    for t in &lab.tenants {
-        std::fs::copy(&t.policy_file, policy_dir.join(t.policy_file.file_name().unwrap())).unwrap();
-    }
-    let socket = tmp.path().join("api.sock");
-    let config = tmp.path().join("carwash.toml");
-    std::fs::write(&config, lab.host_config_toml(pins.path(), &socket, &policy_dir)).unwrap();
-    let log = tmp.path().join("agent.log");
-    let a1 = AgentProc::start(&host, &config, &socket, &log).unwrap();
+    let agent = LabAgent::new(&lab, "snat-hitless", "").unwrap();
+    let pins = &agent.pins;
+    let a1 = agent.start(&host).unwrap();
 
     let acme = lab.tenant("acme").unwrap();
     let egress = IpAddr::V4(acme.egress_v4.unwrap());
@@ -909,7 +900,7 @@ fn an_outbound_flow_survives_sigkill_of_the_agent_with_its_translation() {
     std::thread::sleep(Duration::from_secs(1));
     let during = flow_of(&pinned_flows(pins.path()), id, TCP, local, dst).expect("tracked without an agent");
     let t_start = Instant::now();
-    let a2 = AgentProc::start(&host, &config, &socket, &log).unwrap();
+    let a2 = agent.start(&host).unwrap();
     let restarted_at = t0.elapsed();
     let adopt = t_start.elapsed();
     assert!(a2.status().adopted, "the new agent adopts the pins");
@@ -1001,20 +992,10 @@ fn a_full_table_makes_room_from_the_agents_list() {
     let _alone = heavy();
     let lab = LabGuard::up(&LabConfig::unique()).unwrap();
     let host = lab.host_ns().unwrap();
-    let pins = PinDir::new().unwrap();
-    let tmp = TempDir::new("snat-full");
-    let policy_dir = tmp.path().join("policies");
-    std::fs::create_dir_all(&policy_dir).unwrap();
-    for t in &lab.tenants {
-        std::fs::copy(&t.policy_file, policy_dir.join(t.policy_file.file_name().unwrap())).unwrap();
-    }
-    let socket = tmp.path().join("api.sock");
-    let config = tmp.path().join("carwash.toml");
     // 16 entries: 8 flows.
-    let toml = lab.host_config_toml(pins.path(), &socket, &policy_dir) + "[conntrack]\nmax_entries = 16\n";
-    std::fs::write(&config, toml).unwrap();
-    let log = tmp.path().join("agent.log");
-    let agent = AgentProc::start(&host, &config, &socket, &log).unwrap();
+    let setup = LabAgent::new(&lab, "snat-full", "[conntrack]\nmax_entries = 16\n").unwrap();
+    let pins = &setup.pins;
+    let agent = setup.start(&host).unwrap();
 
     let acme = lab.tenant("acme").unwrap();
     let m = acme.connectors().next().unwrap();

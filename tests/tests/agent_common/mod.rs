@@ -133,6 +133,49 @@ impl AgentSetup {
     }
 }
 
+/// An agent for a lab: the lab's policy files in a policy dir of its own,
+/// pins, and the lab's host configuration plus `extra` (TOML), started in
+/// the lab's host namespace as often as a test needs.
+pub struct LabAgent {
+    pub pins: PinDir,
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl LabAgent {
+    pub fn new(lab: &netlab::lab::Lab, what: &str, extra: &str) -> Result<LabAgent> {
+        let dir = TempDir::new(what);
+        let policy_dir = dir.path().join("policies");
+        std::fs::create_dir_all(&policy_dir)?;
+        for t in &lab.tenants {
+            let name = t.policy_file.file_name().context("a policy file without a name")?;
+            std::fs::copy(&t.policy_file, policy_dir.join(name))?;
+        }
+        let pins = PinDir::new()?;
+        let socket = dir.path().join("api.sock");
+        let config = dir.path().join("carwash.toml");
+        std::fs::write(&config, lab.host_config_toml(pins.path(), &socket, &policy_dir) + extra)?;
+        let log = dir.path().join("agent.log");
+        Ok(LabAgent {
+            pins,
+            dir,
+            config,
+            socket,
+            log,
+        })
+    }
+
+    pub fn start(&self, ns: &NetNs) -> Result<AgentProc> {
+        AgentProc::start(ns, &self.config, &self.socket, &self.log)
+    }
+
+    pub fn pin_path(&self) -> &Path {
+        self.pins.path()
+    }
+}
+
 pub fn repo_policies_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
 }
