@@ -1,6 +1,7 @@
 //! The connection-tracking table of source NAT, from userspace: reading
-//! it as flows (an outbound key and its reply key make one flow), and
-//! reclaiming what the data path already treats as dead.
+//! it as flows (an outbound key and its reply key make one flow),
+//! reclaiming what the data path already treats as dead, and listing the
+//! least recently used flows for a full table to give up.
 //!
 //! The programs expire entries by carwash's clock (the kernel's tick
 //! counter times the tick length: [`now_ns`]) and never reuse a port whose reply entry is still
