@@ -313,12 +313,18 @@ impl Dataplane {
     /// is not using, then switched to in one write of the cursor. A flow's
     /// last use is the later of its two directions' ([`ct_last_use`]).
     pub fn list_evict_candidates(&mut self, flows: &[Flow]) -> Result<usize> {
-        // (last use, flow): only the chosen ones become candidates.
-        let mut c: Vec<(u64, &Flow)> = flows
+        let mut c: Vec<(u64, EvictCandidate)> = flows
             .iter()
             .filter_map(|f| {
                 let ((ok, ov), (rk, rv)) = (f.out?, f.reply?);
-                Some((ct_last_use(ok.proto, &ov).max(ct_last_use(rk.proto, &rv)), f))
+                let last_use = ct_last_use(ok.proto, &ov).max(ct_last_use(rk.proto, &rv));
+                let cand = EvictCandidate {
+                    out: ok,
+                    reply: rk,
+                    out_expires_ns: ov.expires_ns,
+                    reply_expires_ns: rv.expires_ns,
+                };
+                Some((last_use, cand))
             })
             .collect();
         let max = CT_EVICT_MAX as usize;
@@ -337,16 +343,7 @@ impl Dataplane {
         }
         let base = if cur.base == 0 { CT_EVICT_MAX } else { 0 };
         let mut list: Array<&mut MapData, EvictCandidate> = Array::try_from(self.map_mut(maps::CT_EVICT)?)?;
-        for (i, (_, f)) in c.iter().enumerate() {
-            let (Some((ok, ov)), Some((rk, rv))) = (f.out, f.reply) else {
-                continue;
-            };
-            let cand = EvictCandidate {
-                out: ok,
-                reply: rk,
-                out_expires_ns: ov.expires_ns,
-                reply_expires_ns: rv.expires_ns,
-            };
+        for (i, (_, cand)) in c.iter().enumerate() {
             list.set(base + i as u32, cand, 0)?;
         }
         let mut cursor: Array<&mut MapData, EvictCursor> = Array::try_from(self.map_mut(maps::CT_EVICT_CURSOR)?)?;
