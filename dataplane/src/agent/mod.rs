@@ -16,6 +16,7 @@ pub mod host;
 pub mod load;
 pub mod maps;
 pub mod metrics;
+pub mod notify;
 pub mod persist;
 pub mod server;
 pub mod status;
@@ -141,6 +142,8 @@ pub struct Agent {
     adopted: bool,
     last_apply: Option<ApplyReport>,
     last_error: Option<LastError>,
+    /// Whether the last attempt to apply was refused (or failed).
+    last_refused: bool,
     attempts: u64,
     cache: load::DirCache,
     /// Housekeeping rounds so far.
@@ -284,6 +287,7 @@ impl Agent {
             adopted,
             last_apply: None,
             last_error: None,
+            last_refused: false,
             attempts: 0,
             cache: load::DirCache::default(),
             ticks: 0,
@@ -410,6 +414,7 @@ impl Agent {
             error: msg.clone(),
             errors: list.clone(),
         });
+        self.last_refused = true;
         Response {
             ok: false,
             error: Some(msg),
@@ -426,7 +431,35 @@ impl Agent {
             error: msg.clone(),
             errors: Vec::new(),
         });
+        self.last_refused = true;
         Response::error(msg)
+    }
+
+    /// One line for the service manager: the set in force, and the last
+    /// refusal if the last attempt was refused.
+    fn service_status(&self) -> String {
+        let in_force = format!(
+            "generation {}, {} tenants, digest {}",
+            self.engine.generation,
+            self.engine.installed.len(),
+            self.engine.digest.get(..12).unwrap_or(&self.engine.digest)
+        );
+        match &self.last_error {
+            Some(e) if self.last_refused => {
+                let first = e
+                    .errors
+                    .first()
+                    .map(|f| format!(": {}:{}: {}", f.file, f.line, f.message));
+                format!("{}{}; in force: {in_force}", e.error, first.unwrap_or_default())
+            }
+            _ => format!("in force: {in_force}"),
+        }
+    }
+
+    fn tell_status(&self, service: Option<&notify::Notifier>) {
+        if let Some(sm) = service {
+            sm.status(&self.service_status());
+        }
     }
 
     fn apply_set(&mut self, set: &PolicySet, source: &str) -> Response {
@@ -454,6 +487,7 @@ impl Agent {
                     );
                 }
                 self.last_apply = Some(report.clone());
+                self.last_refused = false;
                 Response {
                     ok: true,
                     applied: Some(report),
@@ -645,11 +679,26 @@ fn sorted(mut errors: Vec<carwash_policy::PolicyError>) -> PolicyErrors {
 
 /// Runs the agent until SIGTERM or SIGINT (`SIGHUP` re-reads `policy_dir`).
 /// The programs stay attached when it returns.
-pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
+///
+/// Started by a service manager (`NOTIFY_SOCKET`), the agent tells it
+/// ([`notify`]); and a first policy set that is refused ends it with
+/// [`notify::EXIT_POLICY_REFUSED`] instead of `READY=1`: the manager then
+/// reports the unit failed with the refusal as its status, while the
+/// programs go on forwarding what is pinned.
+pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         use tokio::signal::unix::{SignalKind, signal};
+        let service = notify::Notifier::from_env();
         let mut agent = Agent::start(cfg, mode).await?;
+        if let Some(sm) = &service {
+            if agent.last_refused {
+                let status = agent.service_status();
+                error!("{status}; not ready (exit {})", notify::EXIT_POLICY_REFUSED);
+                sm.status(&status);
+                return Ok(std::process::ExitCode::from(notify::EXIT_POLICY_REFUSED));
+            }
+        }
         let mut ebpf_log = agent.ebpf_log.take();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let listener = server::bind(&agent.cfg.api_socket)?;
@@ -672,6 +721,14 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
         neighbours.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut idle = tokio::time::interval(HOUSEKEEPING);
         idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Petted by this loop itself: a loop that hangs stops petting.
+        let mut watchdog = service
+            .as_ref()
+            .and_then(notify::Notifier::watchdog_every)
+            .map(tokio::time::interval);
+        if let Some(sm) = &service {
+            sm.ready(&agent.service_status());
+        }
         info!(
             api_socket = %agent.cfg.api_socket.display(),
             policy_dir = %agent.cfg.policy_dir.display(),
@@ -684,18 +741,31 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
                     Some(server::Event::Reload(source, changed)) => {
                         agent.reload_changed(source, changed.as_deref());
                         agent.sync_uplink_addresses();
+                        agent.tell_status(service.as_ref());
                     }
                     Some(server::Event::Api(req, reply)) => {
                         let resp = server::handle(&mut agent, req);
                         agent.sync_uplink_addresses();
+                        agent.tell_status(service.as_ref());
                         let _ = reply.send(resp);
                     }
                     None => break,
                 },
                 _ = hup.recv() => {
                     info!("SIGHUP: re-reading policy_dir");
+                    if let Some(sm) = &service {
+                        sm.reloading();
+                    }
                     agent.reload("SIGHUP");
                     agent.sync_uplink_addresses();
+                    if let Some(sm) = &service {
+                        sm.ready(&agent.service_status());
+                    }
+                }
+                _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
+                    if let Some(sm) = &service {
+                        sm.watchdog();
+                    }
                 }
                 _ = idle.tick() => agent.housekeep(),
                 _ = settle.tick() => agent.settle_if_due(),
@@ -705,8 +775,11 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
                 _ = int.recv() => { info!("SIGINT: stopping; the programs stay attached"); break; }
             }
         }
+        if let Some(sm) = &service {
+            sm.stopping("stopping; the programs stay attached and forward the set in force");
+        }
         let _ = std::fs::remove_file(&agent.cfg.api_socket);
-        anyhow::Ok(())
+        anyhow::Ok(std::process::ExitCode::SUCCESS)
     })
 }
 

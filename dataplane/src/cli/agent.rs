@@ -128,6 +128,5 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     }
     let cfg = config(&args)?;
     let mode = if args.skb_mode { XdpMode::Skb } else { XdpMode::Default };
-    dataplane::agent::run(cfg, mode)?;
-    Ok(ExitCode::SUCCESS)
+    dataplane::agent::run(cfg, mode)
 }
