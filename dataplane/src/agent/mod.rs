@@ -691,13 +691,13 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
         use tokio::signal::unix::{SignalKind, signal};
         let service = notify::Notifier::from_env();
         let mut agent = Agent::start(cfg, mode).await?;
-        if let Some(sm) = &service {
-            if agent.last_refused {
-                let status = agent.service_status();
-                error!("{status}; not ready (exit {})", notify::EXIT_POLICY_REFUSED);
-                sm.status(&status);
-                return Ok(std::process::ExitCode::from(notify::EXIT_POLICY_REFUSED));
-            }
+        if let Some(sm) = &service
+            && agent.last_refused
+        {
+            let status = agent.service_status();
+            error!("{status}; not ready (exit {})", notify::EXIT_POLICY_REFUSED);
+            sm.status(&status);
+            return Ok(std::process::ExitCode::from(notify::EXIT_POLICY_REFUSED));
         }
         let mut ebpf_log = agent.ebpf_log.take();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
