@@ -146,6 +146,24 @@ pub struct AgentStatus {
     /// adding addresses.
     #[serde(default)]
     pub uplink_addresses_generation: u64,
+    /// The tracking table as the agent's last pass over it found it
+    /// (every 10 s; `None` before the first).
+    #[serde(default)]
+    pub conntrack: Option<ConntrackStatus>,
+}
+
+/// How full the tracking table and the source-NAT port range are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackStatus {
+    /// Unix time of the pass.
+    pub at: u64,
+    /// The table's size in entries (two per flow).
+    pub capacity: u32,
+    pub entries: usize,
+    /// Ports of `[snat] port_range`, each usable once per egress IP and protocol.
+    pub snat_port_range: u32,
+    /// Egress IP → translated (protocol, port) pairs in use.
+    pub snat_ports: std::collections::BTreeMap<std::net::IpAddr, usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@
 //! there, expired or not; the agent reclaims expired flows (both
 //! directions at once, as soon as either has expired), entries whose twin
 //! is gone, and the flows of tenants that no longer exist.
-use std::collections::HashMap as StdHashMap;
+use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet};
 use std::net::IpAddr;
 
 use anyhow::{Result, anyhow, bail};
@@ -213,7 +213,7 @@ impl Dataplane {
 }
 
 /// What a reclaim pass removed, and the eviction candidates it listed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Reclaimed {
     /// Flows past their expiry.
     pub expired: usize,
@@ -223,6 +223,36 @@ pub struct Reclaimed {
     pub gone_tenants: usize,
     /// Flows listed for a full table to give up (`CT_EVICT`).
     pub candidates: usize,
+    /// What the table holds after the pass.
+    pub fill: Fill,
+}
+
+/// How full the tracking table is, and the source-NAT ports in use per
+/// egress IP: the figures behind the table-full and port-exhaustion alerts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fill {
+    /// Entries (two per flow with both directions).
+    pub entries: usize,
+    /// Egress IP → distinct translated (protocol, port) pairs in use.
+    pub snat_ports: BTreeMap<IpAddr, usize>,
+}
+
+impl Fill {
+    fn of<'a>(flows: impl Iterator<Item = &'a Flow>) -> Fill {
+        let mut fill = Fill::default();
+        let mut ports: BTreeMap<IpAddr, HashSet<(u8, [u8; 2])>> = BTreeMap::new();
+        for f in flows {
+            fill.entries += usize::from(f.out.is_some()) + usize::from(f.reply.is_some());
+            if let Some((k, v)) = f.out {
+                ports
+                    .entry(ip(&v.addr, k.family))
+                    .or_default()
+                    .insert((k.proto, v.port_be));
+            }
+        }
+        fill.snat_ports = ports.into_iter().map(|(ip, p)| (ip, p.len())).collect();
+        fill
+    }
 }
 
 impl Reclaimed {
@@ -279,6 +309,7 @@ impl Dataplane {
         let mut m = self.conntrack_mut()?;
         let mut done = Reclaimed::default();
         let mut kept = Vec::with_capacity(flows.len());
+        let mut lone = Vec::new();
         for f in flows {
             let why = if !live(f.tenant()) {
                 &mut done.gone_tenants
@@ -288,10 +319,13 @@ impl Dataplane {
                 // Only once its own lifetime says so would a lone
                 // direction be reclaimed by expiry; an outbound entry
                 // without its reply can never carry traffic again.
-                let lone = f.out.or(f.reply).map(|(_, v)| v);
-                match lone {
+                let single = f.out.or(f.reply).map(|(_, v)| v);
+                match single {
                     Some(v) if now.saturating_sub(v.touched_ns) > ORPHAN_GRACE_NS => &mut done.orphans,
-                    _ => continue,
+                    _ => {
+                        lone.push(f);
+                        continue;
+                    }
                 }
             } else {
                 kept.push(f);
@@ -304,6 +338,7 @@ impl Dataplane {
             }
         }
         done.candidates = self.list_evict_candidates(&kept)?;
+        done.fill = Fill::of(kept.iter().chain(&lone));
         Ok(done)
     }
 

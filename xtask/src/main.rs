@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, build, tests, the netns lab, the demo and the
 //! benchmarks. Every command first makes sure the toolchain is in place
 //! (see `setup`), so a fresh machine needs nothing but this.
+mod deb;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +45,8 @@ enum Cmd {
     },
     /// The main job: the agent on the lab topology with the repo's policies, until Ctrl-C.
     Run,
+    /// The Debian package: target/debian/carwash_<version>_<arch>.deb (cargo-deb).
+    Deb,
     /// Benchmarks: the programs (BPF_PROG_TEST_RUN, against a minimal XDP_PASS program in the same
     /// run) and the agent at 10,000 tenants; `bench -- packets` or `bench -- agent` runs one part.
     Bench {
@@ -70,6 +73,7 @@ fn main() -> Result<()> {
         }
         Cmd::Test { args } => {
             setup::run()?;
+            setup::packaging()?;
             let mut cmd = cargo();
             // The default members: everything but the eBPF crate, which only builds
             // for the bpf target (through dataplane's build script).
@@ -91,6 +95,13 @@ fn main() -> Result<()> {
             setup::run()?;
             main_job()
         }
+        Cmd::Deb => {
+            setup::run()?;
+            setup::packaging()?;
+            let deb = deb::build()?;
+            println!("{}", deb.display());
+            Ok(())
+        }
         Cmd::Bench { args } => {
             setup::run()?;
             let mut cmd = cargo();
@@ -110,7 +121,7 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
     c.env("PATH", setup::path_with_tools());
@@ -126,7 +137,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// Builds `carwash` in release mode and returns its path.
-fn build_release() -> Result<PathBuf> {
+pub fn build_release() -> Result<PathBuf> {
     run(cargo().args(["build", "--release", "-p", "dataplane", "--bin", "carwash"]))?;
     Ok(root().join("target/release/carwash"))
 }

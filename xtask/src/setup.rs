@@ -149,3 +149,33 @@ fn bpffs_mounted() -> bool {
         })
         .unwrap_or(false)
 }
+
+/// Commands the packaging tests run (the package, its unit, its alert
+/// rules), and the Debian package of each.
+const PACKAGING_TOOLS: &[(&str, &str)] = &[
+    ("lintian", "lintian"),
+    ("promtool", "prometheus"),
+    ("systemd-analyze", "systemd"),
+    ("fakeroot", "fakeroot"),
+];
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// What `cargo xtask deb` and the packaging tests need besides the
+/// toolchain: cargo-deb, lintian, promtool, systemd-analyze.
+pub fn packaging() -> Result<()> {
+    let missing: Vec<&str> = PACKAGING_TOOLS
+        .iter()
+        .filter(|(cmd, _)| !have_command(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+    let version = stdout(Command::new(cargo_bin().join("cargo-deb")).arg("--version"));
+    if !version.contains(CARGO_DEB_VERSION) {
+        println!("setup: cargo install cargo-deb {CARGO_DEB_VERSION} (about two minutes)");
+        crate::run(Command::new("cargo").args(["install", "cargo-deb", "--version", CARGO_DEB_VERSION, "--locked"]))
+            .context("installing cargo-deb")?;
+    }
+    Ok(())
+}

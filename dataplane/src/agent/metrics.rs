@@ -78,6 +78,7 @@ pub struct AgentSnapshot {
     pub last_apply_seconds: Option<f64>,
     /// Unix time of the last refused or failed policy set.
     pub last_error_at: Option<u64>,
+    pub conntrack: Option<crate::api::ConntrackStatus>,
 }
 
 impl From<&AgentStatus> for AgentSnapshot {
@@ -87,6 +88,7 @@ impl From<&AgentStatus> for AgentSnapshot {
             attempts: s.attempts,
             last_apply_seconds: s.last_apply.as_ref().map(|a| a.micros as f64 / 1e6),
             last_error_at: s.last_error.as_ref().map(|e| e.at),
+            conntrack: s.conntrack.clone(),
         }
     }
 }
@@ -336,20 +338,44 @@ impl Collector for Snapshot {
                 "Policy sets the agent read or received (applied, unchanged or refused).",
                 one(a.attempts),
             )?;
-            if let Some(s) = a.last_apply_seconds {
+            gauge(
+                e,
+                "carwash_policy_last_apply_duration_seconds",
+                "Time the last apply spent writing the maps (0: none yet).",
+                one(a.last_apply_seconds.unwrap_or(0.0)),
+            )?;
+            gauge(
+                e,
+                "carwash_policy_last_error_timestamp_seconds",
+                "Unix time of the last policy set refused or failed (0: none since the agent started).",
+                one(a.last_error_at.unwrap_or(0)),
+            )?;
+            if let Some(ct) = &a.conntrack {
                 gauge(
                     e,
-                    "carwash_policy_last_apply_duration_seconds",
-                    "Time the last apply spent writing the maps.",
-                    one(s),
+                    "carwash_conntrack_entries",
+                    "Entries in the connection-tracking table (two per flow), at the agent's last pass over it.",
+                    one(ct.entries as u64),
                 )?;
-            }
-            if let Some(at) = a.last_error_at {
                 gauge(
                     e,
-                    "carwash_policy_last_error_timestamp_seconds",
-                    "Unix time of the last policy set refused or failed.",
-                    one(at),
+                    "carwash_conntrack_capacity",
+                    "Size of the connection-tracking table in entries.",
+                    one(u64::from(ct.capacity)),
+                )?;
+                gauge(
+                    e,
+                    "carwash_snat_port_range_ports",
+                    "Ports of the source-NAT port range: what each egress IP has per protocol.",
+                    one(u64::from(ct.snat_port_range)),
+                )?;
+                gauge(
+                    e,
+                    "carwash_snat_ports_in_use",
+                    "Translated (protocol, port) pairs in use per egress IP, at the agent's last pass over the table.",
+                    ct.snat_ports
+                        .iter()
+                        .map(|(ip, n)| (vec![("egress_ip", ip.to_string())], *n as u64)),
                 )?;
             }
         }
@@ -653,6 +679,13 @@ mod tests {
                 attempts: 3,
                 last_apply_seconds: Some(0.25),
                 last_error_at: None,
+                conntrack: Some(crate::api::ConntrackStatus {
+                    at: 4,
+                    capacity: 262_145,
+                    entries: 6,
+                    snat_port_range: 40_000,
+                    snat_ports: [("203.0.113.200".parse().unwrap(), 3)].into(),
+                }),
             }),
         };
         let text = snap.clone().encode(false).unwrap();
@@ -670,11 +703,15 @@ mod tests {
             "carwash_map_memory_bytes{map=\"ADDRS\"} 4096",
             "carwash_policy_last_apply_duration_seconds 0.25",
             "carwash_policy_apply_attempts_total 3",
+            "carwash_policy_last_error_timestamp_seconds 0",
+            "carwash_conntrack_entries 6",
+            "carwash_conntrack_capacity 262145",
+            "carwash_snat_port_range_ports 40000",
+            "carwash_snat_ports_in_use{egress_ip=\"203.0.113.200\"} 3",
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
         }
         assert!(!text.contains("class=\"none\""), "{text}");
-        assert!(!text.contains("last_error"), "{text}");
         let om = snap.encode(true).unwrap();
         assert!(om.ends_with("# EOF\n"), "{om}");
         assert!(om.contains("# TYPE carwash_program_packets counter"), "{om}");

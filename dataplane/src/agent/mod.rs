@@ -153,6 +153,8 @@ pub struct Agent {
     /// candidates) at once.
     ct_full_seen: u64,
     uplink_addrs: host::UplinkAddrs,
+    /// What the last pass over the tracking table found.
+    ct_fill: Option<crate::api::ConntrackStatus>,
     metrics: Option<tokio::net::TcpListener>,
     /// The programs' aya-log ring buffer, when `ebpf_log` is on.
     ebpf_log: Option<EbpfLogFd>,
@@ -293,6 +295,7 @@ impl Agent {
             ticks: 0,
             ct_full_seen: 0,
             uplink_addrs: host::UplinkAddrs::default(),
+            ct_fill: None,
             metrics,
             ebpf_log,
             _lock: lock,
@@ -602,10 +605,20 @@ impl Agent {
     /// half gone) and those of tenants no longer in force.
     pub fn reclaim_conntrack(&mut self) {
         let installed = &self.engine.installed;
-        match self
+        let result = self
             .dp
-            .reclaim_conntrack(crate::conntrack::now_ns(), |t| installed.contains_key(&t))
-        {
+            .reclaim_conntrack(crate::conntrack::now_ns(), |t| installed.contains_key(&t));
+        if let Ok(r) = &result {
+            let (lo, hi) = self.cfg.snat.ports().unwrap_or((1, 0));
+            self.ct_fill = Some(crate::api::ConntrackStatus {
+                at: now_secs(),
+                capacity: self.dp.conntrack_capacity().unwrap_or(0),
+                entries: r.fill.entries,
+                snat_port_range: u32::from(hi).saturating_sub(u32::from(lo)) + 1,
+                snat_ports: r.fill.snat_ports.clone(),
+            });
+        }
+        match result {
             Ok(r) if r.total() == 0 => {}
             Ok(r) => tracing::debug!(
                 expired = r.expired,
@@ -647,6 +660,7 @@ impl Agent {
             last_error: self.last_error.clone(),
             attempts: self.attempts,
             uplink_addresses_generation: self.uplink_addrs.done.load(std::sync::atomic::Ordering::Relaxed),
+            conntrack: self.ct_fill.clone(),
         }
     }
 }
@@ -707,6 +721,9 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
             tokio::spawn(metrics::serve(l, agent.cfg.pin_path.clone(), tx.clone()));
         }
         agent.sync_uplink_addresses();
+        // The tracking table's figures from the start, not after the first
+        // ten seconds.
+        agent.reclaim_conntrack();
         let _watcher = watch::spawn(&agent.cfg.policy_dir, tx.clone(), DEBOUNCE)?;
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
