@@ -649,11 +649,15 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         use tokio::signal::unix::{SignalKind, signal};
+        // The socket's directory and group are checked before anything
+        // is loaded or attached.
+        let access = server::Access::new(&cfg.api)?;
+        server::check_dir(&cfg.api_socket)?;
         let mut agent = Agent::start(cfg, mode).await?;
         let mut ebpf_log = agent.ebpf_log.take();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let listener = server::bind(&agent.cfg.api_socket)?;
-        tokio::spawn(server::serve(listener, tx.clone()));
+        let listener = server::bind(&agent.cfg.api_socket, &access)?;
+        tokio::spawn(server::serve(listener, tx.clone(), access));
         if let Some(l) = agent.metrics.take() {
             tokio::spawn(metrics::serve(l, agent.cfg.pin_path.clone(), tx.clone()));
         }
