@@ -39,7 +39,7 @@ use crate::api::{
 use crate::config::HostConfig;
 use crate::loader::{self, PinState, PinnedAttachment};
 use crate::tables::HostParams;
-use apply::Engine;
+use apply::{Engine, Target};
 use host::Interface;
 
 /// Debounce of `policy_dir` changes: an editor's or a control plane's burst
@@ -365,15 +365,26 @@ impl Agent {
         let touched = self.cache.set().touched().len();
         let resp = match loaded {
             Ok(()) => {
-                // Tenants touched since the last apply that succeeded (a
-                // refused set in between leaves its changes in the list).
-                let hint = changed.map(|_| self.cache.set().touched().clone());
-                let result = self.engine.apply_with(&mut self.dp, self.cache.set(), hint.as_ref());
-                let resp = self.applied(result, source);
-                if resp.ok {
-                    self.cache.set_mut().take_touched();
+                let set = self.cache.set();
+                if let Err(errors) = apply::check_capacity_of(Target::count(set), Target::each(set)) {
+                    let dir = self.cfg.policy_dir.clone();
+                    let errors = capacity_errors(&errors, &dir, |name| {
+                        let file = tenant_file(&dir, name)?;
+                        let text = std::fs::read_to_string(&file).ok()?;
+                        Some((file, text))
+                    });
+                    self.refused(source, &errors)
+                } else {
+                    // Tenants touched since the last apply that succeeded (a
+                    // refused set in between leaves its changes in the list).
+                    let hint = changed.map(|_| self.cache.set().touched().clone());
+                    let result = self.engine.apply_with(&mut self.dp, self.cache.set(), hint.as_ref());
+                    let resp = self.applied(result, source);
+                    if resp.ok {
+                        self.cache.set_mut().take_touched();
+                    }
+                    resp
                 }
-                resp
             }
             Err(errors) => self.refused(source, &errors),
         };
@@ -491,7 +502,13 @@ impl Agent {
             Err(errors) => return self.refused("api", &errors),
         };
         if let Err(errors) = apply::check_capacity(&set) {
-            return self.failed("api", format!("policy set refused: {}", errors.join("; ")));
+            let errors = capacity_errors(&errors, &self.cfg.policy_dir, |name| {
+                documents
+                    .iter()
+                    .find(|d| Path::new(&d.name).file_stem().is_some_and(|s| s == name))
+                    .map(|d| (PathBuf::from(&d.name), d.content.clone()))
+            });
+            return self.refused("api", &errors);
         }
         if dry_run {
             return Response {
@@ -636,6 +653,33 @@ pub fn validate_documents(documents: &[Document]) -> Result<PolicySet, PolicyErr
             Err(sorted(errors))
         }
     }
+}
+
+/// Capacity errors as policy errors: a tenant's at the field in its
+/// document (`doc` gives its file and text), the set's as a whole at
+/// `set_file` (the directory or the request it came in).
+pub fn capacity_errors(
+    errors: &[apply::CapacityError],
+    set_file: &Path,
+    doc: impl Fn(&str) -> Option<(PathBuf, String)>,
+) -> PolicyErrors {
+    sorted(
+        errors
+            .iter()
+            .map(|e| match e.tenant.as_deref().and_then(&doc) {
+                Some((file, text)) => e.at(&file, Some(&text)),
+                None => e.at(set_file, None),
+            })
+            .collect(),
+    )
+}
+
+/// The policy file of tenant `name` in `dir`, if there is one.
+pub fn tenant_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    ["toml", "json"]
+        .iter()
+        .map(|ext| dir.join(format!("{name}.{ext}")))
+        .find(|p| p.is_file())
 }
 
 fn sorted(mut errors: Vec<carwash_policy::PolicyError>) -> PolicyErrors {
