@@ -502,6 +502,33 @@ impl Dataplane {
         Ok(())
     }
 
+    /// The first step of installing a new tenant, alone: its record (not
+    /// ready), name, VNI and addresses, as [`Dataplane::install_tenants`]
+    /// claims them before anything else. Until the rest is in place the
+    /// tenant passes nothing; a test holds a tenant there to see it.
+    pub fn claim_tenant(&mut self, id: u32, t: &Tenant) -> Result<()> {
+        if id == 0 || id >= MAX_TENANTS {
+            bail!("tenant id {id} out of range 1..{MAX_TENANTS}");
+        }
+        let new = self.tenant_info(id)?.is_none();
+        let mut bits = Vec::new();
+        self.claim(id, t, &Health::default(), 2 * id, new, &mut bits)?;
+        self.filter_set(&bits)
+    }
+
+    /// Marks tenant `id` ready or not: a tenant that is not ready passes
+    /// nothing (`tenant_not_ready`) whatever else of it is in the maps, as
+    /// between the last of its entries and the record that marks it ready.
+    pub fn set_tenant_ready(&mut self, id: u32, ready: bool) -> Result<()> {
+        let mut info = self.tenant_info(id)?.ok_or_else(|| anyhow!("no tenant {id}"))?;
+        if ready {
+            info.flags |= TENANT_READY;
+        } else {
+            info.flags &= !TENANT_READY;
+        }
+        self.put_tenant(id, info)
+    }
+
     /// Makes core `index` of tenant `id` the active one: one map update.
     pub fn set_active_core(&mut self, id: u32, index: u8) -> Result<()> {
         let mut info = self.tenant_info(id)?.ok_or_else(|| anyhow!("no tenant {id}"))?;
