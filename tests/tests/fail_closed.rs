@@ -37,9 +37,11 @@ fn verdict(dp: &Dataplane, prog: &str, packet: &[u8]) -> (u32, Option<DropReason
     (action, moved.first().copied())
 }
 
-/// Checks every (name, program, packet, verdict, reason) and reports all
-/// mismatches together.
-fn expect(dp: &Dataplane, cases: &[(&str, &str, Vec<u8>, u32, Option<DropReason>)]) {
+/// A case: name, program, packet, verdict and drop reason.
+type Expected = (&'static str, &'static str, Vec<u8>, u32, Option<DropReason>);
+
+/// Checks every case and reports all mismatches together.
+fn expect(dp: &Dataplane, cases: &[Expected]) {
     let mut bad = Vec::new();
     for (name, prog, packet, action, why) in cases {
         let got = verdict(dp, prog, packet);
