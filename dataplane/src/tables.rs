@@ -317,6 +317,25 @@ impl Dataplane {
         Ok(())
     }
 
+    /// The host settings as the programs read them.
+    pub fn host_settings(&self) -> Result<HostConfig> {
+        let cfg: aya::maps::Array<_, HostConfig> = aya::maps::Array::try_from(self.map_ref(maps::CONFIG)?)?;
+        Ok(cfg.get(&0, 0)?)
+    }
+
+    /// Sets the tick length of carwash's clock (`HostConfig::ns_per_tick`,
+    /// which [`Dataplane::set_host`] measures). The programs read the clock
+    /// as `ticks × ns_per_tick`, so a nanosecond more per tick moves it
+    /// [`Dataplane::kernel_ticks`] nanoseconds ahead at once: how tests let
+    /// lifetimes pass for the data path without waiting for them.
+    pub fn set_ns_per_tick(&mut self, ns: u32) -> Result<()> {
+        let mut c = self.host_settings()?;
+        c.ns_per_tick = ns;
+        let mut cfg: aya::maps::Array<_, HostConfig> = aya::maps::Array::try_from(self.map_mut(maps::CONFIG)?)?;
+        cfg.set(0, c, 0)?;
+        Ok(())
+    }
+
     /// The tenant record as the maps hold it (in the generation in force;
     /// inside a policy transaction, in the one being written).
     pub fn tenant_info(&self, id: u32) -> Result<Option<TenantInfo>> {

@@ -343,3 +343,22 @@ pub fn icmp4_unreachable(src: Ipv4Addr, dst: Ipv4Addr, quote: &[u8]) -> Vec<u8> 
         .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host))
         .bytes(quote)
 }
+
+/// An IPv4 TCP FIN (with ACK).
+pub fn fin4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    eth()
+        .ipv4(src.octets(), dst.octets(), 64)
+        .tcp(sport, dport, 2000, 64240)
+        .ack(1)
+        .fin()
+        .bytes(&[])
+}
+
+/// An IPv4 TCP RST.
+pub fn rst4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    eth()
+        .ipv4(src.octets(), dst.octets(), 64)
+        .tcp(sport, dport, 2000, 0)
+        .rst()
+        .bytes(&[])
+}
