@@ -103,6 +103,8 @@ fn group_id(name: &str) -> Result<u32> {
 /// included, as the system's group database lists them).
 fn in_group(uid: u32, gid: u32) -> bool {
     let mut buf = vec![0u8; 16384];
+    // SAFETY: a plain C struct of integers and pointers; all zeroes is a
+    // valid (empty) value, filled in by getpwuid_r.
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
     let mut found: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: buffers of the sizes given; `found` is set to `&pw` or null.
@@ -352,5 +354,72 @@ pub fn handle(agent: &mut Agent, req: Request) -> Response {
             tenants,
             dry_run,
         } => agent.apply_documents(documents, tenants, dry_run),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(group: Option<(&str, u32)>) -> Access {
+        Access {
+            group: group.map(|(n, g)| (n.to_string(), g)),
+            max_request: 1,
+            timeout: Duration::from_secs(1),
+            max_connections: 1,
+        }
+    }
+
+    #[test]
+    fn root_and_the_group_are_admitted() {
+        let none = access(None);
+        assert!(none.admits(0, 0).is_ok());
+        assert_eq!(
+            none.admits(4242, 100).unwrap_err(),
+            "permission denied: uid 4242 is not root (set [api] group to let a group in)"
+        );
+        let group = access(Some(("carwash", 4321)));
+        assert!(group.admits(4242, 4321).is_ok(), "by the connecting group");
+        assert_eq!(
+            group.admits(4242, 100).unwrap_err(),
+            "permission denied: uid 4242 (gid 100) is neither root nor in group carwash"
+        );
+        // A user the group database knows as a member (its own group).
+        let own = access(Some(("nogroup", 65534)));
+        if in_group(65534, 65534) {
+            assert!(own.admits(65534, 100).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_group_must_exist() {
+        let e = Access::new(&ApiConfig {
+            group: Some("no-such-group-here".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(format!("{e:#}"), "api.group \"no-such-group-here\": no such group");
+        let a = Access::new(&ApiConfig {
+            group: Some("root".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(a.group, Some(("root".to_string(), 0)));
+    }
+
+    #[tokio::test]
+    async fn a_line_longer_than_the_limit_is_refused() {
+        let mut r = BufReader::with_capacity(4, &b"{\"op\":\"status\"}\nxxxxxxxxxxxxxxxxxxxxxxxx\n"[..]);
+        assert_eq!(
+            read_line(&mut r, 16).await.ok().flatten().as_deref(),
+            Some(&b"{\"op\":\"status\"}"[..])
+        );
+        assert!(matches!(read_line(&mut r, 16).await, Err(ReadError::TooLarge)));
+        let mut r = BufReader::new(&b"last"[..]);
+        assert_eq!(
+            read_line(&mut r, 16).await.ok().flatten().as_deref(),
+            Some(&b"last"[..])
+        );
+        assert!(matches!(read_line(&mut r, 16).await, Ok(None)));
     }
 }
