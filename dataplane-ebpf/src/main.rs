@@ -20,6 +20,7 @@ mod snat_in;
 mod snat_out;
 mod steer;
 mod uplink;
+mod vip_icmp;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
@@ -51,6 +52,13 @@ pub fn carwash_snat_in(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn carwash_snat_icmp(ctx: XdpContext) -> u32 {
     snat_in::run_icmp(&ctx)
+}
+
+/// ICMP errors to VIPs, about steered flows: tail-called by
+/// `carwash_uplink`.
+#[xdp]
+pub fn carwash_vip_icmp(ctx: XdpContext) -> u32 {
+    vip_icmp::run(&ctx)
 }
 
 /// The answer to a reply too big for the fabric: tail-called by

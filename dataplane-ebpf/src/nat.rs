@@ -3,11 +3,11 @@
 //! payload.
 use aya_ebpf::programs::XdpContext;
 use dataplane_common::{
-    checksum,
+    DropReason, checksum,
     types::{CtKey, FAMILY_V4, FAMILY_V6},
 };
 
-use crate::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, be16, read, write};
+use crate::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, be16, header, read, write};
 use crate::parse::Flow;
 
 pub const ICMP_ECHO_REQUEST: u8 = 8;
@@ -97,6 +97,42 @@ pub fn is_icmp_error(flow: &Flow) -> bool {
         IPPROTO_ICMPV6 => flow.v6 && (1..=4).contains(&ty),
         _ => false,
     }
+}
+
+/// The packet an ICMP error quotes: where its IP and transport headers
+/// start, its protocol, and the first eight bytes of its transport header
+/// (ports, or the echo type, code, checksum and identifier).
+pub struct Quote {
+    pub l3: usize,
+    pub l4: usize,
+    pub proto: u8,
+    pub head: [u8; 8],
+}
+
+/// Reads the packet the ICMP error `flow` quotes, writing its source and
+/// destination addresses to `src` and `dst` (the callers build their keys
+/// in place). IPv4 quotes with options and IPv6 quotes with extension
+/// headers are not followed: a router quotes what it received, and
+/// carwash's flows carry neither.
+#[inline(always)]
+pub fn read_quote(ctx: &XdpContext, flow: &Flow, src: &mut [u8; 16], dst: &mut [u8; 16]) -> Result<Quote, DropReason> {
+    let l3 = flow.l4_off + 8;
+    let (proto, l4) = if flow.v6 {
+        // The farthest read first: its bounds check covers the others.
+        *dst = read(ctx, l3 + 24).ok_or(DropReason::Malformed)?;
+        *src = read(ctx, l3 + 8).ok_or(DropReason::Malformed)?;
+        (read(ctx, l3 + 6).ok_or(DropReason::Malformed)?, l3 + 40)
+    } else {
+        let ip: &Ipv4Hdr = header(ctx, l3).ok_or(DropReason::Malformed)?;
+        if ip.version_ihl != 0x45 {
+            return Err(DropReason::Malformed);
+        }
+        src[..4].copy_from_slice(&ip.src);
+        dst[..4].copy_from_slice(&ip.dst);
+        (ip.proto, l3 + 20)
+    };
+    let head = read(ctx, l4).ok_or(DropReason::Malformed)?;
+    Ok(Quote { l3, l4, proto, head })
 }
 
 #[inline(always)]

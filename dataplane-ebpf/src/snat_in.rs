@@ -15,9 +15,7 @@ use crate::encap::{ENCAP_OVERHEAD, cached_hop, encapsulate, encapsulate_via};
 use crate::handoff::hand_on;
 use crate::maps::{CONNTRACK, host_config};
 use crate::nat::{self, Delta, End};
-use crate::packet::{
-    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_FLAG_SYN, be16, frame_len, header, read, write,
-};
+use crate::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_FLAG_SYN, be16, frame_len, write};
 use crate::parse::Flow;
 use crate::snat_out::{keep_twin, refresh, tcp_state, twin_due};
 use crate::uplink::{Refused, too_big};
@@ -173,30 +171,16 @@ fn try_icmp_error(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Resul
     *tenant = owner;
     let cfg = host_config()?;
     let flow = &h.flow;
-    let e = flow.l4_off + 8;
     // The reply key of the quoted packet: from its destination to its
     // (translated) source, built in place.
     let mut key = nat::key(0, &[0; 16], &[0; 16], 0, 0, 0, flow.v6);
-    let q_l4 = if flow.v6 {
-        key.src = read(ctx, e + 24).ok_or(DropReason::Malformed)?;
-        key.dst = read(ctx, e + 8).ok_or(DropReason::Malformed)?;
-        key.proto = read(ctx, e + 6).ok_or(DropReason::Malformed)?;
-        e + 40
-    } else {
-        let ip: &Ipv4Hdr = header(ctx, e).ok_or(DropReason::Malformed)?;
-        if ip.version_ihl != 0x45 {
-            return Err(DropReason::Malformed.into());
-        }
-        key.src[..4].copy_from_slice(&ip.dst);
-        key.dst[..4].copy_from_slice(&ip.src);
-        key.proto = ip.proto;
-        e + 20
-    };
+    let q = nat::read_quote(ctx, flow, &mut key.dst, &mut key.src)?;
+    let (e, q_l4, l4) = (q.l3, q.l4, q.head);
+    key.proto = q.proto;
     // The quoted packet left from the egress IP this error came to.
     if key.dst != flow.dst {
         return Err(DropReason::NoConntrack.into());
     }
-    let l4: [u8; 8] = read(ctx, q_l4).ok_or(DropReason::Malformed)?;
     let (q_port, port_off) = match key.proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             key.sport_be = [l4[2], l4[3]];

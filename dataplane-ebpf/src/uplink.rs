@@ -84,6 +84,13 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
                     Err(hand_on(ctx, &flow, generation, a.tenant, 0, 0, jump)),
                 )
             }
+            // An ICMP error about a steered flow follows it: the only
+            // traffic to a VIP without a service that takes this branch.
+            Some(a) if nat::is_icmp_error(&flow) => (
+                a.tenant,
+                CLASS_NONE,
+                Err(hand_on(ctx, &flow, generation, a.tenant, 0, 0, jumps::VIP_ICMP)),
+            ),
             Some(a) => {
                 let why = if flow.later_fragment {
                     DropReason::Fragment

@@ -1,5 +1,6 @@
 //! The agent's API on `api_socket`: a Unix stream socket (owner root, mode
-//! 0600) speaking line-delimited JSON. Each request is one JSON object on
+//! 0600, or 0660 with `[api] group`; who may connect and what a connection
+//! may cost: `crate::agent::server`) speaking line-delimited JSON. Each request is one JSON object on
 //! one line; the agent answers each with one JSON object on one line, in
 //! order, and a client may send several requests on one connection.
 //!
@@ -249,13 +250,16 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response>
     stream.set_write_timeout(Some(timeout))?;
     let mut line = serde_json::to_string(req)?;
     line.push('\n');
-    stream.write_all(line.as_bytes())?;
+    // A connection the agent refuses (credentials, too many connections)
+    // is answered and closed at once, maybe before the request is sent: the
+    // answer says why, the failed write does not.
+    let written = stream.write_all(line.as_bytes());
     let mut reader = BufReader::new(stream);
     let mut answer = String::new();
-    reader
-        .read_line(&mut answer)
-        .with_context(|| format!("reading the agent's answer from {}", socket.display()))?;
+    let read = reader.read_line(&mut answer);
     if answer.is_empty() {
+        written.with_context(|| format!("sending the request to {}", socket.display()))?;
+        read.with_context(|| format!("reading the agent's answer from {}", socket.display()))?;
         bail!(
             "the agent at {} closed the connection without answering",
             socket.display()

@@ -59,6 +59,35 @@ impl Default for ConntrackConfig {
     }
 }
 
+/// The API socket's access and limits (`[api]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// A group whose members may use the API socket besides root: the
+    /// socket is then that group's, mode 0660. Without it: root only, 0600.
+    pub group: Option<String>,
+    /// The longest request (one line) accepted; a longer one is answered
+    /// with an error and the connection closed.
+    pub max_request_bytes: usize,
+    /// How long a connection may take to send a whole request (idle time
+    /// before it included), and to take an answer.
+    pub timeout_secs: u64,
+    /// Connections served at once; more are told so and closed.
+    pub max_connections: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            group: None,
+            // A set of 10,000 tenants as JSON is about 10 MB.
+            max_request_bytes: 64 << 20,
+            timeout_secs: 30,
+            max_connections: 16,
+        }
+    }
+}
+
 /// The host configuration (`/etc/carwash/carwash.toml`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,6 +116,8 @@ pub struct HostConfig {
     pub snat: SnatConfig,
     #[serde(default)]
     pub conntrack: ConntrackConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
 }
 
 fn default_policy_dir() -> PathBuf {
@@ -107,6 +138,9 @@ impl HostConfig {
         let cfg: HostConfig = toml::from_str(text)?;
         cfg.snat.ports()?;
         cfg.metrics_addr()?;
+        if cfg.api.max_request_bytes == 0 || cfg.api.timeout_secs == 0 || cfg.api.max_connections == 0 {
+            bail!("api: max_request_bytes, timeout_secs and max_connections must be at least 1");
+        }
         Ok(cfg)
     }
 

@@ -263,15 +263,21 @@ impl Dataplane {
     /// `HostConfig::ns_per_tick`), from the tick counter as the programs
     /// read it.
     pub fn kernel_tick_ns(&self) -> Result<u32> {
+        let before = crate::conntrack::clock_ticks();
+        let ticks = self.kernel_ticks()?;
+        let after = crate::conntrack::clock_ticks();
+        crate::conntrack::tick_ns(ticks, before, after)
+    }
+
+    /// The kernel's tick counter as the programs read it.
+    pub fn kernel_ticks(&self) -> Result<u64> {
         let frame = [0u8; 64];
         let mut out = [0u8; 64];
-        let before = crate::conntrack::clock_ticks();
         let r = self.test_run(programs::CLOCK, &frame, Some(&mut out), 1)?;
-        let after = crate::conntrack::clock_ticks();
         ensure!(r.return_value == 2, "{}: verdict {}", programs::CLOCK, r.return_value);
         let mut ticks = [0u8; 8];
         ticks.copy_from_slice(&out[..8]);
-        crate::conntrack::tick_ns(u64::from_ne_bytes(ticks), before, after)
+        Ok(u64::from_ne_bytes(ticks))
     }
 
     /// Benchmarks only: the frame the `carwash_bench_restore_*` programs

@@ -317,6 +317,25 @@ impl Dataplane {
         Ok(())
     }
 
+    /// The host settings as the programs read them.
+    pub fn host_settings(&self) -> Result<HostConfig> {
+        let cfg: aya::maps::Array<_, HostConfig> = aya::maps::Array::try_from(self.map_ref(maps::CONFIG)?)?;
+        Ok(cfg.get(&0, 0)?)
+    }
+
+    /// Sets the tick length of carwash's clock (`HostConfig::ns_per_tick`,
+    /// which [`Dataplane::set_host`] measures). The programs read the clock
+    /// as `ticks × ns_per_tick`, so a nanosecond more per tick moves it
+    /// [`Dataplane::kernel_ticks`] nanoseconds ahead at once: how tests let
+    /// lifetimes pass for the data path without waiting for them.
+    pub fn set_ns_per_tick(&mut self, ns: u32) -> Result<()> {
+        let mut c = self.host_settings()?;
+        c.ns_per_tick = ns;
+        let mut cfg: aya::maps::Array<_, HostConfig> = aya::maps::Array::try_from(self.map_mut(maps::CONFIG)?)?;
+        cfg.set(0, c, 0)?;
+        Ok(())
+    }
+
     /// The tenant record as the maps hold it (in the generation in force;
     /// inside a policy transaction, in the one being written).
     pub fn tenant_info(&self, id: u32) -> Result<Option<TenantInfo>> {
@@ -500,6 +519,33 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+
+    /// The first step of installing a new tenant, alone: its record (not
+    /// ready), name, VNI and addresses, as [`Dataplane::install_tenants`]
+    /// claims them before anything else. Until the rest is in place the
+    /// tenant passes nothing; a test holds a tenant there to see it.
+    pub fn claim_tenant(&mut self, id: u32, t: &Tenant) -> Result<()> {
+        if id == 0 || id >= MAX_TENANTS {
+            bail!("tenant id {id} out of range 1..{MAX_TENANTS}");
+        }
+        let new = self.tenant_info(id)?.is_none();
+        let mut bits = Vec::new();
+        self.claim(id, t, &Health::default(), 2 * id, new, &mut bits)?;
+        self.filter_set(&bits)
+    }
+
+    /// Marks tenant `id` ready or not: a tenant that is not ready passes
+    /// nothing (`tenant_not_ready`) whatever else of it is in the maps, as
+    /// between the last of its entries and the record that marks it ready.
+    pub fn set_tenant_ready(&mut self, id: u32, ready: bool) -> Result<()> {
+        let mut info = self.tenant_info(id)?.ok_or_else(|| anyhow!("no tenant {id}"))?;
+        if ready {
+            info.flags |= TENANT_READY;
+        } else {
+            info.flags &= !TENANT_READY;
+        }
+        self.put_tenant(id, info)
     }
 
     /// Makes core `index` of tenant `id` the active one: one map update.

@@ -333,3 +333,32 @@ pub fn fragments4(frame: &[u8], at: usize) -> (Vec<u8>, Vec<u8>) {
     };
     (part(&payload[..at], 0, true), part(&payload[at..], at, false))
 }
+
+/// An ICMP destination-unreachable / host unreachable from `src` to `dst`,
+/// quoting `quote`.
+pub fn icmp4_unreachable(src: Ipv4Addr, dst: Ipv4Addr, quote: &[u8]) -> Vec<u8> {
+    use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
+    eth()
+        .ipv4(src.octets(), dst.octets(), 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host))
+        .bytes(quote)
+}
+
+/// An IPv4 TCP FIN (with ACK).
+pub fn fin4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    eth()
+        .ipv4(src.octets(), dst.octets(), 64)
+        .tcp(sport, dport, 2000, 64240)
+        .ack(1)
+        .fin()
+        .bytes(&[])
+}
+
+/// An IPv4 TCP RST.
+pub fn rst4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    eth()
+        .ipv4(src.octets(), dst.octets(), 64)
+        .tcp(sport, dport, 2000, 0)
+        .rst()
+        .bytes(&[])
+}

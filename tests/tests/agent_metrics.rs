@@ -2,8 +2,8 @@
 //! loopback port of its namespace: the counters move with packets run
 //! through the pinned uplink program (BPF_PROG_TEST_RUN on the live maps),
 //! a known tenant's series carry its labels, policy changes show, other
-//! paths are 404, garbage is 400, a silent client 408, none of which stops
-//! the agent; `metrics =
+//! paths are 404, garbage is 400, a silent client 408, connections beyond
+//! the endpoint's 64 closed at once, none of which stops the agent; `metrics =
 //! "off"` serves nothing and a port in use stops the start with an error.
 mod agent_common;
 
@@ -308,4 +308,48 @@ fn metrics_off_serves_nothing_and_a_port_in_use_stops_the_start() {
         .unwrap();
     assert!(refused.is_err(), "something answers on 127.0.0.1:9464 with metrics off");
     drop(taken);
+}
+
+#[test]
+fn connections_beyond_the_bound_are_closed_at_once_and_the_agent_goes_on() {
+    require_root();
+    let setup = AgentSetup::new(&["acme.toml"]).unwrap();
+    let port = free_port(&setup.ns);
+    set_metrics(&setup, &format!("127.0.0.1:{port}"));
+    let agent = setup.start().unwrap();
+    let ns = &setup.ns;
+    let connect = || {
+        ns.enter(|| TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap())
+            .unwrap()
+    };
+    // 64 silent clients take every slot the endpoint has.
+    let held: Vec<TcpStream> = (0..64).map(|_| connect()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The next one is closed without a word, at once.
+    let mut extra = connect();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let n = extra.read_to_end(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf));
+    assert!(t0.elapsed() < Duration::from_secs(3), "closed after {:?}", t0.elapsed());
+    // The agent's loop and its API are not held up meanwhile.
+    let t0 = std::time::Instant::now();
+    assert!(agent.status().pid > 0);
+    assert!(t0.elapsed() < Duration::from_secs(2), "status took {:?}", t0.elapsed());
+    // Slots come back as clients go: then scrapes are served again.
+    drop(held);
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Ok(text) = raw(ns, port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            && text.starts_with("HTTP/1.1 200 ")
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no scrape served after the clients left"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

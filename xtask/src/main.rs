@@ -37,11 +37,16 @@ enum Cmd {
         #[arg(long, default_value = "cwlab", global = true)]
         name: String,
     },
-    /// Bring the lab up, run the agent on it, drive traffic, print what happened.
+    /// Bring the lab up, run the agent on it, drive traffic inbound and
+    /// outbound, allowed and denied, print what happened; fails if anything
+    /// did not happen as the policies say.
     Demo {
         /// Leave the lab up afterwards.
         #[arg(long)]
         keep: bool,
+        /// Lab name: prefix of its namespaces.
+        #[arg(long, default_value = "cwlab")]
+        name: String,
     },
     /// The main job: the agent on the lab topology with the repo's policies, until Ctrl-C.
     Run,
@@ -87,9 +92,9 @@ fn main() -> Result<()> {
             setup::run()?;
             lab(cmd, &name)
         }
-        Cmd::Demo { keep } => {
+        Cmd::Demo { keep, name } => {
             setup::run()?;
-            demo(keep)
+            demo(keep, &name)
         }
         Cmd::Run => {
             setup::run()?;

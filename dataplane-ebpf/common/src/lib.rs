@@ -21,7 +21,7 @@ pub use drop::DropReason;
 
 /// Version of the map layout. A new binary refuses to adopt pinned maps of
 /// another version instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Names of the programs in the eBPF object, as userspace looks them up.
 pub mod programs {
@@ -52,6 +52,9 @@ pub mod programs {
     pub const DELIVER: &str = "carwash_deliver";
     /// Answers a reply to an egress IP that would not fit the fabric.
     pub const TOO_BIG: &str = "carwash_too_big";
+    /// ICMP errors to VIPs about steered flows, tail-called by the uplink
+    /// program.
+    pub const VIP_ICMP: &str = "carwash_vip_icmp";
     /// Every program tail-called through `JUMPS`, with its slot.
     pub const JUMPED: &[(&str, u32)] = &[
         (SNAT_OUT, crate::jumps::SNAT_OUT),
@@ -60,6 +63,7 @@ pub mod programs {
         (SNAT_ICMP, crate::jumps::SNAT_ICMP),
         (DELIVER, crate::jumps::DELIVER),
         (TOO_BIG, crate::jumps::TOO_BIG),
+        (VIP_ICMP, crate::jumps::VIP_ICMP),
     ];
 }
 
@@ -72,7 +76,8 @@ pub mod jumps {
     pub const SNAT_ICMP: u32 = 3;
     pub const DELIVER: u32 = 4;
     pub const TOO_BIG: u32 = 5;
-    pub const COUNT: u32 = 6;
+    pub const VIP_ICMP: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Names of the maps in the eBPF object; also their file names under the pin

@@ -175,17 +175,65 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// A limit of the maps a policy set would exceed: which tenant (none: the
+/// set as a whole), the policy field that counts towards it, and the figure
+/// against the limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapacityError {
+    pub tenant: Option<String>,
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for CapacityError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.tenant {
+            Some(t) => write!(f, "tenant {t}: {}: {}", self.field, self.message),
+            None => write!(f, "{}: {}", self.field, self.message),
+        }
+    }
+}
+
+impl CapacityError {
+    /// The error as a policy error of `file` (the tenant's document, or for
+    /// the set as a whole the directory or request it came in), at the
+    /// field's place when `positions` of that document are given.
+    pub fn at(&self, file: &Path, text: Option<&str>) -> carwash_policy::PolicyError {
+        let (line, column) = text
+            .and_then(|t| carwash_policy::parse_document(file, t).ok())
+            .and_then(|d| d.positions.get(self.field))
+            .unwrap_or((0, 0));
+        carwash_policy::PolicyError {
+            file: file.to_path_buf(),
+            line,
+            column,
+            field: self.field.to_string(),
+            message: match &self.tenant {
+                Some(_) => self.message.clone(),
+                None => format!("the policy set: {}", self.message),
+            },
+        }
+    }
+}
+
 /// Checks the limits of the maps that validation of the policy model does
 /// not know about, before anything is written.
-pub fn check_capacity(set: &PolicySet) -> Result<(), Vec<String>> {
+pub fn check_capacity(set: &PolicySet) -> Result<(), Vec<CapacityError>> {
     check_capacity_of(set.tenants.len(), set.tenants.iter())
 }
 
 /// [`check_capacity`] of `count` tenants.
-pub fn check_capacity_of<'a>(count: usize, tenants: impl Iterator<Item = &'a Tenant>) -> Result<(), Vec<String>> {
+pub fn check_capacity_of<'a>(
+    count: usize,
+    tenants: impl Iterator<Item = &'a Tenant>,
+) -> Result<(), Vec<CapacityError>> {
     let mut errors = Vec::new();
     if count as u32 >= MAX_TENANTS {
-        errors.push(format!("{count} tenants: the maps hold at most {}", MAX_TENANTS - 1));
+        errors.push(CapacityError {
+            tenant: None,
+            field: "name",
+            message: format!("{count} tenants: the maps hold at most {}", MAX_TENANTS - 1),
+        });
     }
     let (mut addrs, mut services) = (0usize, 0usize);
     for t in tenants {
@@ -210,22 +258,31 @@ pub fn check_capacity_of<'a>(count: usize, tenants: impl Iterator<Item = &'a Ten
                 entries
             };
             if n > MAX_ALLOW_PREFIXES as usize {
-                errors.push(format!(
-                    "tenant {}: allow, vpc_cidrs and egress allow: {n} {family} prefixes, at most {MAX_ALLOW_PREFIXES}",
-                    t.name
-                ));
+                errors.push(CapacityError {
+                    tenant: Some(t.name.clone()),
+                    field: "allow",
+                    message: format!(
+                        "allow, vpc_cidrs and egress allow: {n} {family} prefixes, at most {MAX_ALLOW_PREFIXES}"
+                    ),
+                });
             }
         }
     }
     if addrs > MAX_ADDRS as usize {
-        errors.push(format!(
-            "{addrs} VIPs and egress addresses in all: the maps hold at most {MAX_ADDRS}"
-        ));
+        errors.push(CapacityError {
+            tenant: None,
+            field: "vips",
+            message: format!("{addrs} VIPs and egress addresses in all: the maps hold at most {MAX_ADDRS}"),
+        });
     }
     if services > MAX_SERVICES as usize {
-        errors.push(format!(
-            "{services} services (VIP × port) in all: the maps hold at most {MAX_SERVICES}"
-        ));
+        errors.push(CapacityError {
+            tenant: None,
+            field: "https_ports",
+            message: format!(
+                "{services} services (VIP × port, https_ports and jms_ports) in all: the maps hold at most {MAX_SERVICES}"
+            ),
+        });
     }
     if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
@@ -406,7 +463,8 @@ impl Engine {
         hint: Option<&BTreeSet<String>>,
     ) -> Result<ApplyReport> {
         if let Err(errors) = check_capacity_of(target.count(), target.each()) {
-            bail!("{}", errors.join("\n"));
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            bail!("{}", lines.join("\n"));
         }
         let hint = hint.filter(|_| !self.compare_all && !self.digest.is_empty());
         self.rollback = None;

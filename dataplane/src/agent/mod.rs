@@ -40,7 +40,7 @@ use crate::api::{
 use crate::config::HostConfig;
 use crate::loader::{self, PinState, PinnedAttachment};
 use crate::tables::HostParams;
-use apply::Engine;
+use apply::{Engine, Target};
 use host::Interface;
 
 /// Debounce of `policy_dir` changes: an editor's or a control plane's burst
@@ -372,15 +372,26 @@ impl Agent {
         let touched = self.cache.set().touched().len();
         let resp = match loaded {
             Ok(()) => {
-                // Tenants touched since the last apply that succeeded (a
-                // refused set in between leaves its changes in the list).
-                let hint = changed.map(|_| self.cache.set().touched().clone());
-                let result = self.engine.apply_with(&mut self.dp, self.cache.set(), hint.as_ref());
-                let resp = self.applied(result, source);
-                if resp.ok {
-                    self.cache.set_mut().take_touched();
+                let set = self.cache.set();
+                if let Err(errors) = apply::check_capacity_of(Target::count(set), Target::each(set)) {
+                    let dir = self.cfg.policy_dir.clone();
+                    let errors = capacity_errors(&errors, &dir, |name| {
+                        let file = tenant_file(&dir, name)?;
+                        let text = std::fs::read_to_string(&file).ok()?;
+                        Some((file, text))
+                    });
+                    self.refused(source, &errors)
+                } else {
+                    // Tenants touched since the last apply that succeeded (a
+                    // refused set in between leaves its changes in the list).
+                    let hint = changed.map(|_| self.cache.set().touched().clone());
+                    let result = self.engine.apply_with(&mut self.dp, self.cache.set(), hint.as_ref());
+                    let resp = self.applied(result, source);
+                    if resp.ok {
+                        self.cache.set_mut().take_touched();
+                    }
+                    resp
                 }
-                resp
             }
             Err(errors) => self.refused(source, &errors),
         };
@@ -528,7 +539,13 @@ impl Agent {
             Err(errors) => return self.refused("api", &errors),
         };
         if let Err(errors) = apply::check_capacity(&set) {
-            return self.failed("api", format!("policy set refused: {}", errors.join("; ")));
+            let errors = capacity_errors(&errors, &self.cfg.policy_dir, |name| {
+                documents
+                    .iter()
+                    .find(|d| Path::new(&d.name).file_stem().is_some_and(|s| s == name))
+                    .map(|d| (PathBuf::from(&d.name), d.content.clone()))
+            });
+            return self.refused("api", &errors);
         }
         if dry_run {
             return Response {
@@ -686,6 +703,33 @@ pub fn validate_documents(documents: &[Document]) -> Result<PolicySet, PolicyErr
     }
 }
 
+/// Capacity errors as policy errors: a tenant's at the field in its
+/// document (`doc` gives its file and text), the set's as a whole at
+/// `set_file` (the directory or the request it came in).
+pub fn capacity_errors(
+    errors: &[apply::CapacityError],
+    set_file: &Path,
+    doc: impl Fn(&str) -> Option<(PathBuf, String)>,
+) -> PolicyErrors {
+    sorted(
+        errors
+            .iter()
+            .map(|e| match e.tenant.as_deref().and_then(&doc) {
+                Some((file, text)) => e.at(&file, Some(&text)),
+                None => e.at(set_file, None),
+            })
+            .collect(),
+    )
+}
+
+/// The policy file of tenant `name` in `dir`, if there is one.
+pub fn tenant_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    ["toml", "json"]
+        .iter()
+        .map(|ext| dir.join(format!("{name}.{ext}")))
+        .find(|p| p.is_file())
+}
+
 fn sorted(mut errors: Vec<carwash_policy::PolicyError>) -> PolicyErrors {
     errors.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
     PolicyErrors(errors)
@@ -704,6 +748,10 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
     rt.block_on(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let service = notify::Notifier::from_env();
+        // The socket's directory and group are checked before anything
+        // is loaded or attached.
+        let access = server::Access::new(&cfg.api)?;
+        server::check_dir(&cfg.api_socket)?;
         let mut agent = Agent::start(cfg, mode).await?;
         if let Some(sm) = &service
             && agent.last_refused
@@ -715,8 +763,8 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
         }
         let mut ebpf_log = agent.ebpf_log.take();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let listener = server::bind(&agent.cfg.api_socket)?;
-        tokio::spawn(server::serve(listener, tx.clone()));
+        let listener = server::bind(&agent.cfg.api_socket, &access)?;
+        tokio::spawn(server::serve(listener, tx.clone(), access));
         if let Some(l) = agent.metrics.take() {
             tokio::spawn(metrics::serve(l, agent.cfg.pin_path.clone(), tx.clone()));
         }

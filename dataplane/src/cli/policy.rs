@@ -78,16 +78,19 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
                 ok: false,
                 tenants: set.tenants.len(),
                 digest: None,
-                errors: errors
-                    .into_iter()
-                    .map(|message| ApiError {
-                        file: a.path.display().to_string(),
-                        line: 0,
-                        column: 0,
-                        field: String::new(),
-                        message,
-                    })
-                    .collect(),
+                errors: dataplane::agent::capacity_errors(&errors, &a.path, |name| {
+                    let file = if a.path.is_dir() {
+                        dataplane::agent::tenant_file(&a.path, name)?
+                    } else {
+                        a.path.clone()
+                    };
+                    let text = std::fs::read_to_string(&file).ok()?;
+                    Some((file, text))
+                })
+                .0
+                .iter()
+                .map(ApiError::from)
+                .collect(),
             },
         },
         Err(errors) => CheckResult {
