@@ -91,13 +91,14 @@ fn commented_host_config_states_the_defaults() {
         .iter()
         .copied()
         .filter(|l| {
-            ["uplink ", "fabric ", "vtep ", "router_mac "]
+            ["uplink ", "fabric ", "vtep ", "router_mac ", "group "]
                 .iter()
                 .any(|k| l.starts_with(k))
         })
         .collect();
-    assert_eq!(examples.len(), 4, "{uncommented:?}");
-    let defaults = HostConfig::parse(&examples.join("\n")).unwrap();
+    assert_eq!(examples.len(), 5, "{uncommented:?}");
+    // `group` is the one example inside a section.
+    let defaults = HostConfig::parse(&examples.join("\n").replace("group =", "[api]\ngroup =")).unwrap();
     assert_eq!(all, defaults, "the commented values are the defaults");
 }
 
