@@ -51,6 +51,7 @@ fn start() -> Result<Running> {
     let lab = Lab::up(&LabConfig {
         name: LAB.into(),
         policies: root().join("policies"),
+        ..LabConfig::default()
     })?;
     let pin_path = lab_pin_path(LAB);
     let _ = std::fs::remove_dir_all(&pin_path);

@@ -22,6 +22,7 @@ pub mod status;
 pub(crate) mod sys;
 pub mod watch;
 
+use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -149,6 +150,12 @@ pub struct Agent {
     /// seen: more of them calls for a reclaim pass (and fresh eviction
     /// candidates) at once.
     ct_full_seen: u64,
+    /// Redirects the kernel refused so far, by target ifindex.
+    redirect_failures_seen: BTreeMap<u32, u64>,
+    /// What the attach-time check (or a later one) found wrong with the
+    /// interfaces the programs redirect into.
+    target_problems: Vec<crate::xdp_target::TargetProblem>,
+    generic_xdp: bool,
     uplink_addrs: host::UplinkAddrs,
     metrics: Option<tokio::net::TcpListener>,
     /// The programs' aya-log ring buffer, when `ebpf_log` is on.
@@ -288,6 +295,9 @@ impl Agent {
             cache: load::DirCache::default(),
             ticks: 0,
             ct_full_seen: 0,
+            redirect_failures_seen: BTreeMap::new(),
+            target_problems: Vec::new(),
+            generic_xdp: matches!(mode, XdpMode::Skb),
             uplink_addrs: host::UplinkAddrs::default(),
             metrics,
             ebpf_log,
@@ -341,7 +351,62 @@ impl Agent {
             );
         }
         self.attachments = done;
+        let link_id = self.dp.watch_redirects_pinned(&pin)?;
+        info!(
+            link_id,
+            tracepoint = loader::REDIRECT_TRACEPOINT,
+            "counting the redirects the kernel refuses, per interface"
+        );
+        self.redirect_failures_seen = self.redirect_failures();
+        self.check_targets();
         Ok(())
+    }
+
+    /// Checks that the interfaces the programs redirect into can take XDP
+    /// frames, and says what to change where one cannot.
+    fn check_targets(&mut self) {
+        let targets = [
+            (self.uplink.name.as_str(), self.uplink.ifindex),
+            (self.fabric.name.as_str(), self.fabric.ifindex),
+        ];
+        self.target_problems = crate::xdp_target::check_targets(&targets, self.generic_xdp);
+        for p in &self.target_problems {
+            warn!(interface = %p.ifname, ifindex = p.ifindex, "{}", p.warning);
+        }
+    }
+
+    fn redirect_failures(&self) -> BTreeMap<u32, u64> {
+        self.dp
+            .redirect_errors()
+            .map(|m| m.into_iter().map(|(i, e)| (i, e.frames)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Reports redirects the kernel refused since the last look, and checks
+    /// the interfaces again (a peer may have changed since the attach).
+    fn watch_redirect_failures(&mut self) {
+        let now = self.redirect_failures();
+        let grown: Vec<(u32, u64)> = now
+            .iter()
+            .filter_map(|(i, n)| {
+                let before = self.redirect_failures_seen.get(i).copied().unwrap_or(0);
+                (*n > before).then_some((*i, n - before))
+            })
+            .collect();
+        self.redirect_failures_seen = now;
+        if grown.is_empty() {
+            return;
+        }
+        for (ifindex, n) in &grown {
+            let name = status::ifname(*ifindex).unwrap_or_else(|| "?".into());
+            warn!(
+                interface = %name,
+                ifindex,
+                frames = n,
+                "the kernel refused frames redirected into this interface (see `carwash stats`)"
+            );
+        }
+        self.check_targets();
     }
 
     pub fn config(&self) -> &HostConfig {
@@ -557,6 +622,7 @@ impl Agent {
             .counters(dataplane_common::types::SIDE_FABRIC)
             .map(|c| c.dropped(dataplane_common::DropReason::ConntrackFull))
             .unwrap_or(0);
+        self.watch_redirect_failures();
         let newly_full = full > self.ct_full_seen;
         self.ct_full_seen = full;
         if newly_full || self.ticks.is_multiple_of(RECLAIM_EVERY) {
@@ -604,10 +670,19 @@ impl Agent {
             digest: self.engine.digest.clone(),
             applied_at: self.engine.applied_at,
             tenants,
-            interfaces: vec![
-                InterfaceStatus::new("uplink", &self.uplink),
-                InterfaceStatus::new("fabric", &self.fabric),
-            ],
+            interfaces: [("uplink", &self.uplink), ("fabric", &self.fabric)]
+                .into_iter()
+                .map(|(role, i)| {
+                    let mut st = InterfaceStatus::new(role, i);
+                    st.warnings = self
+                        .target_problems
+                        .iter()
+                        .filter(|p| p.ifindex == i.ifindex)
+                        .map(|p| p.warning.clone())
+                        .collect();
+                    st
+                })
+                .collect(),
             attachments: self.attachments.iter().map(AttachmentStatus::from).collect(),
             last_apply: self.last_apply.clone(),
             last_error: self.last_error.clone(),
