@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use agent_common::{LabAgent, carwash};
 use carwash_tests::require_root;
-use netlab::lab::{ALLOWED_CLIENT_V4, LabConfig, LabGuard};
+use netlab::lab::{ALLOWED_CLIENT_V4, HOST_UNDERLAY_PORT, INET_IF, LabConfig, LabGuard};
 use netlab::netns::{NetNs, VethSetup};
 use serde_json::Value;
 
@@ -192,4 +192,34 @@ fn refused_redirects_are_warned_about_and_counted() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // Doing what the warning says fixes it: GRO on on both peers, and a
+    // restarted agent finds nothing to warn about; the session goes through
+    // and no further frame is refused.
+    agent.kill();
+    inet.run(&["ethtool", "-K", INET_IF, "gro", "on"]).unwrap();
+    NetNs::open(&lab.underlay)
+        .unwrap()
+        .run(&["ethtool", "-K", HOST_UNDERLAY_PORT, "gro", "on"])
+        .unwrap();
+    let log_len = std::fs::read_to_string(&la.log).unwrap().len();
+    let agent = la.start(&host).unwrap();
+    let log = agent.log_text()[log_len..].to_string();
+    assert!(!log.contains("runs no NAPI"), "{log}");
+    let st = json(&["status", "--pin-path", &pin, "--socket", socket, "-o", "json"]);
+    for i in st["agent"]["interfaces"].as_array().unwrap() {
+        assert_eq!(i["warnings"], serde_json::json!([]), "{st:#}");
+    }
+    let out = inet
+        .exec(&[
+            "sh",
+            "-c",
+            &format!("printf 'hello\\n' | socat -t 2 - TCP4:{vip}:61616,bind={ALLOWED_CLIENT_V4}"),
+        ])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("hello"), "the echo: {text}");
+    let after = json(&["stats", "--pin-path", &pin, "-o", "json"]);
+    assert_eq!(refused(&after, "fabric"), frames, "{after:#}");
+    drop(agent);
 }
