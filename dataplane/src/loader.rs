@@ -258,6 +258,11 @@ impl Dataplane {
         })
     }
 
+    /// Stops what [`Dataplane::watch_redirects`] started.
+    pub fn unwatch_redirects(&mut self, id: RawTracePointLinkId) -> Result<()> {
+        Ok(self.redirect_watch()?.detach(id)?)
+    }
+
     fn redirect_watch(&mut self) -> Result<&mut RawTracePoint> {
         Ok(self
             .ebpf

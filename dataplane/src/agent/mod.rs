@@ -351,12 +351,19 @@ impl Agent {
             );
         }
         self.attachments = done;
-        let link_id = self.dp.watch_redirects_pinned(&pin)?;
-        info!(
-            link_id,
-            tracepoint = loader::REDIRECT_TRACEPOINT,
-            "counting the redirects the kernel refuses, per interface"
-        );
+        // Counting is for the operator's eyes: a kernel without the
+        // tracepoint costs the count, not the data path.
+        match self.dp.watch_redirects_pinned(&pin) {
+            Ok(link_id) => info!(
+                link_id,
+                tracepoint = loader::REDIRECT_TRACEPOINT,
+                "counting the redirects the kernel refuses, per interface"
+            ),
+            Err(e) => warn!(
+                error = %format!("{e:#}"),
+                "redirects the kernel refuses are not counted: `carwash stats` cannot show them"
+            ),
+        }
         self.redirect_failures_seen = self.redirect_failures();
         self.check_targets();
         Ok(())
