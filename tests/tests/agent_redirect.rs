@@ -193,15 +193,42 @@ fn refused_redirects_are_warned_about_and_counted() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // Doing what the warning says fixes it: GRO on on both peers, and a
-    // restarted agent finds nothing to warn about; the session goes through
-    // and no further frame is refused.
-    agent.kill();
+    // Doing what the warning says fixes it: GRO on on both peers. The
+    // running agent notices within its housekeeping tick, a restarted one
+    // finds nothing to warn about; the session goes through and no further
+    // frame is refused.
     inet.run(&["ethtool", "-K", INET_IF, "gro", "on"]).unwrap();
     NetNs::open(&lab.underlay)
         .unwrap()
         .run(&["ethtool", "-K", HOST_UNDERLAY_PORT, "gro", "on"])
         .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let st = json(&["status", "--pin-path", &pin, "--socket", socket, "-o", "json"]);
+        let warnings: usize = st["agent"]["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["warnings"].as_array().unwrap().len())
+            .sum();
+        if warnings == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the running agent still warns: {st:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = agent.log_text();
+    for dev in ["uplink", "fabric"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("takes redirected XDP frames now") && l.contains(&format!("interface={dev}"))),
+            "{log}"
+        );
+    }
+    agent.kill();
     let log_len = std::fs::read_to_string(&la.log).unwrap().len();
     let agent = la.start(&host).unwrap();
     let log = agent.log_text()[log_len..].to_string();

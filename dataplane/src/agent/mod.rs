@@ -370,16 +370,26 @@ impl Agent {
     }
 
     /// Checks that the interfaces the programs redirect into can take XDP
-    /// frames, and says what to change where one cannot.
+    /// frames, and says what to change where one cannot (once per
+    /// problem: the check runs on every housekeeping tick, since a veth's
+    /// peer may change at any time) and when a problem is gone.
     fn check_targets(&mut self) {
         let targets = [
             (self.uplink.name.as_str(), self.uplink.ifindex),
             (self.fabric.name.as_str(), self.fabric.ifindex),
         ];
-        self.target_problems = crate::xdp_target::check_targets(&targets, self.generic_xdp);
-        for p in &self.target_problems {
+        let now = crate::xdp_target::check_targets(&targets, self.generic_xdp);
+        for p in now.iter().filter(|p| !self.target_problems.contains(p)) {
             warn!(interface = %p.ifname, ifindex = p.ifindex, "{}", p.warning);
         }
+        for p in self.target_problems.iter().filter(|p| !now.contains(p)) {
+            info!(
+                interface = %p.ifname,
+                ifindex = p.ifindex,
+                "the interface takes redirected XDP frames now"
+            );
+        }
+        self.target_problems = now;
     }
 
     fn redirect_failures(&self) -> BTreeMap<u32, u64> {
@@ -389,8 +399,7 @@ impl Agent {
             .unwrap_or_default()
     }
 
-    /// Reports redirects the kernel refused since the last look, and checks
-    /// the interfaces again (a peer may have changed since the attach).
+    /// Reports redirects the kernel refused since the last look.
     fn watch_redirect_failures(&mut self) {
         let now = self.redirect_failures();
         let grown: Vec<(u32, u64)> = now
@@ -401,9 +410,6 @@ impl Agent {
             })
             .collect();
         self.redirect_failures_seen = now;
-        if grown.is_empty() {
-            return;
-        }
         for (ifindex, n) in &grown {
             let name = status::ifname(*ifindex).unwrap_or_else(|| "?".into());
             warn!(
@@ -413,7 +419,6 @@ impl Agent {
                 "the kernel refused frames redirected into this interface (see `carwash stats`)"
             );
         }
-        self.check_targets();
     }
 
     pub fn config(&self) -> &HostConfig {
@@ -630,6 +635,7 @@ impl Agent {
             .map(|c| c.dropped(dataplane_common::DropReason::ConntrackFull))
             .unwrap_or(0);
         self.watch_redirect_failures();
+        self.check_targets();
         let newly_full = full > self.ct_full_seen;
         self.ct_full_seen = full;
         if newly_full || self.ticks.is_multiple_of(RECLAIM_EVERY) {
