@@ -20,8 +20,8 @@ use crate::handoff::{self, hand_on};
 use crate::maps::{CONFIG, Outbound, VNIS, active_gen};
 use crate::packet::{IPPROTO_UDP, frame_len, read, write};
 use crate::parse::{Flow, NotIp, parse_from};
-use crate::steer;
 use crate::uplink::Refused;
+use crate::{mss, steer};
 
 const UDP_VXLAN: usize = 8 + 8;
 
@@ -175,6 +175,11 @@ pub fn to_internet(
     inner_off: usize,
     cfg: &HostConfig,
 ) -> Result<u32, DropReason> {
+    // The machine's SYN-ACK tells the client how large a segment to send
+    // through the tunnel: without this clamp a machine whose tunnel device
+    // has a full-size MTU invites segments carwash cannot encapsulate, and
+    // the client lives on ICMP too-big answers (if they reach it at all).
+    mss::clamp(ctx, inner, mss::tunnel_mss(cfg, inner.v6));
     let now = clock::now(cfg);
     let nh = route(
         &RouteQuery {

@@ -16,13 +16,18 @@ mod mss;
 mod nat;
 mod packet;
 mod parse;
+mod redirect;
 mod snat_in;
 mod snat_out;
 mod steer;
 mod uplink;
 mod vip_icmp;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{raw_tracepoint, xdp},
+    programs::{RawTracePointContext, XdpContext},
+};
 
 /// XDP on `uplink`: everything that arrives from the internet.
 #[xdp]
@@ -72,6 +77,14 @@ pub fn carwash_too_big(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn carwash_deliver(ctx: XdpContext) -> u32 {
     snat_in::run_deliver(&ctx)
+}
+
+/// Counts the redirects the kernel refused to deliver, per target
+/// interface (attached to the `xdp_redirect_err` tracepoint).
+#[raw_tracepoint(tracepoint = "xdp_redirect_err")]
+pub fn carwash_redirect_err(ctx: RawTracePointContext) -> i32 {
+    redirect::count(&ctx);
+    0
 }
 
 /// The kernel's tick counter, for the agent (never attached).

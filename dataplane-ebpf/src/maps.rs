@@ -4,7 +4,7 @@ use crate::parse::Flow;
 use aya_ebpf::{
     btf_maps::{ArrayOfMaps, LpmTrie},
     macros::{btf_map, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray},
 };
 use dataplane_common::{
     CounterBlock,
@@ -13,8 +13,8 @@ use dataplane_common::{
     types::{
         AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendHop, CT_DEFAULT_ENTRIES, CT_EVICT_MAX, CtKey, CtValue,
         EvictCandidate, EvictCursor, GENERATIONS, HOPS_PER_TENANT, HostConfig, MAX_ADDRS, MAX_ALLOW_PREFIXES,
-        MAX_ALLOW_SLOTS, MAX_NEXT_HOPS, MAX_SERVICES, MAX_TENANTS, Meta, NextHopEntry, NextHopKey, SIDES, ServiceKey,
-        ServiceValue, TenantInfo, TenantName, TenantStats,
+        MAX_ALLOW_SLOTS, MAX_NEXT_HOPS, MAX_REDIRECT_TARGETS, MAX_SERVICES, MAX_TENANTS, Meta, NextHopEntry,
+        NextHopKey, RedirectErrors, SIDES, ServiceKey, ServiceValue, TenantInfo, TenantName, TenantStats,
     },
 };
 
@@ -193,3 +193,8 @@ pub static CT_SCRATCH: PerCpuArray<CtScratch> = PerCpuArray::with_max_entries(1,
 /// has the kernel resolve them and keep them resolved, then removes them.
 #[map(name = "UNRESOLVED")]
 pub static UNRESOLVED: LruHashMap<NextHopKey, u64> = LruHashMap::with_max_entries(1024, 0);
+
+/// Redirects the kernel refused, by target ifindex (`redirect`).
+#[map(name = "REDIRECT_ERRORS")]
+pub static REDIRECT_ERRORS: PerCpuHashMap<u32, RedirectErrors> =
+    PerCpuHashMap::with_max_entries(MAX_REDIRECT_TARGETS, 0);

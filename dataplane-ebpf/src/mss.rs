@@ -1,9 +1,12 @@
-//! TCP MSS clamping: a SYN announces at most the segment size that still
-//! fits the fabric once encapsulated, so TCP flows rarely meet the
-//! too-big path at all.
+//! TCP MSS clamping: a SYN or SYN-ACK announces at most the segment size
+//! that still fits the fabric once encapsulated, so TCP flows rarely meet
+//! the too-big path at all. Both ends of a connection through carwash are
+//! clamped: the client's SYN (path 1) and the machine's SYN-ACK (path 2)
+//! for inbound connections, the machine's SYN (path 3) for outbound ones.
 use aya_ebpf::programs::XdpContext;
-use dataplane_common::checksum;
+use dataplane_common::{checksum, types::HostConfig};
 
+use crate::encap::ENCAP_OVERHEAD;
 use crate::packet::{IPPROTO_TCP, TCP_FLAG_SYN, TcpHdr, be16, read, write};
 use crate::parse::Flow;
 
@@ -14,6 +17,14 @@ const TCPOPT_MSS: u8 = 2;
 /// before it are followed, anything else ends the search. A bounded walk of
 /// all 40 option bytes would multiply the states the verifier explores.
 const MAX_OPTION_STEPS: usize = 4;
+
+/// The largest segment the fabric carries once encapsulated: its MTU less
+/// the VXLAN encapsulation, the IP header and the TCP header.
+#[inline(always)]
+pub fn tunnel_mss(cfg: &HostConfig, v6: bool) -> u16 {
+    let ip_hdr = if v6 { 40 } else { 20 };
+    cfg.fabric_mtu.saturating_sub(ENCAP_OVERHEAD as u16 + ip_hdr + 20)
+}
 
 /// Lowers the MSS option of a SYN (or SYN-ACK) to `max_mss`; returns
 /// whether it changed.

@@ -16,7 +16,6 @@ use dataplane_common::{
 };
 
 use crate::counters::{Counters, run_handed};
-use crate::encap::ENCAP_OVERHEAD;
 use crate::fabric::leave;
 use crate::maps::{CONNTRACK, CT_EVICT, CT_EVICT_CURSOR, CT_SCRATCH, Outbound, host_config};
 use crate::nat::{self, End};
@@ -132,9 +131,7 @@ fn try_out(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, 
         }
         // Replies must fit the fabric once encapsulated: the SYN tells the
         // other end how large a segment to send.
-        let usable = cfg.fabric_mtu.saturating_sub(ENCAP_OVERHEAD as u16);
-        let ip_hdr = if flow.v6 { 40 } else { 20 };
-        mss::clamp(ctx, &flow, usable.saturating_sub(ip_hdr + 20));
+        mss::clamp(ctx, &flow, mss::tunnel_mss(cfg, flow.v6));
     }
     stats.inc(Counter::SnatOut);
     let action = leave(ctx, inner_off, out.ifindex, &out.smac, &out.dmac)?;

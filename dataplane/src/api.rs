@@ -175,6 +175,10 @@ pub struct InterfaceStatus {
     pub ifindex: u32,
     pub mac: String,
     pub mtu: u32,
+    /// What keeps the interface from taking the frames the programs
+    /// redirect into it, and what to change (empty: nothing found).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 impl InterfaceStatus {
@@ -185,6 +189,7 @@ impl InterfaceStatus {
             ifindex: i.ifindex,
             mac: i.mac_string(),
             mtu: i.mtu,
+            warnings: Vec::new(),
         }
     }
 }

@@ -15,5 +15,6 @@ pub mod pin;
 pub mod pinned;
 pub mod tables;
 pub mod trace;
+pub mod xdp_target;
 
 pub use loader::Dataplane;

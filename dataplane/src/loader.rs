@@ -8,14 +8,15 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray},
     programs::{
-        TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode,
+        RawTracePoint, TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        raw_trace_point::RawTracePointLinkId,
         xdp::{XdpLink, XdpLinkId},
     },
 };
 use dataplane_common::{
     CounterBlock, LAYOUT_VERSION, maps, programs,
-    types::{CT_DEFAULT_ENTRIES, Meta},
+    types::{CT_DEFAULT_ENTRIES, Meta, RedirectErrors},
 };
 
 use crate::counters::Counters;
@@ -45,6 +46,7 @@ pub const ALL_MAPS: &[&str] = &[
     maps::JUMPS,
     maps::HANDOFF,
     maps::GENERATION,
+    maps::REDIRECT_ERRORS,
 ];
 
 /// How much the programs log through aya-log (`ebpf_log` in the host
@@ -158,6 +160,13 @@ impl Dataplane {
                 .try_into()?;
             load_retrying(prog).with_context(|| format!("loading program {name} (verifier)"))?;
         }
+        let watch: &mut RawTracePoint = ebpf
+            .program_mut(programs::REDIRECT_ERR)
+            .ok_or_else(|| anyhow!("program {} missing from the eBPF object", programs::REDIRECT_ERR))?
+            .try_into()?;
+        watch
+            .load()
+            .with_context(|| format!("loading program {} (verifier)", programs::REDIRECT_ERR))?;
         let mut dp = Dataplane {
             ebpf,
             gens: Default::default(),
@@ -236,6 +245,61 @@ impl Dataplane {
         self.xdp_mut(programs::FABRIC)?
             .attach(iface, mode)
             .with_context(|| format!("attaching {} to {iface}", programs::FABRIC))
+    }
+
+    /// Starts counting the redirects the kernel refuses, per target
+    /// interface (`REDIRECT_ERRORS`). The link lives as long as `self`.
+    pub fn watch_redirects(&mut self) -> Result<RawTracePointLinkId> {
+        self.redirect_watch()?.attach(REDIRECT_TRACEPOINT).with_context(|| {
+            format!(
+                "attaching {} to tracepoint {REDIRECT_TRACEPOINT}",
+                programs::REDIRECT_ERR
+            )
+        })
+    }
+
+    /// Stops what [`Dataplane::watch_redirects`] started.
+    pub fn unwatch_redirects(&mut self, id: RawTracePointLinkId) -> Result<()> {
+        Ok(self.redirect_watch()?.detach(id)?)
+    }
+
+    fn redirect_watch(&mut self) -> Result<&mut RawTracePoint> {
+        Ok(self
+            .ebpf
+            .program_mut(programs::REDIRECT_ERR)
+            .ok_or_else(|| anyhow!("no program {}", programs::REDIRECT_ERR))?
+            .try_into()?)
+    }
+
+    /// [`Dataplane::watch_redirects`] through a bpf link pinned at
+    /// [`link_pin`]`(pin_dir, "redirect_err")`, so that counting goes on
+    /// while no agent runs. A link an earlier agent pinned there is
+    /// replaced (the new one attaches first: no refusal goes uncounted).
+    pub fn watch_redirects_pinned(&mut self, pin_dir: &Path) -> Result<u32> {
+        let lpath = link_pin(pin_dir, REDIRECT_LINK);
+        if let Some(dir) = lpath.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let id = self.watch_redirects()?;
+        let link: FdLink = self.redirect_watch()?.take_link(id)?.into();
+        match std::fs::remove_file(&lpath) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("unpinning {}", lpath.display())),
+        }
+        link.pin(&lpath)
+            .with_context(|| format!("pinning link {}", lpath.display()))?;
+        Ok(crate::agent::sys::pinned_link_info(&lpath)?.id)
+    }
+
+    /// The redirects the kernel refused, by target ifindex, summed over
+    /// CPUs.
+    pub fn redirect_errors(&self) -> Result<std::collections::BTreeMap<u32, RedirectErrors>> {
+        let map = self
+            .ebpf
+            .map(maps::REDIRECT_ERRORS)
+            .ok_or_else(|| anyhow!("no map {}", maps::REDIRECT_ERRORS))?;
+        sum_redirect_errors(&aya::maps::PerCpuHashMap::<_, u32, RedirectErrors>::try_from(map)?)
     }
 
     /// Runs program `name` once on `packet` through `BPF_PROG_TEST_RUN`;
@@ -319,6 +383,31 @@ pub fn pinned_counters(pin_dir: &Path, side: u32) -> Result<Counters> {
     let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
     let map = aya::maps::Map::PerCpuArray(data);
     Counters::read(&PerCpuArray::<_, CounterBlock>::try_from(map)?, side)
+}
+
+/// The tracepoint the kernel reports refused redirects on.
+pub const REDIRECT_TRACEPOINT: &str = "xdp_redirect_err";
+/// The name of the link that counts them under `links/`.
+pub const REDIRECT_LINK: &str = "redirect_err";
+
+/// `REDIRECT_ERRORS` summed over CPUs: frames added up, the last errno of
+/// any CPU that has one.
+pub fn sum_redirect_errors<T: std::borrow::Borrow<MapData>>(
+    map: &aya::maps::PerCpuHashMap<T, u32, RedirectErrors>,
+) -> Result<std::collections::BTreeMap<u32, RedirectErrors>> {
+    let mut out = std::collections::BTreeMap::new();
+    for kv in map.iter() {
+        let (ifindex, per_cpu) = kv.context("reading REDIRECT_ERRORS")?;
+        let mut sum = RedirectErrors::default();
+        for e in per_cpu.iter() {
+            sum.frames += e.frames;
+            if e.last_errno != 0 {
+                sum.last_errno = e.last_errno;
+            }
+        }
+        out.insert(ifindex, sum);
+    }
+    Ok(out)
 }
 
 // ---- Pinned programs and links, adoption of pins (the agent's hitless restart) ----

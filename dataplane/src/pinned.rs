@@ -16,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{Array, ArrayOfMaps, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key};
+use aya::maps::{Array, ArrayOfMaps, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, lpm_trie::Key};
 use carwash_policy::MacAddr;
 use dataplane_common::{
     CounterBlock, DropReason, LAYOUT_VERSION,
@@ -24,8 +24,8 @@ use dataplane_common::{
     maps,
     types::{
         ADDR_EGRESS, ADDR_VIP, AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendEntry, CLASS_HTTPS, CLASS_JMS,
-        CLASS_NONE, CLASSES, FAMILY_V4, FAMILY_V6, HostConfig, MAGLEV_SIZE, Meta, ServiceKey, ServiceValue,
-        TENANT_READY, TenantInfo, TenantName, TenantStats,
+        CLASS_NONE, CLASSES, FAMILY_V4, FAMILY_V6, HostConfig, MAGLEV_SIZE, Meta, RedirectErrors, ServiceKey,
+        ServiceValue, TENANT_READY, TenantInfo, TenantName, TenantStats,
     },
 };
 use ipnetwork::IpNetwork;
@@ -383,6 +383,43 @@ impl Pins {
         Counters::read(&m, side)
     }
 
+    /// The redirects the kernel refused, by target ifindex (none when the
+    /// pins were made before they were counted).
+    pub fn redirect_errors(&self) -> Result<BTreeMap<u32, RedirectErrors>> {
+        if !self.has(maps::REDIRECT_ERRORS) {
+            return Ok(BTreeMap::new());
+        }
+        let m =
+            PerCpuHashMap::<_, u32, RedirectErrors>::try_from(Map::PerCpuHashMap(self.map(maps::REDIRECT_ERRORS)?))?;
+        crate::loader::sum_redirect_errors(&m)
+    }
+
+    /// [`Pins::redirect_errors`] as an operator reads them: which of the
+    /// host's interfaces, its name in the calling thread's namespace, the
+    /// kernel's reason.
+    pub fn redirect_failures(&self) -> Result<Vec<RedirectFailure>> {
+        let host = self.host()?;
+        Ok(self
+            .redirect_errors()?
+            .into_iter()
+            .map(|(ifindex, e)| RedirectFailure {
+                ifindex,
+                role: if ifindex == 0 {
+                    None
+                } else if ifindex == host.uplink_ifindex {
+                    Some("uplink")
+                } else if ifindex == host.fabric_ifindex {
+                    Some("fabric")
+                } else {
+                    None
+                },
+                interface: crate::agent::status::ifname(ifindex),
+                frames: e.frames,
+                last_error: errno_text(e.last_errno),
+            })
+            .collect())
+    }
+
     /// The SNAT / connection-tracking table, as flows.
     pub fn snat(&self) -> Result<SnatTable> {
         if !map_pin(&self.dir, maps::CONNTRACK).exists() {
@@ -409,6 +446,50 @@ fn not_found_is_none<V>(r: Result<V, aya::maps::MapError>) -> Result<Option<V>> 
         Err(aya::maps::MapError::KeyNotFound) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Frames the kernel refused to deliver into one interface after a
+/// program redirected them there.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RedirectFailure {
+    /// 0: a target that is not an interface index (a device map).
+    pub ifindex: u32,
+    /// `uplink` or `fabric` when it is one of the host's interfaces.
+    pub role: Option<&'static str>,
+    /// Its name in the reader's network namespace.
+    pub interface: Option<String>,
+    pub frames: u64,
+    /// The kernel's reason for the last one.
+    pub last_error: String,
+}
+
+impl RedirectFailure {
+    /// `fabric (eth1, ifindex 3)`, with what is known.
+    pub fn label(&self) -> String {
+        let name = self.interface.as_deref().unwrap_or("?");
+        match self.role {
+            Some(r) => format!("{r} ({name}, ifindex {})", self.ifindex),
+            None => format!("{name} (ifindex {})", self.ifindex),
+        }
+    }
+}
+
+/// An errno as its symbol and text: `EOPNOTSUPP: Operation not supported`.
+pub fn errno_text(errno: u32) -> String {
+    let sym = match errno as i32 {
+        0 => return String::new(),
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ENETDOWN => "ENETDOWN",
+        libc::EINVAL => "EINVAL",
+        libc::ENXIO => "ENXIO",
+        libc::ENOSPC => "ENOSPC",
+        libc::EMSGSIZE => "EMSGSIZE",
+        libc::ENODEV => "ENODEV",
+        _ => "",
+    };
+    let text = io::Error::from_raw_os_error(errno as i32).to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text).to_string();
+    if sym.is_empty() { text } else { format!("{sym}: {text}") }
 }
 
 /// Sums a tenant's per-CPU counters (live map or a private copy).

@@ -213,6 +213,29 @@ pub fn syn_with_mss(src: std::net::IpAddr, dst: std::net::IpAddr, sport: u16, dp
         .bytes(&[])
 }
 
+/// A TCP SYN (or, with `ack`, SYN-ACK) announcing `mss` among the options
+/// Linux sends: MSS, SACK permitted, timestamps, NOP, window scale.
+pub fn syn_linux(src: std::net::IpAddr, dst: std::net::IpAddr, sport: u16, dport: u16, mss: u16, ack: bool) -> Vec<u8> {
+    use etherparse::TcpOptionElement::*;
+    use std::net::IpAddr;
+    let b = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth().ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth().ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed families"),
+    };
+    let b = b.tcp(sport, dport, 0x1234_5678, 65160).syn();
+    let b = if ack { b.ack(0x0bad_cafe) } else { b };
+    b.options(&[
+        MaximumSegmentSize(mss),
+        SelectiveAcknowledgementPermitted,
+        Timestamp(0x0102_0304, if ack { 0x0a0b_0c0d } else { 0 }),
+        Noop,
+        WindowScale(7),
+    ])
+    .expect("20 bytes of options fit")
+    .bytes(&[])
+}
+
 /// An IPv4 TCP segment of `ip_len` bytes (headers included), DF as asked.
 pub fn tcp4_sized_df(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, ip_len: usize, df: bool) -> Vec<u8> {
     use etherparse::{IpHeaders, IpNumber, Ipv4Header};

@@ -624,6 +624,7 @@ fn without_egress_nothing_gets_out() {
     let run = LabRun::up_with(&LabConfig {
         name: format!("cwt{}", unique_tag()),
         policies: policies.path().to_path_buf(),
+        ..LabConfig::default()
     })
     .unwrap();
     let gamma = run.lab.tenant("gamma").unwrap();

@@ -52,6 +52,7 @@ fn start(name: &str) -> Result<Running> {
     let lab = Lab::up(&LabConfig {
         name: name.into(),
         policies: root().join("policies"),
+        ..LabConfig::default()
     })?;
     let pin_path = lab_pin_path(name);
     let _ = std::fs::remove_dir_all(&pin_path);

@@ -36,6 +36,11 @@ enum Cmd {
         /// Lab name: prefix of its namespaces.
         #[arg(long, default_value = "cwlab", global = true)]
         name: String,
+        /// Veths as the kernel makes them (GRO off, checksum offload on)
+        /// instead of NIC-like: shows what carwash reports when the
+        /// interfaces cannot take redirected frames.
+        #[arg(long, global = true)]
+        plain_veths: bool,
     },
     /// Bring the lab up, run the agent on it, drive traffic inbound and
     /// outbound, allowed and denied, print what happened; fails if anything
@@ -88,9 +93,9 @@ fn main() -> Result<()> {
             }
             run(&mut cmd)
         }
-        Cmd::Lab { cmd, name } => {
+        Cmd::Lab { cmd, name, plain_veths } => {
             setup::run()?;
-            lab(cmd, &name)
+            lab(cmd, &name, plain_veths)
         }
         Cmd::Demo { keep, name } => {
             setup::run()?;
@@ -147,10 +152,15 @@ pub fn build_release() -> Result<PathBuf> {
     Ok(root().join("target/release/carwash"))
 }
 
-fn lab(cmd: LabCmd, name: &str) -> Result<()> {
+fn lab(cmd: LabCmd, name: &str, plain_veths: bool) -> Result<()> {
     let cfg = netlab::lab::LabConfig {
         name: name.to_string(),
         policies: root().join("policies"),
+        veth: if plain_veths {
+            netlab::netns::VethSetup::PLAIN
+        } else {
+            netlab::netns::VethSetup::NIC_LIKE
+        },
     };
     match cmd {
         LabCmd::Up => {

@@ -40,6 +40,9 @@ pub mod programs {
     /// Never attached: writes the kernel's tick counter over the first
     /// eight bytes of the packet, for the agent to learn the tick length.
     pub const CLOCK: &str = "carwash_clock";
+    /// Raw tracepoint on `xdp_redirect_err`: counts, per target interface,
+    /// the redirects the kernel refused to deliver.
+    pub const REDIRECT_ERR: &str = "carwash_redirect_err";
     /// Outbound source NAT (path 3), tail-called by the fabric program.
     pub const SNAT_OUT: &str = "carwash_snat_out";
     /// Replies to egress IPs and ICMP errors about them (path 4),
@@ -133,6 +136,9 @@ pub mod maps {
     pub const GENERATION: &str = "GENERATION";
     /// Per-CPU hand-over of a parsed packet to a tail-called program.
     pub const HANDOFF: &str = "HANDOFF";
+    /// Redirects the kernel refused, by target ifindex: per-CPU hash of
+    /// `types::RedirectErrors`.
+    pub const REDIRECT_ERRORS: &str = "REDIRECT_ERRORS";
     /// Benchmarks only: the frame the `carwash_bench_restore_*` programs
     /// write back (`crate::types::BENCH_FRAME_MAX` bytes); never pinned.
     pub const BENCH_FRAME: &str = "BENCH_FRAME";

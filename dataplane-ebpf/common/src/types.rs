@@ -458,6 +458,23 @@ pub const fn ct_lifetime(proto: u8, state: u8) -> u64 {
     }
 }
 
+/// Interfaces `REDIRECT_ERRORS` counts refused redirects for.
+pub const MAX_REDIRECT_TARGETS: u32 = 256;
+
+/// Redirects the kernel refused to deliver into one interface (the key of
+/// `REDIRECT_ERRORS` is its ifindex; 0 for a target that is not an
+/// interface index), on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RedirectErrors {
+    /// Frames refused.
+    pub frames: u64,
+    /// The kernel's reason for the last one, a positive errno
+    /// (`EOPNOTSUPP`: the interface cannot take XDP frames now).
+    pub last_errno: u32,
+    pub _pad: u32,
+}
+
 /// Per-tenant counters of one CPU: `[class][slot]`, slots as in
 /// `drop::TENANT_STAT_SLOTS`.
 pub type TenantStats = [[u64; crate::drop::TENANT_STAT_SLOTS]; CLASSES];
@@ -483,6 +500,7 @@ mod pod {
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for EvictCandidate {}
     unsafe impl aya::Pod for EvictCursor {}
+    unsafe impl aya::Pod for RedirectErrors {}
 }
 
 #[cfg(test)]
@@ -515,5 +533,6 @@ mod tests {
         assert_eq!(size_of::<NextHopEntry>(), 24);
         assert_eq!(size_of::<BackendHop>(), 32);
         assert_eq!(size_of::<Meta>(), 56);
+        assert_eq!(size_of::<RedirectErrors>(), 16);
     }
 }

@@ -41,7 +41,7 @@ use super::server::Event;
 use crate::api::{AgentStatus, Request};
 use crate::config::HostConfig;
 use crate::counters::Counters;
-use crate::pinned::{ClassStats, Pins, class_stats};
+use crate::pinned::{ClassStats, Pins, RedirectFailure, class_stats};
 
 /// The one path served.
 pub const PATH: &str = "/metrics";
@@ -99,6 +99,8 @@ pub struct Snapshot {
     /// Program (`uplink`, `fabric`) → its global counters.
     pub programs: Vec<(&'static str, Counters)>,
     pub tenants: Vec<TenantSnapshot>,
+    /// Frames the kernel refused after a redirect, by target interface.
+    pub redirect_failures: Vec<RedirectFailure>,
     pub generation: u64,
     pub applied_at: u64,
     /// Map → bytes of kernel memory (`memlock`), allowlist tries included.
@@ -158,6 +160,7 @@ impl Snapshot {
         Ok(Snapshot {
             programs,
             tenants,
+            redirect_failures: pins.redirect_failures()?,
             generation: pins.meta().generation,
             applied_at: pins.meta().applied_at,
             map_memory: memory.get(pins)?,
@@ -246,6 +249,22 @@ impl Collector for Snapshot {
                         n.dropped(r),
                     )
                 })
+            }),
+        )?;
+        counters(
+            e,
+            "carwash_redirect_refused_frames",
+            "Frames a program redirected into the interface that the kernel refused to deliver (counted steered or \
+             decapsulated all the same); see `carwash status` for what to change.",
+            self.redirect_failures.iter().map(|f| {
+                (
+                    vec![
+                        ("interface", f.interface.clone().unwrap_or_default()),
+                        ("ifindex", f.ifindex.to_string()),
+                        ("role", f.role.unwrap_or("").to_string()),
+                    ],
+                    f.frames,
+                )
             }),
         )?;
 
@@ -671,6 +690,13 @@ mod tests {
                 ready: TENANT_READY != 0,
                 classes,
             }],
+            redirect_failures: vec![crate::pinned::RedirectFailure {
+                ifindex: 3,
+                role: Some("fabric"),
+                interface: Some("eth1".into()),
+                frames: 11,
+                last_error: String::new(),
+            }],
             generation: 7,
             applied_at: 1,
             map_memory: vec![("ADDRS", 4096)],
@@ -708,6 +734,7 @@ mod tests {
             "carwash_conntrack_capacity 262145",
             "carwash_snat_port_range_ports 40000",
             "carwash_snat_ports_in_use{egress_ip=\"203.0.113.200\"} 3",
+            "carwash_redirect_refused_frames_total{interface=\"eth1\",ifindex=\"3\",role=\"fabric\"} 11",
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
         }

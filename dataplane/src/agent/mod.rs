@@ -23,6 +23,7 @@ pub mod status;
 pub(crate) mod sys;
 pub mod watch;
 
+use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -152,6 +153,12 @@ pub struct Agent {
     /// seen: more of them calls for a reclaim pass (and fresh eviction
     /// candidates) at once.
     ct_full_seen: u64,
+    /// Redirects the kernel refused so far, by target ifindex.
+    redirect_failures_seen: BTreeMap<u32, u64>,
+    /// What the attach-time check (or a later one) found wrong with the
+    /// interfaces the programs redirect into.
+    target_problems: Vec<crate::xdp_target::TargetProblem>,
+    generic_xdp: bool,
     uplink_addrs: host::UplinkAddrs,
     /// What the last pass over the tracking table found.
     ct_fill: Option<crate::api::ConntrackStatus>,
@@ -294,6 +301,9 @@ impl Agent {
             cache: load::DirCache::default(),
             ticks: 0,
             ct_full_seen: 0,
+            redirect_failures_seen: BTreeMap::new(),
+            target_problems: Vec::new(),
+            generic_xdp: matches!(mode, XdpMode::Skb),
             uplink_addrs: host::UplinkAddrs::default(),
             ct_fill: None,
             metrics,
@@ -348,7 +358,74 @@ impl Agent {
             );
         }
         self.attachments = done;
+        // Counting is for the operator's eyes: a kernel without the
+        // tracepoint costs the count, not the data path.
+        match self.dp.watch_redirects_pinned(&pin) {
+            Ok(link_id) => info!(
+                link_id,
+                tracepoint = loader::REDIRECT_TRACEPOINT,
+                "counting the redirects the kernel refuses, per interface"
+            ),
+            Err(e) => warn!(
+                error = %format!("{e:#}"),
+                "redirects the kernel refuses are not counted: `carwash stats` cannot show them"
+            ),
+        }
+        self.redirect_failures_seen = self.redirect_failures();
+        self.check_targets();
         Ok(())
+    }
+
+    /// Checks that the interfaces the programs redirect into can take XDP
+    /// frames, and says what to change where one cannot (once per
+    /// problem: the check runs on every housekeeping tick, since a veth's
+    /// peer may change at any time) and when a problem is gone.
+    fn check_targets(&mut self) {
+        let targets = [
+            (self.uplink.name.as_str(), self.uplink.ifindex),
+            (self.fabric.name.as_str(), self.fabric.ifindex),
+        ];
+        let now = crate::xdp_target::check_targets(&targets, self.generic_xdp);
+        for p in now.iter().filter(|p| !self.target_problems.contains(p)) {
+            warn!(interface = %p.ifname, ifindex = p.ifindex, "{}", p.warning);
+        }
+        for p in self.target_problems.iter().filter(|p| !now.contains(p)) {
+            info!(
+                interface = %p.ifname,
+                ifindex = p.ifindex,
+                "the interface takes redirected XDP frames now"
+            );
+        }
+        self.target_problems = now;
+    }
+
+    fn redirect_failures(&self) -> BTreeMap<u32, u64> {
+        self.dp
+            .redirect_errors()
+            .map(|m| m.into_iter().map(|(i, e)| (i, e.frames)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Reports redirects the kernel refused since the last look.
+    fn watch_redirect_failures(&mut self) {
+        let now = self.redirect_failures();
+        let grown: Vec<(u32, u64)> = now
+            .iter()
+            .filter_map(|(i, n)| {
+                let before = self.redirect_failures_seen.get(i).copied().unwrap_or(0);
+                (*n > before).then_some((*i, n - before))
+            })
+            .collect();
+        self.redirect_failures_seen = now;
+        for (ifindex, n) in &grown {
+            let name = status::ifname(*ifindex).unwrap_or_else(|| "?".into());
+            warn!(
+                interface = %name,
+                ifindex,
+                frames = n,
+                "the kernel refused frames redirected into this interface (see `carwash stats`)"
+            );
+        }
     }
 
     pub fn config(&self) -> &HostConfig {
@@ -611,6 +688,8 @@ impl Agent {
             .counters(dataplane_common::types::SIDE_FABRIC)
             .map(|c| c.dropped(dataplane_common::DropReason::ConntrackFull))
             .unwrap_or(0);
+        self.watch_redirect_failures();
+        self.check_targets();
         let newly_full = full > self.ct_full_seen;
         self.ct_full_seen = full;
         if newly_full || self.ticks.is_multiple_of(RECLAIM_EVERY) {
@@ -668,10 +747,19 @@ impl Agent {
             digest: self.engine.digest.clone(),
             applied_at: self.engine.applied_at,
             tenants,
-            interfaces: vec![
-                InterfaceStatus::new("uplink", &self.uplink),
-                InterfaceStatus::new("fabric", &self.fabric),
-            ],
+            interfaces: [("uplink", &self.uplink), ("fabric", &self.fabric)]
+                .into_iter()
+                .map(|(role, i)| {
+                    let mut st = InterfaceStatus::new(role, i);
+                    st.warnings = self
+                        .target_problems
+                        .iter()
+                        .filter(|p| p.ifindex == i.ifindex)
+                        .map(|p| p.warning.clone())
+                        .collect();
+                    st
+                })
+                .collect(),
             attachments: self.attachments.iter().map(AttachmentStatus::from).collect(),
             last_apply: self.last_apply.clone(),
             last_error: self.last_error.clone(),

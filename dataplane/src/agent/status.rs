@@ -51,6 +51,12 @@ pub struct PinnedStatus {
     pub tenants: Vec<TenantId>,
     pub programs: Vec<PinnedProgram>,
     pub links: Vec<PinnedLinkStatus>,
+    /// The link that counts refused redirects (`links/redirect_err`), when
+    /// pinned: its id and program id.
+    pub redirect_watch: Option<(u32, u32)>,
+    /// Frames the kernel refused to deliver after a redirect, by target
+    /// interface.
+    pub redirect_failures: Vec<crate::pinned::RedirectFailure>,
 }
 
 fn open(pin: &Path, name: &str) -> Result<MapData> {
@@ -115,6 +121,10 @@ pub fn pinned_status(pin: &Path) -> Result<PinnedStatus> {
         }
     }
     programs.sort_by(|a, b| a.name.cmp(&b.name));
+    let redirect_watch = super::sys::pinned_link_info(&link_pin(pin, crate::loader::REDIRECT_LINK))
+        .ok()
+        .map(|i| (i.id, i.prog_id));
+    let redirect_failures = crate::pinned::Pins::open(pin)?.redirect_failures()?;
     let m = host.router_mac;
     Ok(PinnedStatus {
         pin_path: pin.to_path_buf(),
@@ -135,5 +145,7 @@ pub fn pinned_status(pin: &Path) -> Result<PinnedStatus> {
         tenants,
         programs,
         links,
+        redirect_watch,
+        redirect_failures,
     })
 }

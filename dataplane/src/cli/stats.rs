@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Result, bail};
 use comfy_table::Table;
 use dataplane::counters::Counters;
-use dataplane::pinned::{self, ClassStats, Pins, TenantRecord};
+use dataplane::pinned::{self, ClassStats, Pins, RedirectFailure, TenantRecord};
 use dataplane_common::{
     Counter, DropReason,
     types::{SIDE_FABRIC, SIDE_UPLINK, TenantStats},
@@ -30,6 +30,10 @@ pub struct StatsArgs {
     /// second; with `-o json`, one JSON document per line and sample.
     #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
     watch: Option<f64>,
+    /// Name interfaces as the network namespace NAME (under /run/netns, or
+    /// a path) sees them: the agent's, when it runs in another.
+    #[arg(long, value_name = "NAME")]
+    netns: Option<String>,
     /// With --watch: stop after N samples.
     #[arg(long, value_name = "N", requires = "watch")]
     count: Option<u64>,
@@ -75,6 +79,11 @@ struct Stats {
     #[serde(skip_serializing_if = "Option::is_none")]
     programs: Option<BTreeMap<&'static str, Program<u64>>>,
     tenants: Vec<TenantCounters<ClassStats>>,
+    /// Frames the programs redirected that the kernel refused to deliver,
+    /// by target interface (they were counted `steered` or `decapsulated`
+    /// all the same); absent with --tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redirect_failures: Option<Vec<RedirectFailure>>,
     /// With --watch, from the second sample on: the same counters per second.
     rates: Option<Rates>,
 }
@@ -92,12 +101,13 @@ struct Sample {
     at: Instant,
     unix: f64,
     programs: Option<BTreeMap<&'static str, Counters>>,
+    redirects: Option<Vec<RedirectFailure>>,
     tenants: Vec<(String, u32, TenantStats)>,
 }
 
 const SIDES: [(&str, u32); 2] = [("uplink", SIDE_UPLINK), ("fabric", SIDE_FABRIC)];
 
-fn sample(pins: &Pins, only: Option<&TenantRecord>) -> Result<Sample> {
+fn sample(pins: &Pins, only: Option<&TenantRecord>, netns: Option<&str>) -> Result<Sample> {
     let programs = match only {
         Some(_) => None,
         None => Some(
@@ -106,6 +116,11 @@ fn sample(pins: &Pins, only: Option<&TenantRecord>) -> Result<Sample> {
                 .map(|&(name, side)| Ok((name, pins.counters(side)?)))
                 .collect::<Result<_>>()?,
         ),
+    };
+    let redirects = match only {
+        Some(_) => None,
+        // Interface names are per namespace: read them where the agent runs.
+        None => Some(dataplane::netns::in_netns(netns, || pins.redirect_failures())?),
     };
     let records = match only {
         Some(t) => vec![t.clone()],
@@ -122,6 +137,7 @@ fn sample(pins: &Pins, only: Option<&TenantRecord>) -> Result<Sample> {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0),
         programs,
+        redirects,
         tenants,
     })
 }
@@ -217,6 +233,7 @@ fn document(pins: &Pins, s: &Sample, before: Option<&Sample>) -> Stats {
             .as_ref()
             .map(|p| p.iter().map(|(n, c)| (*n, program(c))).collect()),
         tenants,
+        redirect_failures: s.redirects.clone(),
         rates,
     }
 }
@@ -309,6 +326,20 @@ pub fn class_table(
     t
 }
 
+/// Redirects the kernel refused: each frame here was counted steered (or
+/// decapsulated) and never left.
+pub fn redirect_table(r: &[RedirectFailure]) -> Table {
+    let mut t = output::table(["redirect refused by the kernel into", "frames", "last reason"]);
+    for f in r {
+        t.add_row(vec![
+            f.label(),
+            f.frames.to_string(),
+            output::or_dash(f.last_error.clone()),
+        ]);
+    }
+    t
+}
+
 fn print_table(doc: &Stats, watch: Option<f64>) {
     if let Some(secs) = watch {
         if std::io::stdout().is_terminal() {
@@ -327,6 +358,9 @@ fn print_table(doc: &Stats, watch: Option<f64>) {
     if let Some(p) = &doc.programs {
         let rates = doc.rates.as_ref().and_then(|r| r.programs.as_ref());
         println!("{}\n", program_table(p, rates));
+    }
+    if let Some(r) = doc.redirect_failures.as_ref().filter(|r| !r.is_empty()) {
+        println!("{}\n", redirect_table(r));
     }
     let tenants: Vec<_> = doc
         .tenants
@@ -355,7 +389,7 @@ pub fn run(args: StatsArgs) -> Result<ExitCode> {
     let mut before: Option<Sample> = None;
     let mut n = 0u64;
     loop {
-        let s = sample(&pins, only.as_ref())?;
+        let s = sample(&pins, only.as_ref(), args.netns.as_deref())?;
         let doc = document(&pins, &s, before.as_ref());
         match (args.output, interval) {
             (Format::Json, None) => output::print_json(&doc)?,

@@ -145,6 +145,45 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
             ),
         ]);
     }
+    match p.redirect_watch {
+        Some((id, prog)) => t.add_row(vec![
+            format!("link {}", dataplane::loader::REDIRECT_LINK),
+            format!(
+                "id {id}, program id {prog}, on tracepoint {}",
+                dataplane::loader::REDIRECT_TRACEPOINT
+            ),
+        ]),
+        None => t.add_row(vec![
+            format!("link {}", dataplane::loader::REDIRECT_LINK),
+            "not pinned: refused redirects are not counted".into(),
+        ]),
+    };
+    if p.redirect_failures.is_empty() {
+        t.add_row(vec!["redirects refused".to_string(), "none".to_string()]);
+    }
+    for f in &p.redirect_failures {
+        let label = match f.role {
+            Some(r) => format!("{r} ({}, ifindex {})", name(f.ifindex), f.ifindex),
+            None => f.label(),
+        };
+        t.add_row(vec![
+            "redirects refused".into(),
+            format!(
+                "{} frames into {label}{}",
+                f.frames,
+                if f.last_error.is_empty() {
+                    String::new()
+                } else {
+                    format!(", last: {}", f.last_error)
+                }
+            ),
+        ]);
+    }
+    for i in s.agent.iter().flat_map(|a| &a.interfaces) {
+        for w in &i.warnings {
+            t.add_row(vec![format!("warning ({})", i.role), w.clone()]);
+        }
+    }
     match &s.agent {
         Some(a) => {
             t.add_row(vec![

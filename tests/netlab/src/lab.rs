@@ -35,7 +35,7 @@ use anyhow::{Context, Result, bail};
 use carwash_policy::{Class, MacAddr, Tenant};
 use ipnetwork::IpNetwork;
 
-use crate::netns::{self, NetNs, run_checked, veth_pair, vxlan};
+use crate::netns::{self, NetNs, VethSetup, run_checked, veth_pair_with, vxlan};
 
 /// The lab name used when none is given.
 pub const DEFAULT_NAME: &str = "cwlab";
@@ -129,6 +129,9 @@ pub struct LabConfig {
     pub name: String,
     /// A policy directory or file (`carwash_policy::read_dir_or_file`).
     pub policies: PathBuf,
+    /// How every veth of the lab is set up: NIC-like by default;
+    /// [`VethSetup::PLAIN`] shows what carwash reports on plain veths.
+    pub veth: VethSetup,
 }
 
 impl Default for LabConfig {
@@ -136,6 +139,7 @@ impl Default for LabConfig {
         LabConfig {
             name: DEFAULT_NAME.to_string(),
             policies: default_policies_dir(),
+            veth: VethSetup::NIC_LIKE,
         }
     }
 }
@@ -331,6 +335,7 @@ pub struct Lab {
     pub host_fabric_mac: MacAddr,
     pub inet_mac: MacAddr,
     pub tenants: Vec<LabTenant>,
+    pub veth: VethSetup,
 }
 
 impl Lab {
@@ -457,6 +462,7 @@ impl Lab {
             host_fabric_mac: ROUTER_MAC,
             inet_mac: INET_MAC,
             tenants,
+            veth: cfg.veth,
             name,
         })
     }
@@ -654,13 +660,14 @@ impl Lab {
         ])?;
 
         // Internet <-> host.
-        veth_pair(
+        veth_pair_with(
             &inet,
             INET_IF,
             Some(self.inet_mac),
             &host,
             &self.uplink,
             Some(self.host_uplink_mac),
+            self.veth,
         )?;
         inet.addr(INET_IF, &format!("{INET_V4}/{UPLINK_PREFIX_V4}"))?;
         inet.addr(INET_IF, &format!("{INET_V6}/{UPLINK_PREFIX_V6}"))?;
@@ -698,13 +705,14 @@ impl Lab {
         // Underlay: one bridge, the host's fabric and every machine's eth0.
         ul.ip(&["link", "add", "name", BRIDGE, "type", "bridge"])?;
         ul.link_up(BRIDGE)?;
-        veth_pair(
+        veth_pair_with(
             &host,
             &self.fabric,
             Some(self.host_fabric_mac),
             &ul,
             HOST_UNDERLAY_PORT,
             None,
+            self.veth,
         )?;
         ul.ip(&["link", "set", "dev", HOST_UNDERLAY_PORT, "master", BRIDGE])?;
         host.addr(&self.fabric, &format!("{}/{UNDERLAY_PREFIX}", self.host_vtep))?;
@@ -717,13 +725,14 @@ impl Lab {
                 ("net.ipv4.conf.all.accept_local", "1"),
                 ("net.ipv4.conf.default.accept_local", "1"),
             ])?;
-            veth_pair(
+            veth_pair_with(
                 &ns,
                 MACHINE_UNDERLAY_IF,
                 Some(m.underlay_mac),
                 &ul,
                 &m.underlay_port,
                 None,
+                self.veth,
             )?;
             ul.ip(&["link", "set", "dev", &m.underlay_port, "master", BRIDGE])?;
             ns.addr(MACHINE_UNDERLAY_IF, &format!("{}/{UNDERLAY_PREFIX}", m.vtep))?;
@@ -767,7 +776,7 @@ impl Lab {
         inet.sysctls(&forwarding)?;
         rt.sysctls(&forwarding)?;
 
-        veth_pair(inet, NARROW_IF, None, &rt, NARROW_IF, None)?;
+        veth_pair_with(inet, NARROW_IF, None, &rt, NARROW_IF, None, self.veth)?;
         let mtu = NARROW_MTU.to_string();
         for ns in [inet, &rt] {
             ns.ip(&["link", "set", "dev", NARROW_IF, "mtu", &mtu])?;
@@ -787,7 +796,7 @@ impl Lab {
             Some(NARROW_IF),
         )?;
 
-        veth_pair(&rt, FAR_IF, None, &far, INET_IF, None)?;
+        veth_pair_with(&rt, FAR_IF, None, &far, INET_IF, None, self.veth)?;
         rt.addr(FAR_IF, &format!("{FAR_ROUTER_V4}/30"))?;
         rt.addr(FAR_IF, &format!("{FAR_ROUTER_V6}/64"))?;
         far.addr(INET_IF, &format!("{FAR_V4}/30"))?;
@@ -1299,6 +1308,7 @@ cores = [{ vtep = "10.200.7.20", mac = "02:00:0a:c8:07:14" }]
         let cfg = LabConfig {
             name: "cwlab".into(),
             policies: dir.0.clone(),
+            ..LabConfig::default()
         };
         let lab = Lab::plan(&cfg).unwrap();
         let m = lab.machine("verylongtenantname", Role::Core, 0).unwrap();
@@ -1313,6 +1323,7 @@ cores = [{ vtep = "10.200.7.20", mac = "02:00:0a:c8:07:14" }]
         let too_long = LabConfig {
             name: "cwlab-longer".into(),
             policies: dir.0.clone(),
+            ..LabConfig::default()
         };
         let err = format!("{:#}", Lab::plan(&too_long).unwrap_err());
         assert!(err.contains("longer than 30"), "{err}");
@@ -1325,6 +1336,7 @@ cores = [{ vtep = "10.200.7.20", mac = "02:00:0a:c8:07:14" }]
         let cfg = LabConfig {
             name: "cwlab".into(),
             policies: dir.0.clone(),
+            ..LabConfig::default()
         };
         let err = format!("{:#}", Lab::plan(&cfg).unwrap_err());
         assert!(err.contains("IPv4 vpc_cidr"), "{err}");
@@ -1334,6 +1346,7 @@ cores = [{ vtep = "10.200.7.20", mac = "02:00:0a:c8:07:14" }]
         let cfg = LabConfig {
             name: "cwlab".into(),
             policies: dir.0.clone(),
+            ..LabConfig::default()
         };
         let err = format!("{:#}", Lab::plan(&cfg).unwrap_err());
         assert!(err.contains("too small"), "{err}");
@@ -1343,6 +1356,7 @@ cores = [{ vtep = "10.200.7.20", mac = "02:00:0a:c8:07:14" }]
         let cfg = LabConfig {
             name: "cwlab".into(),
             policies: dir.0.clone(),
+            ..LabConfig::default()
         };
         assert!(Lab::plan(&cfg).is_err());
         assert!(

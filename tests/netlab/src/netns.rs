@@ -509,7 +509,7 @@ pub fn veth(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) -> Result<()> {
 }
 
 /// [`veth`] with fixed MAC addresses, set at creation so neighbour entries
-/// written by the caller are right from the start.
+/// written by the caller are right from the start; both ends NIC-like.
 pub fn veth_pair(
     a: &NetNs,
     a_if: &str,
@@ -517,6 +517,19 @@ pub fn veth_pair(
     b: &NetNs,
     b_if: &str,
     b_mac: Option<MacAddr>,
+) -> Result<()> {
+    veth_pair_with(a, a_if, a_mac, b, b_if, b_mac, VethSetup::NIC_LIKE)
+}
+
+/// [`veth_pair`], both ends set up as `setup` says.
+pub fn veth_pair_with(
+    a: &NetNs,
+    a_if: &str,
+    a_mac: Option<MacAddr>,
+    b: &NetNs,
+    b_if: &str,
+    b_mac: Option<MacAddr>,
+    setup: VethSetup,
 ) -> Result<()> {
     let (a_mac, b_mac) = (a_mac.map(|m| m.to_string()), b_mac.map(|m| m.to_string()));
     let mut args = vec!["link", "add", "name", a_if];
@@ -529,18 +542,62 @@ pub fn veth_pair(
     }
     args.extend(["netns", b.name()]);
     a.ip(&args)?;
-    like_a_nic(a, a_if)?;
-    like_a_nic(b, b_if)?;
+    setup.apply(a, a_if)?;
+    setup.apply(b, b_if)?;
     a.link_up(a_if)?;
     b.link_up(b_if)
 }
 
-/// Makes a veth end behave like a physical NIC towards XDP: frames carry
-/// complete checksums (a veth otherwise hands on the sender's partial,
-/// offloaded checksum, which an XDP program forwarding the frame cannot
-/// complete), and NAPI is on, so XDP_REDIRECT and XDP_TX into it deliver.
+/// How the ends of a veth pair are set up towards XDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VethSetup {
+    /// TX checksum offload off: frames carry complete checksums (a veth
+    /// otherwise hands on the sender's partial, offloaded checksum, which
+    /// an XDP program forwarding the frame cannot complete).
+    pub complete_checksums: bool,
+    /// GRO on, so NAPI runs and XDP_REDIRECT and XDP_TX into the other end
+    /// deliver; off, the kernel drops such frames (`xdp:xdp_redirect_err`).
+    pub gro: bool,
+}
+
+impl VethSetup {
+    /// Like a physical NIC: what the lab uses unless told otherwise.
+    pub const NIC_LIKE: VethSetup = VethSetup {
+        complete_checksums: true,
+        gro: true,
+    };
+    /// As the kernel makes a veth: GRO off, checksum offload on.
+    pub const PLAIN: VethSetup = VethSetup {
+        complete_checksums: false,
+        gro: false,
+    };
+
+    /// Sets up `dev` (one end) in `ns`.
+    pub fn apply(self, ns: &NetNs, dev: &str) -> Result<()> {
+        let on_off = |b: bool| if b { "on" } else { "off" };
+        ns.run(&[
+            "ethtool",
+            "-K",
+            dev,
+            "tx",
+            on_off(!self.complete_checksums),
+            "gro",
+            on_off(self.gro),
+        ])
+        .map(drop)
+    }
+}
+
+impl Default for VethSetup {
+    fn default() -> VethSetup {
+        VethSetup::NIC_LIKE
+    }
+}
+
+/// Makes a veth end behave like a physical NIC towards XDP
+/// ([`VethSetup::NIC_LIKE`]).
 pub fn like_a_nic(ns: &NetNs, dev: &str) -> Result<()> {
-    ns.run(&["ethtool", "-K", dev, "tx", "off", "gro", "on"]).map(drop)
+    VethSetup::NIC_LIKE.apply(ns, dev)
 }
 
 /// Creates a Linux VXLAN device on `underlay_dev` (UDP 4789, no learning,
