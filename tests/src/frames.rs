@@ -612,6 +612,36 @@ pub fn uplink_frame(r: &mut Rng, tenants: &[Tenant], replies: &[(IpAddr, IpAddr,
     let t = r.pick(tenants);
     if !replies.is_empty() && r.chance(10) {
         let (peer, egress, pport, port, proto) = *r.pick(replies);
+        if r.chance(30) {
+            // An ICMP error about the translated packet, as the peer (or a
+            // router on the way) sends it.
+            let ql4 = match proto {
+                6 => L4::Tcp { sport: port, dport: pport, flags: 0x18, options: vec![] },
+                17 => L4::Udp { sport: port, dport: pport, zero_checksum: r.chance(20) },
+                _ => L4::Icmp { ty: if egress.is_ipv6() { 128 } else { 8 }, code: 0, rest: [(port >> 8) as u8, port as u8, 0, 1] },
+            };
+            let mut quoted = Spec::new(egress, peer, ql4);
+            let n = r.below(40);
+            quoted.payload = r.bytes(n);
+            let q = quoted.build()[14..].to_vec();
+            let ip_hdr = if egress.is_ipv6() { 40 } else { 20 };
+            let keep = match r.below(4) {
+                0 => ip_hdr + 8,
+                1 => q.len().min(ip_hdr + 8 + r.below(40)),
+                _ => q.len(),
+            };
+            let (ty, code, rest) = if egress.is_ipv6() {
+                *r.pick(&[(1u8, 4u8, [0u8; 4]), (2, 0, [0, 0, 5, 0x00]), (3, 0, [0; 4])])
+            } else {
+                *r.pick(&[(3u8, 3u8, [0u8; 4]), (3, 4, [0, 0, 5, 0x00]), (11, 0, [0; 4])])
+            };
+            let mut s = Spec::new(peer, egress, L4::Icmp { ty, code, rest });
+            s.payload = q[..keep].to_vec();
+            if r.chance(5) {
+                s.payload.extend(r.bytes(1400));
+            }
+            return s.build();
+        }
         let l4 = match proto {
             6 => L4::Tcp {
                 sport: pport,

@@ -11,6 +11,7 @@ pub mod frames;
 pub mod inbound_cases;
 pub mod labrun;
 pub mod model;
+pub mod modelrun;
 pub mod outbound;
 pub mod packets;
 pub mod synthetic;

@@ -13,7 +13,7 @@
 //! names a connector that takes traffic). Everything else — parsing,
 //! lookups, allowlists with overlapping prefixes, the order of the checks,
 //! the bytes of every output frame and its checksums — is its own.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use carwash_policy::{Class, Tenant};
@@ -522,7 +522,7 @@ pub struct Model {
     pub host: Host,
     pub tenants: Vec<MTenant>,
     /// Translations the model saw made, by reply key.
-    pub replies: HashMap<ReplyKey, Tracked>,
+    pub replies: BTreeMap<ReplyKey, Tracked>,
 }
 
 enum Owner<'a> {
@@ -830,9 +830,34 @@ impl Model {
             if f.len() < e + qlen + 8 {
                 return v.drop(DropReason::Malformed);
             }
-            // Errors about tracked flows are not modelled: the generator
-            // sends only errors about flows nobody opened.
-            return v.drop(DropReason::NoConntrack);
+            let qport = match q.proto {
+                TCP | UDP => q.sport,
+                ICMP | ICMP6 => be16(f, e + qlen + 4),
+                _ => return v.drop(DropReason::NoConntrack),
+            };
+            let rport = if matches!(q.proto, TCP | UDP) { q.dport } else { 0 };
+            let Some(tr) = self.replies.get(&(q.dst, q.src, rport, qport, q.proto)) else {
+                return v.drop(DropReason::NoConntrack);
+            };
+            if tr.tenant != t.id {
+                return v.drop(DropReason::NoConntrack);
+            }
+            if f.len() - ip.l3 > self.usable() {
+                return v.drop(DropReason::TooBig);
+            }
+            let mut v = v;
+            v.count(Counter::SnatIcmpError);
+            if !t.ready {
+                return v.drop(DropReason::NotReady);
+            }
+            let frame = self.translate_error(f, ip, e, qlen, q.proto, tr);
+            let machine = t.slot(tr.origin);
+            let Some(&dmac) = self.host.fabric_neighbours.get(&machine.vtep) else {
+                return v.drop(DropReason::NoRoute);
+            };
+            v.backend = Some((t.id, tr.origin));
+            v.output = Out::Exact(self.vxlan(&frame[ip.l3..], ip.v6, t.policy.vni, machine, dmac, ip.hash()));
+            return v.finish(XDP_REDIRECT);
         }
         let (sport, dport) = match ip.proto {
             TCP | UDP => (ip.sport, ip.dport),
@@ -867,6 +892,71 @@ impl Model {
         v.backend = Some((t.id, tr.origin));
         v.output = Out::Exact(self.vxlan(&frame[ip.l3..], ip.v6, t.policy.vni, machine, dmac, ip.hash()));
         v.finish(XDP_REDIRECT)
+    }
+
+    /// DESIGN path 5: an ICMP error about a translated flow, back to the
+    /// machine's address and port: the outer destination, the quoted
+    /// source address and port, the quoted IP header's checksum (computed
+    /// whole), the quoted transport checksum where the quote reaches it
+    /// (updated: the quote lacks the data it covers) and the ICMP checksum
+    /// (computed whole).
+    fn translate_error(&self, f: &[u8], ip: &Ip, e: usize, qlen: usize, qproto: u8, tr: &Tracked) -> Vec<u8> {
+        let mut o = f.to_vec();
+        let n = if ip.v6 { 16 } else { 4 };
+        let new = addr16(tr.addr);
+        let (qsrc, odst) = if ip.v6 { (e + 8, ip.l3 + 24) } else { (e + 12, ip.l3 + 16) };
+        let old_addr = o[qsrc..qsrc + n].to_vec();
+        o[qsrc..qsrc + n].copy_from_slice(&new[..n]);
+        o[odst..odst + n].copy_from_slice(&new[..n]);
+        if !ip.v6 {
+            o[e + 10..e + 12].copy_from_slice(&[0, 0]);
+            let c = checksum(&o[e..e + 20]);
+            o[e + 10..e + 12].copy_from_slice(&c.to_be_bytes());
+            o[ip.l3 + 10..ip.l3 + 12].copy_from_slice(&[0, 0]);
+            let c = checksum(&o[ip.l3..ip.l3 + ip.ip_hdr]);
+            o[ip.l3 + 10..ip.l3 + 12].copy_from_slice(&c.to_be_bytes());
+        }
+        let q4 = e + qlen;
+        let (port_off, ck_off) = match qproto {
+            TCP => (q4, q4 + 16),
+            UDP => (q4, q4 + 6),
+            _ => (q4 + 4, q4 + 2),
+        };
+        let old_port = [o[port_off], o[port_off + 1]];
+        o[port_off..port_off + 2].copy_from_slice(&tr.port.to_be_bytes());
+        if ck_off + 2 <= o.len() {
+            let old = be16(&o, ck_off);
+            if !(qproto == UDP && !ip.v6 && old == 0) {
+                let mut from = Vec::new();
+                let mut to = Vec::new();
+                if qproto != ICMP {
+                    from.extend_from_slice(&old_addr);
+                    to.extend_from_slice(&new[..n]);
+                }
+                from.extend_from_slice(&old_port);
+                to.extend_from_slice(&tr.port.to_be_bytes());
+                let mut c = csum_update(old, &from, &to);
+                if qproto == UDP && !ip.v6 && c == 0 {
+                    c = 0xffff;
+                }
+                o[ck_off..ck_off + 2].copy_from_slice(&c.to_be_bytes());
+            }
+        }
+        let l4 = ip.l4;
+        o[l4 + 2..l4 + 4].copy_from_slice(&[0, 0]);
+        let c = if ip.v6 {
+            let mut ph = Vec::new();
+            ph.extend_from_slice(&addr16(ip.src));
+            ph.extend_from_slice(&new);
+            ph.extend_from_slice(&((o.len() - l4) as u32).to_be_bytes());
+            ph.extend_from_slice(&[0, 0, 0, ICMP6]);
+            ph.extend_from_slice(&o[l4..]);
+            checksum(&ph)
+        } else {
+            checksum(&o[l4..])
+        };
+        o[l4 + 2..l4 + 4].copy_from_slice(&c.to_be_bytes());
+        o
     }
 
     /// The `fabric` program on a frame from the tunnel side.
