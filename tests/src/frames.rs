@@ -89,12 +89,20 @@ pub fn inside(r: &mut Rng, net: &IpNetwork) -> IpAddr {
     match net {
         IpNetwork::V4(n) => {
             let host_bits = 32 - n.prefix() as u32;
-            let mask = if host_bits == 32 { u32::MAX } else { (1u32 << host_bits) - 1 };
+            let mask = if host_bits == 32 {
+                u32::MAX
+            } else {
+                (1u32 << host_bits) - 1
+            };
             IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) | (r.u64() as u32 & mask)))
         }
         IpNetwork::V6(n) => {
             let host_bits = 128 - n.prefix() as u32;
-            let mask = if host_bits == 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
+            let mask = if host_bits == 128 {
+                u128::MAX
+            } else {
+                (1u128 << host_bits) - 1
+            };
             let rnd = (r.u64() as u128) << 64 | r.u64() as u128;
             IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) | (rnd & mask)))
         }
@@ -117,7 +125,11 @@ pub fn policy(r: &mut Rng, n: usize) -> Vec<Tenant> {
     for i in 0..n {
         let lane = if r.chance(50) { Lane::Double } else { Lane::Single };
         let mut machine = |k: u8| {
-            let vtep = if r.chance(3) { UNRESOLVED_VTEP } else { vteps.next().unwrap() };
+            let vtep = if r.chance(3) {
+                UNRESOLVED_VTEP
+            } else {
+                vteps.next().unwrap()
+            };
             let o = vtep.octets();
             Backend {
                 vtep,
@@ -130,7 +142,16 @@ pub fn policy(r: &mut Rng, n: usize) -> Vec<Tenant> {
         let i8 = i as u8;
         let mut vips = vec![IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10 + i8))];
         if r.chance(70) {
-            vips.push(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x10 + i as u16, 0, 0, 0, 0, 0x10)));
+            vips.push(IpAddr::V6(Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0x10 + i as u16,
+                0,
+                0,
+                0,
+                0,
+                0x10,
+            )));
         }
         if r.chance(30) {
             vips.push(IpAddr::V4(Ipv4Addr::new(203, 0, 114, 10 + i8)));
@@ -143,8 +164,19 @@ pub fn policy(r: &mut Rng, n: usize) -> Vec<Tenant> {
             format!("10.{}.0.0/16", 101 + i).parse().unwrap()
         }];
         let mut allow = Vec::new();
-        let clients4 = ["198.51.100.0/24", "198.51.100.128/25", "198.51.100.192/26", "192.0.2.0/24", "0.0.0.0/0"];
-        let clients6 = ["2001:db8:beef::/48", "2001:db8:beef:8000::/49", "2001:db8:cafe::/48", "::/0"];
+        let clients4 = [
+            "198.51.100.0/24",
+            "198.51.100.128/25",
+            "198.51.100.192/26",
+            "192.0.2.0/24",
+            "0.0.0.0/0",
+        ];
+        let clients6 = [
+            "2001:db8:beef::/48",
+            "2001:db8:beef:8000::/49",
+            "2001:db8:cafe::/48",
+            "::/0",
+        ];
         for _ in 0..r.below(5) {
             let cidr: IpNetwork = if r.chance(60) {
                 {
@@ -210,11 +242,7 @@ pub enum L4 {
     },
     /// ICMP or ICMPv6 (by the family): type, code, the 4 bytes after the
     /// checksum, and the body.
-    Icmp {
-        ty: u8,
-        code: u8,
-        rest: [u8; 4],
-    },
+    Icmp { ty: u8, code: u8, rest: [u8; 4] },
     /// Another protocol number.
     Other(u8),
 }
@@ -311,7 +339,7 @@ impl Spec {
                 t.extend_from_slice(&dport.to_be_bytes());
                 t.extend_from_slice(&1000u32.to_be_bytes());
                 t.extend_from_slice(&(if flags & 0x10 != 0 { 1u32 } else { 0 }).to_be_bytes());
-                t.push(((20 + opts.len()) / 4 << 4) as u8);
+                t.push((((20 + opts.len()) / 4) << 4) as u8);
                 t.push(*flags);
                 t.extend_from_slice(&64240u16.to_be_bytes());
                 t.extend_from_slice(&[0, 0, 0, 0]);
@@ -327,7 +355,11 @@ impl Spec {
                 t.extend_from_slice(&dport.to_be_bytes());
                 t.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
                 t.extend_from_slice(&[0, 0]);
-                if *zero_checksum && self.src.is_ipv4() { None } else { Some((6, true)) }
+                if *zero_checksum && self.src.is_ipv4() {
+                    None
+                } else {
+                    Some((6, true))
+                }
             }
             L4::Icmp { ty, code, rest } => {
                 t.extend_from_slice(&[*ty, *code, 0, 0]);
@@ -338,7 +370,11 @@ impl Spec {
         };
         t.extend_from_slice(&self.payload);
         if let Some((at, with_pseudo)) = ck_at {
-            let mut data = if with_pseudo { pseudo(t.len(), self.proto()) } else { vec![] };
+            let mut data = if with_pseudo {
+                pseudo(t.len(), self.proto())
+            } else {
+                vec![]
+            };
             data.extend_from_slice(&t);
             let mut c = checksum(&data);
             if c == 0 && matches!(self.l4, L4::Udp { .. }) {
@@ -354,7 +390,14 @@ impl Spec {
         f.extend_from_slice(&self.dst_mac);
         f.extend_from_slice(&self.src_mac);
         for (i, tag) in self.vlans.iter().enumerate() {
-            f.extend_from_slice(&(if i == 0 && self.vlans.len() == 2 { 0x88a8u16 } else { 0x8100 }).to_be_bytes());
+            f.extend_from_slice(
+                &(if i == 0 && self.vlans.len() == 2 {
+                    0x88a8u16
+                } else {
+                    0x8100
+                })
+                .to_be_bytes(),
+            );
             f.extend_from_slice(&tag.to_be_bytes());
         }
         // A later fragment carries payload only (what the transport header
@@ -529,7 +572,12 @@ pub fn mutate(r: &mut Rng, f: &mut Vec<u8>) {
 /// (so some are allowed for one class, some for both, some for none), or
 /// anywhere.
 fn client(r: &mut Rng, v6: bool) -> IpAddr {
-    let nets4 = ["198.51.100.0/24", "198.51.100.128/25", "198.51.100.192/26", "192.0.2.0/24"];
+    let nets4 = [
+        "198.51.100.0/24",
+        "198.51.100.128/25",
+        "198.51.100.192/26",
+        "192.0.2.0/24",
+    ];
     let nets6 = ["2001:db8:beef::/48", "2001:db8:beef:8000::/49", "2001:db8:cafe::/48"];
     if r.chance(80) {
         let n: IpNetwork = if v6 { r.pick(&nets6) } else { r.pick(&nets4) }.parse().unwrap();
@@ -616,9 +664,22 @@ pub fn uplink_frame(r: &mut Rng, tenants: &[Tenant], replies: &[(IpAddr, IpAddr,
             // An ICMP error about the translated packet, as the peer (or a
             // router on the way) sends it.
             let ql4 = match proto {
-                6 => L4::Tcp { sport: port, dport: pport, flags: 0x18, options: vec![] },
-                17 => L4::Udp { sport: port, dport: pport, zero_checksum: r.chance(20) },
-                _ => L4::Icmp { ty: if egress.is_ipv6() { 128 } else { 8 }, code: 0, rest: [(port >> 8) as u8, port as u8, 0, 1] },
+                6 => L4::Tcp {
+                    sport: port,
+                    dport: pport,
+                    flags: 0x18,
+                    options: vec![],
+                },
+                17 => L4::Udp {
+                    sport: port,
+                    dport: pport,
+                    zero_checksum: r.chance(20),
+                },
+                _ => L4::Icmp {
+                    ty: if egress.is_ipv6() { 128 } else { 8 },
+                    code: 0,
+                    rest: [(port >> 8) as u8, port as u8, 0, 1],
+                },
             };
             let mut quoted = Spec::new(egress, peer, ql4);
             let n = r.below(40);
@@ -661,7 +722,11 @@ pub fn uplink_frame(r: &mut Rng, tenants: &[Tenant], replies: &[(IpAddr, IpAddr,
             },
         };
         let mut s = Spec::new(peer, egress, l4);
-        let len = if r.chance(10) { 1400 + r.below(100) } else { r.below(200) };
+        let len = if r.chance(10) {
+            1400 + r.below(100)
+        } else {
+            r.below(200)
+        };
         s.payload = r.bytes(len);
         return s.build();
     }
@@ -697,11 +762,33 @@ pub fn uplink_frame(r: &mut Rng, tenants: &[Tenant], replies: &[(IpAddr, IpAddr,
     let mut l4 = transport(r, sport, dport);
     if r.chance(5) {
         // An ICMP error quoting a packet that left dst for the client.
-        let quoted = Spec::new(dst, src, L4::Tcp { sport: dport, dport: sport, flags: 0x12, options: vec![] }).build();
+        let quoted = Spec::new(
+            dst,
+            src,
+            L4::Tcp {
+                sport: dport,
+                dport: sport,
+                flags: 0x12,
+                options: vec![],
+            },
+        )
+        .build();
         let ip_start = 14;
         let q = quoted[ip_start..].to_vec();
-        let (ty, code) = if dst.is_ipv6() { (*r.pick(&[1u8, 2, 3]), 0) } else { (*r.pick(&[3u8, 11]), 4) };
-        let mut s = Spec::new(src, dst, L4::Icmp { ty, code, rest: [0, 0, 5, 0xdc] });
+        let (ty, code) = if dst.is_ipv6() {
+            (*r.pick(&[1u8, 2, 3]), 0)
+        } else {
+            (*r.pick(&[3u8, 11]), 4)
+        };
+        let mut s = Spec::new(
+            src,
+            dst,
+            L4::Icmp {
+                ty,
+                code,
+                rest: [0, 0, 5, 0xdc],
+            },
+        );
         let keep = if r.chance(20) { r.below(q.len()) } else { q.len() };
         s.payload = q[..keep].to_vec();
         return s.build();
@@ -709,7 +796,11 @@ pub fn uplink_frame(r: &mut Rng, tenants: &[Tenant], replies: &[(IpAddr, IpAddr,
     if let L4::Icmp { .. } = l4
         && r.chance(30)
     {
-        l4 = L4::Icmp { ty: if dst.is_ipv6() { 129 } else { 0 }, code: 0, rest: [0, 7, 0, 1] };
+        l4 = L4::Icmp {
+            ty: if dst.is_ipv6() { 129 } else { 0 },
+            code: 0,
+            rest: [0, 7, 0, 1],
+        };
     }
     let mut s = Spec::new(src, dst, l4);
     shape(r, &mut s);
@@ -733,7 +824,11 @@ pub fn fabric_frame(r: &mut Rng, tenants: &[Tenant], host_vtep: Ipv4Addr, serial
         1 => other.vni,
         _ => t.vni,
     };
-    let to = if r.chance(3) { Ipv4Addr::new(10, 200, 0, 2) } else { host_vtep };
+    let to = if r.chance(3) {
+        Ipv4Addr::new(10, 200, 0, 2)
+    } else {
+        host_vtep
+    };
     let flags = if r.chance(2) { 0 } else { 0x08 };
     let v6 = r.chance(30);
     let peer = |r: &mut Rng| -> IpAddr {
@@ -772,7 +867,11 @@ pub fn fabric_frame(r: &mut Rng, tenants: &[Tenant], host_vtep: Ipv4Addr, serial
     };
     let mut dst = peer(r);
     if dst.is_ipv6() != inner_src.is_ipv6() {
-        dst = if inner_src.is_ipv6() { IpAddr::V6(public6(r)) } else { IpAddr::V4(public4(r)) };
+        dst = if inner_src.is_ipv6() {
+            IpAddr::V6(public6(r))
+        } else {
+            IpAddr::V4(public4(r))
+        };
     }
     let sport = (serial % 40000) as u16 + 20000;
     let dport = if r.chance(10) { 4789 } else { r.u16() };
@@ -780,14 +879,29 @@ pub fn fabric_frame(r: &mut Rng, tenants: &[Tenant], host_vtep: Ipv4Addr, serial
     if let L4::Icmp { rest, .. } = &mut l4 {
         rest[0..2].copy_from_slice(&sport.to_be_bytes());
         if r.chance(20) {
-            l4 = L4::Icmp { ty: if v6 { 1 } else { 3 }, code: 3, rest: [0; 4] };
+            l4 = L4::Icmp {
+                ty: if v6 { 1 } else { 3 },
+                code: 3,
+                rest: [0; 4],
+            };
         }
     }
     let mut s = Spec::new(inner_src, dst, l4);
     if inner_src.is_ipv4() && dst.is_ipv4() && dport == 4789 {
         // Traffic that looks like a tunnel of its own.
         s.payload = vec![0x08, 0, 0, 0, 0, 0x03, 0xe9, 0];
-        s.payload.extend(Spec::new(dst, inner_src, L4::Udp { sport: 1, dport: 2, zero_checksum: false }).build());
+        s.payload.extend(
+            Spec::new(
+                dst,
+                inner_src,
+                L4::Udp {
+                    sport: 1,
+                    dport: 2,
+                    zero_checksum: false,
+                },
+            )
+            .build(),
+        );
     } else {
         shape(r, &mut s);
         s.vlans.clear();
@@ -799,7 +913,7 @@ pub fn fabric_frame(r: &mut Rng, tenants: &[Tenant], host_vtep: Ipv4Addr, serial
     if let L4::Tcp { dport, .. } | L4::Udp { dport, .. } = &mut s.l4
         && *dport != 4789
     {
-        *dport = (serial / 40000) as u16 ^ *dport;
+        *dport ^= (serial / 40000) as u16;
     }
     let mut inner = s.build();
     inner[0..6].copy_from_slice(&[0x02, 0x00, 0x0a, 0xc8, 0x00, 0x01]);

@@ -119,7 +119,10 @@ impl MTenant {
     }
 
     fn egress_ips(&self) -> Vec<IpAddr> {
-        [self.egress_ip(false), self.egress_ip(true)].into_iter().flatten().collect()
+        [self.egress_ip(false), self.egress_ip(true)]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     fn machine_vteps(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
@@ -685,7 +688,15 @@ impl Model {
     }
 
     /// The VXLAN frame carrying `inner_ip` to `machine`.
-    fn vxlan(&self, inner_ip: &[u8], v6: bool, vni: u32, machine: &carwash_policy::Backend, dmac: [u8; 6], hash: u32) -> Vec<u8> {
+    fn vxlan(
+        &self,
+        inner_ip: &[u8],
+        v6: bool,
+        vni: u32,
+        machine: &carwash_policy::Backend,
+        dmac: [u8; 6],
+        hash: u32,
+    ) -> Vec<u8> {
         let h = &self.host;
         let mut o = Vec::with_capacity(64 + inner_ip.len());
         o.extend_from_slice(&dmac);
@@ -818,7 +829,7 @@ impl Model {
             let (qlen, v4_ok) = if ip.v6 {
                 (40, true)
             } else {
-                (20, f.len() >= e + 1 && f[e] == 0x45)
+                (20, f.len() > e && f[e] == 0x45)
             };
             if f.len() < e + qlen || !v4_ok {
                 return v.drop(DropReason::Malformed);
@@ -904,7 +915,11 @@ impl Model {
         let mut o = f.to_vec();
         let n = if ip.v6 { 16 } else { 4 };
         let new = addr16(tr.addr);
-        let (qsrc, odst) = if ip.v6 { (e + 8, ip.l3 + 24) } else { (e + 12, ip.l3 + 16) };
+        let (qsrc, odst) = if ip.v6 {
+            (e + 8, ip.l3 + 24)
+        } else {
+            (e + 12, ip.l3 + 16)
+        };
         let old_addr = o[qsrc..qsrc + n].to_vec();
         o[qsrc..qsrc + n].copy_from_slice(&new[..n]);
         o[odst..odst + n].copy_from_slice(&new[..n]);
@@ -1087,16 +1102,12 @@ impl Model {
             TCP | UDP => (s.ip.dport, s.ip.sport),
             _ => (0, s.ip.sport),
         };
-        let orig_src = {
-            // The source before translation sits nowhere in the frame any
-            // more: the caller's input had it.
-            s.ip.src
-        };
         self.replies.insert(
             (s.ip.dst, s.egress, rsport, port, s.ip.proto),
             Tracked {
                 tenant: s.tenant,
-                addr: orig_src,
+                // The frame's parse, taken before the translation.
+                addr: s.ip.src,
                 port: orig_port,
                 origin: s.origin,
             },
@@ -1287,17 +1298,26 @@ impl Model {
                 && action == XDP_PASS
                 && self.owner_of(ip.dst).is_some()
             {
-                return Err(format!("a packet to {} (an address in force) passed to the host stack", ip.dst));
+                return Err(format!(
+                    "a packet to {} (an address in force) passed to the host stack",
+                    ip.dst
+                ));
             }
             if forwarded && let Some((_, to, vni, _)) = vxlan_of(output) {
                 let Some(t) = self.tenant_of_vni(vni) else {
                     return Err(format!("encapsulated with VNI {vni}, which is no tenant's"));
                 };
                 if !t.ready {
-                    return Err(format!("tenant {} is not ready, yet its VNI carried a packet", t.policy.name));
+                    return Err(format!(
+                        "tenant {} is not ready, yet its VNI carried a packet",
+                        t.policy.name
+                    ));
                 }
                 if !t.machine_vteps().any(|v| v == to) {
-                    return Err(format!("VNI {vni} of {} sent to VTEP {to}, not one of its machines", t.policy.name));
+                    return Err(format!(
+                        "VNI {vni} of {} sent to VTEP {to}, not one of its machines",
+                        t.policy.name
+                    ));
                 }
                 let dst = parsed.as_ref().map(|p| p.dst);
                 if dst.and_then(|d| self.owner_of(d)).map(|o| o.id) != Some(t.id) {
@@ -1329,7 +1349,10 @@ impl Model {
         if let Parsed::Ip(out) = parse(output, 0) {
             let own = t.policy.vips.contains(&out.src) || t.egress_ips().contains(&out.src);
             if !own {
-                return Err(format!("{} sent a packet from {}, not its own address", t.policy.name, out.src));
+                return Err(format!(
+                    "{} sent a packet from {}, not its own address",
+                    t.policy.name, out.src
+                ));
             }
         } else {
             return Err("forwarded a frame that is not IP".into());

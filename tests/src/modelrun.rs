@@ -51,7 +51,11 @@ pub fn health(r: &mut Rng, t: &Tenant) -> Health {
         (true, 2) if r.chance(30) => [false, false],
         _ => [true, true],
     };
-    let connectors_up = if !double && r.chance(5) { [false, false] } else { connectors_up };
+    let connectors_up = if !double && r.chance(5) {
+        [false, false]
+    } else {
+        connectors_up
+    };
     Health {
         connectors_up,
         active_core: if double && r.chance(40) { 1 } else { 0 },
@@ -168,7 +172,6 @@ pub struct Tally {
     pub paths: HashMap<&'static str, u64>,
     pub translated: u64,
 }
-
 
 /// Installs a random policy of `n` tenants (ids 1..=n) with random machine
 /// states, some tenants not ready, and returns it with the model of it.

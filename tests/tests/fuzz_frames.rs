@@ -187,7 +187,12 @@ fn check_batch(
         }
         for (c, a) in verdicts {
             if d.get(c) != s.actions[a as usize] {
-                errors.push(format!("{} {} for {} such verdicts", c.name(), d.get(c), s.actions[a as usize]));
+                errors.push(format!(
+                    "{} {} for {} such verdicts",
+                    c.name(),
+                    d.get(c),
+                    s.actions[a as usize]
+                ));
             }
         }
         // A frame answered with an ICMP error is sent (XDP_TX) and counted
@@ -199,13 +204,22 @@ fn check_batch(
             .map(|r| d.dropped(*r))
             .sum();
         if dropped != s.actions[XDP_DROP as usize] {
-            errors.push(format!("{dropped} drops by reason for {} XDP_DROP", s.actions[XDP_DROP as usize]));
+            errors.push(format!(
+                "{dropped} drops by reason for {} XDP_DROP",
+                s.actions[XDP_DROP as usize]
+            ));
         }
         if answered != s.actions[XDP_TX as usize] {
-            errors.push(format!("{answered} ICMP answers counted for {} XDP_TX", s.actions[XDP_TX as usize]));
+            errors.push(format!(
+                "{answered} ICMP answers counted for {} XDP_TX",
+                s.actions[XDP_TX as usize]
+            ));
         }
         if !errors.is_empty() {
-            return Err(format!("{name} counters do not account for the batch: {}", errors.join("; ")));
+            return Err(format!(
+                "{name} counters do not account for the batch: {}",
+                errors.join("; ")
+            ));
         }
     }
     Ok(())
