@@ -27,7 +27,7 @@ use dataplane::Dataplane;
 use dataplane_common::types::{SIDE_FABRIC, SIDE_UPLINK};
 use dataplane_common::{Counter, DropReason, programs};
 
-const CI_FRAMES: u64 = 400_000;
+const CI_FRAMES: u64 = 1_000_000;
 /// Frames between two checks of the counter sums.
 const BATCH: u64 = 100_000;
 /// Frames per policy (a new random policy after each).

@@ -277,7 +277,7 @@ fn a_real_agent_survives_fuzzed_requests_and_keeps_its_set() {
     let agent = setup.start().unwrap();
     let first = agent.status();
     let mut runner = TestRunner::new(Config {
-        cases: cases(CI_API_CASES, 10),
+        cases: cases(CI_API_CASES, 20),
         failure_persistence: None,
         ..Config::default()
     });
