@@ -40,6 +40,16 @@ pub const MODEL_SYNACK_CLAMPED: bool = false;
 /// programs and the case is reported by the differential test's summary.
 pub const MODEL_FRAG_NEEDED_WITH_IPV4_OPTIONS: bool = false;
 
+/// A packet that a tail-called program (source NAT out, a reply or an
+/// ICMP error translated back) forwards counts as steered for its tenant,
+/// as every other forwarded packet does. The programs count it as dropped
+/// bytes without a reason instead: their shared outcome check
+/// (`counters::finish`) compiles to a 64-bit comparison of a 32-bit value
+/// with -1 that never holds. While false, the differential test leaves the
+/// steered and byte slots of class none unchecked for tenants such packets
+/// went to (their drop reasons are still checked).
+pub const MODEL_TAIL_CALLED_STEERED_COUNTED: bool = false;
+
 /// How many IPv6 extension headers the parser follows before the transport
 /// header (README: "up to four").
 pub const MODEL_IPV6_EXT_HEADERS: usize = 4;
@@ -455,6 +465,9 @@ pub struct Verdict {
     /// A steered packet's machine: tenant id and slot (connectors 0-1,
     /// cores 2-3).
     pub backend: Option<(u32, usize)>,
+    /// The port class the tenant's counters file it under: 0 https, 1
+    /// jms, 2 none (not a service's traffic).
+    pub class: u8,
 }
 
 impl Verdict {
@@ -466,6 +479,7 @@ impl Verdict {
             output: Out::Unchanged,
             tenant: None,
             backend: None,
+            class: 2,
         }
     }
 
@@ -645,7 +659,11 @@ impl Model {
     }
 
     /// Path 1 for a packet to a service of tenant `t`.
-    fn steer(&self, f: &[u8], ip: &Ip, t: &MTenant, class: Class, v: Verdict) -> Verdict {
+    fn steer(&self, f: &[u8], ip: &Ip, t: &MTenant, class: Class, mut v: Verdict) -> Verdict {
+        v.class = match class {
+            Class::Https => 0,
+            Class::Jms => 1,
+        };
         if !t.ready {
             return v.drop(DropReason::NotReady);
         }
@@ -788,7 +806,7 @@ impl Model {
 
     /// DESIGN path 5 for an ICMP error to a VIP: the quoted packet left the
     /// VIP towards the client; the error goes where that flow goes.
-    fn icmp_to_vip(&self, f: &[u8], ip: &Ip, t: &MTenant, v: Verdict) -> Verdict {
+    fn icmp_to_vip(&self, f: &[u8], ip: &Ip, t: &MTenant, mut v: Verdict) -> Verdict {
         let e = ip.l4 + 8;
         let q = match parse_quote(f, e, ip.v6) {
             Some(q) if q.src == ip.dst && q.proto == TCP => q,
@@ -800,6 +818,10 @@ impl Model {
             Class::Jms
         } else {
             return v.drop(DropReason::NoService);
+        };
+        v.class = match class {
+            Class::Https => 0,
+            Class::Jms => 1,
         };
         if !t.ready {
             return v.drop(DropReason::NotReady);

@@ -8,13 +8,15 @@ use std::fmt::Write as _;
 use carwash_policy::Tenant;
 use dataplane::Dataplane;
 use dataplane::tables::{DEFAULT_SNAT_PORTS, Health};
+use dataplane_common::drop::{DROPPED_BYTES, STEERED_BYTES, STEERED_PACKETS, TENANT_STAT_SLOTS};
+use dataplane_common::types::TenantStats;
 use dataplane_common::types::{SIDE_FABRIC, SIDE_UPLINK};
 use dataplane_common::{Counter, DropReason, programs};
 
 use crate::fabric::{FABRIC_MAC, FABRIC_MTU, HOST_VTEP, INTERNET_ROUTER_MAC, ROUTER_MAC, UPLINK_MAC, vtep_mac};
 use crate::fixture::{XDP_DROP, action_name};
 use crate::frames::{Rng, policy, vtep_pool};
-use crate::model::{Host, MTenant, Model, Out, Verdict};
+use crate::model::{Host, MODEL_TAIL_CALLED_STEERED_COUNTED, MTenant, Model, Out, Verdict};
 
 pub fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -144,6 +146,29 @@ pub fn compare(dp: &Dataplane, m: &mut Model, fabric: bool, frame: &[u8], tally:
     for r in &want.drops {
         *tally.reasons.entry(r.name()).or_default() += 1;
     }
+    if let Some(id) = want.tenant {
+        let tail_called = want
+            .counters
+            .iter()
+            .any(|(c, _)| matches!(c, Counter::SnatOut | Counter::SnatReply | Counter::SnatIcmpError));
+        if want.drops.is_empty() && tail_called && !MODEL_TAIL_CALLED_STEERED_COUNTED {
+            tally.tenant_unchecked.insert((id, want.class));
+        }
+        let row = tally
+            .tenant_expect
+            .entry((id, want.class))
+            .or_insert_with(|| vec![0; TENANT_STAT_SLOTS]);
+        match want.drops.first() {
+            Some(r) => {
+                row[r.slot()] += 1;
+                row[DROPPED_BYTES] += frame.len() as u64;
+            }
+            None => {
+                row[STEERED_PACKETS] += 1;
+                row[STEERED_BYTES] += frame.len() as u64;
+            }
+        }
+    }
     for (c, _) in &want.counters {
         if matches!(
             c,
@@ -168,6 +193,12 @@ pub fn compare(dp: &Dataplane, m: &mut Model, fabric: bool, frame: &[u8], tally:
 pub struct Tally {
     pub actions: HashMap<&'static str, u64>,
     pub reasons: HashMap<&'static str, u64>,
+    /// What the model says each tenant's counters must move by since
+    /// [`tenant_stats_before`]: by (tenant id, class), one row of slots.
+    pub tenant_expect: HashMap<(u32, u8), Vec<u64>>,
+    /// Rows whose steered and byte slots are not checked
+    /// ([`MODEL_TAIL_CALLED_STEERED_COUNTED`]).
+    pub tenant_unchecked: std::collections::HashSet<(u32, u8)>,
     /// Frames by the path they took (the model's counters).
     pub paths: HashMap<&'static str, u64>,
     pub translated: u64,
@@ -215,4 +246,55 @@ pub fn uninstall(dp: &mut Dataplane, tenants: &[Tenant]) {
         dp.remove_tenant(i as u32 + 1, t).expect("removing a tenant");
     }
     dp.reclaim_conntrack(0, |_| false).expect("emptying the tracking table");
+}
+
+/// Every tenant's counters (ids 1..=n), to compare against later.
+pub fn tenant_stats_before(dp: &Dataplane, n: usize) -> Vec<TenantStats> {
+    (1..=n as u32)
+        .map(|id| dp.tenant_stats(id).expect("reading a tenant's counters"))
+        .collect()
+}
+
+/// Checks each tenant's counters (by class: steered packets and bytes,
+/// dropped bytes, every drop reason) against what the model expected since
+/// `before`, and starts the expectation afresh: `Err` names every slot
+/// that differs.
+pub fn check_tenant_stats(dp: &Dataplane, before: &[TenantStats], tally: &mut Tally) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for (i, b) in before.iter().enumerate() {
+        let id = i as u32 + 1;
+        let now = dp.tenant_stats(id).map_err(|e| e.to_string())?;
+        for class in 0..3u8 {
+            let want = tally
+                .tenant_expect
+                .remove(&(id, class))
+                .unwrap_or_else(|| vec![0; TENANT_STAT_SLOTS]);
+            let unchecked = tally.tenant_unchecked.contains(&(id, class));
+            for (slot, w) in want.iter().enumerate() {
+                if unchecked && slot <= DROPPED_BYTES {
+                    continue;
+                }
+                let got = now[class as usize][slot] - b[class as usize][slot];
+                if got != *w {
+                    let what = match slot {
+                        STEERED_PACKETS => "steered packets".to_string(),
+                        STEERED_BYTES => "steered bytes".to_string(),
+                        DROPPED_BYTES => "dropped bytes".to_string(),
+                        s => DropReason::ALL
+                            .iter()
+                            .find(|r| r.slot() == s)
+                            .map_or(format!("slot {s}"), |r| r.name().to_string()),
+                    };
+                    errors.push(format!("tenant {id} class {class} {what}: program {got}, model {w}"));
+                }
+            }
+        }
+    }
+    tally.tenant_expect.clear();
+    tally.tenant_unchecked.clear();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
+    }
 }

@@ -15,7 +15,9 @@ use carwash_policy::MacAddr;
 use carwash_tests::fabric::{FabricNs, HOST_VTEP, vtep_mac};
 use carwash_tests::frames::{Rng, fabric_frame, uplink_frame, vtep_pool};
 use carwash_tests::model::ReplyKey;
-use carwash_tests::modelrun::{Tally, compare, describe_policy, env_u64, install_random, uninstall};
+use carwash_tests::modelrun::{
+    Tally, check_tenant_stats, compare, describe_policy, env_u64, install_random, tenant_stats_before, uninstall,
+};
 use carwash_tests::require_root;
 use dataplane::Dataplane;
 
@@ -81,6 +83,7 @@ fn run(fab: &FabricNs, cases: u64, seed: u64) -> (Tally, Vec<String>) {
         if let Err(e) = maglev {
             failures.push(format!("{e}\npolicy:\n{}", describe_policy(&m)));
         }
+        let stats_before = tenant_stats_before(&dp, n_tenants);
         let n = PER_POLICY.min(cases - done);
         for _ in 0..n {
             let fabric = r.chance(45);
@@ -97,6 +100,12 @@ fn run(fab: &FabricNs, cases: u64, seed: u64) -> (Tally, Vec<String>) {
                     break;
                 }
             }
+        }
+        if let Err(e) = check_tenant_stats(&dp, &stats_before, &mut tally) {
+            failures.push(format!(
+                "per-tenant counters after {n} frames:\n{e}\npolicy:\n{}",
+                describe_policy(&m)
+            ));
         }
         done += n;
         uninstall(&mut dp, &tenants);
