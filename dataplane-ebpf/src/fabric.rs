@@ -61,7 +61,7 @@ fn try_fabric(ctx: &XdpContext, stats: &Counters) -> u32 {
             if tenant != 0 {
                 tenant_dropped(tenant, CLASS_NONE, r.why, bytes);
             }
-            debug!(ctx, "fabric: dropped, reason {}, tenant {}", r.why.index(), tenant);
+            debug!(ctx, "fabric: dropped, reason {}, tenant {}", r.why, tenant);
             r.action
         }
     }

@@ -40,16 +40,6 @@ pub const MODEL_SYNACK_CLAMPED: bool = false;
 /// programs and the case is reported by the differential test's summary.
 pub const MODEL_FRAG_NEEDED_WITH_IPV4_OPTIONS: bool = false;
 
-/// A packet that a tail-called program (source NAT out, a reply or an
-/// ICMP error translated back) forwards counts as steered for its tenant,
-/// as every other forwarded packet does. The programs count it as dropped
-/// bytes without a reason instead: their shared outcome check
-/// (`counters::finish`) compiles to a 64-bit comparison of a 32-bit value
-/// with -1 that never holds. While false, the differential test leaves the
-/// steered and byte slots of class none unchecked for tenants such packets
-/// went to (their drop reasons are still checked).
-pub const MODEL_TAIL_CALLED_STEERED_COUNTED: bool = false;
-
 /// How many IPv6 extension headers the parser follows before the transport
 /// header (README: "up to four").
 pub const MODEL_IPV6_EXT_HEADERS: usize = 4;

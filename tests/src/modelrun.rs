@@ -16,7 +16,7 @@ use dataplane_common::{Counter, DropReason, programs};
 use crate::fabric::{FABRIC_MAC, FABRIC_MTU, HOST_VTEP, INTERNET_ROUTER_MAC, ROUTER_MAC, UPLINK_MAC, vtep_mac};
 use crate::fixture::{XDP_DROP, action_name};
 use crate::frames::{Rng, policy, vtep_pool};
-use crate::model::{Host, MODEL_TAIL_CALLED_STEERED_COUNTED, MTenant, Model, Out, Verdict};
+use crate::model::{Host, MTenant, Model, Out, Verdict};
 
 pub fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -147,13 +147,6 @@ pub fn compare(dp: &Dataplane, m: &mut Model, fabric: bool, frame: &[u8], tally:
         *tally.reasons.entry(r.name()).or_default() += 1;
     }
     if let Some(id) = want.tenant {
-        let tail_called = want
-            .counters
-            .iter()
-            .any(|(c, _)| matches!(c, Counter::SnatOut | Counter::SnatReply | Counter::SnatIcmpError));
-        if want.drops.is_empty() && tail_called && !MODEL_TAIL_CALLED_STEERED_COUNTED {
-            tally.tenant_unchecked.insert((id, want.class));
-        }
         let row = tally
             .tenant_expect
             .entry((id, want.class))
@@ -196,9 +189,6 @@ pub struct Tally {
     /// What the model says each tenant's counters must move by since
     /// [`tenant_stats_before`]: by (tenant id, class), one row of slots.
     pub tenant_expect: HashMap<(u32, u8), Vec<u64>>,
-    /// Rows whose steered and byte slots are not checked
-    /// ([`MODEL_TAIL_CALLED_STEERED_COUNTED`]).
-    pub tenant_unchecked: std::collections::HashSet<(u32, u8)>,
     /// Frames by the path they took (the model's counters).
     pub paths: HashMap<&'static str, u64>,
     pub translated: u64,
@@ -269,11 +259,7 @@ pub fn check_tenant_stats(dp: &Dataplane, before: &[TenantStats], tally: &mut Ta
                 .tenant_expect
                 .remove(&(id, class))
                 .unwrap_or_else(|| vec![0; TENANT_STAT_SLOTS]);
-            let unchecked = tally.tenant_unchecked.contains(&(id, class));
             for (slot, w) in want.iter().enumerate() {
-                if unchecked && slot <= DROPPED_BYTES {
-                    continue;
-                }
                 let got = now[class as usize][slot] - b[class as usize][slot];
                 if got != *w {
                     let what = match slot {
@@ -291,7 +277,6 @@ pub fn check_tenant_stats(dp: &Dataplane, before: &[TenantStats], tally: &mut Ta
         }
     }
     tally.tenant_expect.clear();
-    tally.tenant_unchecked.clear();
     if errors.is_empty() {
         Ok(())
     } else {
