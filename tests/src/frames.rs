@@ -536,7 +536,12 @@ pub fn mutate(r: &mut Rng, f: &mut Vec<u8>) {
         // A header byte where the parsers look: ethertype, version/IHL,
         // lengths, protocol, flags, next-header, data offset.
         5 => {
-            let spots = [12, 13, 14, 16, 17, 20, 23, 26, 46, 47, 54, 58, 60, 66, 68];
+            // Outer: ethertype, version/IHL, IPv4 total length, IPv6 payload
+            // length and next header, flags, protocol, UDP length; inner
+            // (behind VXLAN): the same.
+            let spots = [
+                12, 13, 14, 16, 17, 18, 19, 20, 23, 26, 38, 39, 46, 47, 54, 58, 60, 64, 66, 67, 68, 73, 88, 89,
+            ];
             let i = *r.pick(&spots);
             if i < f.len() {
                 f[i] = r.u8();

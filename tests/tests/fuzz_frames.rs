@@ -19,7 +19,7 @@ use std::time::Instant;
 use carwash_policy::MacAddr;
 use carwash_tests::fabric::{FabricNs, HOST_VTEP, vtep_mac};
 use carwash_tests::fixture::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, action_name};
-use carwash_tests::frames::{Rng, fabric_frame, mutate, uplink_frame, vtep_pool};
+use carwash_tests::frames::{Rng, fabric_frame, mutate, uplink_frame, vtep_pool, vxlan};
 use carwash_tests::model::{Model, ReplyKey};
 use carwash_tests::modelrun::{Tally, compare, env_u64, install_random, uninstall};
 use carwash_tests::require_root;
@@ -149,6 +149,14 @@ fn check_batch(
         }
         if r.chance(10) {
             fabric = !fabric;
+        }
+        if r.chance(3) {
+            // VXLAN inside VXLAN that passes the outer checks: a real
+            // machine of a real tenant carries whatever the frame became.
+            let t = r.pick(&m.tenants);
+            let from = r.pick(&t.policy.connectors).vtep;
+            frame = vxlan(from, HOST_VTEP, t.policy.vni, 0x08, &frame, r.u16());
+            fabric = true;
         }
         // The kernel runs XDP on whole Ethernet headers only (a NIC drops
         // runts), and on at most a page.
