@@ -36,8 +36,8 @@ pub const MODEL_SYNACK_CLAMPED: bool = false;
 
 /// DESIGN path 5 asks for fragmentation-needed for every IPv4 packet with
 /// DF that does not fit; the programs answer only headers without options
-/// (and drop the others as `too_big`). While false the model follows the
-/// programs and the case is reported by the differential test's summary.
+/// and drop the others as `too_big` (README, "Too big"). While false the
+/// model does the same; set to true, the model answers those too.
 pub const MODEL_FRAG_NEEDED_WITH_IPV4_OPTIONS: bool = false;
 
 /// How many IPv6 extension headers the parser follows before the transport
