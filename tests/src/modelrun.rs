@@ -18,6 +18,17 @@ use crate::fixture::{XDP_DROP, action_name};
 use crate::frames::{Rng, policy, vtep_pool};
 use crate::model::{Host, MTenant, Model, Out, Verdict};
 
+/// The seed of a run: `CARWASH_SEED`, or the clock.
+pub fn seed() -> u64 {
+    env_u64(
+        "CARWASH_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the clock is past 1970")
+            .as_nanos() as u64,
+    )
+}
+
 pub fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }

@@ -16,7 +16,7 @@ use carwash_tests::fabric::{FabricNs, HOST_VTEP, vtep_mac};
 use carwash_tests::frames::{Rng, fabric_frame, uplink_frame, vtep_pool};
 use carwash_tests::model::ReplyKey;
 use carwash_tests::modelrun::{
-    Tally, check_tenant_stats, compare, describe_policy, env_u64, install_random, tenant_stats_before, uninstall,
+    Tally, check_tenant_stats, compare, describe_policy, env_u64, install_random, seed, tenant_stats_before, uninstall,
 };
 use carwash_tests::require_root;
 use dataplane::Dataplane;
@@ -26,17 +26,6 @@ const CI_CASES: u64 = 150_000;
 const PER_POLICY: u64 = 5_000;
 /// Differences reported at most (the run stops there).
 const MAX_FAILURES: usize = 50;
-
-/// The seed: `CARWASH_SEED`, or the clock.
-pub fn seed() -> u64 {
-    env_u64(
-        "CARWASH_SEED",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("the clock is past 1970")
-            .as_nanos() as u64,
-    )
-}
 
 #[test]
 fn programs_agree_with_the_model() {

@@ -21,7 +21,7 @@ use carwash_tests::fabric::{FabricNs, HOST_VTEP, vtep_mac};
 use carwash_tests::fixture::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, action_name};
 use carwash_tests::frames::{Rng, fabric_frame, mutate, uplink_frame, vtep_pool, vxlan};
 use carwash_tests::model::{Model, ReplyKey};
-use carwash_tests::modelrun::{Tally, compare, env_u64, install_random, uninstall};
+use carwash_tests::modelrun::{Tally, compare, env_u64, install_random, seed, uninstall};
 use carwash_tests::require_root;
 use dataplane::Dataplane;
 use dataplane_common::types::{SIDE_FABRIC, SIDE_UPLINK};
@@ -38,13 +38,7 @@ const SEEDS: usize = 4_000;
 fn fuzzed_frames_keep_isolation_and_are_all_counted() {
     require_root();
     let frames = env_u64("CARWASH_FUZZ_FRAMES", CI_FRAMES);
-    let seed = env_u64(
-        "CARWASH_SEED",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("the clock is past 1970")
-            .as_nanos() as u64,
-    );
+    let seed = seed();
     println!("fuzz: {frames} frames, seed {seed} (CARWASH_SEED={seed} repeats the run)");
     let fab = FabricNs::new(&[]).unwrap();
     for v in vtep_pool() {
