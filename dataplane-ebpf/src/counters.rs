@@ -1,8 +1,8 @@
 //! The per-CPU counters: global ones (one block per CPU, one map lookup per
 //! packet) and per tenant and class. Per-CPU slots need no atomics.
 use dataplane_common::{
-    Counter, CounterBlock, DropReason,
-    drop::{DROPPED_BYTES, STEERED_BYTES, STEERED_PACKETS},
+    Counter, CounterBlock,
+    drop::{DROPPED_BYTES, FIRST_DROP_SLOT, STEERED_BYTES, STEERED_PACKETS},
     types::{CLASS_NONE, CLASSES},
 };
 
@@ -107,10 +107,11 @@ impl Counters {
         self.add(c, 1)
     }
 
-    /// A drop, by reason (the slots after the [`Counter`]s).
+    /// A drop, by reason (a `DropReason`'s index: the slots after the
+    /// [`Counter`]s).
     #[inline(always)]
-    pub fn drop(&self, why: DropReason) {
-        self.bump(Counter::COUNT as usize + why.index() as usize, 1)
+    pub fn drop(&self, why: u32) {
+        self.bump(Counter::COUNT as usize + why as usize, 1)
     }
 }
 
@@ -160,8 +161,8 @@ pub fn tenant_steered(tenant: u32, class: u8, bytes: u64) {
 
 /// Counts a dropped packet for a tenant and class.
 #[inline(always)]
-pub fn tenant_dropped(tenant: u32, class: u8, why: DropReason, bytes: u64) {
-    tenant_bump(tenant, class, why.slot(), 1, DROPPED_BYTES, bytes)
+pub fn tenant_dropped(tenant: u32, class: u8, why: u32, bytes: u64) {
+    tenant_bump(tenant, class, FIRST_DROP_SLOT + why as usize, 1, DROPPED_BYTES, bytes)
 }
 
 #[inline(always)]

@@ -61,7 +61,7 @@ fn try_fabric(ctx: &XdpContext, stats: &Counters) -> u32 {
             if tenant != 0 {
                 tenant_dropped(tenant, CLASS_NONE, r.why, bytes);
             }
-            debug!(ctx, "fabric: dropped, reason {}, tenant {}", r.why.index(), tenant);
+            debug!(ctx, "fabric: dropped, reason {}, tenant {}", r.why, tenant);
             r.action
         }
     }
@@ -158,6 +158,7 @@ fn outbound(ctx: &XdpContext, t: &TenantInfo, inner: &Flow, cfg: &HostConfig, ou
             },
             now,
         )
+        && nh.ifindex == cfg.uplink_ifindex
     {
         out.ifindex = nh.ifindex;
         out.smac = nh.smac;
@@ -191,6 +192,12 @@ pub fn to_internet(
         },
         now,
     )?;
+    // Only towards the internet: a destination the FIB reaches through the
+    // fabric (another tenant's VTEP, say) would put a packet from this
+    // tenant's tunnel into another's.
+    if nh.ifindex != cfg.uplink_ifindex {
+        return Err(DropReason::NoRoute);
+    }
     leave(ctx, inner_off, nh.ifindex, &nh.smac, &nh.dmac)
 }
 

@@ -167,7 +167,9 @@ fn parse_ipv6(ctx: &XdpContext, flow: &mut Flow) -> Result<(), NotIp> {
     flow.dst = words_to_addr(load_words::<4>(ip.dst.as_ptr()));
     let mut next = ip.next_hdr;
     let mut off = flow.l3_off + IPV6_LEN;
-    for _ in 0..MAX_IPV6_EXT {
+    // One pass more than there are headers to follow: the last finds the
+    // transport header, or gives up.
+    for _ in 0..=MAX_IPV6_EXT {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 let ext: &Ipv6ExtHdr = header(ctx, off).ok_or_else(truncated)?;

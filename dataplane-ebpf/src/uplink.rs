@@ -17,10 +17,17 @@ use crate::packet::{IPPROTO_UDP, frame_len};
 use crate::parse::Flow;
 use crate::{icmp, mss, nat, steer};
 
-/// A packet carwash did not forward: why, and what became of it (dropped,
-/// or turned into an ICMP answer and sent back).
+/// A packet carwash did not forward: why (a `DropReason`'s index), and
+/// what became of it (dropped, or turned into an ICMP answer and sent
+/// back).
+///
+/// The reason is kept as a plain index, not as the enum: with the enum,
+/// `Result<u32, Refused>` hides its `Ok` in reason values near `u32::MAX`,
+/// and the BPF backend (without 32-bit jumps) tests for them with a 64-bit
+/// comparison against a sign-extended -1, which never holds: every `Ok` of
+/// a tail-called program was counted as a drop.
 pub struct Refused {
-    pub why: DropReason,
+    pub why: u32,
     pub action: u32,
 }
 
@@ -28,7 +35,7 @@ impl From<DropReason> for Refused {
     #[inline(always)]
     fn from(why: DropReason) -> Self {
         Refused {
-            why,
+            why: why.index(),
             action: xdp_action::XDP_DROP,
         }
     }
@@ -113,10 +120,7 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
             // Compiled out unless the agent loads with an eBPF log level.
             debug!(
                 ctx,
-                "uplink: dropped, reason {}, tenant {}, class {}",
-                r.why.index(),
-                tenant,
-                class
+                "uplink: dropped, reason {}, tenant {}, class {}", r.why, tenant, class
             );
             r.action
         }
@@ -176,7 +180,7 @@ pub fn too_big(ctx: &XdpContext, flow: &Flow, usable: u16) -> Refused {
     };
     if answered {
         Refused {
-            why: DropReason::TooBigIcmpSent,
+            why: DropReason::TooBigIcmpSent.index(),
             action: xdp_action::XDP_TX,
         }
     } else {

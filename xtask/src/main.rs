@@ -57,6 +57,23 @@ enum Cmd {
     Run,
     /// The Debian package: target/debian/carwash_<version>_<arch>.deb (cargo-deb).
     Deb,
+    /// The differential test (programs against the reference model) and the fuzzers at full
+    /// size, in release: 1,000,000 compared frames, 10,000,000 fuzzed frames, 100,000 policy
+    /// sets and 5,000 API requests (`cargo xtask test` runs them CI-sized).
+    Fuzz {
+        /// Frames compared with the model.
+        #[arg(long, default_value_t = 1_000_000)]
+        differential: u64,
+        /// Fuzzed frames.
+        #[arg(long, default_value_t = 10_000_000)]
+        frames: u64,
+        /// Policy sets (the API gets a twentieth as many requests).
+        #[arg(long, default_value_t = 100_000)]
+        policies: u64,
+        /// Seed of the frame runs (default: the clock; each run prints its seed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Benchmarks: the programs (BPF_PROG_TEST_RUN, against a minimal XDP_PASS program in the same
     /// run) and the agent at 10,000 tenants; `bench -- packets` or `bench -- agent` runs one part.
     Bench {
@@ -111,6 +128,27 @@ fn main() -> Result<()> {
             let deb = deb::build()?;
             println!("{}", deb.display());
             Ok(())
+        }
+        Cmd::Fuzz {
+            differential,
+            frames,
+            policies,
+            seed,
+        } => {
+            setup::run()?;
+            let mut cmd = cargo();
+            cmd.args(["test", "--release", "-p", "carwash-tests"]);
+            for t in ["differential", "fuzz_frames", "fuzz_policy"] {
+                cmd.args(["--test", t]);
+            }
+            cmd.args(["--", "--nocapture", "--test-threads", "1"])
+                .env("CARWASH_DIFF_CASES", differential.to_string())
+                .env("CARWASH_FUZZ_FRAMES", frames.to_string())
+                .env("CARWASH_PROPTEST_CASES", policies.to_string());
+            if let Some(seed) = seed {
+                cmd.env("CARWASH_SEED", seed.to_string());
+            }
+            run(&mut cmd)
         }
         Cmd::Bench { args } => {
             setup::run()?;

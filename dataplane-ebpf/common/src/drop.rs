@@ -21,7 +21,8 @@ indexed_enum! {
         TooBigIcmpSent = "too_big_icmp_sent",
         /// A later fragment addressed to a VIP: it has no ports to steer by.
         Fragment = "fragment",
-        /// No route or neighbour towards the backend's VTEP.
+        /// No route or neighbour towards the backend's VTEP; or, for traffic
+        /// from the fabric, no route to its destination out of the uplink.
         NoRoute = "no_route",
         /// Host configuration (VTEP, fabric) not loaded yet.
         NoConfig = "no_config",

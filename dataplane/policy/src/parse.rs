@@ -61,6 +61,12 @@ pub fn parse_toml_document(file: &Path, text: &str) -> Result<Document, PolicyEr
         return Err(PolicyError::file(file, message).into());
     };
     let loc = idx.loc(span.start, span.end);
+    if message.is_empty() {
+        // The TOML parser says nothing for some characters it refuses
+        // (control characters in comments): name what it points at.
+        let at = text.get(span.clone()).filter(|s| !s.is_empty()).unwrap_or("?");
+        message = format!("a character TOML does not allow here: {at:?}");
+    }
     let missing = missing_field(&message).map(str::to_string);
     let field = match toml_positions(text) {
         Some(positions) => {

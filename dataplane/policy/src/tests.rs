@@ -734,3 +734,15 @@ fn error_display() {
     let as_error: &dyn std::error::Error = &errors;
     assert!(as_error.to_string().lines().count() == 2);
 }
+
+#[test]
+fn a_character_toml_forbids_gets_a_message() {
+    // The TOML parser reports a control character in a comment with an
+    // empty message; the operator still needs to read what is wrong.
+    let text = "#\0 a comment\nname = \"acme\"\n";
+    let e = parse_toml_document(Path::new("acme.toml"), text).unwrap_err();
+    let first = &e.0[0];
+    assert_eq!((first.line, first.column), (1, 2));
+    assert!(!first.message.trim().is_empty(), "{first:?}");
+    assert!(first.message.contains("character"), "{}", first.message);
+}
