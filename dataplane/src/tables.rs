@@ -559,19 +559,6 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Marks tenant `id` ready or not: a tenant that is not ready fails
-    /// closed (its VIPs, egress IPs and VNI pass nothing), as while its
-    /// policy is being written.
-    pub fn set_tenant_ready(&mut self, id: u32, ready: bool) -> Result<()> {
-        let mut info = self.tenant_info(id)?.ok_or_else(|| anyhow!("no tenant {id}"))?;
-        if ready {
-            info.flags |= TENANT_READY;
-        } else {
-            info.flags &= !TENANT_READY;
-        }
-        self.put_tenant(id, info)
-    }
-
     /// Removes tenant `id`: its addresses first, so its traffic is none of
     /// carwash's business at once, then the rest.
     pub fn remove_tenant(&mut self, id: u32, t: &Tenant) -> Result<()> {
