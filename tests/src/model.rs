@@ -24,15 +24,15 @@ use ipnetwork::IpNetwork;
 use crate::fixture::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 
 /// DESIGN path 5: an ICMP error sent to a VIP about a steered flow goes to
-/// the backend of the flow it quotes. The programs drop it (`no_service`)
-/// until that behaviour lands; flip this when it does.
-pub const MODEL_ICMP_TO_VIP_STEERED: bool = false;
+/// the backend of the flow it quotes (only a flow the client may open: the
+/// quoted destination must be allowed for the class). While false the
+/// model drops it as `no_service`, as the programs did before.
+pub const MODEL_ICMP_TO_VIP_STEERED: bool = true;
 
 /// DESIGN path 5 / MSS clamping both ways: a SYN-ACK a machine sends back
-/// through the fabric has its MSS clamped to what the tunnel carries. The
-/// programs leave it untouched until that behaviour lands; flip this when
-/// it does.
-pub const MODEL_SYNACK_CLAMPED: bool = false;
+/// through the fabric has its MSS clamped to what the tunnel carries.
+/// While false the model leaves it untouched, as the programs did before.
+pub const MODEL_SYNACK_CLAMPED: bool = true;
 
 /// DESIGN path 5 asks for fragmentation-needed for every IPv4 packet with
 /// DF that does not fit; the programs answer only headers without options
@@ -798,6 +798,12 @@ impl Model {
     /// VIP towards the client; the error goes where that flow goes.
     fn icmp_to_vip(&self, f: &[u8], ip: &Ip, t: &MTenant, mut v: Verdict) -> Verdict {
         let e = ip.l4 + 8;
+        // The quote must hold a whole IP header without options and the
+        // first 8 bytes after it, as RFC 792 and 4443 ask of a router.
+        let qlen = if ip.v6 { 40 } else { 20 };
+        if f.len() < e + qlen + 8 || (!ip.v6 && f[e] != 0x45) {
+            return v.drop(DropReason::Malformed);
+        }
         let q = match parse_quote(f, e, ip.v6) {
             Some(q) if q.src == ip.dst && q.proto == TCP => q,
             _ => return v.drop(DropReason::NoService),
@@ -809,12 +815,24 @@ impl Model {
         } else {
             return v.drop(DropReason::NoService);
         };
-        v.class = match class {
-            Class::Https => 0,
-            Class::Jms => 1,
-        };
+        // Counted for the tenant under no class: the error is not a packet
+        // of the service's port (README, path 5).
+        v.class = 2;
         if !t.ready {
             return v.drop(DropReason::NotReady);
+        }
+        // The quoted packet went to the client: the client must be one
+        // that may open a flow of this class.
+        let (https, jms) = t.classes_allowed(q.dst);
+        if !match class {
+            Class::Https => https,
+            Class::Jms => jms,
+        } {
+            return v.drop(DropReason::NotAllowed);
+        }
+        // An error about an error is never sent: one too big is dropped.
+        if f.len() - ip.l3 > self.usable() {
+            return v.drop(DropReason::TooBig);
         }
         let hash = flow_hash(&addr16(q.dst), &addr16(q.src), q.dport, q.sport, TCP);
         let slot = match class {
