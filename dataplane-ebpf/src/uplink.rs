@@ -175,7 +175,7 @@ pub fn too_big(ctx: &XdpContext, flow: &Flow, usable: u16) -> Refused {
         icmp::frag_needed_v4(ctx, flow, usable)
     } else {
         // XDP cannot fragment, and the sender did not ask for PMTU
-        // discovery: drop and count it (see README).
+        // discovery: drop and count it (docs/architecture.md, "Too big").
         false
     };
     if answered {

@@ -14,7 +14,7 @@
 //!
 //! Packets per second: `BPF_PROG_TEST_RUN` in live-frames mode on `fabric`,
 //! wall time per frame, the translated packets counted where they arrive
-//! (nftables netdev ingress on the uplink's peer). See the README.
+//! (nftables netdev ingress on the uplink's peer). See docs/benchmarks.md.
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};

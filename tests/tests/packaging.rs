@@ -452,7 +452,7 @@ fn deb_installs_upgrades_removes_and_purges_in_a_scratch_root() {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("{}", text(&security)));
-    assert!(score <= 3.0, "exposure {score} (the README says 2.6)");
+    assert!(score <= 3.0, "exposure {score} (docs/packaging.md says 2.6)");
 
     // Upgrade: the operator's configuration stays, the unit is restarted
     // (not stopped first), which the agent makes hitless by adopting its pins.
