@@ -601,19 +601,10 @@ impl Model {
 
     /// The `uplink` program on a frame from the internet.
     pub fn uplink(&self, f: &[u8]) -> Verdict {
-        let mut v = Verdict::new(f.len());
-        let ip = match parse(f, 0) {
-            Parsed::NotIp => {
-                v.count(Counter::NonIp);
-                return v.finish(XDP_PASS);
-            }
-            Parsed::Malformed(c) => {
-                v.count(c);
-                return v.finish(XDP_PASS);
-            }
-            Parsed::Ip(ip) => ip,
+        let (ip, mut v) = match parsed(f) {
+            Ok(x) => x,
+            Err(v) => return *v,
         };
-        v.protocols(&ip);
         let owner = match self.owner(ip.dst) {
             None => return v.finish(XDP_PASS),
             Some(o) => o,
@@ -1006,19 +997,10 @@ impl Model {
 
     /// The `fabric` program on a frame from the tunnel side.
     pub fn fabric(&self, f: &[u8]) -> Verdict {
-        let mut v = Verdict::new(f.len());
-        let outer = match parse(f, 0) {
-            Parsed::NotIp => {
-                v.count(Counter::NonIp);
-                return v.finish(XDP_PASS);
-            }
-            Parsed::Malformed(c) => {
-                v.count(c);
-                return v.finish(XDP_PASS);
-            }
-            Parsed::Ip(ip) => ip,
+        let (outer, mut v) = match parsed(f) {
+            Ok(x) => x,
+            Err(v) => return *v,
         };
-        v.protocols(&outer);
         if outer.v6
             || outer.proto != UDP
             || outer.dport != 4789
@@ -1152,6 +1134,26 @@ struct Quote {
     proto: u8,
     sport: u16,
     dport: u16,
+}
+
+/// Parses a frame as both programs do first, counting what it is: a frame
+/// that is not IP, or is malformed, passes to the host stack.
+fn parsed(f: &[u8]) -> Result<(Ip, Verdict), Box<Verdict>> {
+    let mut v = Verdict::new(f.len());
+    match parse(f, 0) {
+        Parsed::NotIp => {
+            v.count(Counter::NonIp);
+            Err(Box::new(v.finish(XDP_PASS)))
+        }
+        Parsed::Malformed(c) => {
+            v.count(c);
+            Err(Box::new(v.finish(XDP_PASS)))
+        }
+        Parsed::Ip(ip) => {
+            v.protocols(&ip);
+            Ok((ip, v))
+        }
+    }
 }
 
 fn parse_quote(f: &[u8], e: usize, v6: bool) -> Option<Quote> {
