@@ -61,6 +61,9 @@ fn try_fabric(ctx: &XdpContext, stats: &Counters) -> u32 {
             if tenant != 0 {
                 tenant_dropped(tenant, CLASS_NONE, r.why, bytes);
             }
+            // The tunnel's outer addresses: the sending VTEP is what a
+            // refused tunnel packet is known by.
+            crate::events::dropped(ctx, &outer, tenant, CLASS_NONE, r.why, crate::maps::active_gen());
             debug!(ctx, "fabric: dropped, reason {}, tenant {}", r.why, tenant);
             r.action
         }

@@ -8,6 +8,7 @@ mod bench;
 mod clock;
 mod counters;
 mod encap;
+mod events;
 mod fabric;
 mod handoff;
 mod icmp;

@@ -47,6 +47,9 @@ pub const ALL_MAPS: &[&str] = &[
     maps::HANDOFF,
     maps::GENERATION,
     maps::REDIRECT_ERRORS,
+    maps::EVENT_BUCKETS,
+    maps::EVENT_STATS,
+    maps::EVENT_CONFIG,
 ];
 
 /// How much the programs log through aya-log (`ebpf_log` in the host

@@ -13,6 +13,7 @@ extern crate std;
 pub mod checksum;
 pub mod counters;
 pub mod drop;
+pub mod events;
 pub mod hash;
 pub mod types;
 
@@ -142,4 +143,13 @@ pub mod maps {
     /// Benchmarks only: the frame the `carwash_bench_restore_*` programs
     /// write back (`crate::types::BENCH_FRAME_MAX` bytes); never pinned.
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
+    /// Ring buffer of [`crate::events::DataEvent`]s (never pinned: each
+    /// agent reads its own).
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU [`crate::events::EventBucket`] indexed by tenant id.
+    pub const EVENT_BUCKETS: &str = "EVENT_BUCKETS";
+    /// Per-CPU [`crate::events::EventCounts`] indexed by event kind.
+    pub const EVENT_STATS: &str = "EVENT_STATS";
+    /// [`crate::events::EventConfig`], one entry.
+    pub const EVENT_CONFIG: &str = "EVENT_CONFIG";
 }
