@@ -8,7 +8,7 @@ use dataplane_common::{
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
-use crate::maps::{COUNTERS, HANDOFF, TENANT_STATS};
+use crate::maps::{COUNTERS, TENANT_STATS};
 use crate::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 use crate::parse::{Flow, NotIp, parse};
 use crate::uplink::Refused;
@@ -136,28 +136,21 @@ pub fn run_handed(
 /// not known) and returns its action.
 #[inline(always)]
 pub fn finish(ctx: &XdpContext, stats: &Counters, tenant: u32, bytes: u64, r: Result<u32, Refused>) -> u32 {
-    let action = match r {
+    let (action, why) = match r {
         Ok(action) => {
             tenant_steered(tenant, CLASS_NONE, bytes);
-            action
+            (action, crate::events::NOT_DROPPED)
         }
         Err(r) => {
             stats.drop(r.why);
             if tenant != 0 {
                 tenant_dropped(tenant, CLASS_NONE, r.why, bytes);
             }
-            // The hand-off still holds the packet's parse: a tail-called
-            // program starts from it.
-            if let Some(h) = HANDOFF.get_ptr(0) {
-                // SAFETY: this CPU's slot, written before the tail call.
-                let h = unsafe { &*h };
-                crate::events::dropped(ctx, &h.flow, tenant, CLASS_NONE, r.why, h.generation);
-            }
-            r.action
+            (r.action, r.why)
         }
     };
     stats.action(action);
-    action
+    crate::events::report_pending(ctx, why, action)
 }
 
 /// Counts a steered packet for a tenant and class.

@@ -50,6 +50,7 @@ fn try_fabric(ctx: &XdpContext, stats: &Counters) -> u32 {
     }
     let bytes = frame_len(ctx) as u64;
     let mut tenant = 0;
+    let l3 = outer.l3_off as u32;
     match from_vpc(ctx, &outer, cfg, &mut tenant) {
         Ok(action) => {
             stats.inc(Counter::Decapsulated);
@@ -63,7 +64,13 @@ fn try_fabric(ctx: &XdpContext, stats: &Counters) -> u32 {
             }
             // The tunnel's outer addresses: the sending VTEP is what a
             // refused tunnel packet is known by.
-            crate::events::dropped(ctx, &outer, tenant, CLASS_NONE, r.why, crate::maps::active_gen());
+            crate::events::dropped_tunnel(
+                ctx,
+                l3,
+                tenant,
+                crate::events::class_why(CLASS_NONE, r.why),
+                crate::maps::active_gen(),
+            );
             debug!(ctx, "fabric: dropped, reason {}, tenant {}", r.why, tenant);
             r.action
         }

@@ -80,6 +80,13 @@ pub fn carwash_deliver(ctx: XdpContext) -> u32 {
     snat_in::run_deliver(&ctx)
 }
 
+/// Reports the event a tail-called program left, and returns its verdict
+/// (tail-called by them last: `events::report_pending`).
+#[xdp]
+pub fn carwash_event(ctx: XdpContext) -> u32 {
+    events::run_pending(&ctx)
+}
+
 /// Counts the redirects the kernel refused to deliver, per target
 /// interface (attached to the `xdp_redirect_err` tracepoint).
 #[raw_tracepoint(tracepoint = "xdp_redirect_err")]

@@ -124,7 +124,7 @@ fn try_out(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, 
             None => {
                 stats.inc(Counter::SnatNewFlow);
                 let port = allocate(&key, &flow, cfg, out, h.origin as u8, seen, now, stats)?;
-                crate::events::translated(ctx, &flow, h.tenant, egress, port, h.generation);
+                crate::events::pending_translation(port);
                 port
             }
         };

@@ -118,7 +118,7 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
         Err(r) => {
             stats.drop(r.why);
             tenant_dropped(tenant, class, r.why, bytes);
-            events::dropped(ctx, &flow, tenant, class, r.why, generation);
+            events::dropped(ctx, &flow, tenant, events::class_why(class, r.why), generation);
             // Compiled out unless the agent loads with an eBPF log level.
             debug!(
                 ctx,

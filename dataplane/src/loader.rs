@@ -81,6 +81,7 @@ fn all_programs() -> Vec<&'static str> {
         programs::BENCH_RESTORE_FABRIC,
         programs::BENCH_RESTORE_PASS,
         programs::CLOCK,
+        programs::EVENT,
     ];
     for (name, _) in programs::JUMPED {
         if !all.contains(name) {
@@ -202,6 +203,14 @@ impl Dataplane {
                 .set(*slot, fd, 0)
                 .with_context(|| format!("setting slot {slot} of {}", maps::JUMPS))?;
         }
+        let fd = self.xdp(programs::EVENT)?.fd()?.try_clone()?;
+        let map = self
+            .ebpf
+            .map_mut(maps::EVENT_JUMP)
+            .ok_or_else(|| anyhow!("no map {}", maps::EVENT_JUMP))?;
+        aya::maps::ProgramArray::try_from(map)?
+            .set(0, &fd, 0)
+            .with_context(|| format!("setting {}", maps::EVENT_JUMP))?;
         Ok(())
     }
 

@@ -152,7 +152,7 @@ mod tests {
 
     #[test]
     fn sizes_are_the_abi() {
-        assert_eq!(size_of::<DataEvent>(), 88);
+        assert_eq!(size_of::<DataEvent>(), 80);
         assert_eq!(size_of::<EventBucket>(), 32);
         assert_eq!(size_of::<EventConfig>(), 24);
         assert_eq!(size_of::<EventCounts>(), 24);

@@ -59,6 +59,8 @@ pub mod programs {
     /// ICMP errors to VIPs about steered flows, tail-called by the uplink
     /// program.
     pub const VIP_ICMP: &str = "carwash_vip_icmp";
+    /// Reports the event a tail-called program left (through `EVENT_JUMP`).
+    pub const EVENT: &str = "carwash_event";
     /// Every program tail-called through `JUMPS`, with its slot.
     pub const JUMPED: &[(&str, u32)] = &[
         (SNAT_OUT, crate::jumps::SNAT_OUT),
@@ -152,4 +154,6 @@ pub mod maps {
     pub const EVENT_STATS: &str = "EVENT_STATS";
     /// [`crate::events::EventConfig`], one entry.
     pub const EVENT_CONFIG: &str = "EVENT_CONFIG";
+    /// Program array of one: `programs::EVENT` (never pinned).
+    pub const EVENT_JUMP: &str = "EVENT_JUMP";
 }

@@ -231,16 +231,28 @@ impl Decoder {
             }
             // SAFETY: at least a DataEvent's bytes; any bit pattern is valid.
             let e: DataEvent = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const DataEvent) };
-            let tenant = name(e.tenant);
-            self.note(e.tenant, e.cpu, e.suppressed_total, tenant.as_deref(), out);
-            let wall = self.wall(e.ts_ns);
-            out.push(crate::event::from_data(
-                &e,
-                tenant.as_deref(),
-                ifname(e.ifindex).as_deref(),
-                wall,
-            ));
+            self.decode(&e, name, ifname, out);
         }
+    }
+
+    /// One record: a summary of what its bucket held back before it, if
+    /// anything, then the event.
+    pub fn decode(
+        &mut self,
+        e: &DataEvent,
+        name: &dyn Fn(u32) -> Option<String>,
+        ifname: &dyn Fn(u32) -> Option<String>,
+        out: &mut Vec<Event>,
+    ) {
+        let tenant = name(e.tenant);
+        self.note(e.tenant, e.cpu, e.suppressed_total, tenant.as_deref(), out);
+        let wall = self.wall(e.ts_ns);
+        out.push(crate::event::from_data(
+            e,
+            tenant.as_deref(),
+            ifname(e.ifindex).as_deref(),
+            wall,
+        ));
     }
 
     fn wall(&mut self, ts_ns: u64) -> SystemTime {
