@@ -32,6 +32,8 @@ pub struct HubStats {
     pub log_written: AtomicU64,
     pub log_failed: AtomicU64,
     pub monitors: AtomicU64,
+    /// Why the flow log cannot be written, while it cannot.
+    pub log_error: Mutex<Option<String>>,
 }
 
 enum HubMsg {
@@ -57,6 +59,19 @@ impl EventSink {
 
     pub fn send(&self, e: Event) {
         let _ = self.tx.send(HubMsg::Event(e));
+    }
+
+    pub fn status(&self, event_log: &std::path::Path) -> crate::api::EventStreamStatus {
+        let s = &self.stats;
+        crate::api::EventStreamStatus {
+            by_type: s.by_type.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            monitors: s.monitors.load(Ordering::Relaxed),
+            monitor_lost: s.monitor_lost.load(Ordering::Relaxed),
+            event_log: event_log.to_path_buf(),
+            log_written: s.log_written.load(Ordering::Relaxed),
+            log_failed: s.log_failed.load(Ordering::Relaxed),
+            log_error: s.log_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
     }
 
     /// A new monitor: the lines (JSON) of every event `filter` matches,
@@ -129,6 +144,7 @@ async fn hub(mut rx: mpsc::UnboundedReceiver<HubMsg>, mut log: Option<FlowLog>, 
                     outage = first;
                 }
             }
+            *stats.log_error.lock().unwrap_or_else(|p| p.into_inner()) = log.broken().map(str::to_string);
         }
         let mut extra = Vec::new();
         if let Some(err) = outage {

@@ -788,6 +788,7 @@ impl Agent {
             attempts: self.attempts,
             uplink_addresses_generation: self.uplink_addrs.done.load(std::sync::atomic::Ordering::Relaxed),
             conntrack: self.ct_fill.clone(),
+            events: Some(self.events.status(&self.cfg.event_log)),
         }
     }
 }
