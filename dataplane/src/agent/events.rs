@@ -115,7 +115,20 @@ pub fn flow_log(cfg: &crate::config::HostConfig) -> FlowLog {
 
 async fn hub(mut rx: mpsc::UnboundedReceiver<HubMsg>, mut log: Option<FlowLog>, stats: Arc<HubStats>) {
     let mut monitors: Vec<Monitor> = Vec::new();
-    while let Some(msg) = rx.recv().await {
+    // Monitors that went away are let go of within a second, events or not.
+    let mut prune = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let msg = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
+            _ = prune.tick() => {
+                monitors.retain(|m| !m.tx.is_closed());
+                stats.monitors.store(monitors.len() as u64, Ordering::Relaxed);
+                continue;
+            }
+        };
         let e = match msg {
             HubMsg::Subscribe(filter, tx) => {
                 monitors.push(Monitor { filter, tx, lost: 0 });

@@ -641,6 +641,72 @@ async fn scrape(ctx: &Arc<Ctx>, openmetrics: bool) -> Result<String> {
     snap.encode(openmetrics)
 }
 
+impl Snapshot {
+    /// The event stream's counters: the data path's by kind, and the
+    /// agent's (the stream by type, slow monitors, the flow log).
+    fn encode_events(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        use dataplane_common::events::{EventCounts, kind_name};
+        let by_kind = |f: fn(&EventCounts) -> u64| {
+            self.events
+                .iter()
+                .enumerate()
+                .skip(1)
+                .map(move |(k, c)| (vec![("type", kind_name(k as u8).to_string())], f(c)))
+        };
+        counters(
+            e,
+            "carwash_events_emitted",
+            "Events the data path reported, by type.",
+            by_kind(|c| c.emitted),
+        )?;
+        counters(
+            e,
+            "carwash_events_suppressed",
+            "Events the per-tenant, per-CPU budget held back (reported in summary events), by type.",
+            by_kind(|c| c.suppressed),
+        )?;
+        counters(
+            e,
+            "carwash_events_lost",
+            "Events lost because the ring buffer was full (reported in summary events too), by type.",
+            by_kind(|c| c.lost),
+        )?;
+        let Some(ev) = self.agent.as_ref().and_then(|a| a.events.as_ref()) else {
+            return Ok(());
+        };
+        counters(
+            e,
+            "carwash_events_streamed",
+            "Events through the agent's stream (the data path's, summaries and the agent's own), by type.",
+            ev.by_type.iter().map(|(t, n)| (vec![("type", t.clone())], *n)),
+        )?;
+        counters(
+            e,
+            "carwash_events_monitor_lost",
+            "Events slow monitors did not get (their queues were full).",
+            one(ev.monitor_lost),
+        )?;
+        counters(
+            e,
+            "carwash_event_log_written",
+            "Events written to the flow log.",
+            one(ev.log_written),
+        )?;
+        counters(
+            e,
+            "carwash_event_log_failed",
+            "Events the flow log could not take (unwritable, disk full).",
+            one(ev.log_failed),
+        )?;
+        gauge(
+            e,
+            "carwash_event_log_ok",
+            "1 while the flow log is written, 0 while it cannot be.",
+            one(i64::from(ev.log_error.is_none())),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -770,71 +836,5 @@ mod tests {
         let om = snap.encode(true).unwrap();
         assert!(om.ends_with("# EOF\n"), "{om}");
         assert!(om.contains("# TYPE carwash_program_packets counter"), "{om}");
-    }
-}
-
-impl Snapshot {
-    /// The event stream's counters: the data path's by kind, and the
-    /// agent's (the stream by type, slow monitors, the flow log).
-    fn encode_events(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
-        use dataplane_common::events::{EventCounts, kind_name};
-        let by_kind = |f: fn(&EventCounts) -> u64| {
-            self.events
-                .iter()
-                .enumerate()
-                .skip(1)
-                .map(move |(k, c)| (vec![("type", kind_name(k as u8).to_string())], f(c)))
-        };
-        counters(
-            e,
-            "carwash_events_emitted",
-            "Events the data path reported, by type.",
-            by_kind(|c| c.emitted),
-        )?;
-        counters(
-            e,
-            "carwash_events_suppressed",
-            "Events the per-tenant, per-CPU budget held back (reported in summary events), by type.",
-            by_kind(|c| c.suppressed),
-        )?;
-        counters(
-            e,
-            "carwash_events_lost",
-            "Events lost because the ring buffer was full (reported in summary events too), by type.",
-            by_kind(|c| c.lost),
-        )?;
-        let Some(ev) = self.agent.as_ref().and_then(|a| a.events.as_ref()) else {
-            return Ok(());
-        };
-        counters(
-            e,
-            "carwash_events_streamed",
-            "Events through the agent's stream (the data path's, summaries and the agent's own), by type.",
-            ev.by_type.iter().map(|(t, n)| (vec![("type", t.clone())], *n)),
-        )?;
-        counters(
-            e,
-            "carwash_events_monitor_lost",
-            "Events slow monitors did not get (their queues were full).",
-            one(ev.monitor_lost),
-        )?;
-        counters(
-            e,
-            "carwash_event_log_written",
-            "Events written to the flow log.",
-            one(ev.log_written),
-        )?;
-        counters(
-            e,
-            "carwash_event_log_failed",
-            "Events the flow log could not take (unwritable, disk full).",
-            one(ev.log_failed),
-        )?;
-        gauge(
-            e,
-            "carwash_event_log_ok",
-            "1 while the flow log is written, 0 while it cannot be.",
-            one(i64::from(ev.log_error.is_none())),
-        )
     }
 }

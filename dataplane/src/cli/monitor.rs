@@ -68,7 +68,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let out = std::io::stdout();
     let mut out = out.lock();
     if let Some(file) = &a.from {
-        history(&[file.clone()], None, &filter, a.output, &mut out)?;
+        history(std::slice::from_ref(file), None, &filter, a.output, &mut out)?;
         return Ok(ExitCode::SUCCESS);
     }
     let cfg = host_config(&a.config)?;
