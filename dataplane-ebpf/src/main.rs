@@ -107,6 +107,12 @@ pub fn carwash_bench_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The yardstick of a denied flood: the cheapest way XDP drops a frame.
+#[xdp]
+pub fn carwash_bench_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
 /// Benchmarks only (live frames): restores the frame, then the fabric
 /// program.
 #[xdp]

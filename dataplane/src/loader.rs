@@ -78,6 +78,7 @@ fn all_programs() -> Vec<&'static str> {
         programs::UPLINK,
         programs::FABRIC,
         programs::BENCH_PASS,
+        programs::BENCH_DROP,
         programs::BENCH_RESTORE_FABRIC,
         programs::BENCH_RESTORE_PASS,
         programs::CLOCK,

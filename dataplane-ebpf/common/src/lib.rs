@@ -33,6 +33,8 @@ pub mod programs {
     /// The smallest possible XDP program (returns XDP_PASS): the yardstick
     /// every benchmark figure is divided by.
     pub const BENCH_PASS: &str = "carwash_bench_pass";
+    /// Returns XDP_DROP: the yardstick of a denied flood.
+    pub const BENCH_DROP: &str = "carwash_bench_drop";
     /// Benchmarks only (live frames): writes the frame of `BENCH_FRAME`
     /// back over the packet, then tail-calls the fabric program.
     pub const BENCH_RESTORE_FABRIC: &str = "carwash_bench_restore_fabric";
