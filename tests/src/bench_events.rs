@@ -78,19 +78,40 @@ pub fn run() -> Result<()> {
     r?;
 
     let ifindex = fab.uplink_ifindex;
-    let mut walls = [Vec::new(), Vec::new(), Vec::new()];
-    let e0 = dp.event_counts()?[KIND_DROP as usize];
+    let mut walls = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let (on, off) = (
+        EventLimits {
+            rate: DEFAULT_EVENT_RATE,
+            burst: DEFAULT_EVENT_BURST,
+            flow_sample: 0,
+        },
+        EventLimits {
+            rate: 0,
+            burst: DEFAULT_EVENT_BURST,
+            flow_sample: 0,
+        },
+    );
+    let mut reported = (0, 0);
     for _ in 0..LIVE_ROUNDS {
-        for (i, prog) in [programs::BENCH_DROP, programs::UPLINK, programs::BENCH_PASS]
-            .into_iter()
-            .enumerate()
+        // The uplink program twice: events on, then off (what the event
+        // code costs a dropped packet).
+        for (i, prog) in [
+            programs::BENCH_DROP,
+            programs::UPLINK,
+            programs::BENCH_PASS,
+            programs::UPLINK,
+        ]
+        .into_iter()
+        .enumerate()
         {
+            dp.set_event_limits(if i == 3 { off } else { on })?;
+            let e0 = dp.event_counts()?[KIND_DROP as usize];
             let (c0, n0) = (dp.counters(SIDE_UPLINK)?, nft_denied(&fab)?);
             let wall = fab.ns.enter(|| live_run(&dp, prog, &frame, ifindex, LIVE_FRAMES))??;
             let (c, n) = (dp.counters(SIDE_UPLINK)?.since(&c0), nft_denied(&fab)? - n0);
             let frames = LIVE_FRAMES as u64;
             match prog {
-                programs::UPLINK => ensure!(
+                programs::UPLINK if i == 1 || i == 3 => ensure!(
                     c.dropped(DropReason::NotAllowed) == frames && n == 0,
                     "carwash dropped {} of {frames} frames",
                     c.dropped(DropReason::NotAllowed)
@@ -98,11 +119,22 @@ pub fn run() -> Result<()> {
                 programs::BENCH_PASS => ensure!(n == frames, "nftables dropped {n} of {frames} frames"),
                 _ => ensure!(n == 0, "a dropped frame reached nftables"),
             }
+            let e = dp.event_counts()?[KIND_DROP as usize];
+            let (emitted, held) = (e.emitted - e0.emitted, e.suppressed + e.lost - e0.suppressed - e0.lost);
+            if i == 1 {
+                ensure!(
+                    emitted + held == frames,
+                    "{emitted} events + {held} held back of {frames} drops"
+                );
+                reported = (reported.0 + emitted, reported.1 + held);
+            } else {
+                ensure!(emitted + held == 0, "events with events off");
+            }
             walls[i].push(wall.as_nanos() as f64 / LIVE_FRAMES as f64);
         }
     }
-    let e = dp.event_counts()?[KIND_DROP as usize];
-    let (emitted, suppressed) = (e.emitted - e0.emitted, e.suppressed + e.lost - e0.suppressed - e0.lost);
+    dp.set_event_limits(on)?;
+    let (emitted, suppressed) = reported;
     let _ = fab.ns.run(&["nft", "delete", "table", "netdev", "cwdeny"]);
 
     println!(
@@ -116,6 +148,7 @@ pub fn run() -> Result<()> {
         ("bare XDP program returning XDP_DROP", &walls[0]),
         ("carwash uplink program, events on (default budget)", &walls[1]),
         ("XDP_PASS, then nftables netdev ingress drop by source set", &walls[2]),
+        ("for reference: carwash uplink program, events off", &walls[3]),
     ] {
         println!(
             "| {name} | {:.0} | {:.0} | {:.2} | {:.2} |",
@@ -129,6 +162,11 @@ pub fn run() -> Result<()> {
         "\ncarwash / bare XDP_DROP: {:.2}× (target ≤ 1.3×); nftables / carwash: {:.1}× (target ≥ 6×)",
         best(&walls[1]) / base,
         best(&walls[2]) / best(&walls[1])
+    );
+    println!(
+        "what the event code costs a dropped frame: {:.0} ns (best on − best off), {:.0} ns (medians)",
+        best(&walls[1]) - best(&walls[3]),
+        median(&walls[1]) - median(&walls[3])
     );
     println!(
         "events of the flood: {emitted} reported, {suppressed} held back by the budget ({DEFAULT_EVENT_RATE}/s, burst {DEFAULT_EVENT_BURST}, per CPU)"

@@ -191,6 +191,9 @@ fn a_flood_reaches_monitors_and_the_log_within_the_budget_and_adds_up() {
     assert_eq!(first.str("interface"), Some("uplink"));
     assert_eq!(first.str("class"), Some("https"));
     assert_eq!(first.str("proto"), Some("tcp"));
+    // The policy generation in force (the first set applied), not the
+    // copy of the maps it lives in.
+    assert_eq!(first.fields["generation"].as_u64(), Some(agent.status().generation));
 
     // The filtered monitor saw the same; the policy monitor none of it.
     let filtered = drops.events(Duration::from_millis(500));
@@ -245,6 +248,39 @@ fn a_flood_reaches_monitors_and_the_log_within_the_budget_and_adds_up() {
         "{errors:?}"
     );
 
+    // History, from the flow log: the same filters, `--from` a file and
+    // `--since` an age (through the host config's `event_log`).
+    let log_file = setup.dir.path().join("log/events.jsonl");
+    let from = agent_common::carwash(&["monitor", "--from", log_file.to_str().unwrap(), "--type", "policy"]);
+    assert!(from.status.success(), "{from:?}");
+    let text = String::from_utf8_lossy(&from.stdout).to_string();
+    eprintln!("carwash monitor --from {} --type policy:\n{text}", log_file.display());
+    // Startup (acme and beta added), beta changed, the refusal.
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(text.lines().all(|l| l.contains(" policy ")), "{text}");
+    let since = agent_common::carwash(&[
+        "monitor",
+        "--config",
+        setup.config.to_str().unwrap(),
+        "--since",
+        "1h",
+        "-o",
+        "json",
+        "--reason",
+        "not_allowed",
+    ]);
+    assert!(since.status.success(), "{since:?}");
+    let n = String::from_utf8_lossy(&since.stdout).lines().count() as u64;
+    assert_eq!(n, reported, "--since 1h --reason not_allowed");
+    let none = agent_common::carwash(&["monitor", "--from", log_file.to_str().unwrap(), "--addr", "192.0.2.99"]);
+    assert!(none.status.success() && none.stdout.is_empty(), "{none:?}");
+    for e in events.iter().take(3) {
+        eprintln!("{}", serde_json::to_string(e).unwrap());
+    }
+    for e in events.iter().filter(|e| e.kind == "summary").take(2) {
+        eprintln!("{}", e.line());
+    }
+
     // A monitor whose reader goes away (a closed pipe) ends, and so does
     // its stream; so does one stopped by Ctrl-C.
     drop(drops);
@@ -292,6 +328,7 @@ fn a_monitor_that_closes_its_pipe_exits_cleanly() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
+    eprintln!("carwash monitor | head -1:\n{line}");
     assert!(line.contains(" drop ") && line.contains("reason=not_allowed"), "{line}");
     // The agent lets go of it.
     wait_monitors(&agent, 0);

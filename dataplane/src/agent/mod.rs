@@ -892,7 +892,21 @@ impl Agent {
         let mut decoder = std::mem::take(&mut self.decoder);
         decoder.drain(fd.get_mut(), &|id| self.tenant_name(id), &|i| self.ifname(i), &mut out);
         self.decoder = decoder;
-        for e in out {
+        // The programs know which of the two copies of the policy a
+        // packet was looked up in; the number is the agent's: the copy in
+        // force holds the generation in force, the other the one before.
+        let (slot, current) = (self.dp.active_generation(), self.engine.generation);
+        for mut e in out {
+            if let Some(g) = e.fields.get_mut("generation")
+                && let Some(s) = g.as_u64()
+            {
+                *g = if s as u32 == slot {
+                    current
+                } else {
+                    current.saturating_sub(1)
+                }
+                .into();
+            }
             self.events.send(e);
         }
     }
