@@ -5,7 +5,7 @@
 //! packet, and the agent sees at most the budget. What the budget holds
 //! back is counted in the bucket, which the agent reports as summaries.
 use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, PerCpuArray, ProgramArray, RingBuf},
     programs::XdpContext,
@@ -33,6 +33,10 @@ pub static EVENT_STATS: PerCpuArray<EventCounts> = PerCpuArray::with_max_entries
 
 #[map(name = "EVENT_CONFIG")]
 pub static EVENT_CONFIG: Array<EventConfig> = Array::with_max_entries(1, 0);
+
+/// Allowed packets until the next sampled one, per CPU.
+#[map(name = "FLOW_COUNTDOWN")]
+pub static FLOW_COUNTDOWN: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// `carwash_event`, for the tail-called programs: their stacks have no
 /// room for another call, so they report last, by a tail call that
@@ -211,10 +215,18 @@ pub fn allowed(ctx: &XdpContext, flow: &Flow, tenant: u32, class: u8, generation
     if cfg.flow_sample == 0 || cfg.disabled != 0 {
         return;
     }
-    // SAFETY: plain helper call.
-    if unsafe { bpf_get_prandom_u32() } % cfg.flow_sample != 0 {
+    // A countdown per CPU rather than a random draw: no helper call and no
+    // division on the allowed path.
+    let Some(left) = FLOW_COUNTDOWN.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot.
+    let left = unsafe { &mut *left };
+    if *left > 1 {
+        *left -= 1;
         return;
     }
+    *left = cfg.flow_sample;
     sampled(ctx, flow, tenant, class as u32, generation);
 }
 

@@ -260,3 +260,49 @@ fn a_flood_reports_the_budget_and_summaries_that_add_up() {
         suppressed
     );
 }
+
+#[test]
+fn allowed_flows_are_reported_only_when_sampled() {
+    require_root();
+    let ts = tenants();
+    let fab = FabricNs::new(&ts).unwrap();
+    let mut dp = loaded(&fab, &ts).unwrap();
+    let mut ring = dp.take_events().unwrap();
+    let c = inbound_cases()
+        .into_iter()
+        .find(|c| matches!(c.expect, Expect::Steer { .. }) && c.src.is_ipv4())
+        .unwrap();
+    let packet = c.packet();
+    let run = |dp: &Dataplane, n: usize| {
+        fab.ns
+            .enter(|| {
+                // One CPU: the countdown is per CPU.
+                // SAFETY: sched_setaffinity of this thread with a valid set.
+                unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(0, &mut set);
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                }
+                for _ in 0..n {
+                    assert_eq!(dp.run(programs::UPLINK, &packet).unwrap().0, XDP_REDIRECT);
+                }
+            })
+            .unwrap()
+    };
+    // Off by default.
+    run(&dp, 10);
+    assert!(drain(&mut ring).is_empty());
+    dp.set_event_limits(EventLimits {
+        rate: 100,
+        burst: 200,
+        flow_sample: 3,
+    })
+    .unwrap();
+    run(&dp, 9);
+    let flows = drain(&mut ring);
+    assert_eq!(flows.len(), 3, "one in three of 9 on one CPU: {flows:#?}");
+    let e = flows[0];
+    assert_eq!((e.kind, e.class, e.proto), (ev::KIND_FLOW, CLASS_HTTPS, 6));
+    assert_eq!((ip(&e.src, false), e.sport), (c.src, c.sport));
+    assert_eq!((ip(&e.dst, false), e.dport), (c.dst, c.dport));
+}
