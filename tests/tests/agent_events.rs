@@ -365,6 +365,20 @@ fn an_unwritable_flow_log_is_reported_and_nothing_stops() {
         st.log_error.as_deref().is_some_and(|e| e.contains("blocked")),
         "{st:#?}"
     );
+    // `carwash status` says so.
+    let st = agent_common::carwash(&[
+        "status",
+        "--socket",
+        agent.socket.to_str().unwrap(),
+        "--pin-path",
+        setup.pin_path().to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("flow log") && l.contains("CANNOT BE WRITTEN")),
+        "{text}"
+    );
     // Said once in the agent's log, and the agent goes on answering.
     let log = agent.log_text();
     assert_eq!(log.matches("cannot write the flow log").count(), 1, "{log}");

@@ -222,13 +222,18 @@ fn a_flood_reports_the_budget_and_summaries_that_add_up() {
     assert_eq!(res.return_value, XDP_DROP);
     let records = drain(&mut ring);
     let tenant = records.first().expect("some events").tenant;
-    let allowed = burst as f64 + rate as f64 * elapsed.as_secs_f64() + 1.0;
+    // The kernel may move a long run to another CPU, which has a budget of
+    // its own.
+    let cpus = std::thread::available_parallelism().unwrap().get() as f64;
+    let allowed = cpus * (burst as f64 + rate as f64 * elapsed.as_secs_f64() + 1.0);
     assert!(
         (records.len() as f64) <= allowed,
         "{} events in {elapsed:?}, budget {allowed}",
         records.len()
     );
     assert!(records.iter().all(|e| e.kind == ev::KIND_DROP && e.tenant == tenant));
+    // Held back, for a flood of 100,000: nearly all.
+    assert!(records.len() < 1_000, "{} events", records.len());
     // What the agent makes of them: the events, with summaries of what
     // was held back before each, then of the rest.
     let mut d = Decoder::default();
