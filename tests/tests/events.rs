@@ -311,3 +311,53 @@ fn allowed_flows_are_reported_only_when_sampled() {
     assert_eq!((ip(&e.src, false), e.sport), (c.src, c.sport));
     assert_eq!((ip(&e.dst, false), e.dport), (c.dst, c.dport));
 }
+
+#[test]
+fn a_tenant_failing_closed_reports_fail_closed() {
+    require_root();
+    let ts = tenants();
+    let fab = FabricNs::new(&ts).unwrap();
+    let mut dp = loaded(&fab, &ts).unwrap();
+    let mut ring = dp.take_events().unwrap();
+    let c = inbound_cases()
+        .into_iter()
+        .find(|c| matches!(c.expect, Expect::Steer { .. }) && c.src.is_ipv4())
+        .unwrap();
+    let tenant = {
+        drain(&mut ring);
+        dp.set_event_limits(EventLimits {
+            rate: 100,
+            burst: 200,
+            flow_sample: 1,
+        })
+        .unwrap();
+        let e = fab
+            .ns
+            .enter(|| one_event(&dp, &mut ring, programs::UPLINK, &c.packet(), XDP_REDIRECT))
+            .unwrap();
+        dp.set_event_limits(EventLimits {
+            rate: 100,
+            burst: 200,
+            flow_sample: 0,
+        })
+        .unwrap();
+        e.tenant
+    };
+    dp.set_tenant_ready(tenant, false).unwrap();
+    let e = one_event(&dp, &mut ring, programs::UPLINK, &c.packet(), XDP_DROP);
+    check(
+        &e,
+        ev::KIND_FAIL_CLOSED,
+        DropReason::NotReady,
+        tenant,
+        CLASS_HTTPS,
+        6,
+        (c.src, c.sport),
+        (c.dst, c.dport),
+    );
+    let ev = dataplane::event::from_data(&e, None, None, std::time::SystemTime::now());
+    assert_eq!(
+        (ev.kind.as_str(), ev.str("reason")),
+        ("fail_closed", Some("tenant_not_ready"))
+    );
+}
