@@ -295,6 +295,16 @@ impl Decoder {
         boot + Duration::from_nanos(ts_ns)
     }
 
+    /// Takes what the buckets (pinned, so older than this agent) held back
+    /// before now as reported: an earlier agent reported it.
+    pub fn seed(&mut self, tenant: u32, per_cpu: &[u64]) {
+        for (cpu, &total) in per_cpu.iter().enumerate() {
+            if total > 0 {
+                self.reported.insert((tenant, cpu as u32), total);
+            }
+        }
+    }
+
     /// A bucket's suppressed count as seen now: a summary of what it held
     /// back since the last one.
     fn note(&mut self, tenant: u32, cpu: u32, total: u64, name: Option<&str>, out: &mut Vec<Event>) {
@@ -369,6 +379,19 @@ mod tests {
             note.contains(r#""type":"monitor_lost""#) && note.contains(r#""lost":6"#),
             "{note}"
         );
+    }
+
+    #[test]
+    fn what_pinned_buckets_held_back_before_a_restart_is_not_reported_again() {
+        let mut d = Decoder::default();
+        d.seed(7, &[500, 0]);
+        let mut out = Vec::new();
+        d.note(7, 0, 500, None, &mut out);
+        assert!(out.is_empty());
+        d.note(7, 0, 530, None, &mut out);
+        d.note(7, 1, 4, None, &mut out);
+        let got: Vec<u64> = out.iter().map(|e| e.fields["suppressed"].as_u64().unwrap()).collect();
+        assert_eq!(got, [30, 4]);
     }
 
     #[test]

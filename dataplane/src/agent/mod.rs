@@ -299,6 +299,14 @@ impl Agent {
                 .with_context(|| format!("creating policy_dir {}", cfg.policy_dir.display()))?;
             warn!(policy_dir = %cfg.policy_dir.display(), "policy_dir did not exist: created it, empty");
         }
+        // The buckets are pinned: what they held back before this agent
+        // was reported by an earlier one.
+        let mut decoder = events::Decoder::default();
+        for id in std::iter::once(0).chain(engine.installed.keys().copied()) {
+            if let Ok(b) = dp.event_buckets(id) {
+                decoder.seed(id, &b.iter().map(|b| b.suppressed).collect::<Vec<_>>());
+            }
+        }
         let mut agent = Agent {
             cfg,
             dp,
@@ -324,7 +332,7 @@ impl Agent {
             ebpf_log,
             events: event_sink,
             event_ring: Some(event_ring),
-            decoder: events::Decoder::default(),
+            decoder,
             _lock: lock,
         };
         // Policies before programs: on a fresh start the programs see every
