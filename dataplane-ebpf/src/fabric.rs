@@ -50,6 +50,7 @@ fn try_fabric(ctx: &XdpContext, stats: &Counters) -> u32 {
     }
     let bytes = frame_len(ctx) as u64;
     let mut tenant = 0;
+    let l3 = outer.l3_off as u32;
     match from_vpc(ctx, &outer, cfg, &mut tenant) {
         Ok(action) => {
             stats.inc(Counter::Decapsulated);
@@ -61,6 +62,15 @@ fn try_fabric(ctx: &XdpContext, stats: &Counters) -> u32 {
             if tenant != 0 {
                 tenant_dropped(tenant, CLASS_NONE, r.why, bytes);
             }
+            // The tunnel's outer addresses: the sending VTEP is what a
+            // refused tunnel packet is known by.
+            crate::events::dropped_tunnel(
+                ctx,
+                l3,
+                tenant,
+                crate::events::class_why(CLASS_NONE, r.why),
+                crate::maps::active_gen(),
+            );
             debug!(ctx, "fabric: dropped, reason {}, tenant {}", r.why, tenant);
             r.action
         }

@@ -151,6 +151,25 @@ pub struct AgentStatus {
     /// (every 10 s; `None` before the first).
     #[serde(default)]
     pub conntrack: Option<ConntrackStatus>,
+    /// The event stream: monitors, the flow log.
+    #[serde(default)]
+    pub events: Option<EventStreamStatus>,
+}
+
+/// The event stream as the agent's hub counts it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventStreamStatus {
+    /// Events through the stream, by type.
+    pub by_type: std::collections::BTreeMap<String, u64>,
+    pub monitors: u64,
+    /// Events slow monitors did not get.
+    pub monitor_lost: u64,
+    pub event_log: PathBuf,
+    pub log_written: u64,
+    /// Events the flow log could not take.
+    pub log_failed: u64,
+    /// Why the flow log cannot be written, while it cannot.
+    pub log_error: Option<String>,
 }
 
 /// How full the tracking table and the source-NAT port range are.

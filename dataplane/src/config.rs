@@ -118,6 +118,60 @@ pub struct HostConfig {
     pub conntrack: ConntrackConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    /// The flow log: every event, as JSON lines.
+    #[serde(default = "default_event_log")]
+    pub event_log: PathBuf,
+    /// Days of flow log kept (rotated files older than that are deleted).
+    #[serde(default = "default_event_retention_days")]
+    pub event_retention_days: u32,
+    #[serde(default)]
+    pub events: EventsConfig,
+}
+
+fn default_event_log() -> PathBuf {
+    "/var/log/carwash/events.jsonl".into()
+}
+fn default_event_retention_days() -> u32 {
+    30
+}
+
+/// The data path's event budget and the flow log's size limit (`[events]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events per second per tenant and CPU; 0: no data-path events.
+    pub rate_per_sec: u32,
+    /// Events a tenant may report at once on a CPU before the rate applies.
+    pub burst: u32,
+    /// Report one allowed packet in this many (0, the default: none).
+    pub flow_sample: u32,
+    /// The flow log is rotated at this size as well as daily.
+    pub max_file_bytes: u64,
+    /// Events queued for one `carwash monitor`; a monitor that falls
+    /// further behind loses events (counted) rather than slowing the agent.
+    pub monitor_queue: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            rate_per_sec: dataplane_common::events::DEFAULT_EVENT_RATE,
+            burst: dataplane_common::events::DEFAULT_EVENT_BURST,
+            flow_sample: 0,
+            max_file_bytes: 256 << 20,
+            monitor_queue: 4096,
+        }
+    }
+}
+
+impl EventsConfig {
+    pub fn limits(&self) -> crate::event_maps::EventLimits {
+        crate::event_maps::EventLimits {
+            rate: self.rate_per_sec,
+            burst: self.burst,
+            flow_sample: self.flow_sample,
+        }
+    }
 }
 
 fn default_policy_dir() -> PathBuf {

@@ -6,6 +6,8 @@ pub mod batch;
 pub mod config;
 pub mod conntrack;
 pub mod counters;
+pub mod event;
+pub mod event_maps;
 pub mod generation;
 pub mod loader;
 pub mod maglev;

@@ -68,13 +68,16 @@ fn scenarios(i: u32) -> Vec<Scenario> {
     ]
 }
 
-/// `cargo xtask bench [packets|snat|agent]`: every part, or the ones named.
+/// `cargo xtask bench [packets|events|snat|agent]`: every part, or the ones named.
 fn main() -> anyhow::Result<()> {
     carwash_tests::require_root();
     let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let wants = |part: &str| only.is_empty() || only.iter().any(|a| a == part);
     if wants("packets") {
         packets()?;
+    }
+    if wants("events") {
+        carwash_tests::bench_events::run()?;
     }
     if wants("snat") {
         carwash_tests::bench_snat::run()?;

@@ -3,6 +3,7 @@
 //! etherparse (see [`packets`]). End-to-end tests use the `netlab` crate's
 //! namespaces.
 pub mod bench;
+pub mod bench_events;
 pub mod bench_snat;
 pub mod cli;
 pub mod fabric;

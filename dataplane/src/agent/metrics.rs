@@ -79,6 +79,7 @@ pub struct AgentSnapshot {
     /// Unix time of the last refused or failed policy set.
     pub last_error_at: Option<u64>,
     pub conntrack: Option<crate::api::ConntrackStatus>,
+    pub events: Option<crate::api::EventStreamStatus>,
 }
 
 impl From<&AgentStatus> for AgentSnapshot {
@@ -89,6 +90,7 @@ impl From<&AgentStatus> for AgentSnapshot {
             last_apply_seconds: s.last_apply.as_ref().map(|a| a.micros as f64 / 1e6),
             last_error_at: s.last_error.as_ref().map(|e| e.at),
             conntrack: s.conntrack.clone(),
+            events: s.events.clone(),
         }
     }
 }
@@ -107,6 +109,8 @@ pub struct Snapshot {
     pub map_memory: MapMemory,
     /// `None` when the agent's loop did not answer in time.
     pub agent: Option<AgentSnapshot>,
+    /// The data path's event counters, by kind (`events::KIND_*`).
+    pub events: Vec<dataplane_common::events::EventCounts>,
 }
 
 /// Bytes per map, as [`crate::memory::map_memory`] reads them.
@@ -165,6 +169,7 @@ impl Snapshot {
             applied_at: pins.meta().applied_at,
             map_memory: memory.get(pins)?,
             agent: None,
+            events: pins.event_counts()?,
         })
     }
 
@@ -344,6 +349,7 @@ impl Collector for Snapshot {
             "Kernel memory of each map (memlock), the per-tenant allowlist tries counted into their outer map.",
             self.map_memory.iter().map(|(m, b)| (vec![("map", m.to_string())], *b)),
         )?;
+        self.encode_events(e)?;
         if let Some(a) = &self.agent {
             gauge(
                 e,
@@ -635,6 +641,72 @@ async fn scrape(ctx: &Arc<Ctx>, openmetrics: bool) -> Result<String> {
     snap.encode(openmetrics)
 }
 
+impl Snapshot {
+    /// The event stream's counters: the data path's by kind, and the
+    /// agent's (the stream by type, slow monitors, the flow log).
+    fn encode_events(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        use dataplane_common::events::{EventCounts, kind_name};
+        let by_kind = |f: fn(&EventCounts) -> u64| {
+            self.events
+                .iter()
+                .enumerate()
+                .skip(1)
+                .map(move |(k, c)| (vec![("type", kind_name(k as u8).to_string())], f(c)))
+        };
+        counters(
+            e,
+            "carwash_events_emitted",
+            "Events the data path reported, by type.",
+            by_kind(|c| c.emitted),
+        )?;
+        counters(
+            e,
+            "carwash_events_suppressed",
+            "Events the per-tenant, per-CPU budget held back (reported in summary events), by type.",
+            by_kind(|c| c.suppressed),
+        )?;
+        counters(
+            e,
+            "carwash_events_lost",
+            "Events lost because the ring buffer was full (reported in summary events too), by type.",
+            by_kind(|c| c.lost),
+        )?;
+        let Some(ev) = self.agent.as_ref().and_then(|a| a.events.as_ref()) else {
+            return Ok(());
+        };
+        counters(
+            e,
+            "carwash_events_streamed",
+            "Events through the agent's stream (the data path's, summaries and the agent's own), by type.",
+            ev.by_type.iter().map(|(t, n)| (vec![("type", t.clone())], *n)),
+        )?;
+        counters(
+            e,
+            "carwash_events_monitor_lost",
+            "Events slow monitors did not get (their queues were full).",
+            one(ev.monitor_lost),
+        )?;
+        counters(
+            e,
+            "carwash_event_log_written",
+            "Events written to the flow log.",
+            one(ev.log_written),
+        )?;
+        counters(
+            e,
+            "carwash_event_log_failed",
+            "Events the flow log could not take (unwritable, disk full).",
+            one(ev.log_failed),
+        )?;
+        gauge(
+            e,
+            "carwash_event_log_ok",
+            "1 while the flow log is written, 0 while it cannot be.",
+            one(i64::from(ev.log_error.is_none())),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -712,7 +784,22 @@ mod tests {
                     snat_port_range: 40_000,
                     snat_ports: [("203.0.113.200".parse().unwrap(), 3)].into(),
                 }),
+                events: Some(crate::api::EventStreamStatus {
+                    by_type: [("drop".to_string(), 12)].into(),
+                    monitor_lost: 2,
+                    log_error: Some("disk full".into()),
+                    ..Default::default()
+                }),
             }),
+            events: {
+                let mut e = vec![dataplane_common::events::EventCounts::default(); 7];
+                e[1] = dataplane_common::events::EventCounts {
+                    emitted: 10,
+                    suppressed: 90,
+                    lost: 1,
+                };
+                e
+            },
         };
         let text = snap.clone().encode(false).unwrap();
         for line in [
@@ -735,6 +822,13 @@ mod tests {
             "carwash_snat_port_range_ports 40000",
             "carwash_snat_ports_in_use{egress_ip=\"203.0.113.200\"} 3",
             "carwash_redirect_refused_frames_total{interface=\"eth1\",ifindex=\"3\",role=\"fabric\"} 11",
+            "carwash_events_emitted_total{type=\"drop\"} 10",
+            "carwash_events_suppressed_total{type=\"drop\"} 90",
+            "carwash_events_lost_total{type=\"drop\"} 1",
+            "carwash_events_suppressed_total{type=\"translation\"} 0",
+            "carwash_events_streamed_total{type=\"drop\"} 12",
+            "carwash_events_monitor_lost_total 2",
+            "carwash_event_log_ok 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
         }

@@ -12,6 +12,8 @@
 //! [`uninstall`] detaches.
 pub mod apply;
 pub mod digest;
+pub mod events;
+pub mod flowlog;
 pub mod host;
 pub mod load;
 pub mod maps;
@@ -165,6 +167,10 @@ pub struct Agent {
     metrics: Option<tokio::net::TcpListener>,
     /// The programs' aya-log ring buffer, when `ebpf_log` is on.
     ebpf_log: Option<EbpfLogFd>,
+    /// The event stream: the flow log and the monitors.
+    pub events: events::EventSink,
+    event_ring: Option<events::EventRing>,
+    decoder: events::Decoder,
     _lock: PinLock,
 }
 
@@ -230,6 +236,14 @@ impl Agent {
                 Some(fd.map_err(|e| anyhow::anyhow!("watching the programs' log: {e}"))?)
             }
         };
+        dp.set_event_limits(cfg.events.limits())?;
+        let ring = dp.take_events()?;
+        // SAFETY: the ring buffer owns its file descriptor for as long as
+        // it lives, and the AsyncFd owns the ring buffer.
+        let event_ring =
+            unsafe { tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(|e| anyhow::anyhow!("watching the programs' event ring buffer: {e}"))?;
+        let event_sink = events::start(Some(events::flow_log(&cfg)), cfg.events.monitor_queue);
         let ct_capacity = dp.conntrack_capacity()?;
         if ct_capacity != cfg.conntrack.max_entries {
             warn!(
@@ -285,6 +299,14 @@ impl Agent {
                 .with_context(|| format!("creating policy_dir {}", cfg.policy_dir.display()))?;
             warn!(policy_dir = %cfg.policy_dir.display(), "policy_dir did not exist: created it, empty");
         }
+        // The buckets are pinned: what they held back before this agent
+        // was reported by an earlier one.
+        let mut decoder = events::Decoder::default();
+        for id in std::iter::once(0).chain(engine.installed.keys().copied()) {
+            if let Ok(b) = dp.event_buckets(id) {
+                decoder.seed(id, &b.iter().map(|b| b.suppressed).collect::<Vec<_>>());
+            }
+        }
         let mut agent = Agent {
             cfg,
             dp,
@@ -308,6 +330,9 @@ impl Agent {
             ct_fill: None,
             metrics,
             ebpf_log,
+            events: event_sink,
+            event_ring: Some(event_ring),
+            decoder,
             _lock: lock,
         };
         // Policies before programs: on a fresh start the programs see every
@@ -506,6 +531,7 @@ impl Agent {
             errors: list.clone(),
         });
         self.last_refused = true;
+        self.policy_event_refused(source, &msg, &list);
         Response {
             ok: false,
             error: Some(msg),
@@ -516,6 +542,7 @@ impl Agent {
 
     fn failed(&mut self, source: &str, msg: String) -> Response {
         error!(source, "{msg}");
+        self.policy_event_refused(source, &msg, &[]);
         self.last_error = Some(LastError {
             at: now_secs(),
             source: source.to_string(),
@@ -576,6 +603,9 @@ impl Agent {
                         micros = report.micros,
                         "policy set applied"
                     );
+                }
+                if !report.is_noop() {
+                    self.policy_event_applied(source, &report);
                 }
                 self.last_apply = Some(report.clone());
                 self.last_refused = false;
@@ -766,6 +796,7 @@ impl Agent {
             attempts: self.attempts,
             uplink_addresses_generation: self.uplink_addrs.done.load(std::sync::atomic::Ordering::Relaxed),
             conntrack: self.ct_fill.clone(),
+            events: Some(self.events.status(&self.cfg.event_log)),
         }
     }
 }
@@ -823,6 +854,93 @@ fn sorted(mut errors: Vec<carwash_policy::PolicyError>) -> PolicyErrors {
     PolicyErrors(errors)
 }
 
+/// Events of the agent's own, and the data path's as the loop reads them.
+impl Agent {
+    fn policy_event_applied(&self, source: &str, r: &ApplyReport) {
+        let mut f = serde_json::Map::new();
+        let tenants: Vec<&String> = r.added.iter().chain(&r.changed).chain(&r.removed).collect();
+        f.insert("result".into(), "applied".into());
+        f.insert("source".into(), source.into());
+        f.insert("generation".into(), r.generation.into());
+        f.insert("digest".into(), r.digest.clone().into());
+        f.insert("tenants".into(), serde_json::json!(tenants));
+        f.insert("added".into(), serde_json::json!(r.added));
+        f.insert("changed".into(), serde_json::json!(r.changed));
+        f.insert("removed".into(), serde_json::json!(r.removed));
+        self.events.emit("policy", f);
+    }
+
+    fn policy_event_refused(&self, source: &str, msg: &str, errors: &[ApiError]) {
+        let mut f = serde_json::Map::new();
+        f.insert("result".into(), "refused".into());
+        f.insert("source".into(), source.into());
+        f.insert("generation".into(), self.engine.generation.into());
+        f.insert("digest".into(), self.engine.digest.clone().into());
+        f.insert("error".into(), msg.into());
+        let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        f.insert("errors".into(), serde_json::json!(errors));
+        self.events.emit("policy", f);
+    }
+
+    fn tenant_name(&self, id: u32) -> Option<String> {
+        self.engine.installed.get(&id).map(|i| i.name.clone())
+    }
+
+    fn ifname(&self, ifindex: u32) -> Option<String> {
+        [&self.uplink, &self.fabric]
+            .into_iter()
+            .find(|i| i.ifindex == ifindex)
+            .map(|i| i.name.clone())
+    }
+
+    /// Hands what the ring buffer holds to the stream.
+    fn read_events(&mut self, ring: &mut Option<events::EventRing>) {
+        let Some(fd) = ring.as_mut() else { return };
+        let mut out = Vec::new();
+        let mut decoder = std::mem::take(&mut self.decoder);
+        decoder.drain(fd.get_mut(), &|id| self.tenant_name(id), &|i| self.ifname(i), &mut out);
+        self.decoder = decoder;
+        // The programs know which of the two copies of the policy a
+        // packet was looked up in; the number is the agent's: the copy in
+        // force holds the generation in force, the other the one before.
+        let (slot, current) = (self.dp.active_generation(), self.engine.generation);
+        for mut e in out {
+            if let Some(g) = e.fields.get_mut("generation")
+                && let Some(s) = g.as_u64()
+            {
+                *g = if s as u32 == slot {
+                    current
+                } else {
+                    current.saturating_sub(1)
+                }
+                .into();
+            }
+            self.events.send(e);
+        }
+    }
+
+    /// Summaries of what the tenants' budgets held back since their last
+    /// event.
+    fn flush_event_summaries(&mut self) {
+        let mut out = Vec::new();
+        let mut decoder = std::mem::take(&mut self.decoder);
+        decoder.flush(
+            &|id| {
+                self.dp
+                    .event_buckets(id)
+                    .ok()
+                    .map(|b| b.iter().map(|b| b.suppressed).collect())
+            },
+            &|id| self.tenant_name(id),
+            &mut out,
+        );
+        self.decoder = decoder;
+        for e in out {
+            self.events.send(e);
+        }
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT (`SIGHUP` re-reads `policy_dir`).
 /// The programs stay attached when it returns.
 ///
@@ -850,9 +968,12 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
             return Ok(std::process::ExitCode::from(notify::EXIT_POLICY_REFUSED));
         }
         let mut ebpf_log = agent.ebpf_log.take();
+        let mut event_ring = agent.event_ring.take();
+        let mut summaries = tokio::time::interval(Duration::from_secs(1));
+        summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let listener = server::bind(&agent.cfg.api_socket, &access)?;
-        tokio::spawn(server::serve(listener, tx.clone(), access));
+        tokio::spawn(server::serve(listener, tx.clone(), access, agent.events.clone()));
         if let Some(l) = agent.metrics.take() {
             tokio::spawn(metrics::serve(l, agent.cfg.pin_path.clone(), tx.clone()));
         }
@@ -924,6 +1045,8 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                 _ = settle.tick() => agent.settle_if_due(),
                 _ = neighbours.tick() => agent.keep_next_hops().await,
                 _ = ebpf_log_ready(&mut ebpf_log) => {}
+                _ = events::ring_ready(&mut event_ring) => agent.read_events(&mut event_ring),
+                _ = summaries.tick() => agent.flush_event_summaries(),
                 _ = term.recv() => { info!("SIGTERM: stopping; the programs stay attached"); break; }
                 _ = int.recv() => { info!("SIGINT: stopping; the programs stay attached"); break; }
             }

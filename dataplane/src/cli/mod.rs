@@ -2,6 +2,7 @@
 mod agent;
 mod completions;
 mod man;
+mod monitor;
 pub mod output;
 mod policy;
 mod snat_list;
@@ -57,6 +58,9 @@ enum Cmd {
     /// tenant, class, allow entry, backend, action, drop reason and the
     /// output frame's headers. No live counter or table moves.
     Trace(Box<trace::TraceArgs>),
+    /// Follow the event stream live (drops with reasons, translations,
+    /// policy, health), or read it from the flow log with --since/--from.
+    Monitor(Box<monitor::Args>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::Args),
     /// Print the manual page (roff), or write one page per command with --dir.
@@ -127,6 +131,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Tenant(TenantCmd::Show(a)) => tenant_show::run(a),
         Cmd::Snat(SnatCmd::List(a)) => snat_list::run(a),
         Cmd::Trace(a) => trace::run(*a),
+        Cmd::Monitor(a) => monitor::run(*a),
         Cmd::Completions(a) => completions::run(a),
         Cmd::Man(a) => man::run(a),
     }

@@ -196,6 +196,19 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
                 ),
             ]);
             t.add_row(vec!["policy dir".into(), a.policy_dir.display().to_string()]);
+            if let Some(ev) = &a.events {
+                t.add_row(vec![
+                    "flow log".into(),
+                    match &ev.log_error {
+                        None => format!("{} ({} events written)", ev.event_log.display(), ev.log_written),
+                        Some(e) => format!("CANNOT BE WRITTEN: {e} ({} events lost from it)", ev.log_failed),
+                    },
+                ]);
+                t.add_row(vec![
+                    "monitors".into(),
+                    format!("{} attached, {} events lost by slow ones", ev.monitors, ev.monitor_lost),
+                ]);
+            }
             if let Some(e) = &a.last_error {
                 t.add_row(vec![
                     "last error".into(),
