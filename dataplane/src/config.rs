@@ -118,6 +118,9 @@ pub struct HostConfig {
     pub conntrack: ConntrackConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    /// The policy set from etcd instead of `policy_dir` alone.
+    #[serde(default)]
+    pub etcd: Option<crate::etcd::EtcdConfig>,
 }
 
 fn default_policy_dir() -> PathBuf {
@@ -138,6 +141,9 @@ impl HostConfig {
         let cfg: HostConfig = toml::from_str(text)?;
         cfg.snat.ports()?;
         cfg.metrics_addr()?;
+        if let Some(e) = &cfg.etcd {
+            e.check()?;
+        }
         if cfg.api.max_request_bytes == 0 || cfg.api.timeout_secs == 0 || cfg.api.max_connections == 0 {
             bail!("api: max_request_bytes, timeout_secs and max_connections must be at least 1");
         }

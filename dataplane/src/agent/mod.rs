@@ -12,6 +12,9 @@
 //! [`uninstall`] detaches.
 pub mod apply;
 pub mod digest;
+pub mod etcd_publish;
+pub mod etcd_watch;
+mod fleet;
 pub mod host;
 pub mod load;
 pub mod maps;
@@ -165,6 +168,8 @@ pub struct Agent {
     metrics: Option<tokio::net::TcpListener>,
     /// The programs' aya-log ring buffer, when `ebpf_log` is on.
     ebpf_log: Option<EbpfLogFd>,
+    /// The link to etcd, with `[etcd]`.
+    etcd: Option<crate::api::EtcdStatus>,
     _lock: PinLock,
 }
 
@@ -285,6 +290,7 @@ impl Agent {
                 .with_context(|| format!("creating policy_dir {}", cfg.policy_dir.display()))?;
             warn!(policy_dir = %cfg.policy_dir.display(), "policy_dir did not exist: created it, empty");
         }
+        let etcd = cfg.etcd.as_ref().map(fleet::initial_status);
         let mut agent = Agent {
             cfg,
             dp,
@@ -308,6 +314,7 @@ impl Agent {
             ct_fill: None,
             metrics,
             ebpf_log,
+            etcd,
             _lock: lock,
         };
         // Policies before programs: on a fresh start the programs see every
@@ -591,8 +598,14 @@ impl Agent {
 
     /// An apply request of the API: validate the documents as one set,
     /// store them in `policy_dir`, apply.
-    pub fn apply_documents(
+    pub fn apply_documents(&mut self, documents: Vec<Document>, tenants: Vec<serde_json::Value>, dry_run: bool) -> Response {
+        self.apply_documents_from("api", documents, tenants, dry_run)
+    }
+
+    /// [`Agent::apply_documents`] for a set from `source`.
+    fn apply_documents_from(
         &mut self,
+        source: &str,
         mut documents: Vec<Document>,
         tenants: Vec<serde_json::Value>,
         dry_run: bool,
@@ -609,11 +622,11 @@ impl Agent {
             documents.push(Document { name, content });
         }
         if let Err(msg) = persist::check_names(&documents) {
-            return self.failed("api", msg);
+            return self.failed(source, msg);
         }
         let set = match validate_documents(&documents) {
             Ok(set) => set,
-            Err(errors) => return self.refused("api", &errors),
+            Err(errors) => return self.refused(source, &errors),
         };
         if let Err(errors) = apply::check_capacity(&set) {
             let errors = capacity_errors(&errors, &self.cfg.policy_dir, |name| {
@@ -622,7 +635,7 @@ impl Agent {
                     .find(|d| Path::new(&d.name).file_stem().is_some_and(|s| s == name))
                     .map(|d| (PathBuf::from(&d.name), d.content.clone()))
             });
-            return self.refused("api", &errors);
+            return self.refused(source, &errors);
         }
         if dry_run {
             return Response {
@@ -637,9 +650,9 @@ impl Agent {
             };
         }
         if let Err(e) = persist::write_set(&self.cfg.policy_dir, &documents) {
-            return self.failed("api", format!("{e:#}"));
+            return self.failed(source, format!("{e:#}"));
         }
-        let resp = self.apply_set(&set, "api");
+        let resp = self.apply_set(&set, source);
         release_memory();
         resp
     }
@@ -766,6 +779,7 @@ impl Agent {
             attempts: self.attempts,
             uplink_addresses_generation: self.uplink_addrs.done.load(std::sync::atomic::Ordering::Relaxed),
             conntrack: self.ct_fill.clone(),
+            etcd: self.etcd.clone(),
         }
     }
 }
@@ -861,6 +875,11 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
         // ten seconds.
         agent.reclaim_conntrack();
         let _watcher = watch::spawn(&agent.cfg.policy_dir, tx.clone(), DEBOUNCE)?;
+        let publisher = agent.cfg.etcd.clone().map(|e| {
+            etcd_watch::spawn(e.clone(), tx.clone());
+            etcd_publish::spawn(e)
+        });
+        agent.publish(&publisher);
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -895,12 +914,20 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                         agent.reload_changed(source, changed.as_deref());
                         agent.sync_uplink_addresses();
                         agent.tell_status(service.as_ref());
+                        agent.publish(&publisher);
                     }
                     Some(server::Event::Api(req, reply)) => {
                         let resp = server::handle(&mut agent, req);
                         agent.sync_uplink_addresses();
                         agent.tell_status(service.as_ref());
                         let _ = reply.send(resp);
+                        agent.publish(&publisher);
+                    }
+                    Some(server::Event::Etcd(update)) => {
+                        agent.on_etcd(update);
+                        agent.sync_uplink_addresses();
+                        agent.tell_status(service.as_ref());
+                        agent.publish(&publisher);
                     }
                     None => break,
                 },
