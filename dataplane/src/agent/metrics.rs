@@ -79,6 +79,7 @@ pub struct AgentSnapshot {
     /// Unix time of the last refused or failed policy set.
     pub last_error_at: Option<u64>,
     pub conntrack: Option<crate::api::ConntrackStatus>,
+    pub etcd: Option<crate::api::EtcdStatus>,
 }
 
 impl From<&AgentStatus> for AgentSnapshot {
@@ -89,6 +90,7 @@ impl From<&AgentStatus> for AgentSnapshot {
             last_apply_seconds: s.last_apply.as_ref().map(|a| a.micros as f64 / 1e6),
             last_error_at: s.last_error.as_ref().map(|e| e.at),
             conntrack: s.conntrack.clone(),
+            etcd: s.etcd.clone(),
         }
     }
 }
@@ -369,6 +371,33 @@ impl Collector for Snapshot {
                 "Unix time of the last policy set refused or failed (0: none since the agent started).",
                 one(a.last_error_at.unwrap_or(0)),
             )?;
+            if let Some(st) = &a.etcd {
+                gauge(
+                    e,
+                    "carwash_etcd_connected",
+                    "1 while the agent follows the tenants in etcd, 0 while etcd is out of reach (the set in force \
+                     stays).",
+                    one(u64::from(st.connected)),
+                )?;
+                gauge(
+                    e,
+                    "carwash_etcd_revision_applied",
+                    "The etcd revision of the policy set in force (0: none from etcd yet).",
+                    one(st.revision),
+                )?;
+                counters(
+                    e,
+                    "carwash_etcd_reconnects",
+                    "Times the agent lost etcd and reached it again.",
+                    one(st.reconnects),
+                )?;
+                counters(
+                    e,
+                    "carwash_etcd_rereads",
+                    "Full re-reads of the tenants because etcd had compacted the revision the agent had.",
+                    one(st.rereads),
+                )?;
+            }
             if let Some(ct) = &a.conntrack {
                 gauge(
                     e,

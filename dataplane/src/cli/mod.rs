@@ -1,6 +1,7 @@
 //! Command-line definitions; one module per command.
 mod agent;
 mod completions;
+mod fleet;
 mod man;
 pub mod output;
 mod policy;
@@ -57,6 +58,9 @@ enum Cmd {
     /// tenant, class, allow entry, backend, action, drop reason and the
     /// output frame's headers. No live counter or table moves.
     Trace(Box<trace::TraceArgs>),
+    /// The fleet's state in etcd.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCmd),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::Args),
     /// Print the manual page (roff), or write one page per command with --dir.
@@ -127,6 +131,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Tenant(TenantCmd::Show(a)) => tenant_show::run(a),
         Cmd::Snat(SnatCmd::List(a)) => snat_list::run(a),
         Cmd::Trace(a) => trace::run(*a),
+        Cmd::Fleet(c) => fleet::run(c),
         Cmd::Completions(a) => completions::run(a),
         Cmd::Man(a) => man::run(a),
     }

@@ -196,6 +196,9 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
                 ),
             ]);
             t.add_row(vec!["policy dir".into(), a.policy_dir.display().to_string()]);
+            if let Some(e) = &a.etcd {
+                t.add_row(vec!["etcd".into(), super::fleet::etcd_line(e)]);
+            }
             if let Some(e) = &a.last_error {
                 t.add_row(vec![
                     "last error".into(),
