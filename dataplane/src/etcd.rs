@@ -87,7 +87,10 @@ impl EtcdConfig {
             bail!("etcd: endpoints is empty");
         }
         if !self.prefix.starts_with('/') || self.prefix.ends_with('/') {
-            bail!("etcd: prefix {:?} must start with '/' and not end with one", self.prefix);
+            bail!(
+                "etcd: prefix {:?} must start with '/' and not end with one",
+                self.prefix
+            );
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
             bail!("etcd: cert_file and key_file go together");
@@ -157,7 +160,13 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Client> {
     }
     let client = tokio::time::timeout(cfg.timeout(), Client::connect(&cfg.endpoints, Some(opts)))
         .await
-        .map_err(|_| anyhow::anyhow!("etcd: no member of {:?} answered within {:?}", cfg.endpoints, cfg.timeout()))?
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "etcd: no member of {:?} answered within {:?}",
+                cfg.endpoints,
+                cfg.timeout()
+            )
+        })?
         .with_context(|| format!("etcd: connecting to {:?}", cfg.endpoints))?;
     Ok(client)
 }
@@ -252,7 +261,11 @@ pub async fn push(cfg: &EtcdConfig, docs: &BTreeMap<String, String>) -> Result<P
                 None => report.added.push(name.clone()),
             }
             if current.get(name) != Some(value) {
-                ops.push(TxnOp::put(format!("{}{name}", cfg.tenants_prefix()), value.as_str(), None));
+                ops.push(TxnOp::put(
+                    format!("{}{name}", cfg.tenants_prefix()),
+                    value.as_str(),
+                    None,
+                ));
             }
         }
         for name in current.keys().filter(|n| !docs.contains_key(*n)) {
@@ -267,12 +280,9 @@ pub async fn push(cfg: &EtcdConfig, docs: &BTreeMap<String, String>) -> Result<P
             return Ok(report);
         }
         // Nothing under the prefix may have a newer revision than the read.
-        let guard = etcd_client::Compare::mod_revision(
-            cfg.tenants_prefix(),
-            etcd_client::CompareOp::Less,
-            revision + 1,
-        )
-        .with_prefix();
+        let guard =
+            etcd_client::Compare::mod_revision(cfg.tenants_prefix(), etcd_client::CompareOp::Less, revision + 1)
+                .with_prefix();
         let txn = Txn::new().when([guard]).and_then(ops);
         let resp = timed(cfg, "the push transaction", client.txn(txn)).await?;
         if resp.succeeded() {

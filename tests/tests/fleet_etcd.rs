@@ -209,7 +209,12 @@ fn prefix() -> String {
 }
 
 /// Waits until `done` holds for the fleet; the last view in the message.
-fn until_fleet(etcd: &Etcd, prefix: &str, timeout: Duration, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+fn until_fleet(
+    etcd: &Etcd,
+    prefix: &str,
+    timeout: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let t0 = Instant::now();
     loop {
         let f = etcd.fleet(prefix);
@@ -228,7 +233,11 @@ fn until_agent(agent: &AgentProc, timeout: Duration, done: impl Fn(&dataplane::a
         if done(&s) {
             return;
         }
-        assert!(t0.elapsed() < timeout, "the agent did not get there: {s:?}\n{}", agent.log_text());
+        assert!(
+            t0.elapsed() < timeout,
+            "the agent did not get there: {s:?}\n{}",
+            agent.log_text()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -245,7 +254,11 @@ fn hosts_with(f: &serde_json::Value, digest: &str) -> usize {
 fn write_tenants(dir: &Path, n: u32) {
     for i in 1..=n {
         let t = synthetic::tenant(i);
-        std::fs::write(dir.join(format!("{}.json", t.name)), serde_json::to_string_pretty(&t).unwrap()).unwrap();
+        std::fs::write(
+            dir.join(format!("{}.json", t.name)),
+            serde_json::to_string_pretty(&t).unwrap(),
+        )
+        .unwrap();
     }
 }
 
@@ -269,7 +282,10 @@ fn three_agents_converge_refuse_and_expire() {
     let digest = pushed["digest"].as_str().unwrap().to_string();
     let t0 = Instant::now();
     let f = until_fleet(&etcd, &p, Duration::from_secs(120), |f| hosts_with(f, &digest) == 3);
-    println!("1,000 tenants: all three hosts applied {:?} after the push", t0.elapsed());
+    println!(
+        "1,000 tenants: all three hosts applied {:?} after the push",
+        t0.elapsed()
+    );
     assert_eq!(f["agree"], true, "{f:#}");
     for h in f["hosts"].as_array().unwrap() {
         assert_eq!(h["tenants"], 1000);
@@ -286,7 +302,11 @@ fn three_agents_converge_refuse_and_expire() {
     for i in 1..=3 {
         let mut t = synthetic::tenant(i);
         t.https_ports = vec![8443];
-        std::fs::write(src.path().join(format!("t{i}.json")), serde_json::to_string_pretty(&t).unwrap()).unwrap();
+        std::fs::write(
+            src.path().join(format!("t{i}.json")),
+            serde_json::to_string_pretty(&t).unwrap(),
+        )
+        .unwrap();
     }
     let pushed = etcd.push(src.path(), &p);
     assert_eq!(pushed["changed"], serde_json::json!(["t1", "t2", "t3"]), "{pushed}");
@@ -321,10 +341,22 @@ fn three_agents_converge_refuse_and_expire() {
         assert_eq!(h["digest"], digest2.as_str(), "the set in force stays: {h}");
         assert!(h["flags"].as_array().unwrap().contains(&"refused".into()), "{h}");
         let errors = h["error"]["errors"].as_array().unwrap();
-        assert!(errors.iter().any(|e| e["file"].as_str().unwrap().ends_with("t5.json")), "{h}");
+        assert!(
+            errors.iter().any(|e| e["file"].as_str().unwrap().ends_with("t5.json")),
+            "{h}"
+        );
     }
     assert_eq!(f["agree"], false);
-    let table = etcd.carwash(&["fleet", "status", "--etcd", &etcd.endpoints(), "--prefix", &p, "--config", "/x"]);
+    let table = etcd.carwash(&[
+        "fleet",
+        "status",
+        "--etcd",
+        &etcd.endpoints(),
+        "--prefix",
+        &p,
+        "--config",
+        "/x",
+    ]);
     assert_eq!(table.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&table.stdout).contains("t5.json"));
     for s in &setups {
@@ -333,13 +365,20 @@ fn three_agents_converge_refuse_and_expire() {
     }
     // The good set again: everyone recovers.
     etcd.push(src.path(), &p);
-    until_fleet(&etcd, &p, Duration::from_secs(60), |f| f["agree"] == true && hosts_with(f, &digest2) == 3);
+    until_fleet(&etcd, &p, Duration::from_secs(60), |f| {
+        f["agree"] == true && hosts_with(f, &digest2) == 3
+    });
 
     // A killed agent leaves the fleet when its lease expires.
     agents.pop().unwrap().kill();
     let t0 = Instant::now();
-    let f = until_fleet(&etcd, &p, Duration::from_secs(30), |f| f["hosts"].as_array().unwrap().len() == 2);
-    println!("killed agent gone from fleet status after {:?} (lease 3 s)", t0.elapsed());
+    let f = until_fleet(&etcd, &p, Duration::from_secs(30), |f| {
+        f["hosts"].as_array().unwrap().len() == 2
+    });
+    println!(
+        "killed agent gone from fleet status after {:?} (lease 3 s)",
+        t0.elapsed()
+    );
     assert!(f["hosts"].as_array().unwrap().iter().all(|h| h["host"] != "h2"));
 }
 
@@ -401,6 +440,27 @@ fn etcd_down_for_thirty_seconds() {
         m
     };
     let maps = policy_maps();
+    // acme's connectors resolved on the fabric, so the program's verdict
+    // is the whole path (a redirect), not a missing neighbour.
+    for (ip, mac) in [
+        ("10.200.1.10", "02:00:0a:c8:01:0a"),
+        ("10.200.1.11", "02:00:0a:c8:01:0b"),
+    ] {
+        setup
+            .ns
+            .ip(&[
+                "neigh",
+                "replace",
+                ip,
+                "lladdr",
+                mac,
+                "dev",
+                "fabric",
+                "nud",
+                "permanent",
+            ])
+            .unwrap();
+    }
     let generation = agent.status().generation;
 
     etcd.kill(0);
@@ -440,6 +500,24 @@ fn etcd_down_for_thirty_seconds() {
         assert_eq!((s.digest.as_str(), s.generation), (d1.as_str(), generation));
         let diff = diff_maps(&maps, &policy_maps());
         assert!(diff.is_empty(), "{diff:?}");
+        // The attached program still steers acme's traffic.
+        let trace = agent_common::carwash(&[
+            "trace",
+            "--pin-path",
+            setup.pin_path().to_str().unwrap(),
+            "--netns",
+            setup.ns.name(),
+            "--src",
+            "198.51.100.10",
+            "--dst",
+            "203.0.113.10",
+            "--dport",
+            "443",
+            "--syn",
+        ]);
+        let text = String::from_utf8_lossy(&trace.stdout);
+        assert!(text.contains("XDP_REDIRECT") && text.contains("acme"), "{text}");
+        assert!(!s.attachments.is_empty());
         std::thread::sleep(Duration::from_secs(1));
     }
 

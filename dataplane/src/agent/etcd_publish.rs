@@ -54,11 +54,7 @@ async fn put(
 }
 
 /// One connection and lease; returns `Ok` only when the agent is gone.
-async fn session(
-    cfg: &EtcdConfig,
-    rx: &mut watch::Receiver<Option<HostRecord>>,
-    published: &mut bool,
-) -> Result<()> {
+async fn session(cfg: &EtcdConfig, rx: &mut watch::Receiver<Option<HostRecord>>, published: &mut bool) -> Result<()> {
     let mut client = etcd::connect(cfg).await?;
     let ttl = cfg.lease_ttl_secs as i64;
     let lease = etcd::timed(cfg, "granting the lease", client.lease_grant(ttl, None))

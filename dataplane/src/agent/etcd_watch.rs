@@ -27,11 +27,7 @@ struct Mirror {
 
 impl Mirror {
     fn send(&self, tx: &mpsc::UnboundedSender<Event>, reread: bool) -> bool {
-        let documents = self
-            .docs
-            .iter()
-            .map(|(n, v)| etcd::document(n, v.as_bytes()))
-            .collect();
+        let documents = self.docs.iter().map(|(n, v)| etcd::document(n, v.as_bytes())).collect();
         tx.send(Event::Etcd(Update::Set {
             documents,
             revision: self.revision,

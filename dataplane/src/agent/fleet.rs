@@ -66,13 +66,17 @@ impl Agent {
     /// What this host publishes under `PREFIX/hosts/HOST`.
     pub(super) fn host_record(&self) -> Option<HostRecord> {
         let st = self.etcd.as_ref()?;
-        let error = self.last_error.as_ref().filter(|_| self.last_refused).map(|e| HostError {
-            at: e.at,
-            source: e.source.clone(),
-            error: e.error.clone(),
-            errors: e.errors.clone(),
-            revision: (e.source == "etcd").then_some(st.received_revision),
-        });
+        let error = self
+            .last_error
+            .as_ref()
+            .filter(|_| self.last_refused)
+            .map(|e| HostError {
+                at: e.at,
+                source: e.source.clone(),
+                error: e.error.clone(),
+                errors: e.errors.clone(),
+                revision: (e.source == "etcd").then_some(st.received_revision),
+            });
         Some(HostRecord {
             host: st.host.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -92,7 +96,12 @@ impl Agent {
             return;
         };
         tx.send_if_modified(|cur| {
-            let same = cur.as_ref().is_some_and(|c| HostRecord { updated_at: 0, ..c.clone() } == record);
+            let same = cur.as_ref().is_some_and(|c| {
+                HostRecord {
+                    updated_at: 0,
+                    ..c.clone()
+                } == record
+            });
             if !same {
                 record.updated_at = now_secs();
                 *cur = Some(record);

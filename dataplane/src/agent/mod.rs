@@ -598,7 +598,12 @@ impl Agent {
 
     /// An apply request of the API: validate the documents as one set,
     /// store them in `policy_dir`, apply.
-    pub fn apply_documents(&mut self, documents: Vec<Document>, tenants: Vec<serde_json::Value>, dry_run: bool) -> Response {
+    pub fn apply_documents(
+        &mut self,
+        documents: Vec<Document>,
+        tenants: Vec<serde_json::Value>,
+        dry_run: bool,
+    ) -> Response {
         self.apply_documents_from("api", documents, tenants, dry_run)
     }
 

@@ -40,10 +40,7 @@ impl EtcdArgs {
             }
             (false, None) => EtcdConfig::new(self.etcd.clone(), "/carwash"),
             (true, Some(c)) => c,
-            (true, None) => anyhow::bail!(
-                "no etcd: give --etcd ENDPOINTS, or [etcd] in {}",
-                self.config.display()
-            ),
+            (true, None) => anyhow::bail!("no etcd: give --etcd ENDPOINTS, or [etcd] in {}", self.config.display()),
         };
         if let Some(p) = &self.prefix {
             cfg.prefix = p.clone();
@@ -83,17 +80,19 @@ pub fn push(a: PushArgs) -> Result<ExitCode> {
     let cfg = a.etcd.resolve()?;
     let docs = etcd::documents_of_path(&a.path)?;
     let documents: Vec<_> = docs.iter().map(|(n, v)| etcd::document(n, v.as_bytes())).collect();
-    let checked = dataplane::agent::validate_documents(&documents).map_err(|e| e.0).and_then(|set| {
-        dataplane::agent::apply::check_capacity(&set)
-            .map(|()| set.clone())
-            .map_err(|errors| {
-                dataplane::agent::capacity_errors(&errors, &a.path, |name| {
-                    let d = documents.iter().find(|d| d.name == format!("{name}.json"))?;
-                    Some((PathBuf::from(&d.name), d.content.clone()))
+    let checked = dataplane::agent::validate_documents(&documents)
+        .map_err(|e| e.0)
+        .and_then(|set| {
+            dataplane::agent::apply::check_capacity(&set)
+                .map(|()| set.clone())
+                .map_err(|errors| {
+                    dataplane::agent::capacity_errors(&errors, &a.path, |name| {
+                        let d = documents.iter().find(|d| d.name == format!("{name}.json"))?;
+                        Some((PathBuf::from(&d.name), d.content.clone()))
+                    })
+                    .0
                 })
-                .0
-            })
-    });
+        });
     let result = match checked {
         Err(errors) => PushResult {
             ok: false,
@@ -138,7 +137,11 @@ pub fn push(a: PushArgs) -> Result<ExitCode> {
             }
         },
     }
-    Ok(if result.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if result.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[derive(clap::Subcommand)]
@@ -230,15 +233,7 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
     match a.output {
         Format::Json => output::print_json(&view)?,
         Format::Table => {
-            let mut t = output::table([
-                "host",
-                "generation",
-                "digest",
-                "revision",
-                "tenants",
-                "state",
-                "error",
-            ]);
+            let mut t = output::table(["host", "generation", "digest", "revision", "tenants", "state", "error"]);
             for h in &view.hosts {
                 let r = &h.record;
                 let error = r
@@ -271,7 +266,11 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
             );
         }
     }
-    Ok(if view.agree { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if view.agree {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// One line of `carwash status` for the agent's link to etcd.
