@@ -227,4 +227,19 @@ mod tests {
         assert_eq!(c.ebpf_log, crate::loader::EbpfLog::Debug);
         assert!(HostConfig::parse(&format!("{base}ebpf_log = \"loud\"\n")).is_err());
     }
+
+    #[test]
+    fn etcd_is_optional_and_checked() {
+        let base = "uplink = \"eth0\"\nvtep = \"10.0.0.1\"\n";
+        assert_eq!(HostConfig::parse(base).unwrap().etcd, None);
+        let c = HostConfig::parse(&format!(
+            "{base}[etcd]\nendpoints = [\"http://10.0.0.9:2379\"]\nprefix = \"/fleet\"\nlease_ttl_secs = 5\n"
+        ))
+        .unwrap();
+        let e = c.etcd.unwrap();
+        assert_eq!(e.prefix, "/fleet");
+        assert_eq!(e.host_key(), format!("/fleet/hosts/{}", e.host_name()));
+        assert!(HostConfig::parse(&format!("{base}[etcd]\nendpoints = []\n")).is_err());
+        assert!(HostConfig::parse(&format!("{base}[etcd]\nendpoints = [\"x\"]\nprefix = \"nope\"\n")).is_err());
+    }
 }

@@ -741,6 +741,12 @@ mod tests {
                     snat_port_range: 40_000,
                     snat_ports: [("203.0.113.200".parse().unwrap(), 3)].into(),
                 }),
+                etcd: Some(crate::api::EtcdStatus {
+                    connected: false,
+                    revision: 42,
+                    reconnects: 2,
+                    ..Default::default()
+                }),
             }),
         };
         let text = snap.clone().encode(false).unwrap();
@@ -758,6 +764,9 @@ mod tests {
             "carwash_map_memory_bytes{map=\"ADDRS\"} 4096",
             "carwash_policy_last_apply_duration_seconds 0.25",
             "carwash_policy_apply_attempts_total 3",
+            "carwash_etcd_connected 0",
+            "carwash_etcd_revision_applied 42",
+            "carwash_etcd_reconnects_total 2",
             "carwash_policy_last_error_timestamp_seconds 0",
             "carwash_conntrack_entries 6",
             "carwash_conntrack_capacity 262145",
