@@ -11,10 +11,25 @@ use tracing::{info, warn};
 
 use crate::etcd::{self, EtcdConfig, HostRecord};
 
-/// Starts the publisher; it runs until the sender is dropped.
-pub fn spawn(cfg: EtcdConfig) -> watch::Sender<Option<HostRecord>> {
+/// The running publisher.
+pub struct Publisher {
+    pub tx: watch::Sender<Option<HostRecord>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    /// Stops publishing: the lease is revoked, so the record goes at once
+    /// rather than when the lease would expire (given a second to do so).
+    pub async fn stop(self) {
+        drop(self.tx);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.task).await;
+    }
+}
+
+/// Starts the publisher.
+pub fn spawn(cfg: EtcdConfig) -> Publisher {
     let (tx, mut rx) = watch::channel(None);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(200);
         let max = Duration::from_millis(cfg.max_backoff_ms);
         loop {
@@ -28,11 +43,17 @@ pub fn spawn(cfg: EtcdConfig) -> watch::Sender<Option<HostRecord>> {
                     warn!(error = %format!("{e:#}"), key = %cfg.host_key(), "etcd: publishing this host's state")
                 }
             }
-            tokio::time::sleep(backoff).await;
+            // The agent stopping ends the wait too; new records do not.
+            let until = tokio::time::Instant::now() + backoff;
+            while let Ok(changed) = tokio::time::timeout_at(until, rx.changed()).await {
+                if changed.is_err() {
+                    return;
+                }
+            }
             backoff = (backoff * 2).min(max);
         }
     });
-    tx
+    Publisher { tx, task }
 }
 
 async fn put(

@@ -91,11 +91,11 @@ impl Agent {
     }
 
     /// Hands the record to the publisher when it changed.
-    pub(super) fn publish(&self, publisher: &Option<tokio::sync::watch::Sender<Option<HostRecord>>>) {
-        let (Some(tx), Some(mut record)) = (publisher, self.host_record()) else {
+    pub(super) fn publish(&self, publisher: &Option<super::etcd_publish::Publisher>) {
+        let (Some(p), Some(mut record)) = (publisher, self.host_record()) else {
             return;
         };
-        tx.send_if_modified(|cur| {
+        p.tx.send_if_modified(|cur| {
             let same = cur.as_ref().is_some_and(|c| {
                 HostRecord {
                     updated_at: 0,

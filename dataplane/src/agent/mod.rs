@@ -964,6 +964,9 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
             sm.stopping("stopping; the programs stay attached and forward the set in force");
         }
         let _ = std::fs::remove_file(&agent.cfg.api_socket);
+        if let Some(p) = publisher {
+            p.stop().await;
+        }
         anyhow::Ok(std::process::ExitCode::SUCCESS)
     })
 }
