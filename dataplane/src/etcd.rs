@@ -190,10 +190,13 @@ pub enum Update {
     Connected,
     /// etcd is out of reach; the set in force stays.
     Down(String),
-    /// The whole tenant set as of `revision`; `reread` when it was read
-    /// anew because the revision the agent had was compacted away.
-    Set {
-        documents: Vec<Document>,
+    /// The tenants as of `revision`: each changed one's new document, or
+    /// `None` when it was deleted. `whole`: these are all the tenants (a
+    /// first read, or a re-read because the revision the agent had was
+    /// compacted away, then `reread`): any tenant not named is gone.
+    Tenants {
+        changes: BTreeMap<String, Option<String>>,
+        whole: bool,
         revision: i64,
         reread: bool,
     },
@@ -248,49 +251,71 @@ pub struct PushReport {
 /// transaction, so that every host sees the whole change at one revision.
 /// The transaction holds only if nothing under the prefix changed since it
 /// was read (another push in between is retried against the new state).
+///
+/// A cluster that is electing a leader (a member lost) answers
+/// "unavailable" for a moment: the push tries again for a while.
 pub async fn push(cfg: &EtcdConfig, docs: &BTreeMap<String, String>) -> Result<PushReport> {
     let mut client = connect(cfg).await?;
-    for _ in 0..5 {
-        let (current, revision) = read_tenants(&mut client, cfg).await?;
-        let mut report = PushReport::default();
-        let mut ops = Vec::new();
-        for (name, value) in docs {
-            match current.get(name) {
-                Some(v) if v == value => report.unchanged += 1,
-                Some(_) => report.changed.push(name.clone()),
-                None => report.added.push(name.clone()),
+    let mut last = None;
+    for _ in 0..20 {
+        match push_once(&mut client, cfg, docs).await {
+            Ok(Some(report)) => return Ok(report),
+            // Another push got in between: again, against the new state.
+            Ok(None) => continue,
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            if current.get(name) != Some(value) {
-                ops.push(TxnOp::put(
-                    format!("{}{name}", cfg.tenants_prefix()),
-                    value.as_str(),
-                    None,
-                ));
-            }
-        }
-        for name in current.keys().filter(|n| !docs.contains_key(*n)) {
-            report.removed.push(name.clone());
-            ops.push(TxnOp::delete(
-                format!("{}{name}", cfg.tenants_prefix()),
-                None::<DeleteOptions>,
-            ));
-        }
-        if ops.is_empty() {
-            report.revision = revision;
-            return Ok(report);
-        }
-        // Nothing under the prefix may have a newer revision than the read.
-        let guard =
-            etcd_client::Compare::mod_revision(cfg.tenants_prefix(), etcd_client::CompareOp::Less, revision + 1)
-                .with_prefix();
-        let txn = Txn::new().when([guard]).and_then(ops);
-        let resp = timed(cfg, "the push transaction", client.txn(txn)).await?;
-        if resp.succeeded() {
-            report.revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-            return Ok(report);
         }
     }
-    bail!("etcd: the tenants kept changing under the push; nothing more was written")
+    Err(last
+        .unwrap_or_else(|| anyhow::anyhow!("etcd: the tenants kept changing under the push; nothing more was written")))
+}
+
+/// One attempt: `None` when the tenants changed since they were read.
+async fn push_once(
+    client: &mut Client,
+    cfg: &EtcdConfig,
+    docs: &BTreeMap<String, String>,
+) -> Result<Option<PushReport>> {
+    let (current, revision) = read_tenants(client, cfg).await?;
+    let mut report = PushReport::default();
+    let mut ops = Vec::new();
+    for (name, value) in docs {
+        match current.get(name) {
+            Some(v) if v == value => report.unchanged += 1,
+            Some(_) => report.changed.push(name.clone()),
+            None => report.added.push(name.clone()),
+        }
+        if current.get(name) != Some(value) {
+            ops.push(TxnOp::put(
+                format!("{}{name}", cfg.tenants_prefix()),
+                value.as_str(),
+                None,
+            ));
+        }
+    }
+    for name in current.keys().filter(|n| !docs.contains_key(*n)) {
+        report.removed.push(name.clone());
+        ops.push(TxnOp::delete(
+            format!("{}{name}", cfg.tenants_prefix()),
+            None::<DeleteOptions>,
+        ));
+    }
+    if ops.is_empty() {
+        report.revision = revision;
+        return Ok(Some(report));
+    }
+    // Nothing under the prefix may have a newer revision than the read.
+    let guard = etcd_client::Compare::mod_revision(cfg.tenants_prefix(), etcd_client::CompareOp::Less, revision + 1)
+        .with_prefix();
+    let txn = Txn::new().when([guard]).and_then(ops);
+    let resp = timed(cfg, "the push transaction", client.txn(txn)).await?;
+    if !resp.succeeded() {
+        return Ok(None);
+    }
+    report.revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+    Ok(Some(report))
 }
 
 /// The last error a host met applying a set, as published.
@@ -334,8 +359,23 @@ pub struct Fleet {
     pub tenants_revision: i64,
 }
 
+/// Reads the fleet; tries again for a few seconds while the cluster
+/// answers "unavailable" (electing a leader).
 pub async fn read_fleet(cfg: &EtcdConfig) -> Result<Fleet> {
     let client = connect(cfg).await?;
+    let mut attempt = 0;
+    loop {
+        match read_fleet_once(&client, cfg).await {
+            Err(_) if attempt < 10 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+async fn read_fleet_once(client: &Client, cfg: &EtcdConfig) -> Result<Fleet> {
     let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
     let hosts = timed(
         cfg,

@@ -1,7 +1,8 @@
 //! Following `PREFIX/tenants/` in etcd: a full read, then a watch from the
-//! revision read; each revision that changes a tenant becomes the whole set
-//! handed to the agent's loop ([`Update::Set`]), which validates and
-//! applies it as it does files. When etcd is out of reach the loop hears
+//! revision read; each watch response that changes tenants is handed to
+//! the agent's loop as those changes ([`Update::Tenants`]), which applies
+//! them to its copy of the set, validates the whole set and applies it as
+//! it does files. When etcd is out of reach the loop hears
 //! [`Update::Down`] and keeps the set in force; the watcher retries with
 //! backoff and resumes from the revision it had, or reads everything anew
 //! when etcd compacted that revision away.
@@ -18,18 +19,24 @@ use crate::etcd::{self, EtcdConfig, Update};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 
-/// What the watcher has: the tenants as of `revision` (0: nothing read yet).
+/// How far the watcher got: the revision of the tenants handed over (0:
+/// nothing read yet).
 #[derive(Default)]
 struct Mirror {
-    docs: BTreeMap<String, String>,
     revision: i64,
 }
 
 impl Mirror {
-    fn send(&self, tx: &mpsc::UnboundedSender<Event>, reread: bool) -> bool {
-        let documents = self.docs.iter().map(|(n, v)| etcd::document(n, v.as_bytes())).collect();
-        tx.send(Event::Etcd(Update::Set {
-            documents,
+    fn send(
+        &self,
+        tx: &mpsc::UnboundedSender<Event>,
+        changes: BTreeMap<String, Option<String>>,
+        whole: bool,
+        reread: bool,
+    ) -> bool {
+        tx.send(Event::Etcd(Update::Tenants {
+            changes,
+            whole,
             revision: self.revision,
             reread,
         }))
@@ -90,8 +97,8 @@ async fn full_read(
 ) -> Result<bool> {
     let (docs, revision) = etcd::read_tenants(client, cfg).await?;
     info!(tenants = docs.len(), revision, reread, "etcd: tenants read");
-    *mirror = Mirror { docs, revision };
-    Ok(mirror.send(tx, reread))
+    mirror.revision = revision;
+    Ok(mirror.send(tx, docs.into_iter().map(|(k, v)| (k, Some(v))).collect(), true, reread))
 }
 
 async fn watch(
@@ -151,26 +158,22 @@ async fn watch(
                 }
                 continue;
             }
+            let mut changes = BTreeMap::new();
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
                 let Some(name) = etcd::tenant_of_key(&cfg.prefix, kv.key()) else {
                     continue;
                 };
-                match ev.event_type() {
-                    EventType::Put => {
-                        mirror
-                            .docs
-                            .insert(name.to_string(), String::from_utf8_lossy(kv.value()).into_owned());
-                    }
-                    EventType::Delete => {
-                        mirror.docs.remove(name);
-                    }
-                }
+                let doc = match ev.event_type() {
+                    EventType::Put => Some(String::from_utf8_lossy(kv.value()).into_owned()),
+                    EventType::Delete => None,
+                };
+                changes.insert(name.to_string(), doc);
                 // Only the events' own revisions: the header's may run
                 // ahead of events still to come in a catch-up.
                 mirror.revision = mirror.revision.max(kv.mod_revision());
             }
-            if !mirror.send(tx, false) {
+            if !mirror.send(tx, changes, false, false) {
                 return Ok(());
             }
         }

@@ -170,6 +170,7 @@ pub struct Agent {
     ebpf_log: Option<EbpfLogFd>,
     /// The link to etcd, with `[etcd]`.
     etcd: Option<crate::api::EtcdStatus>,
+    etcd_set: fleet::EtcdSet,
     _lock: PinLock,
 }
 
@@ -315,6 +316,7 @@ impl Agent {
             metrics,
             ebpf_log,
             etcd,
+            etcd_set: fleet::EtcdSet::default(),
             _lock: lock,
         };
         // Policies before programs: on a fresh start the programs see every
