@@ -4,7 +4,9 @@
 //! ten allow prefixes each, and the maps' kernel memory; then source NAT
 //! (`carwash_tests::bench_snat`); then the agent itself (the real `carwash
 //! agent` binary) at 10,000 tenants from files: time to apply them, time
-//! from one tenant's file change to the maps, and its resident memory.
+//! from one tenant's file change to the maps, and its resident memory; then
+//! three agents following one etcd (`fleet`): from a push's commit of
+//! 10,000 tenants to all three applied, and one-tenant changes.
 #[path = "../tests/agent_common/mod.rs"]
 mod agent_common;
 #[path = "../tests/fleet_common/mod.rs"]

@@ -75,7 +75,8 @@ enum Cmd {
         seed: Option<u64>,
     },
     /// Benchmarks: the programs (BPF_PROG_TEST_RUN, against a minimal XDP_PASS program in the same
-    /// run) and the agent at 10,000 tenants; `bench -- packets` or `bench -- agent` runs one part.
+    /// run), the agent at 10,000 tenants, and three agents following one etcd at 10,000 tenants;
+    /// `bench -- packets`, `bench -- agent` or `bench -- fleet` runs one part.
     Bench {
         #[arg(last = true)]
         args: Vec<String>,
