@@ -173,6 +173,44 @@ fn compacted_revision_forces_a_reread() {
     // A full read is the set as of the cluster's revision at the read.
     assert!(st.revision >= rev, "{st:?}");
     assert!(agent.log_text().contains("compacted"));
+
+    // A push of a set with an error writes nothing: the error at its line.
+    std::fs::write(src.path().join("beta.toml"), "name = \"beta\"\nvni = \"x\"\n").unwrap();
+    let before = etcd.etcdctl(&["get", "--prefix", &format!("{p}/tenants/"), "-w", "json"]);
+    let out = etcd.carwash(&[
+        "policy",
+        "push",
+        src.path().to_str().unwrap(),
+        "--etcd",
+        &etcd.endpoints(),
+        "--prefix",
+        &p,
+        "--config",
+        "/nonexistent",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("beta.json:") && err.contains("nothing was written"),
+        "{err}"
+    );
+    let after = etcd.etcdctl(&["get", "--prefix", &format!("{p}/tenants/"), "-w", "json"]);
+    let revision = |o: &std::process::Output| {
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["header"]["revision"].clone()
+    };
+    let kvs = |o: &std::process::Output| serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["kvs"].clone();
+    assert_eq!(kvs(&before), kvs(&after));
+    assert!(revision(&before).is_number());
+
+    // A clean stop takes the host's record with it at once (the lease is
+    // revoked), not a lease time to live later.
+    assert_eq!(etcd.fleet(&p)["hosts"].as_array().unwrap().len(), 1);
+    assert!(agent.stop().success());
+    let t0 = Instant::now();
+    until_fleet(&etcd, &p, Duration::from_secs(10), |f| {
+        f["hosts"].as_array().unwrap().is_empty()
+    });
+    assert!(t0.elapsed() < Duration::from_millis(1500), "{:?}", t0.elapsed());
 }
 
 #[test]
