@@ -315,7 +315,8 @@ fn etcd_down_for_thirty_seconds() {
         std::thread::sleep(Duration::from_secs(1));
     }
 
-    // Back: a change made at once is caught up with.
+    // etcd back: the agent restarted meanwhile (it never reached etcd)
+    // reads the tenants and applies a change made at once.
     let d = etcd.start(0);
     etcd.members[0] = Some(d);
     etcd.wait_healthy();
@@ -326,7 +327,25 @@ fn etcd_down_for_thirty_seconds() {
     let st = agent.status().etcd.unwrap();
     assert!(st.connected, "{st:?}");
     assert_eq!(st.revision, pushed["revision"].as_i64().unwrap());
-    until_fleet(&etcd, &p, Duration::from_secs(30), |f| hosts_with(f, &d2) == 1);
+
+    // Out of reach again while a change is made: once back, the agent
+    // catches up from the revision it had (a watch from there, no new read
+    // of all tenants).
+    let reads = agent.log_text().matches("etcd: tenants read").count();
+    setup.ns.ip(&["link", "set", "etcd0", "down"]).unwrap();
+    until_agent(&agent, Duration::from_secs(30), |s| {
+        s.etcd.as_ref().is_some_and(|e| !e.connected)
+    });
+    std::fs::copy(repo_policies_dir().join("beta.toml"), src.path().join("beta.toml")).unwrap();
+    let pushed = etcd.push(src.path(), &p);
+    assert_eq!(pushed["digest"].as_str(), Some(d1.as_str()));
+    setup.ns.link_up("etcd0").unwrap();
+    until_agent(&agent, Duration::from_secs(60), |s| s.digest == d1);
+    let st = agent.status().etcd.unwrap();
+    assert!(st.connected && st.reconnects >= 1 && st.rereads == 0, "{st:?}");
+    assert_eq!(st.revision, pushed["revision"].as_i64().unwrap());
+    assert_eq!(agent.log_text().matches("etcd: tenants read").count(), reads);
+    until_fleet(&etcd, &p, Duration::from_secs(30), |f| hosts_with(f, &d1) == 1);
 }
 
 #[test]
