@@ -602,17 +602,6 @@ impl Agent {
     /// store them in `policy_dir`, apply.
     pub fn apply_documents(
         &mut self,
-        documents: Vec<Document>,
-        tenants: Vec<serde_json::Value>,
-        dry_run: bool,
-    ) -> Response {
-        self.apply_documents_from("api", documents, tenants, dry_run)
-    }
-
-    /// [`Agent::apply_documents`] for a set from `source`.
-    fn apply_documents_from(
-        &mut self,
-        source: &str,
         mut documents: Vec<Document>,
         tenants: Vec<serde_json::Value>,
         dry_run: bool,
@@ -629,11 +618,11 @@ impl Agent {
             documents.push(Document { name, content });
         }
         if let Err(msg) = persist::check_names(&documents) {
-            return self.failed(source, msg);
+            return self.failed("api", msg);
         }
         let set = match validate_documents(&documents) {
             Ok(set) => set,
-            Err(errors) => return self.refused(source, &errors),
+            Err(errors) => return self.refused("api", &errors),
         };
         if let Err(errors) = apply::check_capacity(&set) {
             let errors = capacity_errors(&errors, &self.cfg.policy_dir, |name| {
@@ -642,7 +631,7 @@ impl Agent {
                     .find(|d| Path::new(&d.name).file_stem().is_some_and(|s| s == name))
                     .map(|d| (PathBuf::from(&d.name), d.content.clone()))
             });
-            return self.refused(source, &errors);
+            return self.refused("api", &errors);
         }
         if dry_run {
             return Response {
@@ -657,9 +646,9 @@ impl Agent {
             };
         }
         if let Err(e) = persist::write_set(&self.cfg.policy_dir, &documents) {
-            return self.failed(source, format!("{e:#}"));
+            return self.failed("api", format!("{e:#}"));
         }
-        let resp = self.apply_set(&set, source);
+        let resp = self.apply_set(&set, "api");
         release_memory();
         resp
     }
@@ -945,6 +934,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                     }
                     agent.reload("SIGHUP");
                     agent.sync_uplink_addresses();
+                    agent.publish(&publisher);
                     if let Some(sm) = &service {
                         sm.ready(&agent.service_status());
                     }
