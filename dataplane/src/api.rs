@@ -154,6 +154,9 @@ pub struct AgentStatus {
     /// The event stream: monitors, the flow log.
     #[serde(default)]
     pub events: Option<EventStreamStatus>,
+    /// The link to etcd, with `[etcd]` in the host configuration.
+    #[serde(default)]
+    pub etcd: Option<EtcdStatus>,
 }
 
 /// The event stream as the agent's hub counts it.
@@ -170,6 +173,28 @@ pub struct EventStreamStatus {
     pub log_failed: u64,
     /// Why the flow log cannot be written, while it cannot.
     pub log_error: Option<String>,
+}
+
+/// The agent's link to etcd.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdStatus {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// The name this host publishes its state under.
+    pub host: String,
+    pub connected: bool,
+    /// Unix time `connected` last changed.
+    pub since: u64,
+    /// The etcd revision of the set in force (0: none from etcd yet).
+    pub revision: i64,
+    /// The revision of the last set received (refused ones included).
+    pub received_revision: i64,
+    /// Why etcd is out of reach, while it is.
+    pub error: Option<String>,
+    /// Times the agent lost etcd and reached it again.
+    pub reconnects: u64,
+    /// Full re-reads of the tenants after a compacted revision.
+    pub rereads: u64,
 }
 
 /// How full the tracking table and the source-NAT port range are.

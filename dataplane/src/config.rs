@@ -126,6 +126,9 @@ pub struct HostConfig {
     pub event_retention_days: u32,
     #[serde(default)]
     pub events: EventsConfig,
+    /// The policy set from etcd instead of `policy_dir` alone.
+    #[serde(default)]
+    pub etcd: Option<crate::etcd::EtcdConfig>,
 }
 
 fn default_event_log() -> PathBuf {
@@ -192,6 +195,9 @@ impl HostConfig {
         let cfg: HostConfig = toml::from_str(text)?;
         cfg.snat.ports()?;
         cfg.metrics_addr()?;
+        if let Some(e) = &cfg.etcd {
+            e.check()?;
+        }
         if cfg.api.max_request_bytes == 0 || cfg.api.timeout_secs == 0 || cfg.api.max_connections == 0 {
             bail!("api: max_request_bytes, timeout_secs and max_connections must be at least 1");
         }
@@ -274,5 +280,20 @@ mod tests {
         let c = HostConfig::parse(&format!("{base}ebpf_log = \"debug\"\n")).unwrap();
         assert_eq!(c.ebpf_log, crate::loader::EbpfLog::Debug);
         assert!(HostConfig::parse(&format!("{base}ebpf_log = \"loud\"\n")).is_err());
+    }
+
+    #[test]
+    fn etcd_is_optional_and_checked() {
+        let base = "uplink = \"eth0\"\nvtep = \"10.0.0.1\"\n";
+        assert_eq!(HostConfig::parse(base).unwrap().etcd, None);
+        let c = HostConfig::parse(&format!(
+            "{base}[etcd]\nendpoints = [\"http://10.0.0.9:2379\"]\nprefix = \"/fleet\"\nlease_ttl_secs = 5\n"
+        ))
+        .unwrap();
+        let e = c.etcd.unwrap();
+        assert_eq!(e.prefix, "/fleet");
+        assert_eq!(e.host_key(), format!("/fleet/hosts/{}", e.host_name()));
+        assert!(HostConfig::parse(&format!("{base}[etcd]\nendpoints = []\n")).is_err());
+        assert!(HostConfig::parse(&format!("{base}[etcd]\nendpoints = [\"x\"]\nprefix = \"nope\"\n")).is_err());
     }
 }

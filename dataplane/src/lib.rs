@@ -6,6 +6,7 @@ pub mod batch;
 pub mod config;
 pub mod conntrack;
 pub mod counters;
+pub mod etcd;
 pub mod event;
 pub mod event_maps;
 pub mod generation;

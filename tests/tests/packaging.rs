@@ -85,7 +85,25 @@ fn commented_host_config_states_the_defaults() {
         .filter_map(|l| l.strip_prefix('#'))
         .filter(|l| l.starts_with('[') || l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
         .collect();
-    let all = HostConfig::parse(&uncommented.join("\n")).expect("every example line parses");
+    let mut all = HostConfig::parse(&uncommented.join("\n")).expect("every example line parses");
+    // `[etcd]` is an example as a whole (there is no etcd by default); its
+    // tunables are the defaults.
+    let etcd = all.etcd.take().expect("the [etcd] example");
+    let defaults = dataplane::etcd::EtcdConfig::new(etcd.endpoints.clone(), "/carwash");
+    assert_eq!(
+        (
+            etcd.prefix.as_str(),
+            etcd.timeout_ms,
+            etcd.lease_ttl_secs,
+            etcd.max_backoff_ms
+        ),
+        (
+            defaults.prefix.as_str(),
+            defaults.timeout_ms,
+            defaults.lease_ttl_secs,
+            defaults.max_backoff_ms
+        )
+    );
     // The host-specific examples, and nothing else, differ from the defaults.
     let examples: Vec<&str> = uncommented
         .iter()

@@ -75,8 +75,9 @@ enum Cmd {
         seed: Option<u64>,
     },
     /// Benchmarks: the programs (BPF_PROG_TEST_RUN, against a minimal XDP_PASS program in the same
-    /// run), a denied flood against XDP_DROP and nftables (live frames), source NAT and the agent at
-    /// 10,000 tenants; `bench -- packets`, `-- events`, `-- snat` or `-- agent` runs one part.
+    /// run), a denied flood against XDP_DROP and nftables (live frames), source NAT, the agent at
+    /// 10,000 tenants, and three agents following one etcd at 10,000 tenants; `bench -- packets`,
+    /// `-- events`, `-- snat`, `-- agent` or `-- fleet` runs one part.
     Bench {
         #[arg(last = true)]
         args: Vec<String>,

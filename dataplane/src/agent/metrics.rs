@@ -80,6 +80,7 @@ pub struct AgentSnapshot {
     pub last_error_at: Option<u64>,
     pub conntrack: Option<crate::api::ConntrackStatus>,
     pub events: Option<crate::api::EventStreamStatus>,
+    pub etcd: Option<crate::api::EtcdStatus>,
 }
 
 impl From<&AgentStatus> for AgentSnapshot {
@@ -91,6 +92,7 @@ impl From<&AgentStatus> for AgentSnapshot {
             last_error_at: s.last_error.as_ref().map(|e| e.at),
             conntrack: s.conntrack.clone(),
             events: s.events.clone(),
+            etcd: s.etcd.clone(),
         }
     }
 }
@@ -375,6 +377,33 @@ impl Collector for Snapshot {
                 "Unix time of the last policy set refused or failed (0: none since the agent started).",
                 one(a.last_error_at.unwrap_or(0)),
             )?;
+            if let Some(st) = &a.etcd {
+                gauge(
+                    e,
+                    "carwash_etcd_connected",
+                    "1 while the agent follows the tenants in etcd, 0 while etcd is out of reach (the set in force \
+                     stays).",
+                    one(u64::from(st.connected)),
+                )?;
+                gauge(
+                    e,
+                    "carwash_etcd_revision_applied",
+                    "The etcd revision of the policy set in force (0: none from etcd yet).",
+                    one(st.revision),
+                )?;
+                counters(
+                    e,
+                    "carwash_etcd_reconnects",
+                    "Times the agent lost etcd and reached it again.",
+                    one(st.reconnects),
+                )?;
+                counters(
+                    e,
+                    "carwash_etcd_rereads",
+                    "Full re-reads of the tenants because etcd had compacted the revision the agent had.",
+                    one(st.rereads),
+                )?;
+            }
             if let Some(ct) = &a.conntrack {
                 gauge(
                     e,
@@ -790,6 +819,12 @@ mod tests {
                     log_error: Some("disk full".into()),
                     ..Default::default()
                 }),
+                etcd: Some(crate::api::EtcdStatus {
+                    connected: false,
+                    revision: 42,
+                    reconnects: 2,
+                    ..Default::default()
+                }),
             }),
             events: {
                 let mut e = vec![dataplane_common::events::EventCounts::default(); 7];
@@ -816,6 +851,9 @@ mod tests {
             "carwash_map_memory_bytes{map=\"ADDRS\"} 4096",
             "carwash_policy_last_apply_duration_seconds 0.25",
             "carwash_policy_apply_attempts_total 3",
+            "carwash_etcd_connected 0",
+            "carwash_etcd_revision_applied 42",
+            "carwash_etcd_reconnects_total 2",
             "carwash_policy_last_error_timestamp_seconds 0",
             "carwash_conntrack_entries 6",
             "carwash_conntrack_capacity 262145",

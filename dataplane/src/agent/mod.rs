@@ -12,7 +12,10 @@
 //! [`uninstall`] detaches.
 pub mod apply;
 pub mod digest;
+pub mod etcd_publish;
+pub mod etcd_watch;
 pub mod events;
+mod fleet;
 pub mod flowlog;
 pub mod host;
 pub mod load;
@@ -171,6 +174,9 @@ pub struct Agent {
     pub events: events::EventSink,
     event_ring: Option<events::EventRing>,
     decoder: events::Decoder,
+    /// The link to etcd, with `[etcd]`.
+    etcd: Option<crate::api::EtcdStatus>,
+    etcd_set: fleet::EtcdSet,
     _lock: PinLock,
 }
 
@@ -307,6 +313,7 @@ impl Agent {
                 decoder.seed(id, &b.iter().map(|b| b.suppressed).collect::<Vec<_>>());
             }
         }
+        let etcd = cfg.etcd.as_ref().map(fleet::initial_status);
         let mut agent = Agent {
             cfg,
             dp,
@@ -333,6 +340,8 @@ impl Agent {
             events: event_sink,
             event_ring: Some(event_ring),
             decoder,
+            etcd,
+            etcd_set: fleet::EtcdSet::default(),
             _lock: lock,
         };
         // Policies before programs: on a fresh start the programs see every
@@ -797,6 +806,7 @@ impl Agent {
             uplink_addresses_generation: self.uplink_addrs.done.load(std::sync::atomic::Ordering::Relaxed),
             conntrack: self.ct_fill.clone(),
             events: Some(self.events.status(&self.cfg.event_log)),
+            etcd: self.etcd.clone(),
         }
     }
 }
@@ -982,6 +992,11 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
         // ten seconds.
         agent.reclaim_conntrack();
         let _watcher = watch::spawn(&agent.cfg.policy_dir, tx.clone(), DEBOUNCE)?;
+        let publisher = agent.cfg.etcd.clone().map(|e| {
+            etcd_watch::spawn(e.clone(), tx.clone());
+            etcd_publish::spawn(e)
+        });
+        agent.publish(&publisher);
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -1016,12 +1031,20 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                         agent.reload_changed(source, changed.as_deref());
                         agent.sync_uplink_addresses();
                         agent.tell_status(service.as_ref());
+                        agent.publish(&publisher);
                     }
                     Some(server::Event::Api(req, reply)) => {
                         let resp = server::handle(&mut agent, req);
                         agent.sync_uplink_addresses();
                         agent.tell_status(service.as_ref());
                         let _ = reply.send(resp);
+                        agent.publish(&publisher);
+                    }
+                    Some(server::Event::Etcd(update)) => {
+                        agent.on_etcd(update);
+                        agent.sync_uplink_addresses();
+                        agent.tell_status(service.as_ref());
+                        agent.publish(&publisher);
                     }
                     None => break,
                 },
@@ -1032,6 +1055,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                     }
                     agent.reload("SIGHUP");
                     agent.sync_uplink_addresses();
+                    agent.publish(&publisher);
                     if let Some(sm) = &service {
                         sm.ready(&agent.service_status());
                     }
@@ -1055,6 +1079,9 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
             sm.stopping("stopping; the programs stay attached and forward the set in force");
         }
         let _ = std::fs::remove_file(&agent.cfg.api_socket);
+        if let Some(p) = publisher {
+            p.stop().await;
+        }
         anyhow::Ok(std::process::ExitCode::SUCCESS)
     })
 }

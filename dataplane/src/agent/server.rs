@@ -40,6 +40,8 @@ pub enum Event {
     /// the paths which files changed (`None`: any may have).
     Reload(&'static str, Option<Vec<std::path::PathBuf>>),
     Api(Request, oneshot::Sender<Response>),
+    /// News from the etcd watcher ([`crate::etcd::Update`]).
+    Etcd(crate::etcd::Update),
 }
 
 /// Who may use the socket, and what a connection may cost.

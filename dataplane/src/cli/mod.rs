@@ -1,6 +1,7 @@
 //! Command-line definitions; one module per command.
 mod agent;
 mod completions;
+mod fleet;
 mod man;
 mod monitor;
 pub mod output;
@@ -61,6 +62,9 @@ enum Cmd {
     /// Follow the event stream live (drops with reasons, translations,
     /// policy, health), or read it from the flow log with --since/--from.
     Monitor(Box<monitor::Args>),
+    /// The fleet's state in etcd.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCmd),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::Args),
     /// Print the manual page (roff), or write one page per command with --dir.
@@ -132,6 +136,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Snat(SnatCmd::List(a)) => snat_list::run(a),
         Cmd::Trace(a) => trace::run(*a),
         Cmd::Monitor(a) => monitor::run(*a),
+        Cmd::Fleet(c) => fleet::run(c),
         Cmd::Completions(a) => completions::run(a),
         Cmd::Man(a) => man::run(a),
     }

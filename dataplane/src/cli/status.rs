@@ -209,6 +209,9 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
                     format!("{} attached, {} events lost by slow ones", ev.monitors, ev.monitor_lost),
                 ]);
             }
+            if let Some(e) = &a.etcd {
+                t.add_row(vec!["etcd".into(), super::fleet::etcd_line(e)]);
+            }
             if let Some(e) = &a.last_error {
                 t.add_row(vec![
                     "last error".into(),
