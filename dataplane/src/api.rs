@@ -151,6 +151,9 @@ pub struct AgentStatus {
     /// (every 10 s; `None` before the first).
     #[serde(default)]
     pub conntrack: Option<ConntrackStatus>,
+    /// This host's place in a fleet (`[cluster]`), if it is in one.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterStatus>,
 }
 
 /// How full the tracking table and the source-NAT port range are.

@@ -118,6 +118,9 @@ pub struct HostConfig {
     pub conntrack: ConntrackConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    /// Several hosts behind ECMP (`[cluster]`): absent on a single host.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 fn default_policy_dir() -> PathBuf {
@@ -136,7 +139,10 @@ fn default_metrics() -> String {
 impl HostConfig {
     pub fn parse(text: &str) -> Result<HostConfig> {
         let cfg: HostConfig = toml::from_str(text)?;
-        cfg.snat.ports()?;
+        let range = cfg.snat.ports()?;
+        if let Some(c) = &cfg.cluster {
+            c.blocks(range)?;
+        }
         cfg.metrics_addr()?;
         if cfg.api.max_request_bytes == 0 || cfg.api.timeout_secs == 0 || cfg.api.max_connections == 0 {
             bail!("api: max_request_bytes, timeout_secs and max_connections must be at least 1");
@@ -164,6 +170,16 @@ impl HostConfig {
                 self.metrics
             )
         })
+    }
+
+    /// The ports source NAT allocates from on this host: its cluster block,
+    /// or the whole `snat.port_range` on a host of its own.
+    pub fn snat_ports(&self) -> Result<(u16, u16)> {
+        let range = self.snat.ports()?;
+        match &self.cluster {
+            Some(c) => Ok(c.blocks(range)?.own()),
+            None => Ok(range),
+        }
     }
 
     /// The interface facing the VPC tunnel endpoints.

@@ -79,6 +79,7 @@ pub struct AgentSnapshot {
     /// Unix time of the last refused or failed policy set.
     pub last_error_at: Option<u64>,
     pub conntrack: Option<crate::api::ConntrackStatus>,
+    pub cluster: Option<crate::cluster::ClusterStatus>,
 }
 
 impl From<&AgentStatus> for AgentSnapshot {
@@ -89,6 +90,7 @@ impl From<&AgentStatus> for AgentSnapshot {
             last_apply_seconds: s.last_apply.as_ref().map(|a| a.micros as f64 / 1e6),
             last_error_at: s.last_error.as_ref().map(|e| e.at),
             conntrack: s.conntrack.clone(),
+            cluster: s.cluster.clone(),
         }
     }
 }
@@ -213,6 +215,33 @@ fn gauge<N: prometheus_client::encoding::EncodeGaugeValue>(
 
 fn one<N>(v: N) -> [(Labels, N); 1] {
     [(Vec::new(), v)]
+}
+
+/// This host's place in a fleet and its announcements.
+fn cluster_gauges(e: &mut DescriptorEncoder, c: &crate::cluster::ClusterStatus) -> std::fmt::Result {
+    gauge(e, "carwash_cluster_index", "This host's index in the fleet.", one(c.index))?;
+    gauge(e, "carwash_cluster_hosts", "Hosts in the fleet.", one(c.hosts))?;
+    gauge(
+        e,
+        "carwash_cluster_block_ports",
+        "This host's source-NAT port block, first and last port.",
+        [
+            (vec![("end", "low".to_string())], u32::from(c.block.0)),
+            (vec![("end", "high".to_string())], u32::from(c.block.1)),
+        ],
+    )?;
+    gauge(
+        e,
+        "carwash_announced_routes",
+        "Routes for the VIPs and egress IPs in force in the announcement table.",
+        one(c.announced_routes as u64),
+    )?;
+    gauge(
+        e,
+        "carwash_announced_generation",
+        "Policy generation of the routes announced (0: none).",
+        one(c.announced_generation),
+    )
 }
 
 fn counter_help(c: Counter) -> String {
@@ -369,6 +398,9 @@ impl Collector for Snapshot {
                 "Unix time of the last policy set refused or failed (0: none since the agent started).",
                 one(a.last_error_at.unwrap_or(0)),
             )?;
+            if let Some(c) = &a.cluster {
+                cluster_gauges(e, c)?;
+            }
             if let Some(ct) = &a.conntrack {
                 gauge(
                     e,
@@ -712,6 +744,14 @@ mod tests {
                     snat_port_range: 40_000,
                     snat_ports: [("203.0.113.200".parse().unwrap(), 3)].into(),
                 }),
+                cluster: Some(crate::cluster::ClusterStatus {
+                    index: 1,
+                    hosts: 3,
+                    block: (33333, 46665),
+                    route_table: 4242,
+                    announced_routes: 2,
+                    announced_generation: 7,
+                }),
             }),
         };
         let text = snap.clone().encode(false).unwrap();
@@ -731,6 +771,11 @@ mod tests {
             "carwash_policy_apply_attempts_total 3",
             "carwash_policy_last_error_timestamp_seconds 0",
             "carwash_conntrack_entries 6",
+            "carwash_cluster_index 1",
+            "carwash_cluster_hosts 3",
+            "carwash_cluster_block_ports{end=\"low\"} 33333",
+            "carwash_announced_routes 2",
+            "carwash_announced_generation 7",
             "carwash_conntrack_capacity 262145",
             "carwash_snat_port_range_ports 40000",
             "carwash_snat_ports_in_use{egress_ip=\"203.0.113.200\"} 3",

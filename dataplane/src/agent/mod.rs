@@ -10,6 +10,7 @@
 //! programs into the pinned links (`bpf_link_update`), so no packet meets an
 //! interface without a program and connection state survives. Only
 //! [`uninstall`] detaches.
+pub mod announce;
 pub mod apply;
 pub mod digest;
 pub mod host;
@@ -163,6 +164,8 @@ pub struct Agent {
     /// What the last pass over the tracking table found.
     ct_fill: Option<crate::api::ConntrackStatus>,
     metrics: Option<tokio::net::TcpListener>,
+    /// Route announcements, on a host in a fleet.
+    announcer: Option<announce::Announcer>,
     /// The programs' aya-log ring buffer, when `ebpf_log` is on.
     ebpf_log: Option<EbpfLogFd>,
     _lock: PinLock,
@@ -269,7 +272,7 @@ impl Agent {
             fabric_ifindex: fabric.ifindex,
             fabric_mtu: fabric.mtu.min(u32::from(u16::MAX)) as u16,
             uplink_ifindex: uplink.ifindex,
-            snat_ports: cfg.snat.ports()?,
+            snat_ports: cfg.snat_ports()?,
         })?;
         let engine = Engine::adopt(&dp, Some(&state_file(&cfg)))?;
         if !engine.installed.is_empty() {
@@ -307,6 +310,7 @@ impl Agent {
             uplink_addrs: host::UplinkAddrs::default(),
             ct_fill: None,
             metrics,
+            announcer: None,
             ebpf_log,
             _lock: lock,
         };
@@ -318,6 +322,9 @@ impl Agent {
         agent.dp.settle()?;
         release_memory();
         agent.attach(mode)?;
+        if let Some(c) = &agent.cfg.cluster {
+            agent.announcer = Some(announce::Announcer::new(c.route_table, agent.uplink.ifindex));
+        }
         Ok(agent)
     }
 
@@ -705,7 +712,7 @@ impl Agent {
             .dp
             .reclaim_conntrack(crate::conntrack::now_ns(), |t| installed.contains_key(&t));
         if let Ok(r) = &result {
-            let (lo, hi) = self.cfg.snat.ports().unwrap_or((1, 0));
+            let (lo, hi) = self.cfg.snat_ports().unwrap_or((1, 0));
             self.ct_fill = Some(crate::api::ConntrackStatus {
                 at: now_secs(),
                 capacity: self.dp.conntrack_capacity().unwrap_or(0),
@@ -766,6 +773,31 @@ impl Agent {
             attempts: self.attempts,
             uplink_addresses_generation: self.uplink_addrs.done.load(std::sync::atomic::Ordering::Relaxed),
             conntrack: self.ct_fill.clone(),
+            cluster: self.cluster_status(),
+        }
+    }
+
+    fn cluster_status(&self) -> Option<crate::cluster::ClusterStatus> {
+        let c = self.cfg.cluster.as_ref()?;
+        let blocks = c.blocks(self.cfg.snat.ports().ok()?).ok()?;
+        let announced = self.announcer.as_ref().map(|a| a.announced.clone()).unwrap_or_default();
+        Some(crate::cluster::ClusterStatus {
+            index: c.index,
+            hosts: blocks.list.len() as u32,
+            block: blocks.own(),
+            route_table: c.route_table,
+            announced_routes: announced.routes,
+            announced_generation: announced.generation,
+        })
+    }
+
+    /// Announces the VIPs and egress IPs in force (on a host in a fleet):
+    /// called only once the programs are attached, after each apply.
+    async fn announce(&mut self) {
+        let want = self.addresses_in_force();
+        let generation = self.engine.generation;
+        if let Some(a) = &mut self.announcer {
+            a.announce(generation, &want).await;
         }
     }
 }
@@ -857,6 +889,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
             tokio::spawn(metrics::serve(l, agent.cfg.pin_path.clone(), tx.clone()));
         }
         agent.sync_uplink_addresses();
+        agent.announce().await;
         // The tracking table's figures from the start, not after the first
         // ten seconds.
         agent.reclaim_conntrack();
@@ -894,11 +927,13 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                     Some(server::Event::Reload(source, changed)) => {
                         agent.reload_changed(source, changed.as_deref());
                         agent.sync_uplink_addresses();
+                        agent.announce().await;
                         agent.tell_status(service.as_ref());
                     }
                     Some(server::Event::Api(req, reply)) => {
                         let resp = server::handle(&mut agent, req);
                         agent.sync_uplink_addresses();
+                        agent.announce().await;
                         agent.tell_status(service.as_ref());
                         let _ = reply.send(resp);
                     }
@@ -911,6 +946,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                     }
                     agent.reload("SIGHUP");
                     agent.sync_uplink_addresses();
+                    agent.announce().await;
                     if let Some(sm) = &service {
                         sm.ready(&agent.service_status());
                     }
@@ -927,6 +963,10 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                 _ = term.recv() => { info!("SIGTERM: stopping; the programs stay attached"); break; }
                 _ = int.recv() => { info!("SIGINT: stopping; the programs stay attached"); break; }
             }
+        }
+        // The routers stop sending before anything else changes.
+        if let Some(a) = &mut agent.announcer {
+            a.withdraw().await;
         }
         if let Some(sm) = &service {
             sm.stopping("stopping; the programs stay attached and forward the set in force");
@@ -949,6 +989,13 @@ pub fn uninstall(cfg: &HostConfig) -> Result<Vec<PathBuf>> {
         Ok(ips) if !ips.is_empty() => info!(removed = ips.len(), "uplink addresses removed"),
         Ok(_) => {}
         Err(e) => warn!(error = %format!("{e:#}"), "removing the uplink addresses"),
+    }
+    if let Some(c) = &cfg.cluster {
+        match announce::withdraw_all(c.route_table) {
+            Ok(n) if n > 0 => info!(removed = n, table = c.route_table, "announcements withdrawn"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %format!("{e:#}"), "withdrawing the announcements"),
+        }
     }
     let removed = loader::uninstall(&cfg.pin_path)?;
     let state = state_file(cfg);

@@ -196,6 +196,22 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
                 ),
             ]);
             t.add_row(vec!["policy dir".into(), a.policy_dir.display().to_string()]);
+            if let Some(c) = &a.cluster {
+                t.add_row(vec![
+                    "cluster".into(),
+                    format!(
+                        "host {} of {}, source-NAT ports {}-{}",
+                        c.index, c.hosts, c.block.0, c.block.1
+                    ),
+                ]);
+                t.add_row(vec![
+                    "announcements".into(),
+                    format!(
+                        "{} routes in table {} (generation {})",
+                        c.announced_routes, c.route_table, c.announced_generation
+                    ),
+                ]);
+            }
             if let Some(e) = &a.last_error {
                 t.add_row(vec![
                     "last error".into(),
