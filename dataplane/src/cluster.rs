@@ -112,11 +112,7 @@ impl ClusterConfig {
                     })
                     .collect()
             }
-            (None, false) => self
-                .blocks
-                .iter()
-                .map(|b| parse_block(b))
-                .collect::<Result<Vec<_>>>()?,
+            (None, false) => self.blocks.iter().map(|b| parse_block(b)).collect::<Result<Vec<_>>>()?,
         };
         for (i, &(b_lo, b_hi)) in list.iter().enumerate() {
             if u32::from(b_lo) < lo || u32::from(b_hi) > hi {
@@ -138,7 +134,11 @@ impl ClusterConfig {
         }
         let index = self.index as usize;
         if index >= list.len() {
-            bail!("cluster.index {} is not below the number of hosts ({})", self.index, list.len());
+            bail!(
+                "cluster.index {} is not below the number of hosts ({})",
+                self.index,
+                list.len()
+            );
         }
         if !self.peers.is_empty() && self.peers.len() != list.len() {
             bail!(
@@ -214,15 +214,33 @@ mod tests {
     #[test]
     fn bad_clusters_are_refused_with_the_reason() {
         let cases = [
-            ("[cluster]\nindex = 0\nblocks = [\"20000-30000\", \"30000-39999\"]\n", "overlap"),
-            ("[cluster]\nindex = 0\nblocks = [\"20000-20100\", \"30000-39999\"]\n", "101 ports"),
-            ("[cluster]\nindex = 0\nblocks = [\"10000-20100\"]\n", "outside snat.port_range"),
+            (
+                "[cluster]\nindex = 0\nblocks = [\"20000-30000\", \"30000-39999\"]\n",
+                "overlap",
+            ),
+            (
+                "[cluster]\nindex = 0\nblocks = [\"20000-20100\", \"30000-39999\"]\n",
+                "101 ports",
+            ),
+            (
+                "[cluster]\nindex = 0\nblocks = [\"10000-20100\"]\n",
+                "outside snat.port_range",
+            ),
             ("[cluster]\nindex = 3\ncount = 3\n", "not below"),
             ("[cluster]\nindex = 0\ncount = 0\n", "at least 1"),
             ("[cluster]\nindex = 0\n", "give count"),
-            ("[cluster]\nindex = 0\ncount = 2\nblocks = [\"20000-29999\"]\n", "not both"),
-            ("[snat]\nport_range = \"20000-20999\"\n[cluster]\nindex = 0\ncount = 8\n", "125 ports each"),
-            ("[cluster]\nindex = 0\ncount = 2\npeers = [\"10.0.0.1\"]\n", "one fabric address per host"),
+            (
+                "[cluster]\nindex = 0\ncount = 2\nblocks = [\"20000-29999\"]\n",
+                "not both",
+            ),
+            (
+                "[snat]\nport_range = \"20000-20999\"\n[cluster]\nindex = 0\ncount = 8\n",
+                "125 ports each",
+            ),
+            (
+                "[cluster]\nindex = 0\ncount = 2\npeers = [\"10.0.0.1\"]\n",
+                "one fabric address per host",
+            ),
             ("[cluster]\nindex = 0\ncount = 2\nroute_table = 254\n", "kernel's own"),
             ("[cluster]\nindex = 0\nblocks = [\"30000-2\"]\n", "LOW is above HIGH"),
         ];

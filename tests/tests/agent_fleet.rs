@@ -26,7 +26,15 @@ fn announced(ns: &NetNs) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for family in ["-4", "-6"] {
         let text = ns
-            .ip(&[family, "route", "show", "table", &TABLE.to_string(), "proto", &ROUTE_PROTO.to_string()])
+            .ip(&[
+                family,
+                "route",
+                "show",
+                "table",
+                &TABLE.to_string(),
+                "proto",
+                &ROUTE_PROTO.to_string(),
+            ])
             .unwrap_or_default();
         for line in text.lines() {
             if let Some(dst) = line.split_whitespace().next() {
@@ -66,21 +74,35 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn announcements_follow_the_agent_and_the_block_is_in_force() {
-    require_root!();
+    require_root();
     let setup = AgentSetup::new(&["acme.toml", "beta.toml"]).unwrap();
     let mut text = std::fs::read_to_string(&setup.config).unwrap();
     text.push_str(CLUSTER);
     std::fs::write(&setup.config, &text).unwrap();
-    // A route of the operator's in the same table is never touched.
+    // A route of the operator's in the same table is never touched. (The
+    // uplink keeps an address of its own: the kernel flushes a device's
+    // routes when its last IPv4 address goes.)
+    setup.ns.addr("uplink", "192.0.2.254/24").unwrap();
     setup
         .ns
-        .ip(&["route", "add", "192.0.2.1/32", "dev", "uplink", "table", &TABLE.to_string()])
+        .ip(&[
+            "route",
+            "add",
+            "192.0.2.1/32",
+            "dev",
+            "uplink",
+            "table",
+            &TABLE.to_string(),
+        ])
         .unwrap();
 
     let agent = setup.start().unwrap();
     wait_for("the uplink addresses", || !in_force(&setup.ns).is_empty());
     let want = in_force(&setup.ns);
-    assert!(want.contains("203.0.113.10") && want.contains("203.0.113.200"), "{want:?}");
+    assert!(
+        want.contains("203.0.113.10") && want.contains("203.0.113.200"),
+        "{want:?}"
+    );
     wait_for("the announcements", || announced(&setup.ns) == want);
     let s = agent.status();
     let c = s.cluster.expect("a cluster status");
@@ -126,13 +148,10 @@ fn announcements_follow_the_agent_and_the_block_is_in_force() {
         .ns
         .enter(|| carwash(&["agent", "--uninstall", "--config", setup.config.to_str().unwrap()]))
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{out:?}");
     assert_eq!(announced(&setup.ns), BTreeSet::new());
-    let operators = setup
-        .ns
-        .ip(&["route", "show", "table", &TABLE.to_string()])
-        .unwrap();
-    assert!(operators.contains("192.0.2.1"), "{operators}");
+    let operators = setup.ns.ip(&["route", "show", "table", &TABLE.to_string()]).unwrap();
+    assert!(operators.contains("192.0.2.1"), "{operators:?}");
 }
 
 /// Each tenant's consistent-hash table and the machines its buckets name,
@@ -178,7 +197,7 @@ fn apply(agent: &agent_common::AgentProc, files: &[&str]) {
 
 #[test]
 fn every_host_builds_the_same_consistent_hash_tables() {
-    require_root!();
+    require_root();
     // Host A takes both tenants at once; host B one at a time, the other
     // way round, so that their tenant ids differ.
     let a = AgentSetup::new(&["acme.toml", "beta.toml"]).unwrap();
@@ -196,10 +215,20 @@ fn every_host_builds_the_same_consistent_hash_tables() {
             .filter_map(|t| Some((t.name?, t.id)))
             .collect()
     };
-    assert_ne!(ids(a.pin_path()), ids(b.pin_path()), "the apply orders should give other ids");
+    assert_ne!(
+        ids(a.pin_path()),
+        ids(b.pin_path()),
+        "the apply orders should give other ids"
+    );
     let ta = tables(a.pin_path());
     assert_eq!(ta.len(), 2, "{ta:?}");
-    assert!(ta.values().all(|(m, _, s)| m.iter().any(|&x| x != 0) && !s.is_empty()));
+    assert!(ta.values().all(|(_, _, s)| !s.is_empty()));
+    // acme's two connectors share its buckets.
+    assert!(
+        ta["acme"].0.contains(&0) && ta["acme"].0.contains(&1),
+        "{:?}",
+        ta["acme"]
+    );
     assert_eq!(ta, tables(b.pin_path()));
 
     // Across a restart (adopting the pins) and a fresh start.
@@ -208,11 +237,10 @@ fn every_host_builds_the_same_consistent_hash_tables() {
     assert_eq!(ta, tables(b.pin_path()));
     drop(agent_b);
     drop(agent_a);
-    let out = a
-        .ns
-        .enter(|| carwash(&["agent", "--uninstall", "--config", a.config.to_str().unwrap()]))
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out =
+        a.ns.enter(|| carwash(&["agent", "--uninstall", "--config", a.config.to_str().unwrap()]))
+            .unwrap();
+    assert!(out.status.success(), "{out:?}");
     let _agent_a = a.start().unwrap();
     assert_eq!(ta, tables(a.pin_path()));
 }

@@ -104,7 +104,9 @@ pub async fn reconcile(table: u32, ifindex: u32, want: &BTreeSet<IpAddr>) -> Res
     let mut removed = 0;
     for m in have {
         match destination(&m) {
-            Some(ip) if want.contains(&ip) && m.header.destination_prefix_length == if ip.is_ipv4() { 32 } else { 128 } => {
+            Some(ip)
+                if want.contains(&ip) && m.header.destination_prefix_length == if ip.is_ipv4() { 32 } else { 128 } =>
+            {
                 kept.insert(ip);
             }
             _ => {

@@ -219,7 +219,12 @@ fn one<N>(v: N) -> [(Labels, N); 1] {
 
 /// This host's place in a fleet and its announcements.
 fn cluster_gauges(e: &mut DescriptorEncoder, c: &crate::cluster::ClusterStatus) -> std::fmt::Result {
-    gauge(e, "carwash_cluster_index", "This host's index in the fleet.", one(c.index))?;
+    gauge(
+        e,
+        "carwash_cluster_index",
+        "This host's index in the fleet.",
+        one(c.index),
+    )?;
     gauge(e, "carwash_cluster_hosts", "Hosts in the fleet.", one(c.hosts))?;
     gauge(
         e,
