@@ -9,6 +9,7 @@ mod clock;
 mod counters;
 mod encap;
 mod fabric;
+mod fleet;
 mod handoff;
 mod icmp;
 mod maps;

@@ -11,6 +11,9 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result, bail};
+use aya::maps::{Array, Map, PerCpuArray};
+use dataplane_common::maps;
+use dataplane_common::types::{Fleet, FleetPeer, FleetStats, MAX_PEERS};
 use serde::{Deserialize, Serialize};
 
 /// The fewest ports a host's block may have: below this, a host runs out of
@@ -157,6 +160,75 @@ impl ClusterConfig {
     }
 }
 
+impl ClusterConfig {
+    /// What the data path needs to pass replies on: every host's fabric
+    /// address and block. A fleet without `peers` passes nothing on (each
+    /// host then drops the replies of the others' ports).
+    pub fn fleet(&self, range: (u16, u16)) -> Result<Fleet> {
+        let blocks = self.blocks(range)?;
+        let mut f = Fleet::default();
+        if self.peers.is_empty() {
+            return Ok(f);
+        }
+        if blocks.list.len() > MAX_PEERS {
+            bail!(
+                "cluster: {} hosts; the data path knows at most {MAX_PEERS}",
+                blocks.list.len()
+            );
+        }
+        f.own_addr = self.peers[blocks.index].octets();
+        f.n_peers = blocks.list.len() as u32;
+        for (i, (&(lo, hi), addr)) in blocks.list.iter().zip(&self.peers).enumerate() {
+            f.peers[i] = FleetPeer {
+                addr: addr.octets(),
+                port_lo: lo,
+                port_hi: hi,
+            };
+        }
+        Ok(f)
+    }
+}
+
+impl crate::Dataplane {
+    /// Tells the data path this host's fleet (all zero: a host of its own).
+    pub fn set_fleet(&mut self, f: &Fleet) -> Result<()> {
+        let mut m: Array<_, Fleet> = Array::try_from(self.map_mut(maps::FLEET)?)?;
+        m.set(0, *f, 0).context("writing FLEET")?;
+        Ok(())
+    }
+}
+
+impl crate::Dataplane {
+    /// [`relay_stats`] of this load's own maps.
+    pub fn relay_stats(&self) -> Result<FleetStats> {
+        let map = self
+            .ebpf
+            .map(maps::FLEET_STATS)
+            .context("no FLEET_STATS in the eBPF object")?;
+        let m: PerCpuArray<_, FleetStats> = PerCpuArray::try_from(map)?;
+        Ok(sum_stats(&m)?)
+    }
+}
+
+fn sum_stats<T: std::borrow::Borrow<aya::maps::MapData>>(m: &PerCpuArray<T, FleetStats>) -> Result<FleetStats> {
+    let mut sum = FleetStats::default();
+    for v in m.get(&0, 0).context("reading FLEET_STATS")?.iter() {
+        sum.sent += v.sent;
+        sum.received += v.received;
+    }
+    Ok(sum)
+}
+
+/// Replies passed on to and taken from other hosts, summed over the CPUs;
+/// zero when the pins predate the fleet.
+pub fn relay_stats(pins: &crate::pinned::Pins) -> Result<FleetStats> {
+    if !pins.has(maps::FLEET_STATS) {
+        return Ok(FleetStats::default());
+    }
+    let m: PerCpuArray<_, FleetStats> = PerCpuArray::try_from(Map::PerCpuArray(pins.map(maps::FLEET_STATS)?))?;
+    sum_stats(&m)
+}
+
 /// This host's place in the fleet and its announcements, for `carwash
 /// status` and the metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +242,12 @@ pub struct ClusterStatus {
     pub announced_routes: usize,
     /// The policy generation they are of (0: nothing announced).
     pub announced_generation: u64,
+    /// Replies passed to the host that owns their port.
+    #[serde(default)]
+    pub handoffs_sent: u64,
+    /// Replies another host passed to this one.
+    #[serde(default)]
+    pub handoffs_received: u64,
 }
 
 #[cfg(test)]

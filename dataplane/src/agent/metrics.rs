@@ -246,6 +246,18 @@ fn cluster_gauges(e: &mut DescriptorEncoder, c: &crate::cluster::ClusterStatus) 
         "carwash_announced_generation",
         "Policy generation of the routes announced (0: none).",
         one(c.announced_generation),
+    )?;
+    counters(
+        e,
+        "carwash_handoffs_sent",
+        "Replies to an egress IP passed to the host of the fleet that owns their port.",
+        one(c.handoffs_sent),
+    )?;
+    counters(
+        e,
+        "carwash_handoffs_received",
+        "Replies another host of the fleet passed to this one.",
+        one(c.handoffs_received),
     )
 }
 
@@ -756,6 +768,8 @@ mod tests {
                     route_table: 4242,
                     announced_routes: 2,
                     announced_generation: 7,
+                    handoffs_sent: 5,
+                    handoffs_received: 4,
                 }),
             }),
         };
@@ -781,6 +795,8 @@ mod tests {
             "carwash_cluster_block_ports{end=\"low\"} 33333",
             "carwash_announced_routes 2",
             "carwash_announced_generation 7",
+            "carwash_handoffs_sent_total 5",
+            "carwash_handoffs_received_total 4",
             "carwash_conntrack_capacity 262145",
             "carwash_snat_port_range_ports 40000",
             "carwash_snat_ports_in_use{egress_ip=\"203.0.113.200\"} 3",

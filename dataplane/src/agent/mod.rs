@@ -274,6 +274,11 @@ impl Agent {
             uplink_ifindex: uplink.ifindex,
             snat_ports: cfg.snat_ports()?,
         })?;
+        let fleet = match &cfg.cluster {
+            Some(c) => c.fleet(cfg.snat.ports()?)?,
+            None => Default::default(),
+        };
+        dp.set_fleet(&fleet)?;
         let engine = Engine::adopt(&dp, Some(&state_file(&cfg)))?;
         if !engine.installed.is_empty() {
             info!(
@@ -781,6 +786,9 @@ impl Agent {
         let c = self.cfg.cluster.as_ref()?;
         let blocks = c.blocks(self.cfg.snat.ports().ok()?).ok()?;
         let announced = self.announcer.as_ref().map(|a| a.announced.clone()).unwrap_or_default();
+        let relayed = crate::pinned::Pins::open(&self.cfg.pin_path)
+            .and_then(|p| crate::cluster::relay_stats(&p))
+            .unwrap_or_default();
         Some(crate::cluster::ClusterStatus {
             index: c.index,
             hosts: blocks.list.len() as u32,
@@ -788,6 +796,8 @@ impl Agent {
             route_table: c.route_table,
             announced_routes: announced.routes,
             announced_generation: announced.generation,
+            handoffs_sent: relayed.sent,
+            handoffs_received: relayed.received,
         })
     }
 

@@ -211,6 +211,13 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
                         c.announced_routes, c.route_table, c.announced_generation
                     ),
                 ]);
+                t.add_row(vec![
+                    "hand-offs".into(),
+                    format!(
+                        "{} replies sent to their port's host, {} received",
+                        c.handoffs_sent, c.handoffs_received
+                    ),
+                ]);
             }
             if let Some(e) = &a.last_error {
                 t.add_row(vec![
