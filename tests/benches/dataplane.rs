@@ -68,13 +68,18 @@ fn scenarios(i: u32) -> Vec<Scenario> {
     ]
 }
 
-/// `cargo xtask bench [packets|snat|agent]`: every part, or the ones named.
+/// `cargo xtask bench [packets|fleet|snat|agent]`: every part, or the ones
+/// named (`packets` includes `fleet`).
 fn main() -> anyhow::Result<()> {
     carwash_tests::require_root();
     let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let wants = |part: &str| only.is_empty() || only.iter().any(|a| a == part);
     if wants("packets") {
         packets()?;
+    }
+    // Part of `packets`, or alone as `fleet`.
+    if wants("packets") || only.iter().any(|a| a == "fleet") {
+        carwash_tests::bench_fleet::run()?;
     }
     if wants("snat") {
         carwash_tests::bench_snat::run()?;

@@ -6,49 +6,16 @@
 //! as if its uplink had received it; both count it. A relayed packet from
 //! a stranger, or for a port B does not own (which could bounce back), is
 //! dropped; a reply of A's own block that A does not track is not passed on.
-use std::net::{IpAddr, Ipv4Addr};
-
-use carwash_policy::MacAddr;
 use carwash_tests::fabric::{FABRIC_MAC, FabricNs, ROUTER_MAC, vtep_mac};
 use carwash_tests::fixture::{XDP_DROP, XDP_REDIRECT};
-use carwash_tests::inbound_cases::{addr16, tenants};
+use carwash_tests::fleet::*;
+use carwash_tests::inbound_cases::tenants;
 use carwash_tests::outbound::*;
 use carwash_tests::packets::*;
 use carwash_tests::require_root;
 use dataplane::Dataplane;
-use dataplane::cluster::ClusterConfig;
-use dataplane_common::hash::{flow_hash, vxlan_source_port};
 use dataplane_common::types::{RELAY_VNI, SIDE_FABRIC, SIDE_UPLINK};
 use dataplane_common::{DropReason, programs};
-
-const HOST_A: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 101);
-const HOST_B: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 102);
-const STRANGER: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 103);
-
-fn cluster(index: u32) -> ClusterConfig {
-    ClusterConfig {
-        index,
-        count: Some(2),
-        blocks: Vec::new(),
-        peers: vec![HOST_A, HOST_B],
-        route_table: 4242,
-    }
-}
-
-/// One host of the fleet: the fixture tenants, this host's block.
-fn host(fab: &FabricNs, index: u32) -> Dataplane {
-    let c = cluster(index);
-    let range = ports();
-    let mut params = fab.host_params();
-    params.snat_ports = c.blocks(range).unwrap().own();
-    let mut dp = Dataplane::load(None).unwrap();
-    dp.set_host(&params).unwrap();
-    dp.set_fleet(&c.fleet(range).unwrap()).unwrap();
-    for (i, t) in tenants().iter().enumerate() {
-        dp.install_tenant(i as u32 + 1, t).unwrap();
-    }
-    dp
-}
 
 fn dropped(dp: &Dataplane, side: u32, why: DropReason) -> u64 {
     dp.counters(side).unwrap().dropped(why)
@@ -61,10 +28,8 @@ fn a_reply_reaches_the_host_that_owns_its_port() {
     let acme = &ts[0];
     let c0 = &acme.connectors[0];
     let fab = FabricNs::new(&ts).unwrap();
-    for h in [HOST_A, HOST_B, STRANGER] {
-        fab.ns.neigh("fabric", &h.to_string(), MacAddr(vtep_mac(h))).unwrap();
-    }
-    let (a, b) = (host(&fab, 0), host(&fab, 1));
+    reach_hosts(&fab).unwrap();
+    let (a, b) = (host(&fab, 0).unwrap(), host(&fab, 1).unwrap());
     let (block_a, block_b) = (
         cluster(0).blocks(ports()).unwrap().own(),
         cluster(1).blocks(ports()).unwrap().own(),
@@ -74,32 +39,13 @@ fn a_reply_reaches_the_host_that_owns_its_port() {
     fab.ns
         .enter(|| {
             // Host B translates an outbound flow to a port of its block.
-            let out = from_machine(acme, c0, &udp4(ACME_VM4, PARTNER4, 40000, 53, b"q"));
-            let (action, sent) = b.run(programs::FABRIC, &out).unwrap();
-            assert_eq!(action, XDP_REDIRECT);
-            let port = u16::from_be_bytes([sent[14 + 20], sent[14 + 21]]);
+            let port = open_flow(&b).unwrap();
             assert!((block_b.0..=block_b.1).contains(&port), "port {port} outside B's block");
 
             // Its reply reaches host A, which passes it to B whole.
-            let reply = udp4(PARTNER4, ACME_EGRESS4, 53, port, b"answer");
-            let hash = flow_hash(
-                &addr16(IpAddr::V4(PARTNER4)),
-                &addr16(IpAddr::V4(ACME_EGRESS4)),
-                53,
-                port,
-                17,
-            );
-            let relayed = vxlan_frame(
-                FABRIC_MAC,
-                vtep_mac(HOST_B),
-                HOST_A,
-                HOST_B,
-                vxlan_source_port(hash),
-                RELAY_VNI,
-                ROUTER_MAC,
-                [0; 6],
-                ip_of(&reply),
-            );
+            let reply = reply(port);
+            let hash = reply_hash(port);
+            let relayed = relayed(&reply, hash);
             let (action, got) = a.run(programs::UPLINK, &reply).unwrap();
             assert_eq!(action, XDP_REDIRECT);
             assert_eq!(got, relayed, "what A passes to B");

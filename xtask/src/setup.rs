@@ -21,6 +21,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("ss", "iproute2"),
     ("ethtool", "ethtool"),
     ("tcpdump", "tcpdump"),
+    ("bird", "bird2"),
 ];
 
 /// PATH with cargo's bin directory (where bpf-linker lands) in front.
