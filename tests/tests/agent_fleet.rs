@@ -156,7 +156,10 @@ fn announcements_follow_the_agent_and_the_block_is_in_force() {
 
 /// Each tenant's consistent-hash table and the machines its buckets name,
 /// by tenant name, and the tenant of each service, from the pins.
-fn tables(pins: &std::path::Path) -> BTreeMap<String, (Vec<u8>, Vec<String>, Vec<String>)> {
+/// A tenant's Maglev table, its machines and its services.
+type Tables = (Vec<u8>, Vec<String>, Vec<String>);
+
+fn tables(pins: &std::path::Path) -> BTreeMap<String, Tables> {
     let pins = Pins::open(pins).unwrap();
     let mut out = BTreeMap::new();
     let services = pins.services().unwrap();

@@ -110,12 +110,12 @@ protocol bgp upstream_v6 {{
 
 /// The router's BIRD: a session per host, ECMP into the kernel.
 fn router_bird_conf() -> String {
-    let mut s = format!(
+    let mut s = String::from(
         r#"router id 100.64.255.1;
-protocol device {{ scan time 1; }}
-protocol kernel {{ merge paths on; ipv4 {{ import none; export all; }}; }}
-protocol kernel {{ merge paths on; ipv6 {{ import none; export all; }}; }}
-"#
+protocol device { scan time 1; }
+protocol kernel { merge paths on; ipv4 { import none; export all; }; }
+protocol kernel { merge paths on; ipv6 { import none; export all; }; }
+"#,
     );
     for i in 0..HOSTS {
         s += &format!(
@@ -323,9 +323,9 @@ impl Fleet {
         }
         for (k, m) in machines.iter().enumerate() {
             let _ = m.exec(&["ping", "-c", "1", "-W", "1", MACHINES[k].3]);
-            for i in 0..HOSTS {
+            for (i, h) in hosts.iter().enumerate() {
                 let _ = ul.exec(&["ping", "-c", "1", "-W", "1", &fabric_addr(i)]);
-                let _ = hosts[i].ns.exec(&["ping", "-c", "1", "-W", "1", MACHINES[k].1]);
+                let _ = h.ns.exec(&["ping", "-c", "1", "-W", "1", MACHINES[k].1]);
             }
         }
         let router_bird = start_bird(&rt, bird, dir.path(), "rt", &router_bird_conf());
