@@ -10,6 +10,7 @@ mod counters;
 mod encap;
 mod events;
 mod fabric;
+mod fleet;
 mod handoff;
 mod icmp;
 mod maps;

@@ -157,6 +157,9 @@ pub struct AgentStatus {
     /// The link to etcd, with `[etcd]` in the host configuration.
     #[serde(default)]
     pub etcd: Option<EtcdStatus>,
+    /// This host's place in a fleet (`[cluster]`), if it is in one.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterStatus>,
 }
 
 /// The event stream as the agent's hub counts it.

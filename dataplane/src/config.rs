@@ -129,6 +129,9 @@ pub struct HostConfig {
     /// The policy set from etcd instead of `policy_dir` alone.
     #[serde(default)]
     pub etcd: Option<crate::etcd::EtcdConfig>,
+    /// Several hosts behind ECMP (`[cluster]`): absent on a single host.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 fn default_event_log() -> PathBuf {
@@ -193,7 +196,10 @@ fn default_metrics() -> String {
 impl HostConfig {
     pub fn parse(text: &str) -> Result<HostConfig> {
         let cfg: HostConfig = toml::from_str(text)?;
-        cfg.snat.ports()?;
+        let range = cfg.snat.ports()?;
+        if let Some(c) = &cfg.cluster {
+            c.blocks(range)?;
+        }
         cfg.metrics_addr()?;
         if let Some(e) = &cfg.etcd {
             e.check()?;
@@ -224,6 +230,16 @@ impl HostConfig {
                 self.metrics
             )
         })
+    }
+
+    /// The ports source NAT allocates from on this host: its cluster block,
+    /// or the whole `snat.port_range` on a host of its own.
+    pub fn snat_ports(&self) -> Result<(u16, u16)> {
+        let range = self.snat.ports()?;
+        match &self.cluster {
+            Some(c) => Ok(c.blocks(range)?.own()),
+            None => Ok(range),
+        }
     }
 
     /// The interface facing the VPC tunnel endpoints.

@@ -45,6 +45,8 @@ pub const ALL_MAPS: &[&str] = &[
     maps::CT_EVICT_CURSOR,
     maps::JUMPS,
     maps::HANDOFF,
+    maps::FLEET,
+    maps::FLEET_STATS,
     maps::GENERATION,
     maps::REDIRECT_ERRORS,
     maps::EVENT_BUCKETS,

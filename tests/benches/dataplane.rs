@@ -72,7 +72,8 @@ fn scenarios(i: u32) -> Vec<Scenario> {
     ]
 }
 
-/// `cargo xtask bench [packets|events|snat|agent]`: every part, or the ones named.
+/// `cargo xtask bench [packets|events|handoff|snat|agent|fleet]`: every part, or the ones
+/// named (`packets` includes `handoff`, the reply hand-off between the hosts of a fleet).
 fn main() -> anyhow::Result<()> {
     carwash_tests::require_root();
     let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
@@ -82,6 +83,10 @@ fn main() -> anyhow::Result<()> {
     }
     if wants("events") {
         carwash_tests::bench_events::run()?;
+    }
+    // Part of `packets`, or alone as `handoff`.
+    if wants("packets") || only.iter().any(|a| a == "handoff") {
+        carwash_tests::bench_fleet::run()?;
     }
     if wants("snat") {
         carwash_tests::bench_snat::run()?;

@@ -77,7 +77,7 @@ enum Cmd {
     /// Benchmarks: the programs (BPF_PROG_TEST_RUN, against a minimal XDP_PASS program in the same
     /// run), a denied flood against XDP_DROP and nftables (live frames), source NAT, the agent at
     /// 10,000 tenants, and three agents following one etcd at 10,000 tenants; `bench -- packets`,
-    /// `-- events`, `-- snat`, `-- agent` or `-- fleet` runs one part.
+    /// `-- events`, `-- handoff`, `-- snat`, `-- agent` or `-- fleet` (etcd) runs one part.
     Bench {
         #[arg(last = true)]
         args: Vec<String>,

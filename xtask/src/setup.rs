@@ -26,6 +26,7 @@ const TOOLS: &[(&str, &str)] = &[
     // The fleet tests run a real etcd (and compact it with etcdctl).
     ("etcd", "etcd-server"),
     ("etcdctl", "etcd-client"),
+    ("bird", "bird2"),
 ];
 
 /// PATH with cargo's bin directory (where bpf-linker lands) in front.

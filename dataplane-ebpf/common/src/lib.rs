@@ -141,6 +141,12 @@ pub mod maps {
     pub const GENERATION: &str = "GENERATION";
     /// Per-CPU hand-over of a parsed packet to a tail-called program.
     pub const HANDOFF: &str = "HANDOFF";
+    /// [`crate::types::Fleet`], one entry: this host's peers and their
+    /// source-NAT port blocks (all zero on a host of its own).
+    pub const FLEET: &str = "FLEET";
+    /// Per-CPU [`crate::types::FleetStats`]: replies passed to and taken
+    /// from the other hosts of the fleet.
+    pub const FLEET_STATS: &str = "FLEET_STATS";
     /// Redirects the kernel refused, by target ifindex: per-CPU hash of
     /// `types::RedirectErrors`.
     pub const REDIRECT_ERRORS: &str = "REDIRECT_ERRORS";

@@ -81,6 +81,7 @@ pub struct AgentSnapshot {
     pub conntrack: Option<crate::api::ConntrackStatus>,
     pub events: Option<crate::api::EventStreamStatus>,
     pub etcd: Option<crate::api::EtcdStatus>,
+    pub cluster: Option<crate::cluster::ClusterStatus>,
 }
 
 impl From<&AgentStatus> for AgentSnapshot {
@@ -93,6 +94,7 @@ impl From<&AgentStatus> for AgentSnapshot {
             conntrack: s.conntrack.clone(),
             events: s.events.clone(),
             etcd: s.etcd.clone(),
+            cluster: s.cluster.clone(),
         }
     }
 }
@@ -220,6 +222,50 @@ fn gauge<N: prometheus_client::encoding::EncodeGaugeValue>(
 
 fn one<N>(v: N) -> [(Labels, N); 1] {
     [(Vec::new(), v)]
+}
+
+/// This host's place in a fleet and its announcements.
+fn cluster_gauges(e: &mut DescriptorEncoder, c: &crate::cluster::ClusterStatus) -> std::fmt::Result {
+    gauge(
+        e,
+        "carwash_cluster_index",
+        "This host's index in the fleet.",
+        one(c.index),
+    )?;
+    gauge(e, "carwash_cluster_hosts", "Hosts in the fleet.", one(c.hosts))?;
+    gauge(
+        e,
+        "carwash_cluster_block_ports",
+        "This host's source-NAT port block, first and last port.",
+        [
+            (vec![("end", "low".to_string())], u32::from(c.block.0)),
+            (vec![("end", "high".to_string())], u32::from(c.block.1)),
+        ],
+    )?;
+    gauge(
+        e,
+        "carwash_announced_routes",
+        "Routes for the VIPs and egress IPs in force in the announcement table.",
+        one(c.announced_routes as u64),
+    )?;
+    gauge(
+        e,
+        "carwash_announced_generation",
+        "Policy generation of the routes announced (0: none).",
+        one(c.announced_generation),
+    )?;
+    counters(
+        e,
+        "carwash_handoffs_sent",
+        "Replies to an egress IP passed to the host of the fleet that owns their port.",
+        one(c.handoffs_sent),
+    )?;
+    counters(
+        e,
+        "carwash_handoffs_received",
+        "Replies another host of the fleet passed to this one.",
+        one(c.handoffs_received),
+    )
 }
 
 fn counter_help(c: Counter) -> String {
@@ -403,6 +449,9 @@ impl Collector for Snapshot {
                     "Full re-reads of the tenants because etcd had compacted the revision the agent had.",
                     one(st.rereads),
                 )?;
+            }
+            if let Some(c) = &a.cluster {
+                cluster_gauges(e, c)?;
             }
             if let Some(ct) = &a.conntrack {
                 gauge(
@@ -825,6 +874,16 @@ mod tests {
                     reconnects: 2,
                     ..Default::default()
                 }),
+                cluster: Some(crate::cluster::ClusterStatus {
+                    index: 1,
+                    hosts: 3,
+                    block: (33333, 46665),
+                    route_table: 4242,
+                    announced_routes: 2,
+                    announced_generation: 7,
+                    handoffs_sent: 5,
+                    handoffs_received: 4,
+                }),
             }),
             events: {
                 let mut e = vec![dataplane_common::events::EventCounts::default(); 7];
@@ -856,6 +915,13 @@ mod tests {
             "carwash_etcd_reconnects_total 2",
             "carwash_policy_last_error_timestamp_seconds 0",
             "carwash_conntrack_entries 6",
+            "carwash_cluster_index 1",
+            "carwash_cluster_hosts 3",
+            "carwash_cluster_block_ports{end=\"low\"} 33333",
+            "carwash_announced_routes 2",
+            "carwash_announced_generation 7",
+            "carwash_handoffs_sent_total 5",
+            "carwash_handoffs_received_total 4",
             "carwash_conntrack_capacity 262145",
             "carwash_snat_port_range_ports 40000",
             "carwash_snat_ports_in_use{egress_ip=\"203.0.113.200\"} 3",

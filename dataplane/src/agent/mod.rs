@@ -10,6 +10,7 @@
 //! programs into the pinned links (`bpf_link_update`), so no packet meets an
 //! interface without a program and connection state survives. Only
 //! [`uninstall`] detaches.
+pub mod announce;
 pub mod apply;
 pub mod digest;
 pub mod etcd_publish;
@@ -168,6 +169,8 @@ pub struct Agent {
     /// What the last pass over the tracking table found.
     ct_fill: Option<crate::api::ConntrackStatus>,
     metrics: Option<tokio::net::TcpListener>,
+    /// Route announcements, on a host in a fleet.
+    announcer: Option<announce::Announcer>,
     /// The programs' aya-log ring buffer, when `ebpf_log` is on.
     ebpf_log: Option<EbpfLogFd>,
     /// The event stream: the flow log and the monitors.
@@ -289,8 +292,13 @@ impl Agent {
             fabric_ifindex: fabric.ifindex,
             fabric_mtu: fabric.mtu.min(u32::from(u16::MAX)) as u16,
             uplink_ifindex: uplink.ifindex,
-            snat_ports: cfg.snat.ports()?,
+            snat_ports: cfg.snat_ports()?,
         })?;
+        let fleet = match &cfg.cluster {
+            Some(c) => c.fleet(cfg.snat.ports()?)?,
+            None => Default::default(),
+        };
+        dp.set_fleet(&fleet)?;
         let engine = Engine::adopt(&dp, Some(&state_file(&cfg)))?;
         if !engine.installed.is_empty() {
             info!(
@@ -336,6 +344,7 @@ impl Agent {
             uplink_addrs: host::UplinkAddrs::default(),
             ct_fill: None,
             metrics,
+            announcer: None,
             ebpf_log,
             events: event_sink,
             event_ring: Some(event_ring),
@@ -352,6 +361,9 @@ impl Agent {
         agent.dp.settle()?;
         release_memory();
         agent.attach(mode)?;
+        if let Some(c) = &agent.cfg.cluster {
+            agent.announcer = Some(announce::Announcer::new(c.route_table, agent.uplink.ifindex));
+        }
         Ok(agent)
     }
 
@@ -744,7 +756,7 @@ impl Agent {
             .dp
             .reclaim_conntrack(crate::conntrack::now_ns(), |t| installed.contains_key(&t));
         if let Ok(r) = &result {
-            let (lo, hi) = self.cfg.snat.ports().unwrap_or((1, 0));
+            let (lo, hi) = self.cfg.snat_ports().unwrap_or((1, 0));
             self.ct_fill = Some(crate::api::ConntrackStatus {
                 at: now_secs(),
                 capacity: self.dp.conntrack_capacity().unwrap_or(0),
@@ -807,6 +819,36 @@ impl Agent {
             conntrack: self.ct_fill.clone(),
             events: Some(self.events.status(&self.cfg.event_log)),
             etcd: self.etcd.clone(),
+            cluster: self.cluster_status(),
+        }
+    }
+
+    fn cluster_status(&self) -> Option<crate::cluster::ClusterStatus> {
+        let c = self.cfg.cluster.as_ref()?;
+        let blocks = c.blocks(self.cfg.snat.ports().ok()?).ok()?;
+        let announced = self.announcer.as_ref().map(|a| a.announced.clone()).unwrap_or_default();
+        let relayed = crate::pinned::Pins::open(&self.cfg.pin_path)
+            .and_then(|p| crate::cluster::relay_stats(&p))
+            .unwrap_or_default();
+        Some(crate::cluster::ClusterStatus {
+            index: c.index,
+            hosts: blocks.list.len() as u32,
+            block: blocks.own(),
+            route_table: c.route_table,
+            announced_routes: announced.routes,
+            announced_generation: announced.generation,
+            handoffs_sent: relayed.sent,
+            handoffs_received: relayed.received,
+        })
+    }
+
+    /// Announces the VIPs and egress IPs in force (on a host in a fleet):
+    /// called only once the programs are attached, after each apply.
+    async fn announce(&mut self) {
+        let want = self.addresses_in_force();
+        let generation = self.engine.generation;
+        if let Some(a) = &mut self.announcer {
+            a.announce(generation, &want).await;
         }
     }
 }
@@ -988,6 +1030,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
             tokio::spawn(metrics::serve(l, agent.cfg.pin_path.clone(), tx.clone()));
         }
         agent.sync_uplink_addresses();
+        agent.announce().await;
         // The tracking table's figures from the start, not after the first
         // ten seconds.
         agent.reclaim_conntrack();
@@ -1030,12 +1073,14 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                     Some(server::Event::Reload(source, changed)) => {
                         agent.reload_changed(source, changed.as_deref());
                         agent.sync_uplink_addresses();
+                        agent.announce().await;
                         agent.tell_status(service.as_ref());
                         agent.publish(&publisher);
                     }
                     Some(server::Event::Api(req, reply)) => {
                         let resp = server::handle(&mut agent, req);
                         agent.sync_uplink_addresses();
+                        agent.announce().await;
                         agent.tell_status(service.as_ref());
                         let _ = reply.send(resp);
                         agent.publish(&publisher);
@@ -1056,6 +1101,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                     agent.reload("SIGHUP");
                     agent.sync_uplink_addresses();
                     agent.publish(&publisher);
+                    agent.announce().await;
                     if let Some(sm) = &service {
                         sm.ready(&agent.service_status());
                     }
@@ -1074,6 +1120,10 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                 _ = term.recv() => { info!("SIGTERM: stopping; the programs stay attached"); break; }
                 _ = int.recv() => { info!("SIGINT: stopping; the programs stay attached"); break; }
             }
+        }
+        // The routers stop sending before anything else changes.
+        if let Some(a) = &mut agent.announcer {
+            a.withdraw().await;
         }
         if let Some(sm) = &service {
             sm.stopping("stopping; the programs stay attached and forward the set in force");
@@ -1099,6 +1149,13 @@ pub fn uninstall(cfg: &HostConfig) -> Result<Vec<PathBuf>> {
         Ok(ips) if !ips.is_empty() => info!(removed = ips.len(), "uplink addresses removed"),
         Ok(_) => {}
         Err(e) => warn!(error = %format!("{e:#}"), "removing the uplink addresses"),
+    }
+    if let Some(c) = &cfg.cluster {
+        match announce::withdraw_all(c.route_table) {
+            Ok(n) if n > 0 => info!(removed = n, table = c.route_table, "announcements withdrawn"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %format!("{e:#}"), "withdrawing the announcements"),
+        }
     }
     let removed = loader::uninstall(&cfg.pin_path)?;
     let state = state_file(cfg);
