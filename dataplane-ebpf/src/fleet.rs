@@ -9,12 +9,13 @@
 use aya_ebpf::bindings::xdp_action;
 use dataplane_common::{
     DropReason, jumps,
-    types::{ADDR_EGRESS, BackendEntry, Fleet, HostConfig, MAX_PEERS, RELAY_VNI},
+    types::{ADDR_EGRESS, BackendEntry, Fleet, HostConfig, MAX_PEERS, RELAY_VNI, SIDE_FABRIC},
 };
 
+use crate::counters::run_handed;
 use crate::encap::{encapsulate_from, next_hop};
-use crate::handoff::hand_on;
-use crate::maps::{FLEET, FLEET_STATS, active_gen};
+use crate::handoff::{self, hand_on};
+use crate::maps::{FLEET, FLEET_STATS, active_gen, host_config};
 use crate::packet::{IPPROTO_TCP, IPPROTO_UDP, read};
 use crate::parse::{Flow, NotIp, parse_from};
 use crate::uplink::Refused;
@@ -72,6 +73,23 @@ pub fn relay(ctx: &XdpContext, flow: &Flow, cfg: &HostConfig, port: u16) -> Opti
         i += 1;
     }
     None
+}
+
+/// Whether the fabric program's `outer` packet is addressed to this host's
+/// own fabric address of the fleet (`carwash_fleet_in` takes it).
+#[inline(always)]
+pub fn to_own_address(outer: &Flow) -> bool {
+    fleet().is_some_and(|f| outer.dst[..4] == f.own_addr)
+}
+
+/// `carwash_fleet_in`: the fabric program's parse comes in the hand-off.
+#[inline(always)]
+pub fn run_in(ctx: &XdpContext) -> u32 {
+    run_handed(ctx, SIDE_FABRIC, |ctx, _stats, _tenant| {
+        let h = handoff::take()?;
+        let cfg = host_config()?;
+        relayed_in(ctx, &h.flow, cfg)
+    })
 }
 
 /// VXLAN to this host's own fabric address (not its VTEP): a reply another

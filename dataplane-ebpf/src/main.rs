@@ -75,6 +75,13 @@ pub fn carwash_too_big(ctx: XdpContext) -> u32 {
     snat_in::run_too_big(&ctx)
 }
 
+/// Replies another host of the fleet passed on: tail-called by
+/// `carwash_fabric`.
+#[xdp]
+pub fn carwash_fleet_in(ctx: XdpContext) -> u32 {
+    fleet::run_in(&ctx)
+}
+
 /// The last step of reverse NAT: tail-called by the two above.
 #[xdp]
 pub fn carwash_deliver(ctx: XdpContext) -> u32 {

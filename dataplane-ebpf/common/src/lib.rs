@@ -61,6 +61,9 @@ pub mod programs {
     /// ICMP errors to VIPs about steered flows, tail-called by the uplink
     /// program.
     pub const VIP_ICMP: &str = "carwash_vip_icmp";
+    /// Replies another host of the fleet passed on, tail-called by the
+    /// fabric program.
+    pub const FLEET_IN: &str = "carwash_fleet_in";
     /// Reports the event a tail-called program left (through `EVENT_JUMP`).
     pub const EVENT: &str = "carwash_event";
     /// Every program tail-called through `JUMPS`, with its slot.
@@ -72,6 +75,7 @@ pub mod programs {
         (DELIVER, crate::jumps::DELIVER),
         (TOO_BIG, crate::jumps::TOO_BIG),
         (VIP_ICMP, crate::jumps::VIP_ICMP),
+        (FLEET_IN, crate::jumps::FLEET_IN),
     ];
 }
 
@@ -85,7 +89,8 @@ pub mod jumps {
     pub const DELIVER: u32 = 4;
     pub const TOO_BIG: u32 = 5;
     pub const VIP_ICMP: u32 = 6;
-    pub const COUNT: u32 = 7;
+    pub const FLEET_IN: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Names of the maps in the eBPF object; also their file names under the pin
