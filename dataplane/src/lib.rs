@@ -7,6 +7,7 @@ pub mod config;
 pub mod conntrack;
 pub mod counters;
 pub mod generation;
+pub mod health;
 pub mod loader;
 pub mod maglev;
 pub mod memory;
