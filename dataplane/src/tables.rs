@@ -220,7 +220,7 @@ impl Dataplane {
             .ok_or_else(|| anyhow!("no map {name} in the eBPF object"))
     }
 
-    fn map_ref(&self, name: &str) -> Result<&aya::maps::Map> {
+    pub(crate) fn map_ref(&self, name: &str) -> Result<&aya::maps::Map> {
         self.ebpf
             .map(name)
             .ok_or_else(|| anyhow!("no map {name} in the eBPF object"))

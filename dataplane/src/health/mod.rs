@@ -9,6 +9,7 @@
 
 pub mod decide;
 pub mod schedule;
+pub mod store;
 pub mod tracker;
 
 pub use decide::{
