@@ -548,6 +548,18 @@ impl Dataplane {
         self.put_tenant(id, info)
     }
 
+    /// Rewrites which connectors of tenant `id` take new flows (their up bits
+    /// and the Maglev table built from them) and which core is active, in
+    /// one update of the tenant record.
+    pub fn rewrite_health(&mut self, id: u32, t: &Tenant, health: &Health) -> Result<()> {
+        let mut info = self.tenant_info(id)?.ok_or_else(|| anyhow!("no tenant {id}"))?;
+        let fresh = tenant_info(t, info.allow_slot, health, true);
+        info.connectors = fresh.connectors;
+        info.maglev = fresh.maglev;
+        info.active_core = fresh.active_core;
+        self.put_tenant(id, info)
+    }
+
     /// Makes core `index` of tenant `id` the active one: one map update.
     pub fn set_active_core(&mut self, id: u32, index: u8) -> Result<()> {
         let mut info = self.tenant_info(id)?.ok_or_else(|| anyhow!("no tenant {id}"))?;

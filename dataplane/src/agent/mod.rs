@@ -12,6 +12,7 @@
 //! [`uninstall`] detaches.
 pub mod apply;
 pub mod digest;
+pub mod health;
 pub mod host;
 pub mod load;
 pub mod maps;

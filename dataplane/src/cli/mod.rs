@@ -1,6 +1,7 @@
 //! Command-line definitions; one module per command.
 mod agent;
 mod completions;
+mod machine;
 mod man;
 pub mod output;
 mod policy;
@@ -57,6 +58,12 @@ enum Cmd {
     /// tenant, class, allow entry, backend, action, drop reason and the
     /// output frame's headers. No live counter or table moves.
     Trace(Box<trace::TraceArgs>),
+    /// Maintenance: drain or undrain a tenant's machine, through the agent.
+    #[command(subcommand)]
+    Machine(machine::MachineCmd),
+    /// Manual failover: make a tenant's core active, through the agent.
+    #[command(subcommand)]
+    Core(machine::CoreCmd),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::Args),
     /// Print the manual page (roff), or write one page per command with --dir.
@@ -127,6 +134,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Tenant(TenantCmd::Show(a)) => tenant_show::run(a),
         Cmd::Snat(SnatCmd::List(a)) => snat_list::run(a),
         Cmd::Trace(a) => trace::run(*a),
+        Cmd::Machine(c) => machine::run_machine(c),
+        Cmd::Core(c) => machine::run_core(c),
         Cmd::Completions(a) => completions::run(a),
         Cmd::Man(a) => man::run(a),
     }
