@@ -111,6 +111,37 @@ fn drain_undrain_activate_are_checked_and_survive_a_restart() {
 
     // SIGKILL and restart: connector/1 still out, core/1 still active.
     a1.kill();
+    // `carwash health` answers from the pins while no agent runs.
+    let pin = setup.pin_path().to_str().unwrap();
+    let out = carwash(&["health", "--tenant", "acme", "--pin-path", pin, "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen: Vec<(String, String, bool)> = report["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["machine"].as_str().unwrap().to_string(),
+                m["state"].as_str().unwrap().to_string(),
+                m["takes_traffic"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let want = [
+        ("connector/0", "up", true),
+        ("connector/1", "drained", false),
+        ("core/0", "up", false),
+        ("core/1", "up", true),
+    ];
+    assert_eq!(
+        seen,
+        want.map(|(m, s, t)| (m.to_string(), s.to_string(), t)).to_vec(),
+        "{report}"
+    );
+    let out = carwash(&["health", "--tenant", "nobody", "--pin-path", pin]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no tenant \"nobody\""));
     let a2 = setup.start().unwrap();
     let after = record(setup.pin_path(), id);
     assert_eq!((after.connectors[1].up, after.active_core), (0, 1));

@@ -1,6 +1,7 @@
 //! Command-line definitions; one module per command.
 mod agent;
 mod completions;
+mod health;
 mod machine;
 mod man;
 pub mod output;
@@ -58,6 +59,8 @@ enum Cmd {
     /// tenant, class, allow entry, backend, action, drop reason and the
     /// output frame's headers. No live counter or table moves.
     Trace(Box<trace::TraceArgs>),
+    /// Machine health, drains and the active core, per tenant.
+    Health(health::Args),
     /// Maintenance: drain or undrain a tenant's machine, through the agent.
     #[command(subcommand)]
     Machine(machine::MachineCmd),
@@ -134,6 +137,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Tenant(TenantCmd::Show(a)) => tenant_show::run(a),
         Cmd::Snat(SnatCmd::List(a)) => snat_list::run(a),
         Cmd::Trace(a) => trace::run(*a),
+        Cmd::Health(a) => health::run(a),
         Cmd::Machine(c) => machine::run_machine(c),
         Cmd::Core(c) => machine::run_core(c),
         Cmd::Completions(a) => completions::run(a),
