@@ -298,7 +298,9 @@ pub struct MachineRecord {
     /// `MACHINE_*`.
     pub state: u8,
     pub drained: u8,
-    pub _pad: [u8; 4],
+    /// Consecutive probe results that disagree with `state` (rise/fall).
+    pub streak: u8,
+    pub _pad: [u8; 3],
     /// Milliseconds since the Unix epoch when `state` began.
     pub since_ms: u64,
     pub transitions: u32,

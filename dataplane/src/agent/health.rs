@@ -10,12 +10,9 @@ use tracing::info;
 
 use super::Agent;
 use crate::api::Response;
+use crate::health::apply::write_record;
 use crate::health::store::{availability, machines, record, slot};
-use crate::health::{
-    Availability, CoreChoice, Machine, ManualError, Role, check_activate, check_machine, choose_core,
-    connectors_in_choice,
-};
-use crate::tables::Health;
+use crate::health::{Availability, CoreChoice, Machine, ManualError, Role, check_activate, check_machine, choose_core};
 
 /// What an operator asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,25 +134,6 @@ fn write(
     // HEALTH first: if the agent dies between the writes, the next one
     // rewrites the record from it; the other order could lose a drain.
     agent.dp.set_tenant_health(id, stored)?;
-    let conns: Vec<Availability> = ids
-        .iter()
-        .zip(avail)
-        .filter(|((m, _, _), _)| m.role == Role::Connector)
-        .map(|(_, a)| *a)
-        .collect();
-    let (up, all_out) = connectors_in_choice(&conns);
-    if all_out {
-        tracing::warn!(
-            tenant = t.name,
-            "no connector can take traffic: new flows are spread over all of them as if up"
-        );
-    }
-    let mut h = Health {
-        connectors_up: [true, true],
-        active_core: active,
-    };
-    for (i, u) in up.iter().take(2).enumerate() {
-        h.connectors_up[i] = *u;
-    }
-    agent.dp.rewrite_health(id, t, &h)
+    write_record(&mut agent.dp, id, t, ids, avail, active)?;
+    Ok(())
 }

@@ -7,6 +7,7 @@
 //! Every decided change comes out as a [`Transition`]: the one value to log,
 //! count and turn into an event.
 
+pub mod apply;
 pub mod decide;
 pub mod schedule;
 pub mod store;
