@@ -168,5 +168,22 @@ fn drain_undrain_activate_are_checked_and_survive_a_restart() {
     let back = record(setup.pin_path(), id);
     assert_eq!((back.connectors[1].up, back.active_core), (1, 1));
     assert_eq!(back.maglev, both);
+
+    // A policy without acme forgets its health with it.
+    let beta = std::fs::read_to_string(setup.policy_dir.join("beta.toml")).unwrap();
+    let r = a2.call(&Request::Apply {
+        documents: vec![dataplane::api::Document {
+            name: "beta.toml".into(),
+            content: beta,
+        }],
+        tenants: Vec::new(),
+        dry_run: false,
+    });
+    assert!(r.ok, "{:?}", r.error);
+    let gone = Dataplane::load(Some(setup.pin_path()))
+        .unwrap()
+        .tenant_health(id)
+        .unwrap();
+    assert_eq!(gone, None);
     a2.stop();
 }
