@@ -109,6 +109,20 @@ fn drain_undrain_activate_are_checked_and_survive_a_restart() {
         "undraining core/0 does not move the core back"
     );
 
+    // The metrics say the same.
+    let pins = dataplane::pinned::Pins::open(setup.pin_path()).unwrap();
+    let snap = dataplane::agent::metrics::Snapshot::read(&pins, &mut Default::default()).unwrap();
+    let text = snap.encode(false).unwrap();
+    for line in [
+        "carwash_machine_drained{tenant=\"acme\",machine=\"connector/1\"} 1",
+        "carwash_machine_drained{tenant=\"acme\",machine=\"core/0\"} 0",
+        "carwash_machine_up{tenant=\"acme\",machine=\"core/0\"} 1",
+        "carwash_tenant_active_core{tenant=\"acme\"} 1",
+        "carwash_tenant_active_core{tenant=\"beta\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+
     // SIGKILL and restart: connector/1 still out, core/1 still active.
     a1.kill();
     // `carwash health` answers from the pins while no agent runs.

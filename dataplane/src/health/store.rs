@@ -72,6 +72,52 @@ pub fn record(a: Availability, vtep: [u8; 4], mac: [u8; 6], transitions: u32, la
     }
 }
 
+/// One machine's health as readers report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineView {
+    pub machine: Machine,
+    pub vtep: [u8; 4],
+    pub mac: [u8; 6],
+    /// `None` before any probe or request wrote a record of this machine.
+    pub record: Option<MachineRecord>,
+}
+
+/// The machines of a tenant record with their `HEALTH` records (only those
+/// of the same machine), in slot order.
+pub fn views(info: &dataplane_common::types::TenantInfo, h: Option<&TenantHealth>) -> Vec<MachineView> {
+    let mut out = Vec::new();
+    let groups = [
+        (Role::Connector, &info.connectors[..(info.n_connectors as usize).min(2)]),
+        (Role::Core, &info.cores[..(info.n_cores as usize).min(2)]),
+    ];
+    for (role, list) in groups {
+        for (i, b) in list.iter().enumerate() {
+            let machine = Machine { role, index: i as u8 };
+            let record = h
+                .map(|h| h.machines[slot(machine)])
+                .filter(|r| r.state != dataplane_common::types::MACHINE_UNKNOWN && r.vtep == b.vtep && r.mac == b.mac);
+            out.push(MachineView {
+                machine,
+                vtep: b.vtep,
+                mac: b.mac,
+                record,
+            });
+        }
+    }
+    out
+}
+
+/// Every tenant's `HEALTH` record, read from the pins.
+pub fn read_pinned(pins: &crate::pinned::Pins) -> Result<std::collections::BTreeMap<u32, TenantHealth>> {
+    let m = HashMap::<_, u32, TenantHealth>::try_from(aya::maps::Map::HashMap(pins.map(maps::HEALTH)?))?;
+    let mut out = std::collections::BTreeMap::new();
+    for kv in m.iter() {
+        let (id, h) = kv?;
+        out.insert(id, h);
+    }
+    Ok(out)
+}
+
 impl Dataplane {
     /// The health record of tenant `id`, if the agent wrote one.
     pub fn tenant_health(&self, id: u32) -> Result<Option<TenantHealth>> {
