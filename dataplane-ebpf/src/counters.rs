@@ -129,28 +129,28 @@ pub fn run_handed(
     let bytes = crate::packet::frame_len(ctx) as u64;
     let mut tenant = 0;
     let r = f(ctx, &stats, &mut tenant);
-    finish(&stats, tenant, bytes, r)
+    finish(ctx, &stats, tenant, bytes, r)
 }
 
 /// Counts the outcome of a program that handles a packet for `tenant` (0:
 /// not known) and returns its action.
 #[inline(always)]
-pub fn finish(stats: &Counters, tenant: u32, bytes: u64, r: Result<u32, Refused>) -> u32 {
-    let action = match r {
+pub fn finish(ctx: &XdpContext, stats: &Counters, tenant: u32, bytes: u64, r: Result<u32, Refused>) -> u32 {
+    let (action, why) = match r {
         Ok(action) => {
             tenant_steered(tenant, CLASS_NONE, bytes);
-            action
+            (action, crate::events::NOT_DROPPED)
         }
         Err(r) => {
             stats.drop(r.why);
             if tenant != 0 {
                 tenant_dropped(tenant, CLASS_NONE, r.why, bytes);
             }
-            r.action
+            (r.action, r.why)
         }
     };
     stats.action(action);
-    action
+    crate::events::report_pending(ctx, why, action)
 }
 
 /// Counts a steered packet for a tenant and class.

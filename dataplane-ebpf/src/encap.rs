@@ -223,6 +223,22 @@ pub fn encapsulate_via(
     nh: &NextHop,
     hash: u32,
 ) -> Result<u32, DropReason> {
+    encapsulate_from(ctx, flow, cfg, &cfg.vtep, vni, backend, nh, hash)
+}
+
+/// As [`encapsulate_via`], from the tunnel source `src`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn encapsulate_from(
+    ctx: &XdpContext,
+    flow: &Flow,
+    cfg: &HostConfig,
+    src: &[u8; 4],
+    vni: u32,
+    backend: &BackendEntry,
+    nh: &NextHop,
+    hash: u32,
+) -> Result<u32, DropReason> {
     let ip_len = frame_len(ctx) - flow.l3_off;
     // The inner frame keeps no VLAN tags: replace whatever L2 header came
     // in by the tunnel headers and a fresh inner Ethernet header.
@@ -256,7 +272,7 @@ pub fn encapsulate_via(
     h[22] = 64;
     h[23] = 17;
     h[24..26].copy_from_slice(&[0, 0]);
-    h[26..30].copy_from_slice(&cfg.vtep);
+    h[26..30].copy_from_slice(src);
     h[30..34].copy_from_slice(&backend.vtep);
     let csum = checksum::fold(checksum::sum_bytes(0, &h[14..34]));
     h[24..26].copy_from_slice(&csum.to_be_bytes());

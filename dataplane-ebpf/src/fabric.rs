@@ -21,7 +21,7 @@ use crate::maps::{CONFIG, Outbound, VNIS, active_gen};
 use crate::packet::{IPPROTO_UDP, frame_len, read, write};
 use crate::parse::{Flow, NotIp, parse_from};
 use crate::uplink::Refused;
-use crate::{mss, steer};
+use crate::{fleet, mss, steer};
 
 const UDP_VXLAN: usize = 8 + 8;
 
@@ -46,10 +46,19 @@ fn try_fabric(ctx: &XdpContext, stats: &Counters) -> u32 {
         _ => return xdp_action::XDP_PASS,
     };
     if outer.dst[..4] != cfg.vtep {
-        return xdp_action::XDP_PASS;
+        // Not from a tenant's machine: perhaps a reply another host of the
+        // fleet passed on.
+        return match fleet::relayed_in(ctx, &outer, cfg) {
+            Ok(action) => action,
+            Err(r) => {
+                stats.drop(r.why);
+                r.action
+            }
+        };
     }
     let bytes = frame_len(ctx) as u64;
     let mut tenant = 0;
+    let l3 = outer.l3_off as u32;
     match from_vpc(ctx, &outer, cfg, &mut tenant) {
         Ok(action) => {
             stats.inc(Counter::Decapsulated);
@@ -61,6 +70,15 @@ fn try_fabric(ctx: &XdpContext, stats: &Counters) -> u32 {
             if tenant != 0 {
                 tenant_dropped(tenant, CLASS_NONE, r.why, bytes);
             }
+            // The tunnel's outer addresses: the sending VTEP is what a
+            // refused tunnel packet is known by.
+            crate::events::dropped_tunnel(
+                ctx,
+                l3,
+                tenant,
+                crate::events::class_why(CLASS_NONE, r.why),
+                crate::maps::active_gen(),
+            );
             debug!(ctx, "fabric: dropped, reason {}, tenant {}", r.why, tenant);
             r.action
         }

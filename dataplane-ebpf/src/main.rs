@@ -8,7 +8,9 @@ mod bench;
 mod clock;
 mod counters;
 mod encap;
+mod events;
 mod fabric;
+mod fleet;
 mod handoff;
 mod icmp;
 mod maps;
@@ -79,6 +81,13 @@ pub fn carwash_deliver(ctx: XdpContext) -> u32 {
     snat_in::run_deliver(&ctx)
 }
 
+/// Reports the event a tail-called program left, and returns its verdict
+/// (tail-called by them last: `events::report_pending`).
+#[xdp]
+pub fn carwash_event(ctx: XdpContext) -> u32 {
+    events::run_pending(&ctx)
+}
+
 /// Counts the redirects the kernel refused to deliver, per target
 /// interface (attached to the `xdp_redirect_err` tracepoint).
 #[raw_tracepoint(tracepoint = "xdp_redirect_err")]
@@ -97,6 +106,12 @@ pub fn carwash_clock(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn carwash_bench_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// The yardstick of a denied flood: the cheapest way XDP drops a frame.
+#[xdp]
+pub fn carwash_bench_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
 }
 
 /// Benchmarks only (live frames): restores the frame, then the fabric

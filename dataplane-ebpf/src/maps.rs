@@ -176,6 +176,13 @@ pub struct Outbound {
 #[map(name = "HANDOFF")]
 pub static HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(1, 0);
 
+/// This host's peers in a fleet (`crate::fleet`).
+#[map(name = "FLEET")]
+pub static FLEET: Array<dataplane_common::types::Fleet> = Array::with_max_entries(1, 0);
+
+#[map(name = "FLEET_STATS")]
+pub static FLEET_STATS: PerCpuArray<dataplane_common::types::FleetStats> = PerCpuArray::with_max_entries(1, 0);
+
 /// The FIB lookup's parameter block, per CPU: 64 bytes the programs' stacks
 /// could not spare.
 #[map(name = "FIB_PARAMS")]

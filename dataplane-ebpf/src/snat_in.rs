@@ -19,7 +19,7 @@ use crate::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_
 use crate::parse::Flow;
 use crate::snat_out::{keep_twin, refresh, tcp_state, twin_due};
 use crate::uplink::{Refused, too_big};
-use crate::{handoff, steer};
+use crate::{fleet, handoff, steer};
 
 const TCP_FLAG_ACK: u8 = 0x10;
 
@@ -63,6 +63,12 @@ fn try_reply(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32
         _ if nat::is_echo(&flow, false) => (0, flow.sport),
         _ => return Err(DropReason::NoConntrack.into()),
     };
+    // In a fleet, a port of another host's block is that host's flow.
+    if (dport < cfg.snat_port_lo || dport > cfg.snat_port_hi)
+        && let Some(relayed) = fleet::relay(ctx, &flow, cfg, dport)
+    {
+        return Ok(relayed?);
+    }
     let key = nat::key(0, &flow.src, &flow.dst, sport, dport, flow.proto, flow.v6);
     let now = clock::now(cfg);
     let v = reply_entry(&key, &flow, owner, now)?;

@@ -123,7 +123,9 @@ fn try_out(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32, 
             Some(p) => p,
             None => {
                 stats.inc(Counter::SnatNewFlow);
-                allocate(&key, &flow, cfg, out, h.origin as u8, seen, now, stats)?
+                let port = allocate(&key, &flow, cfg, out, h.origin as u8, seen, now, stats)?;
+                crate::events::pending_translation(port);
+                port
             }
         };
         if !nat::rewrite(ctx, &flow, End::Src, egress, port) {

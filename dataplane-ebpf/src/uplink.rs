@@ -15,7 +15,7 @@ use crate::handoff::hand_on;
 use crate::maps::{CONFIG, JUMPS, active_gen, host_config};
 use crate::packet::{IPPROTO_UDP, frame_len};
 use crate::parse::Flow;
-use crate::{icmp, mss, nat, steer};
+use crate::{events, icmp, mss, nat, steer};
 
 /// A packet carwash did not forward: why (a `DropReason`'s index), and
 /// what became of it (dropped, or turned into an ICMP answer and sent
@@ -112,11 +112,13 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
         Ok(action) => {
             stats.inc(Counter::Steered);
             tenant_steered(tenant, class, bytes);
+            events::allowed(ctx, &flow, tenant, class, generation);
             action
         }
         Err(r) => {
             stats.drop(r.why);
             tenant_dropped(tenant, class, r.why, bytes);
+            events::dropped(ctx, &flow, tenant, events::class_why(class, r.why), generation);
             // Compiled out unless the agent loads with an eBPF log level.
             debug!(
                 ctx,
@@ -175,7 +177,7 @@ pub fn too_big(ctx: &XdpContext, flow: &Flow, usable: u16) -> Refused {
         icmp::frag_needed_v4(ctx, flow, usable)
     } else {
         // XDP cannot fragment, and the sender did not ask for PMTU
-        // discovery: drop and count it (see README).
+        // discovery: drop and count it (docs/architecture.md, "Too big").
         false
     };
     if answered {

@@ -173,6 +173,53 @@ pub struct AgentStatus {
     /// (every 10 s; `None` before the first).
     #[serde(default)]
     pub conntrack: Option<ConntrackStatus>,
+    /// The event stream: monitors, the flow log.
+    #[serde(default)]
+    pub events: Option<EventStreamStatus>,
+    /// The link to etcd, with `[etcd]` in the host configuration.
+    #[serde(default)]
+    pub etcd: Option<EtcdStatus>,
+    /// This host's place in a fleet (`[cluster]`), if it is in one.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterStatus>,
+}
+
+/// The event stream as the agent's hub counts it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventStreamStatus {
+    /// Events through the stream, by type.
+    pub by_type: std::collections::BTreeMap<String, u64>,
+    pub monitors: u64,
+    /// Events slow monitors did not get.
+    pub monitor_lost: u64,
+    pub event_log: PathBuf,
+    pub log_written: u64,
+    /// Events the flow log could not take.
+    pub log_failed: u64,
+    /// Why the flow log cannot be written, while it cannot.
+    pub log_error: Option<String>,
+}
+
+/// The agent's link to etcd.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdStatus {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// The name this host publishes its state under.
+    pub host: String,
+    pub connected: bool,
+    /// Unix time `connected` last changed.
+    pub since: u64,
+    /// The etcd revision of the set in force (0: none from etcd yet).
+    pub revision: i64,
+    /// The revision of the last set received (refused ones included).
+    pub received_revision: i64,
+    /// Why etcd is out of reach, while it is.
+    pub error: Option<String>,
+    /// Times the agent lost etcd and reached it again.
+    pub reconnects: u64,
+    /// Full re-reads of the tenants after a compacted revision.
+    pub rereads: u64,
 }
 
 /// How full the tracking table and the source-NAT port range are.

@@ -118,6 +118,66 @@ pub struct HostConfig {
     pub conntrack: ConntrackConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    /// The flow log: every event, as JSON lines.
+    #[serde(default = "default_event_log")]
+    pub event_log: PathBuf,
+    /// Days of flow log kept (rotated files older than that are deleted).
+    #[serde(default = "default_event_retention_days")]
+    pub event_retention_days: u32,
+    #[serde(default)]
+    pub events: EventsConfig,
+    /// The policy set from etcd instead of `policy_dir` alone.
+    #[serde(default)]
+    pub etcd: Option<crate::etcd::EtcdConfig>,
+    /// Several hosts behind ECMP (`[cluster]`): absent on a single host.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
+}
+
+fn default_event_log() -> PathBuf {
+    "/var/log/carwash/events.jsonl".into()
+}
+fn default_event_retention_days() -> u32 {
+    30
+}
+
+/// The data path's event budget and the flow log's size limit (`[events]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events per second per tenant and CPU; 0: no data-path events.
+    pub rate_per_sec: u32,
+    /// Events a tenant may report at once on a CPU before the rate applies.
+    pub burst: u32,
+    /// Report one allowed packet in this many (0, the default: none).
+    pub flow_sample: u32,
+    /// The flow log is rotated at this size as well as daily.
+    pub max_file_bytes: u64,
+    /// Events queued for one `carwash monitor`; a monitor that falls
+    /// further behind loses events (counted) rather than slowing the agent.
+    pub monitor_queue: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            rate_per_sec: dataplane_common::events::DEFAULT_EVENT_RATE,
+            burst: dataplane_common::events::DEFAULT_EVENT_BURST,
+            flow_sample: 0,
+            max_file_bytes: 256 << 20,
+            monitor_queue: 4096,
+        }
+    }
+}
+
+impl EventsConfig {
+    pub fn limits(&self) -> crate::event_maps::EventLimits {
+        crate::event_maps::EventLimits {
+            rate: self.rate_per_sec,
+            burst: self.burst,
+            flow_sample: self.flow_sample,
+        }
+    }
 }
 
 fn default_policy_dir() -> PathBuf {
@@ -136,8 +196,14 @@ fn default_metrics() -> String {
 impl HostConfig {
     pub fn parse(text: &str) -> Result<HostConfig> {
         let cfg: HostConfig = toml::from_str(text)?;
-        cfg.snat.ports()?;
+        let range = cfg.snat.ports()?;
+        if let Some(c) = &cfg.cluster {
+            c.blocks(range)?;
+        }
         cfg.metrics_addr()?;
+        if let Some(e) = &cfg.etcd {
+            e.check()?;
+        }
         if cfg.api.max_request_bytes == 0 || cfg.api.timeout_secs == 0 || cfg.api.max_connections == 0 {
             bail!("api: max_request_bytes, timeout_secs and max_connections must be at least 1");
         }
@@ -164,6 +230,16 @@ impl HostConfig {
                 self.metrics
             )
         })
+    }
+
+    /// The ports source NAT allocates from on this host: its cluster block,
+    /// or the whole `snat.port_range` on a host of its own.
+    pub fn snat_ports(&self) -> Result<(u16, u16)> {
+        let range = self.snat.ports()?;
+        match &self.cluster {
+            Some(c) => Ok(c.blocks(range)?.own()),
+            None => Ok(range),
+        }
     }
 
     /// The interface facing the VPC tunnel endpoints.
@@ -220,5 +296,20 @@ mod tests {
         let c = HostConfig::parse(&format!("{base}ebpf_log = \"debug\"\n")).unwrap();
         assert_eq!(c.ebpf_log, crate::loader::EbpfLog::Debug);
         assert!(HostConfig::parse(&format!("{base}ebpf_log = \"loud\"\n")).is_err());
+    }
+
+    #[test]
+    fn etcd_is_optional_and_checked() {
+        let base = "uplink = \"eth0\"\nvtep = \"10.0.0.1\"\n";
+        assert_eq!(HostConfig::parse(base).unwrap().etcd, None);
+        let c = HostConfig::parse(&format!(
+            "{base}[etcd]\nendpoints = [\"http://10.0.0.9:2379\"]\nprefix = \"/fleet\"\nlease_ttl_secs = 5\n"
+        ))
+        .unwrap();
+        let e = c.etcd.unwrap();
+        assert_eq!(e.prefix, "/fleet");
+        assert_eq!(e.host_key(), format!("/fleet/hosts/{}", e.host_name()));
+        assert!(HostConfig::parse(&format!("{base}[etcd]\nendpoints = []\n")).is_err());
+        assert!(HostConfig::parse(&format!("{base}[etcd]\nendpoints = [\"x\"]\nprefix = \"nope\"\n")).is_err());
     }
 }

@@ -3,9 +3,13 @@
 pub mod agent;
 pub mod api;
 pub mod batch;
+pub mod cluster;
 pub mod config;
 pub mod conntrack;
 pub mod counters;
+pub mod etcd;
+pub mod event;
+pub mod event_maps;
 pub mod generation;
 pub mod health;
 pub mod loader;

@@ -46,8 +46,13 @@ pub const ALL_MAPS: &[&str] = &[
     maps::CT_EVICT_CURSOR,
     maps::JUMPS,
     maps::HANDOFF,
+    maps::FLEET,
+    maps::FLEET_STATS,
     maps::GENERATION,
     maps::REDIRECT_ERRORS,
+    maps::EVENT_BUCKETS,
+    maps::EVENT_STATS,
+    maps::EVENT_CONFIG,
 ];
 
 /// How much the programs log through aya-log (`ebpf_log` in the host
@@ -76,9 +81,11 @@ fn all_programs() -> Vec<&'static str> {
         programs::UPLINK,
         programs::FABRIC,
         programs::BENCH_PASS,
+        programs::BENCH_DROP,
         programs::BENCH_RESTORE_FABRIC,
         programs::BENCH_RESTORE_PASS,
         programs::CLOCK,
+        programs::EVENT,
     ];
     for (name, _) in programs::JUMPED {
         if !all.contains(name) {
@@ -200,6 +207,14 @@ impl Dataplane {
                 .set(*slot, fd, 0)
                 .with_context(|| format!("setting slot {slot} of {}", maps::JUMPS))?;
         }
+        let fd = self.xdp(programs::EVENT)?.fd()?.try_clone()?;
+        let map = self
+            .ebpf
+            .map_mut(maps::EVENT_JUMP)
+            .ok_or_else(|| anyhow!("no map {}", maps::EVENT_JUMP))?;
+        aya::maps::ProgramArray::try_from(map)?
+            .set(0, &fd, 0)
+            .with_context(|| format!("setting {}", maps::EVENT_JUMP))?;
         Ok(())
     }
 

@@ -4,9 +4,13 @@
 //! ten allow prefixes each, and the maps' kernel memory; then source NAT
 //! (`carwash_tests::bench_snat`); then the agent itself (the real `carwash
 //! agent` binary) at 10,000 tenants from files: time to apply them, time
-//! from one tenant's file change to the maps, and its resident memory.
+//! from one tenant's file change to the maps, and its resident memory; then
+//! three agents following one etcd (`fleet`): from a push's commit of
+//! 10,000 tenants to all three applied, and one-tenant changes.
 #[path = "../tests/agent_common/mod.rs"]
 mod agent_common;
+#[path = "../tests/fleet_common/mod.rs"]
+mod fleet_common;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -68,7 +72,8 @@ fn scenarios(i: u32) -> Vec<Scenario> {
     ]
 }
 
-/// `cargo xtask bench [packets|snat|agent]`: every part, or the ones named.
+/// `cargo xtask bench [packets|events|handoff|snat|agent|fleet]`: every part, or the ones
+/// named (`packets` includes `handoff`, the reply hand-off between the hosts of a fleet).
 fn main() -> anyhow::Result<()> {
     carwash_tests::require_root();
     let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
@@ -76,11 +81,21 @@ fn main() -> anyhow::Result<()> {
     if wants("packets") {
         packets()?;
     }
+    if wants("events") {
+        carwash_tests::bench_events::run()?;
+    }
+    // Part of `packets`, or alone as `handoff`.
+    if wants("packets") || only.iter().any(|a| a == "handoff") {
+        carwash_tests::bench_fleet::run()?;
+    }
     if wants("snat") {
         carwash_tests::bench_snat::run()?;
     }
     if wants("agent") {
         agent_at_scale(AGENT_TENANTS, AGENT_CHANGES)?;
+    }
+    if wants("fleet") {
+        fleet_at_scale(FLEET_TENANTS, FLEET_CHANGES)?;
     }
     Ok(())
 }
@@ -357,6 +372,121 @@ fn agent_at_scale(n: u32, changes: u32) -> anyhow::Result<()> {
     );
     println!(
         "\n(the change figures include the agent's 20 ms debounce of policy_dir events; the set digest the agent reports equals `carwash policy check` of the directory after the changes)"
+    );
+    Ok(())
+}
+
+const FLEET_TENANTS: u32 = 10_000;
+const FLEET_CHANGES: u32 = 40;
+
+/// Three agents (each in its own namespace, with its own pins) following
+/// one etcd: the time from the commit of a push of `n` tenants to all three
+/// having applied it (the digest of the pushed set in each agent's status),
+/// then `changes` one-tenant changes (a port, each a different tenant),
+/// each timed from its commit to the service being in all three agents'
+/// pinned maps.
+fn fleet_at_scale(n: u32, changes: u32) -> anyhow::Result<()> {
+    use aya::maps::{HashMap, Map, MapData};
+    use dataplane::tables::addr_key;
+    use dataplane_common::maps;
+    use dataplane_common::types::{ServiceKey, ServiceValue};
+
+    let mut etcd = fleet_common::Etcd::new(1);
+    let prefix = fleet_common::prefix();
+    let setups: Vec<agent_common::AgentSetup> = (0..3).map(|i| etcd.agent(&prefix, &format!("h{i}"))).collect();
+    let agents = setups.iter().map(|s| s.start()).collect::<anyhow::Result<Vec<_>>>()?;
+    let src = agent_common::TempDir::new("fleet-bench");
+    fleet_common::write_tenants(src.path(), n);
+    let mut docs = dataplane::etcd::documents_of_path(src.path())?;
+    let digest_of = |docs: &std::collections::BTreeMap<String, String>| -> anyhow::Result<String> {
+        let d: Vec<_> = docs
+            .iter()
+            .map(|(k, v)| dataplane::etcd::document(k, v.as_bytes()))
+            .collect();
+        Ok(dataplane::agent::validate_documents(&d)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .digest())
+    };
+    let cfg = dataplane::etcd::EtcdConfig::new(vec![fleet_common::Etcd::url(0)], &prefix);
+    // The push from inside etcd's namespace; the clock starts when the
+    // transaction has committed.
+    let commit = |docs: &std::collections::BTreeMap<String, String>| -> anyhow::Result<Instant> {
+        etcd.ns.enter(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(dataplane::etcd::push(&cfg, docs))?;
+            anyhow::Ok(Instant::now())
+        })?
+    };
+
+    let digest = digest_of(&docs)?;
+    let t0 = commit(&docs)?;
+    let mut done = [false; 3];
+    while !done.iter().all(|d| *d) {
+        for (k, a) in agents.iter().enumerate() {
+            done[k] = done[k] || a.status().digest == digest;
+        }
+        if t0.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("not every agent applied the {n} tenants within 600 s: {done:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let full = t0.elapsed();
+
+    let svcs = setups
+        .iter()
+        .map(|s| {
+            let pin = MapData::from_pin(s.pin_path().join("maps").join(maps::SERVICES))?;
+            let gen_pin = MapData::from_pin(s.pin_path().join("maps").join(maps::GENERATION))?;
+            let svcs: HashMap<MapData, ServiceKey, ServiceValue> = HashMap::try_from(Map::HashMap(pin))?;
+            let generation: aya::maps::Array<MapData, u32> = aya::maps::Array::try_from(Map::Array(gen_pin))?;
+            anyhow::Ok((svcs, generation))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let present = |i: u32, port: u16| {
+        svcs.iter().all(|(svcs, generation)| {
+            let active = generation.get(&0, 0).map(|g| g & 1).unwrap_or(0);
+            let vip = addr_key(std::net::IpAddr::V4(synthetic::vip4(i)));
+            let k = ServiceKey {
+                addr: vip.addr,
+                port_be: port.to_be_bytes(),
+                proto: 6,
+                family: vip.family,
+            };
+            svcs.get(&dataplane_common::types::service_key_gen(k, active), 0)
+                .is_ok()
+        })
+    };
+    let mut lat = Vec::new();
+    for round in 0..changes {
+        let i = 1 + (round * 7919) % n;
+        let mut t = synthetic::tenant(i);
+        let port = 1000 + round as u16;
+        t.https_ports = vec![port];
+        docs.insert(t.name.clone(), serde_json::to_string_pretty(&t)?);
+        let t0 = commit(&docs)?;
+        lat.push(wait_for(t0, &t.name, || present(i, port))?);
+    }
+    let digest = digest_of(&docs)?;
+    for a in &agents {
+        let st = a.status();
+        if st.digest != digest {
+            anyhow::bail!("an agent's digest {} is not the pushed set's {digest}", st.digest);
+        }
+    }
+    lat.sort();
+    let pct = agent_common::percentile;
+    let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+    println!("\n### Three agents following one etcd, {n} tenants\n");
+    println!("| measurement | figure |");
+    println!("| --- | ---: |");
+    println!(
+        "| push of {n} tenants (one transaction): commit → all three hosts applied | {} |",
+        ms(full)
+    );
+    println!(
+        "| one-tenant change: commit → in all three hosts' maps, p50 / p99 ({changes} changes) | {} / {} |",
+        ms(pct(&lat, 50)),
+        ms(pct(&lat, 99))
     );
     Ok(())
 }

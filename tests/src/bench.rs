@@ -77,7 +77,7 @@ pub struct Row {
     pub target: Option<String>,
 }
 
-/// Prints rows as a Markdown table, the form the README quotes.
+/// Prints rows as a Markdown table, the form docs/benchmarks.md quotes.
 pub fn print_table(title: &str, baseline_ns: f64, rows: &[Row]) {
     println!("\n### {title}\n");
     println!("minimal XDP_PASS program: {baseline_ns:.1} ns/packet\n");

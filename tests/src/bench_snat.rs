@@ -14,7 +14,7 @@
 //!
 //! Packets per second: `BPF_PROG_TEST_RUN` in live-frames mode on `fabric`,
 //! wall time per frame, the translated packets counted where they arrive
-//! (nftables netdev ingress on the uplink's peer). See the README.
+//! (nftables netdev ingress on the uplink's peer). See docs/benchmarks.md.
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -475,7 +475,7 @@ fn ns_per_packet_figures(
 }
 
 /// `xdp_md` for `BPF_PROG_TEST_RUN`: the frame arrives on `ifindex`.
-fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
+pub fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
     let mut md = [0u8; 24];
     // data = 0, data_end = len, data_meta = 0, ingress_ifindex,
     // rx_queue_index = 0, egress_ifindex = 0.
@@ -486,7 +486,7 @@ fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
 
 /// Wall time of `frames` live frames of `frame` through `prog`, arriving on
 /// `ifindex` (run in the calling thread's namespace).
-fn live_run(dp: &Dataplane, prog: &str, frame: &[u8], ifindex: u32, frames: u32) -> Result<Duration> {
+pub fn live_run(dp: &Dataplane, prog: &str, frame: &[u8], ifindex: u32, frames: u32) -> Result<Duration> {
     let md = xdp_md(frame.len(), ifindex);
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(frame);

@@ -50,6 +50,42 @@ pub struct Case {
     pub drops: Vec<(DropReason, u64)>,
 }
 
+impl Case {
+    /// The IP version counter of an Ethernet frame without VLAN tags.
+    fn ip_counter(packet: &[u8]) -> Counter {
+        if packet[12..14] == [0x86, 0xdd] {
+            Counter::Ipv6
+        } else {
+            Counter::Ipv4
+        }
+    }
+
+    /// A frame redirected as exactly `output`, counted as its IP version,
+    /// `l4` and `what` (`steered`, `snat_in`, ...).
+    pub fn redirected(name: &'static str, packet: Vec<u8>, l4: Counter, output: Vec<u8>, what: Counter) -> Case {
+        Case {
+            name,
+            counters: vec![(Self::ip_counter(&packet), 1), (l4, 1), (what, 1)],
+            packet,
+            action: XDP_REDIRECT,
+            output: Output::Exact(output),
+            drops: vec![],
+        }
+    }
+
+    /// A frame dropped for `why`, counted as its IP version and `l4`.
+    pub fn dropped(name: &'static str, packet: Vec<u8>, l4: Counter, why: DropReason) -> Case {
+        Case {
+            name,
+            counters: vec![(Self::ip_counter(&packet), 1), (l4, 1)],
+            packet,
+            action: XDP_DROP,
+            output: Output::Unchanged,
+            drops: vec![(why, 1)],
+        }
+    }
+}
+
 fn action_counter(a: u32) -> Counter {
     match a {
         XDP_DROP => Counter::ActionDrop,

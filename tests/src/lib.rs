@@ -3,10 +3,13 @@
 //! etherparse (see [`packets`]). End-to-end tests use the `netlab` crate's
 //! namespaces.
 pub mod bench;
+pub mod bench_events;
+pub mod bench_fleet;
 pub mod bench_snat;
 pub mod cli;
 pub mod fabric;
 pub mod fixture;
+pub mod fleet;
 pub mod frames;
 pub mod inbound_cases;
 pub mod labrun;

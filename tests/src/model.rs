@@ -1,5 +1,5 @@
-//! A reference model of the XDP programs, written from DESIGN.md and the
-//! README's documented choices rather than from the programs' code: given
+//! A reference model of the XDP programs, written from the product contract and the
+//! documented choices (docs/) rather than from the programs' code: given
 //! the policy the maps hold (tenants, which machines take traffic, the
 //! active core, whether a tenant is ready) and a frame, it says what the
 //! `uplink` or `fabric` program must do: the action, the counters that
@@ -23,25 +23,25 @@ use ipnetwork::IpNetwork;
 
 use crate::fixture::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 
-/// DESIGN path 5: an ICMP error sent to a VIP about a steered flow goes to
-/// the backend of the flow it quotes. The programs drop it (`no_service`)
-/// until that behaviour lands; flip this when it does.
-pub const MODEL_ICMP_TO_VIP_STEERED: bool = false;
+/// Path 5 of the contract: an ICMP error sent to a VIP about a steered flow goes to
+/// the backend of the flow it quotes (only a flow the client may open: the
+/// quoted destination must be allowed for the class). While false the
+/// model drops it as `no_service`, as the programs did before.
+pub const MODEL_ICMP_TO_VIP_STEERED: bool = true;
 
-/// DESIGN path 5 / MSS clamping both ways: a SYN-ACK a machine sends back
-/// through the fabric has its MSS clamped to what the tunnel carries. The
-/// programs leave it untouched until that behaviour lands; flip this when
-/// it does.
-pub const MODEL_SYNACK_CLAMPED: bool = false;
+/// Path 5 of the contract / MSS clamping both ways: a SYN-ACK a machine sends back
+/// through the fabric has its MSS clamped to what the tunnel carries.
+/// While false the model leaves it untouched, as the programs did before.
+pub const MODEL_SYNACK_CLAMPED: bool = true;
 
-/// DESIGN path 5 asks for fragmentation-needed for every IPv4 packet with
+/// Path 5 of the contract asks for fragmentation-needed for every IPv4 packet with
 /// DF that does not fit; the programs answer only headers without options
-/// and drop the others as `too_big` (README, "Too big"). While false the
+/// and drop the others as `too_big` (docs/architecture.md, "Too big"). While false the
 /// model does the same; set to true, the model answers those too.
 pub const MODEL_FRAG_NEEDED_WITH_IPV4_OPTIONS: bool = false;
 
 /// How many IPv6 extension headers the parser follows before the transport
-/// header (README: "up to four").
+/// header (docs/architecture.md: "up to four").
 pub const MODEL_IPV6_EXT_HEADERS: usize = 4;
 
 /// VXLAN encapsulation: outer IPv4 + UDP + VXLAN + inner Ethernet.
@@ -245,7 +245,7 @@ fn be16(f: &[u8], off: usize) -> u16 {
     u16::from_be_bytes([f[off], f[off + 1]])
 }
 
-/// Parses the frame whose Ethernet header starts at `eth` (README: up to
+/// Parses the frame whose Ethernet header starts at `eth` (docs/architecture.md: up to
 /// two VLAN tags, IPv4 with options, IPv6 behind up to four hop-by-hop,
 /// routing, destination-options, fragment or AH headers).
 pub fn parse(f: &[u8], eth: usize) -> Parsed {
@@ -571,7 +571,7 @@ impl Model {
         let h = &self.host;
         match dst {
             IpAddr::V4(d) => {
-                // Out of the uplink only (DESIGN: "forward to the
+                // Out of the uplink only (the contract: "forward to the
                 // internet"): the fabric's network is no way out.
                 if h.fabric_net.contains(d) {
                     None
@@ -601,19 +601,10 @@ impl Model {
 
     /// The `uplink` program on a frame from the internet.
     pub fn uplink(&self, f: &[u8]) -> Verdict {
-        let mut v = Verdict::new(f.len());
-        let ip = match parse(f, 0) {
-            Parsed::NotIp => {
-                v.count(Counter::NonIp);
-                return v.finish(XDP_PASS);
-            }
-            Parsed::Malformed(c) => {
-                v.count(c);
-                return v.finish(XDP_PASS);
-            }
-            Parsed::Ip(ip) => ip,
+        let (ip, mut v) = match parsed(f) {
+            Ok(x) => x,
+            Err(v) => return *v,
         };
-        v.protocols(&ip);
         let owner = match self.owner(ip.dst) {
             None => return v.finish(XDP_PASS),
             Some(o) => o,
@@ -794,10 +785,16 @@ impl Model {
         }
     }
 
-    /// DESIGN path 5 for an ICMP error to a VIP: the quoted packet left the
+    /// Path 5 of the contract for an ICMP error to a VIP: the quoted packet left the
     /// VIP towards the client; the error goes where that flow goes.
     fn icmp_to_vip(&self, f: &[u8], ip: &Ip, t: &MTenant, mut v: Verdict) -> Verdict {
         let e = ip.l4 + 8;
+        // The quote must hold a whole IP header without options and the
+        // first 8 bytes after it, as RFC 792 and 4443 ask of a router.
+        let qlen = if ip.v6 { 40 } else { 20 };
+        if f.len() < e + qlen + 8 || (!ip.v6 && f[e] != 0x45) {
+            return v.drop(DropReason::Malformed);
+        }
         let q = match parse_quote(f, e, ip.v6) {
             Some(q) if q.src == ip.dst && q.proto == TCP => q,
             _ => return v.drop(DropReason::NoService),
@@ -809,12 +806,24 @@ impl Model {
         } else {
             return v.drop(DropReason::NoService);
         };
-        v.class = match class {
-            Class::Https => 0,
-            Class::Jms => 1,
-        };
+        // Counted for the tenant under no class: the error is not a packet
+        // of the service's port (docs/operating.md, the per-tenant classes).
+        v.class = 2;
         if !t.ready {
             return v.drop(DropReason::NotReady);
+        }
+        // The quoted packet went to the client: the client must be one
+        // that may open a flow of this class.
+        let (https, jms) = t.classes_allowed(q.dst);
+        if !match class {
+            Class::Https => https,
+            Class::Jms => jms,
+        } {
+            return v.drop(DropReason::NotAllowed);
+        }
+        // An error about an error is never sent: one too big is dropped.
+        if f.len() - ip.l3 > self.usable() {
+            return v.drop(DropReason::TooBig);
         }
         let hash = flow_hash(&addr16(q.dst), &addr16(q.src), q.dport, q.sport, TCP);
         let slot = match class {
@@ -917,7 +926,7 @@ impl Model {
         v.finish(XDP_REDIRECT)
     }
 
-    /// DESIGN path 5: an ICMP error about a translated flow, back to the
+    /// Path 5 of the contract: an ICMP error about a translated flow, back to the
     /// machine's address and port: the outer destination, the quoted
     /// source address and port, the quoted IP header's checksum (computed
     /// whole), the quoted transport checksum where the quote reaches it
@@ -988,19 +997,10 @@ impl Model {
 
     /// The `fabric` program on a frame from the tunnel side.
     pub fn fabric(&self, f: &[u8]) -> Verdict {
-        let mut v = Verdict::new(f.len());
-        let outer = match parse(f, 0) {
-            Parsed::NotIp => {
-                v.count(Counter::NonIp);
-                return v.finish(XDP_PASS);
-            }
-            Parsed::Malformed(c) => {
-                v.count(c);
-                return v.finish(XDP_PASS);
-            }
-            Parsed::Ip(ip) => ip,
+        let (outer, mut v) = match parsed(f) {
+            Ok(x) => x,
+            Err(v) => return *v,
         };
-        v.protocols(&outer);
         if outer.v6
             || outer.proto != UDP
             || outer.dport != 4789
@@ -1136,6 +1136,26 @@ struct Quote {
     dport: u16,
 }
 
+/// Parses a frame as both programs do first, counting what it is: a frame
+/// that is not IP, or is malformed, passes to the host stack.
+fn parsed(f: &[u8]) -> Result<(Ip, Verdict), Box<Verdict>> {
+    let mut v = Verdict::new(f.len());
+    match parse(f, 0) {
+        Parsed::NotIp => {
+            v.count(Counter::NonIp);
+            Err(Box::new(v.finish(XDP_PASS)))
+        }
+        Parsed::Malformed(c) => {
+            v.count(c);
+            Err(Box::new(v.finish(XDP_PASS)))
+        }
+        Parsed::Ip(ip) => {
+            v.protocols(&ip);
+            Ok((ip, v))
+        }
+    }
+}
+
 fn parse_quote(f: &[u8], e: usize, v6: bool) -> Option<Quote> {
     let (src, dst, proto, l4) = if v6 {
         if f.len() < e + 40 {
@@ -1241,7 +1261,7 @@ fn rewrite_addr_port(f: &mut [u8], ip: &Ip, src: bool, addr: IpAddr, port_off: u
     f[ck..ck + 2].copy_from_slice(&c.to_be_bytes());
 }
 
-/// Lowers a SYN's MSS option to `max` (README: the option is looked for as
+/// Lowers a SYN's MSS option to `max` (docs/architecture.md: the option is looked for as
 /// the first, after at most three NOPs; option length 4).
 pub fn clamp_mss(f: &mut [u8], ip: &Ip, max: u16) {
     if ip.proto != TCP || ip.later_fragment || ip.tcp_flags & 0x02 == 0 {
@@ -1293,7 +1313,7 @@ pub fn vxlan_of(f: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr, u32, usize)> {
 }
 
 impl Model {
-    /// DESIGN's isolation invariants for one frame and what a program did
+    /// The contract's isolation invariants for one frame and what a program did
     /// with it, judged from the frames alone (so that they hold for any
     /// input, however broken): `Err` names the invariant broken.
     pub fn isolation(&self, fabric: bool, input: &[u8], action: u32, output: &[u8]) -> Result<(), String> {

@@ -4,7 +4,7 @@
 //! and random and edge-case frames through `carwash_uplink` and
 //! `carwash_fabric` with BPF_PROG_TEST_RUN, every field compared: action,
 //! every counter and drop reason, the output frame. Any difference fails
-//! with the frame and the policy. DESIGN's isolation invariants are
+//! with the frame and the policy. The contract's isolation invariants are
 //! checked on every frame besides.
 //!
 //! `CARWASH_DIFF_CASES` sets the number of frames (CI default below;

@@ -4,7 +4,7 @@
 //! BPF_PROG_TEST_RUN: truncated headers, broken lengths, IPv4 options,
 //! IPv6 extension chains, VLAN stacks, VXLAN inside VXLAN, fragments. On
 //! every frame: a verdict the kernel knows (never XDP_ABORTED) and
-//! DESIGN's isolation invariants (`Model::isolation`); over every batch:
+//! The contract's isolation invariants (`Model::isolation`); over every batch:
 //! every frame accounted for by exactly one verdict counter, every drop by
 //! one reason, in the programs' per-CPU `COUNTERS`.
 //!

@@ -47,30 +47,6 @@ const NEW: &[(Counter, u64)] = &[
 const TRACKED: &[(Counter, u64)] = &[(Counter::SnatOut, 1), (Counter::Decapsulated, 1)];
 
 /// An uplink-side case: a reply (or error) to an egress IP.
-fn uplink_case(name: &'static str, packet: Vec<u8>, l4: Counter, output: Vec<u8>, what: Counter) -> Case {
-    let v6 = packet[12..14] == [0x86, 0xdd];
-    Case {
-        name,
-        packet,
-        action: XDP_REDIRECT,
-        output: Output::Exact(output),
-        counters: vec![(if v6 { Counter::Ipv6 } else { Counter::Ipv4 }, 1), (l4, 1), (what, 1)],
-        drops: vec![],
-    }
-}
-
-fn uplink_drop(name: &'static str, packet: Vec<u8>, l4: Counter, why: DropReason) -> Case {
-    let v6 = packet[12..14] == [0x86, 0xdd];
-    Case {
-        name,
-        packet,
-        action: XDP_DROP,
-        output: Output::Unchanged,
-        counters: vec![(if v6 { Counter::Ipv6 } else { Counter::Ipv4 }, 1), (l4, 1)],
-        drops: vec![(why, 1)],
-    }
-}
-
 #[test]
 fn isolation_and_source_checks() {
     require_root();
@@ -159,19 +135,19 @@ fn isolation_and_source_checks() {
 
     // To an egress IP without a tracked flow: dropped, never passed on.
     let stray = vec![
-        uplink_drop(
+        Case::dropped(
             "stray udp to an egress ip",
             udp4(PARTNER4, ACME_EGRESS4, 53, 30000, b"a"),
             Counter::Udp,
             DropReason::NoConntrack,
         ),
-        uplink_drop(
+        Case::dropped(
             "stray syn to an egress ip",
             syn6(PARTNER6, ACME_EGRESS6, 443, 30000),
             Counter::Tcp,
             DropReason::NoConntrack,
         ),
-        uplink_drop(
+        Case::dropped(
             "stray echo request to an egress ip",
             icmp4_echo(PARTNER4, BETA_EGRESS4, 1, 1),
             Counter::Icmp,
@@ -284,7 +260,7 @@ fn translation_both_ways() {
         flow_hash(&addr16(src), &addr16(dst), sport, dport, proto)
     };
     let back = vec![
-        uplink_case(
+        Case::redirected(
             "udp v4 reply",
             udp4(PARTNER4, ACME_EGRESS4, 53, p_udp, b"answer"),
             Counter::Udp,
@@ -296,7 +272,7 @@ fn translation_both_ways() {
             ),
             Counter::SnatReply,
         ),
-        uplink_case(
+        Case::redirected(
             "tcp v4 reply to the core",
             tcp4(PARTNER4, ACME_EGRESS4, 443, p_syn, b"welcome"),
             Counter::Tcp,
@@ -308,7 +284,7 @@ fn translation_both_ways() {
             ),
             Counter::SnatReply,
         ),
-        uplink_case(
+        Case::redirected(
             "icmp echo reply",
             icmp4_echo_reply(PARTNER4, ACME_EGRESS4, p_echo, 1),
             Counter::Icmp,
@@ -320,7 +296,7 @@ fn translation_both_ways() {
             ),
             Counter::SnatReply,
         ),
-        uplink_case(
+        Case::redirected(
             "tcp v6 reply",
             tcp6(PARTNER6, ACME_EGRESS6, 443, p_tcp6, b"xis"),
             Counter::Tcp,
@@ -332,7 +308,7 @@ fn translation_both_ways() {
             ),
             Counter::SnatReply,
         ),
-        uplink_case(
+        Case::redirected(
             "icmpv6 echo reply",
             icmp6_echo_reply(PARTNER6, ACME_EGRESS6, p_echo6, 3),
             Counter::Icmpv6,
@@ -344,7 +320,7 @@ fn translation_both_ways() {
             ),
             Counter::SnatReply,
         ),
-        uplink_case(
+        Case::redirected(
             "beta's reply goes to beta",
             udp4(PARTNER4, BETA_EGRESS4, 53, p_beta, b"for beta"),
             Counter::Udp,
@@ -357,14 +333,14 @@ fn translation_both_ways() {
             Counter::SnatReply,
         ),
         // The right port from the wrong remote port is no reply.
-        uplink_drop(
+        Case::dropped(
             "reply from another remote port",
             udp4(PARTNER4, ACME_EGRESS4, 54, p_udp, b"x"),
             Counter::Udp,
             DropReason::NoConntrack,
         ),
         // Acme's port at beta's egress IP is no reply either.
-        uplink_drop(
+        Case::dropped(
             "acme's port at beta's egress ip",
             tcp4(PARTNER4, BETA_EGRESS4, 443, p_syn, b"x"),
             Counter::Tcp,
@@ -386,7 +362,7 @@ fn translation_both_ways() {
     let sent_echo = icmp4_echo(ACME_EGRESS4, PARTNER4, p_echo, 1);
     let orig_echo = icmp4_echo(ACME_VM4, PARTNER4, 0x1234, 1);
     let errors = vec![
-        uplink_case(
+        Case::redirected(
             "frag needed about a tcp flow (whole quote)",
             icmp4_frag_needed(ROUTER4, ACME_EGRESS4, 1280, ip_of(&sent_tcp)),
             Counter::Icmp,
@@ -398,7 +374,7 @@ fn translation_both_ways() {
             ),
             Counter::SnatIcmpError,
         ),
-        uplink_case(
+        Case::redirected(
             "frag needed about a tcp flow (28-byte quote)",
             icmp4_frag_needed(ROUTER4, ACME_EGRESS4, 1280, &ip_of(&sent_tcp)[..28]),
             Counter::Icmp,
@@ -410,7 +386,7 @@ fn translation_both_ways() {
             ),
             Counter::SnatIcmpError,
         ),
-        uplink_case(
+        Case::redirected(
             "frag needed about an echo",
             icmp4_frag_needed(ROUTER4, ACME_EGRESS4, 1280, ip_of(&sent_echo)),
             Counter::Icmp,
@@ -422,7 +398,7 @@ fn translation_both_ways() {
             ),
             Counter::SnatIcmpError,
         ),
-        uplink_case(
+        Case::redirected(
             "packet too big about a tcp v6 flow",
             icmp6_packet_too_big(ROUTER6, ACME_EGRESS6, 1280, ip_of(&sent_tcp6)),
             Counter::Icmpv6,
@@ -434,7 +410,7 @@ fn translation_both_ways() {
             ),
             Counter::SnatIcmpError,
         ),
-        uplink_drop(
+        Case::dropped(
             "error about a flow never tracked",
             icmp4_frag_needed(
                 ROUTER4,

@@ -75,7 +75,9 @@ enum Cmd {
         seed: Option<u64>,
     },
     /// Benchmarks: the programs (BPF_PROG_TEST_RUN, against a minimal XDP_PASS program in the same
-    /// run) and the agent at 10,000 tenants; `bench -- packets` or `bench -- agent` runs one part.
+    /// run), a denied flood against XDP_DROP and nftables (live frames), source NAT, the agent at
+    /// 10,000 tenants, and three agents following one etcd at 10,000 tenants; `bench -- packets`,
+    /// `-- events`, `-- handoff`, `-- snat`, `-- agent` or `-- fleet` (etcd) runs one part.
     Bench {
         #[arg(last = true)]
         args: Vec<String>,

@@ -21,6 +21,12 @@ const TOOLS: &[(&str, &str)] = &[
     ("ss", "iproute2"),
     ("ethtool", "ethtool"),
     ("tcpdump", "tcpdump"),
+    // The etcd client's protocol code is generated at build time.
+    ("protoc", "protobuf-compiler"),
+    // The fleet tests run a real etcd (and compact it with etcdctl).
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
+    ("bird", "bird2"),
 ];
 
 /// PATH with cargo's bin directory (where bpf-linker lands) in front.

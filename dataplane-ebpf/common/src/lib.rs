@@ -13,6 +13,7 @@ extern crate std;
 pub mod checksum;
 pub mod counters;
 pub mod drop;
+pub mod events;
 pub mod hash;
 pub mod types;
 
@@ -32,6 +33,8 @@ pub mod programs {
     /// The smallest possible XDP program (returns XDP_PASS): the yardstick
     /// every benchmark figure is divided by.
     pub const BENCH_PASS: &str = "carwash_bench_pass";
+    /// Returns XDP_DROP: the yardstick of a denied flood.
+    pub const BENCH_DROP: &str = "carwash_bench_drop";
     /// Benchmarks only (live frames): writes the frame of `BENCH_FRAME`
     /// back over the packet, then tail-calls the fabric program.
     pub const BENCH_RESTORE_FABRIC: &str = "carwash_bench_restore_fabric";
@@ -58,6 +61,8 @@ pub mod programs {
     /// ICMP errors to VIPs about steered flows, tail-called by the uplink
     /// program.
     pub const VIP_ICMP: &str = "carwash_vip_icmp";
+    /// Reports the event a tail-called program left (through `EVENT_JUMP`).
+    pub const EVENT: &str = "carwash_event";
     /// Every program tail-called through `JUMPS`, with its slot.
     pub const JUMPED: &[(&str, u32)] = &[
         (SNAT_OUT, crate::jumps::SNAT_OUT),
@@ -139,10 +144,27 @@ pub mod maps {
     pub const GENERATION: &str = "GENERATION";
     /// Per-CPU hand-over of a parsed packet to a tail-called program.
     pub const HANDOFF: &str = "HANDOFF";
+    /// [`crate::types::Fleet`], one entry: this host's peers and their
+    /// source-NAT port blocks (all zero on a host of its own).
+    pub const FLEET: &str = "FLEET";
+    /// Per-CPU [`crate::types::FleetStats`]: replies passed to and taken
+    /// from the other hosts of the fleet.
+    pub const FLEET_STATS: &str = "FLEET_STATS";
     /// Redirects the kernel refused, by target ifindex: per-CPU hash of
     /// `types::RedirectErrors`.
     pub const REDIRECT_ERRORS: &str = "REDIRECT_ERRORS";
     /// Benchmarks only: the frame the `carwash_bench_restore_*` programs
     /// write back (`crate::types::BENCH_FRAME_MAX` bytes); never pinned.
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
+    /// Ring buffer of [`crate::events::DataEvent`]s (never pinned: each
+    /// agent reads its own).
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU [`crate::events::EventBucket`] indexed by tenant id.
+    pub const EVENT_BUCKETS: &str = "EVENT_BUCKETS";
+    /// Per-CPU [`crate::events::EventCounts`] indexed by event kind.
+    pub const EVENT_STATS: &str = "EVENT_STATS";
+    /// [`crate::events::EventConfig`], one entry.
+    pub const EVENT_CONFIG: &str = "EVENT_CONFIG";
+    /// Program array of one: `programs::EVENT` (never pinned).
+    pub const EVENT_JUMP: &str = "EVENT_JUMP";
 }

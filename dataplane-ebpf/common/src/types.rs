@@ -322,6 +322,44 @@ pub struct TenantHealth {
     pub last_switch_ms: u64,
 }
 
+/// Hosts a fleet may have: peers the data path knows by port block.
+pub const MAX_PEERS: usize = 16;
+
+/// The VNI of a reply passed between hosts of a fleet. Such packets go to
+/// a host's own fabric address, never to the VTEP the tenants' machines
+/// send to, so a tenant with the same VNI is no confusion.
+pub const RELAY_VNI: u32 = 0x00ff_ffff;
+
+/// A host of the fleet: its own fabric address and its source-NAT block.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FleetPeer {
+    pub addr: [u8; 4],
+    pub port_lo: u16,
+    pub port_hi: u16,
+}
+
+/// This host's view of its fleet (`[cluster]`): a reply to an egress IP
+/// whose port lies outside this host's block goes to the peer whose block
+/// holds it. `n_peers` 0: a host of its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fleet {
+    /// This host's own fabric address: where the others pass its replies.
+    pub own_addr: [u8; 4],
+    pub n_peers: u32,
+    /// Every host by index, this one included.
+    pub peers: [FleetPeer; MAX_PEERS],
+}
+
+/// Replies passed to the owner of their port, and taken from another host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FleetStats {
+    pub sent: u64,
+    pub received: u64,
+}
+
 /// A tenant's name as the maps keep it, for the CLI and for an agent that
 /// adopts pinned state after a restart (`[a-z0-9-]{1,32}`).
 #[repr(C)]
@@ -525,6 +563,8 @@ mod pod {
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ServiceValue {}
     unsafe impl aya::Pod for BackendEntry {}
+    unsafe impl aya::Pod for Fleet {}
+    unsafe impl aya::Pod for FleetStats {}
     unsafe impl aya::Pod for TenantInfo {}
     unsafe impl aya::Pod for HostConfig {}
     unsafe impl aya::Pod for NextHopKey {}
@@ -562,6 +602,8 @@ mod tests {
         assert_eq!(size_of::<TenantInfo>(), 20 + 4 * 12 + 32 + 256);
         assert_eq!(align_of::<TenantInfo>(), 4);
         assert_eq!(size_of::<HostConfig>(), 36);
+        assert_eq!(size_of::<Fleet>(), 8 + 8 * MAX_PEERS);
+        assert_eq!(size_of::<FleetStats>(), 16);
         assert_eq!(size_of::<CtKey>(), 44);
         assert_eq!(size_of::<CtValue>(), 48);
         assert_eq!(size_of::<EvictCandidate>(), 104);

@@ -94,6 +94,9 @@ pub struct AgentSnapshot {
     /// Unix time of the last refused or failed policy set.
     pub last_error_at: Option<u64>,
     pub conntrack: Option<crate::api::ConntrackStatus>,
+    pub events: Option<crate::api::EventStreamStatus>,
+    pub etcd: Option<crate::api::EtcdStatus>,
+    pub cluster: Option<crate::cluster::ClusterStatus>,
 }
 
 impl From<&AgentStatus> for AgentSnapshot {
@@ -104,6 +107,9 @@ impl From<&AgentStatus> for AgentSnapshot {
             last_apply_seconds: s.last_apply.as_ref().map(|a| a.micros as f64 / 1e6),
             last_error_at: s.last_error.as_ref().map(|e| e.at),
             conntrack: s.conntrack.clone(),
+            events: s.events.clone(),
+            etcd: s.etcd.clone(),
+            cluster: s.cluster.clone(),
         }
     }
 }
@@ -122,6 +128,8 @@ pub struct Snapshot {
     pub map_memory: MapMemory,
     /// `None` when the agent's loop did not answer in time.
     pub agent: Option<AgentSnapshot>,
+    /// The data path's event counters, by kind (`events::KIND_*`).
+    pub events: Vec<dataplane_common::events::EventCounts>,
 }
 
 /// Bytes per map, as [`crate::memory::map_memory`] reads them.
@@ -201,6 +209,7 @@ impl Snapshot {
             applied_at: pins.meta().applied_at,
             map_memory: memory.get(pins)?,
             agent: None,
+            events: pins.event_counts()?,
         })
     }
 
@@ -249,6 +258,50 @@ fn gauge<N: prometheus_client::encoding::EncodeGaugeValue>(
 
 fn one<N>(v: N) -> [(Labels, N); 1] {
     [(Vec::new(), v)]
+}
+
+/// This host's place in a fleet and its announcements.
+fn cluster_gauges(e: &mut DescriptorEncoder, c: &crate::cluster::ClusterStatus) -> std::fmt::Result {
+    gauge(
+        e,
+        "carwash_cluster_index",
+        "This host's index in the fleet.",
+        one(c.index),
+    )?;
+    gauge(e, "carwash_cluster_hosts", "Hosts in the fleet.", one(c.hosts))?;
+    gauge(
+        e,
+        "carwash_cluster_block_ports",
+        "This host's source-NAT port block, first and last port.",
+        [
+            (vec![("end", "low".to_string())], u32::from(c.block.0)),
+            (vec![("end", "high".to_string())], u32::from(c.block.1)),
+        ],
+    )?;
+    gauge(
+        e,
+        "carwash_announced_routes",
+        "Routes for the VIPs and egress IPs in force in the announcement table.",
+        one(c.announced_routes as u64),
+    )?;
+    gauge(
+        e,
+        "carwash_announced_generation",
+        "Policy generation of the routes announced (0: none).",
+        one(c.announced_generation),
+    )?;
+    counters(
+        e,
+        "carwash_handoffs_sent",
+        "Replies to an egress IP passed to the host of the fleet that owns their port.",
+        one(c.handoffs_sent),
+    )?;
+    counters(
+        e,
+        "carwash_handoffs_received",
+        "Replies another host of the fleet passed to this one.",
+        one(c.handoffs_received),
+    )
 }
 
 fn counter_help(c: Counter) -> String {
@@ -436,6 +489,7 @@ impl Collector for Snapshot {
             "Kernel memory of each map (memlock), the per-tenant allowlist tries counted into their outer map.",
             self.map_memory.iter().map(|(m, b)| (vec![("map", m.to_string())], *b)),
         )?;
+        self.encode_events(e)?;
         if let Some(a) = &self.agent {
             gauge(
                 e,
@@ -461,6 +515,36 @@ impl Collector for Snapshot {
                 "Unix time of the last policy set refused or failed (0: none since the agent started).",
                 one(a.last_error_at.unwrap_or(0)),
             )?;
+            if let Some(st) = &a.etcd {
+                gauge(
+                    e,
+                    "carwash_etcd_connected",
+                    "1 while the agent follows the tenants in etcd, 0 while etcd is out of reach (the set in force \
+                     stays).",
+                    one(u64::from(st.connected)),
+                )?;
+                gauge(
+                    e,
+                    "carwash_etcd_revision_applied",
+                    "The etcd revision of the policy set in force (0: none from etcd yet).",
+                    one(st.revision),
+                )?;
+                counters(
+                    e,
+                    "carwash_etcd_reconnects",
+                    "Times the agent lost etcd and reached it again.",
+                    one(st.reconnects),
+                )?;
+                counters(
+                    e,
+                    "carwash_etcd_rereads",
+                    "Full re-reads of the tenants because etcd had compacted the revision the agent had.",
+                    one(st.rereads),
+                )?;
+            }
+            if let Some(c) = &a.cluster {
+                cluster_gauges(e, c)?;
+            }
             if let Some(ct) = &a.conntrack {
                 gauge(
                     e,
@@ -727,6 +811,72 @@ async fn scrape(ctx: &Arc<Ctx>, openmetrics: bool) -> Result<String> {
     snap.encode(openmetrics)
 }
 
+impl Snapshot {
+    /// The event stream's counters: the data path's by kind, and the
+    /// agent's (the stream by type, slow monitors, the flow log).
+    fn encode_events(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        use dataplane_common::events::{EventCounts, kind_name};
+        let by_kind = |f: fn(&EventCounts) -> u64| {
+            self.events
+                .iter()
+                .enumerate()
+                .skip(1)
+                .map(move |(k, c)| (vec![("type", kind_name(k as u8).to_string())], f(c)))
+        };
+        counters(
+            e,
+            "carwash_events_emitted",
+            "Events the data path reported, by type.",
+            by_kind(|c| c.emitted),
+        )?;
+        counters(
+            e,
+            "carwash_events_suppressed",
+            "Events the per-tenant, per-CPU budget held back (reported in summary events), by type.",
+            by_kind(|c| c.suppressed),
+        )?;
+        counters(
+            e,
+            "carwash_events_lost",
+            "Events lost because the ring buffer was full (reported in summary events too), by type.",
+            by_kind(|c| c.lost),
+        )?;
+        let Some(ev) = self.agent.as_ref().and_then(|a| a.events.as_ref()) else {
+            return Ok(());
+        };
+        counters(
+            e,
+            "carwash_events_streamed",
+            "Events through the agent's stream (the data path's, summaries and the agent's own), by type.",
+            ev.by_type.iter().map(|(t, n)| (vec![("type", t.clone())], *n)),
+        )?;
+        counters(
+            e,
+            "carwash_events_monitor_lost",
+            "Events slow monitors did not get (their queues were full).",
+            one(ev.monitor_lost),
+        )?;
+        counters(
+            e,
+            "carwash_event_log_written",
+            "Events written to the flow log.",
+            one(ev.log_written),
+        )?;
+        counters(
+            e,
+            "carwash_event_log_failed",
+            "Events the flow log could not take (unwritable, disk full).",
+            one(ev.log_failed),
+        )?;
+        gauge(
+            e,
+            "carwash_event_log_ok",
+            "1 while the flow log is written, 0 while it cannot be.",
+            one(i64::from(ev.log_error.is_none())),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -812,7 +962,38 @@ mod tests {
                     snat_port_range: 40_000,
                     snat_ports: [("203.0.113.200".parse().unwrap(), 3)].into(),
                 }),
+                events: Some(crate::api::EventStreamStatus {
+                    by_type: [("drop".to_string(), 12)].into(),
+                    monitor_lost: 2,
+                    log_error: Some("disk full".into()),
+                    ..Default::default()
+                }),
+                etcd: Some(crate::api::EtcdStatus {
+                    connected: false,
+                    revision: 42,
+                    reconnects: 2,
+                    ..Default::default()
+                }),
+                cluster: Some(crate::cluster::ClusterStatus {
+                    index: 1,
+                    hosts: 3,
+                    block: (33333, 46665),
+                    route_table: 4242,
+                    announced_routes: 2,
+                    announced_generation: 7,
+                    handoffs_sent: 5,
+                    handoffs_received: 4,
+                }),
             }),
+            events: {
+                let mut e = vec![dataplane_common::events::EventCounts::default(); 7];
+                e[1] = dataplane_common::events::EventCounts {
+                    emitted: 10,
+                    suppressed: 90,
+                    lost: 1,
+                };
+                e
+            },
         };
         let text = snap.clone().encode(false).unwrap();
         for line in [
@@ -833,12 +1014,29 @@ mod tests {
             "carwash_map_memory_bytes{map=\"ADDRS\"} 4096",
             "carwash_policy_last_apply_duration_seconds 0.25",
             "carwash_policy_apply_attempts_total 3",
+            "carwash_etcd_connected 0",
+            "carwash_etcd_revision_applied 42",
+            "carwash_etcd_reconnects_total 2",
             "carwash_policy_last_error_timestamp_seconds 0",
             "carwash_conntrack_entries 6",
+            "carwash_cluster_index 1",
+            "carwash_cluster_hosts 3",
+            "carwash_cluster_block_ports{end=\"low\"} 33333",
+            "carwash_announced_routes 2",
+            "carwash_announced_generation 7",
+            "carwash_handoffs_sent_total 5",
+            "carwash_handoffs_received_total 4",
             "carwash_conntrack_capacity 262145",
             "carwash_snat_port_range_ports 40000",
             "carwash_snat_ports_in_use{egress_ip=\"203.0.113.200\"} 3",
             "carwash_redirect_refused_frames_total{interface=\"eth1\",ifindex=\"3\",role=\"fabric\"} 11",
+            "carwash_events_emitted_total{type=\"drop\"} 10",
+            "carwash_events_suppressed_total{type=\"drop\"} 90",
+            "carwash_events_lost_total{type=\"drop\"} 1",
+            "carwash_events_suppressed_total{type=\"translation\"} 0",
+            "carwash_events_streamed_total{type=\"drop\"} 12",
+            "carwash_events_monitor_lost_total 2",
+            "carwash_event_log_ok 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
         }

@@ -10,8 +10,14 @@
 //! programs into the pinned links (`bpf_link_update`), so no packet meets an
 //! interface without a program and connection state survives. Only
 //! [`uninstall`] detaches.
+pub mod announce;
 pub mod apply;
 pub mod digest;
+pub mod etcd_publish;
+pub mod etcd_watch;
+pub mod events;
+mod fleet;
+pub mod flowlog;
 pub mod health;
 pub mod host;
 pub mod load;
@@ -164,8 +170,17 @@ pub struct Agent {
     /// What the last pass over the tracking table found.
     ct_fill: Option<crate::api::ConntrackStatus>,
     metrics: Option<tokio::net::TcpListener>,
+    /// Route announcements, on a host in a fleet.
+    announcer: Option<announce::Announcer>,
     /// The programs' aya-log ring buffer, when `ebpf_log` is on.
     ebpf_log: Option<EbpfLogFd>,
+    /// The event stream: the flow log and the monitors.
+    pub events: events::EventSink,
+    event_ring: Option<events::EventRing>,
+    decoder: events::Decoder,
+    /// The link to etcd, with `[etcd]`.
+    etcd: Option<crate::api::EtcdStatus>,
+    etcd_set: fleet::EtcdSet,
     _lock: PinLock,
 }
 
@@ -231,6 +246,14 @@ impl Agent {
                 Some(fd.map_err(|e| anyhow::anyhow!("watching the programs' log: {e}"))?)
             }
         };
+        dp.set_event_limits(cfg.events.limits())?;
+        let ring = dp.take_events()?;
+        // SAFETY: the ring buffer owns its file descriptor for as long as
+        // it lives, and the AsyncFd owns the ring buffer.
+        let event_ring =
+            unsafe { tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(|e| anyhow::anyhow!("watching the programs' event ring buffer: {e}"))?;
+        let event_sink = events::start(Some(events::flow_log(&cfg)), cfg.events.monitor_queue);
         let ct_capacity = dp.conntrack_capacity()?;
         if ct_capacity != cfg.conntrack.max_entries {
             warn!(
@@ -270,8 +293,13 @@ impl Agent {
             fabric_ifindex: fabric.ifindex,
             fabric_mtu: fabric.mtu.min(u32::from(u16::MAX)) as u16,
             uplink_ifindex: uplink.ifindex,
-            snat_ports: cfg.snat.ports()?,
+            snat_ports: cfg.snat_ports()?,
         })?;
+        let fleet = match &cfg.cluster {
+            Some(c) => c.fleet(cfg.snat.ports()?)?,
+            None => Default::default(),
+        };
+        dp.set_fleet(&fleet)?;
         let engine = Engine::adopt(&dp, Some(&state_file(&cfg)))?;
         if !engine.installed.is_empty() {
             info!(
@@ -286,6 +314,15 @@ impl Agent {
                 .with_context(|| format!("creating policy_dir {}", cfg.policy_dir.display()))?;
             warn!(policy_dir = %cfg.policy_dir.display(), "policy_dir did not exist: created it, empty");
         }
+        // The buckets are pinned: what they held back before this agent
+        // was reported by an earlier one.
+        let mut decoder = events::Decoder::default();
+        for id in std::iter::once(0).chain(engine.installed.keys().copied()) {
+            if let Ok(b) = dp.event_buckets(id) {
+                decoder.seed(id, &b.iter().map(|b| b.suppressed).collect::<Vec<_>>());
+            }
+        }
+        let etcd = cfg.etcd.as_ref().map(fleet::initial_status);
         let mut agent = Agent {
             cfg,
             dp,
@@ -308,7 +345,13 @@ impl Agent {
             uplink_addrs: host::UplinkAddrs::default(),
             ct_fill: None,
             metrics,
+            announcer: None,
             ebpf_log,
+            events: event_sink,
+            event_ring: Some(event_ring),
+            decoder,
+            etcd,
+            etcd_set: fleet::EtcdSet::default(),
             _lock: lock,
         };
         // Policies before programs: on a fresh start the programs see every
@@ -319,6 +362,9 @@ impl Agent {
         agent.dp.settle()?;
         release_memory();
         agent.attach(mode)?;
+        if let Some(c) = &agent.cfg.cluster {
+            agent.announcer = Some(announce::Announcer::new(c.route_table, agent.uplink.ifindex));
+        }
         Ok(agent)
     }
 
@@ -507,6 +553,7 @@ impl Agent {
             errors: list.clone(),
         });
         self.last_refused = true;
+        self.policy_event_refused(source, &msg, &list);
         Response {
             ok: false,
             error: Some(msg),
@@ -517,6 +564,7 @@ impl Agent {
 
     fn failed(&mut self, source: &str, msg: String) -> Response {
         error!(source, "{msg}");
+        self.policy_event_refused(source, &msg, &[]);
         self.last_error = Some(LastError {
             at: now_secs(),
             source: source.to_string(),
@@ -577,6 +625,9 @@ impl Agent {
                         micros = report.micros,
                         "policy set applied"
                     );
+                }
+                if !report.is_noop() {
+                    self.policy_event_applied(source, &report);
                 }
                 self.last_apply = Some(report.clone());
                 self.last_refused = false;
@@ -706,7 +757,7 @@ impl Agent {
             .dp
             .reclaim_conntrack(crate::conntrack::now_ns(), |t| installed.contains_key(&t));
         if let Ok(r) = &result {
-            let (lo, hi) = self.cfg.snat.ports().unwrap_or((1, 0));
+            let (lo, hi) = self.cfg.snat_ports().unwrap_or((1, 0));
             self.ct_fill = Some(crate::api::ConntrackStatus {
                 at: now_secs(),
                 capacity: self.dp.conntrack_capacity().unwrap_or(0),
@@ -767,6 +818,38 @@ impl Agent {
             attempts: self.attempts,
             uplink_addresses_generation: self.uplink_addrs.done.load(std::sync::atomic::Ordering::Relaxed),
             conntrack: self.ct_fill.clone(),
+            events: Some(self.events.status(&self.cfg.event_log)),
+            etcd: self.etcd.clone(),
+            cluster: self.cluster_status(),
+        }
+    }
+
+    fn cluster_status(&self) -> Option<crate::cluster::ClusterStatus> {
+        let c = self.cfg.cluster.as_ref()?;
+        let blocks = c.blocks(self.cfg.snat.ports().ok()?).ok()?;
+        let announced = self.announcer.as_ref().map(|a| a.announced.clone()).unwrap_or_default();
+        let relayed = crate::pinned::Pins::open(&self.cfg.pin_path)
+            .and_then(|p| crate::cluster::relay_stats(&p))
+            .unwrap_or_default();
+        Some(crate::cluster::ClusterStatus {
+            index: c.index,
+            hosts: blocks.list.len() as u32,
+            block: blocks.own(),
+            route_table: c.route_table,
+            announced_routes: announced.routes,
+            announced_generation: announced.generation,
+            handoffs_sent: relayed.sent,
+            handoffs_received: relayed.received,
+        })
+    }
+
+    /// Announces the VIPs and egress IPs in force (on a host in a fleet):
+    /// called only once the programs are attached, after each apply.
+    async fn announce(&mut self) {
+        let want = self.addresses_in_force();
+        let generation = self.engine.generation;
+        if let Some(a) = &mut self.announcer {
+            a.announce(generation, &want).await;
         }
     }
 }
@@ -824,6 +907,93 @@ fn sorted(mut errors: Vec<carwash_policy::PolicyError>) -> PolicyErrors {
     PolicyErrors(errors)
 }
 
+/// Events of the agent's own, and the data path's as the loop reads them.
+impl Agent {
+    fn policy_event_applied(&self, source: &str, r: &ApplyReport) {
+        let mut f = serde_json::Map::new();
+        let tenants: Vec<&String> = r.added.iter().chain(&r.changed).chain(&r.removed).collect();
+        f.insert("result".into(), "applied".into());
+        f.insert("source".into(), source.into());
+        f.insert("generation".into(), r.generation.into());
+        f.insert("digest".into(), r.digest.clone().into());
+        f.insert("tenants".into(), serde_json::json!(tenants));
+        f.insert("added".into(), serde_json::json!(r.added));
+        f.insert("changed".into(), serde_json::json!(r.changed));
+        f.insert("removed".into(), serde_json::json!(r.removed));
+        self.events.emit("policy", f);
+    }
+
+    fn policy_event_refused(&self, source: &str, msg: &str, errors: &[ApiError]) {
+        let mut f = serde_json::Map::new();
+        f.insert("result".into(), "refused".into());
+        f.insert("source".into(), source.into());
+        f.insert("generation".into(), self.engine.generation.into());
+        f.insert("digest".into(), self.engine.digest.clone().into());
+        f.insert("error".into(), msg.into());
+        let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        f.insert("errors".into(), serde_json::json!(errors));
+        self.events.emit("policy", f);
+    }
+
+    fn tenant_name(&self, id: u32) -> Option<String> {
+        self.engine.installed.get(&id).map(|i| i.name.clone())
+    }
+
+    fn ifname(&self, ifindex: u32) -> Option<String> {
+        [&self.uplink, &self.fabric]
+            .into_iter()
+            .find(|i| i.ifindex == ifindex)
+            .map(|i| i.name.clone())
+    }
+
+    /// Hands what the ring buffer holds to the stream.
+    fn read_events(&mut self, ring: &mut Option<events::EventRing>) {
+        let Some(fd) = ring.as_mut() else { return };
+        let mut out = Vec::new();
+        let mut decoder = std::mem::take(&mut self.decoder);
+        decoder.drain(fd.get_mut(), &|id| self.tenant_name(id), &|i| self.ifname(i), &mut out);
+        self.decoder = decoder;
+        // The programs know which of the two copies of the policy a
+        // packet was looked up in; the number is the agent's: the copy in
+        // force holds the generation in force, the other the one before.
+        let (slot, current) = (self.dp.active_generation(), self.engine.generation);
+        for mut e in out {
+            if let Some(g) = e.fields.get_mut("generation")
+                && let Some(s) = g.as_u64()
+            {
+                *g = if s as u32 == slot {
+                    current
+                } else {
+                    current.saturating_sub(1)
+                }
+                .into();
+            }
+            self.events.send(e);
+        }
+    }
+
+    /// Summaries of what the tenants' budgets held back since their last
+    /// event.
+    fn flush_event_summaries(&mut self) {
+        let mut out = Vec::new();
+        let mut decoder = std::mem::take(&mut self.decoder);
+        decoder.flush(
+            &|id| {
+                self.dp
+                    .event_buckets(id)
+                    .ok()
+                    .map(|b| b.iter().map(|b| b.suppressed).collect())
+            },
+            &|id| self.tenant_name(id),
+            &mut out,
+        );
+        self.decoder = decoder;
+        for e in out {
+            self.events.send(e);
+        }
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT (`SIGHUP` re-reads `policy_dir`).
 /// The programs stay attached when it returns.
 ///
@@ -851,17 +1021,26 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
             return Ok(std::process::ExitCode::from(notify::EXIT_POLICY_REFUSED));
         }
         let mut ebpf_log = agent.ebpf_log.take();
+        let mut event_ring = agent.event_ring.take();
+        let mut summaries = tokio::time::interval(Duration::from_secs(1));
+        summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let listener = server::bind(&agent.cfg.api_socket, &access)?;
-        tokio::spawn(server::serve(listener, tx.clone(), access));
+        tokio::spawn(server::serve(listener, tx.clone(), access, agent.events.clone()));
         if let Some(l) = agent.metrics.take() {
             tokio::spawn(metrics::serve(l, agent.cfg.pin_path.clone(), tx.clone()));
         }
         agent.sync_uplink_addresses();
+        agent.announce().await;
         // The tracking table's figures from the start, not after the first
         // ten seconds.
         agent.reclaim_conntrack();
         let _watcher = watch::spawn(&agent.cfg.policy_dir, tx.clone(), DEBOUNCE)?;
+        let publisher = agent.cfg.etcd.clone().map(|e| {
+            etcd_watch::spawn(e.clone(), tx.clone());
+            etcd_publish::spawn(e)
+        });
+        agent.publish(&publisher);
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -895,13 +1074,23 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                     Some(server::Event::Reload(source, changed)) => {
                         agent.reload_changed(source, changed.as_deref());
                         agent.sync_uplink_addresses();
+                        agent.announce().await;
                         agent.tell_status(service.as_ref());
+                        agent.publish(&publisher);
                     }
                     Some(server::Event::Api(req, reply)) => {
                         let resp = server::handle(&mut agent, req);
                         agent.sync_uplink_addresses();
+                        agent.announce().await;
                         agent.tell_status(service.as_ref());
                         let _ = reply.send(resp);
+                        agent.publish(&publisher);
+                    }
+                    Some(server::Event::Etcd(update)) => {
+                        agent.on_etcd(update);
+                        agent.sync_uplink_addresses();
+                        agent.tell_status(service.as_ref());
+                        agent.publish(&publisher);
                     }
                     None => break,
                 },
@@ -912,6 +1101,8 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                     }
                     agent.reload("SIGHUP");
                     agent.sync_uplink_addresses();
+                    agent.publish(&publisher);
+                    agent.announce().await;
                     if let Some(sm) = &service {
                         sm.ready(&agent.service_status());
                     }
@@ -925,14 +1116,23 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                 _ = settle.tick() => agent.settle_if_due(),
                 _ = neighbours.tick() => agent.keep_next_hops().await,
                 _ = ebpf_log_ready(&mut ebpf_log) => {}
+                _ = events::ring_ready(&mut event_ring) => agent.read_events(&mut event_ring),
+                _ = summaries.tick() => agent.flush_event_summaries(),
                 _ = term.recv() => { info!("SIGTERM: stopping; the programs stay attached"); break; }
                 _ = int.recv() => { info!("SIGINT: stopping; the programs stay attached"); break; }
             }
+        }
+        // The routers stop sending before anything else changes.
+        if let Some(a) = &mut agent.announcer {
+            a.withdraw().await;
         }
         if let Some(sm) = &service {
             sm.stopping("stopping; the programs stay attached and forward the set in force");
         }
         let _ = std::fs::remove_file(&agent.cfg.api_socket);
+        if let Some(p) = publisher {
+            p.stop().await;
+        }
         anyhow::Ok(std::process::ExitCode::SUCCESS)
     })
 }
@@ -950,6 +1150,13 @@ pub fn uninstall(cfg: &HostConfig) -> Result<Vec<PathBuf>> {
         Ok(ips) if !ips.is_empty() => info!(removed = ips.len(), "uplink addresses removed"),
         Ok(_) => {}
         Err(e) => warn!(error = %format!("{e:#}"), "removing the uplink addresses"),
+    }
+    if let Some(c) = &cfg.cluster {
+        match announce::withdraw_all(c.route_table) {
+            Ok(n) if n > 0 => info!(removed = n, table = c.route_table, "announcements withdrawn"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %format!("{e:#}"), "withdrawing the announcements"),
+        }
     }
     let removed = loader::uninstall(&cfg.pin_path)?;
     let state = state_file(cfg);

@@ -42,6 +42,8 @@ pub enum Event {
     /// the paths which files changed (`None`: any may have).
     Reload(&'static str, Option<Vec<std::path::PathBuf>>),
     Api(Request, oneshot::Sender<Response>),
+    /// News from the etcd watcher ([`crate::etcd::Update`]).
+    Etcd(crate::etcd::Update),
 }
 
 /// Who may use the socket, and what a connection may cost.
@@ -192,7 +194,12 @@ pub fn bind(path: &Path, access: &Access) -> Result<UnixListener> {
 }
 
 /// Accepts connections until the listener fails.
-pub async fn serve(listener: UnixListener, tx: mpsc::UnboundedSender<Event>, access: Access) {
+pub async fn serve(
+    listener: UnixListener,
+    tx: mpsc::UnboundedSender<Event>,
+    access: Access,
+    events: super::events::EventSink,
+) {
     let access = Arc::new(access);
     let slots = Arc::new(Semaphore::new(access.max_connections));
     loop {
@@ -219,9 +226,9 @@ pub async fn serve(listener: UnixListener, tx: mpsc::UnboundedSender<Event>, acc
                     );
                     continue;
                 };
-                let (tx, access) = (tx.clone(), access.clone());
+                let (tx, access, events) = (tx.clone(), access.clone(), events.clone());
                 tokio::spawn(async move {
-                    connection(stream, tx, &access).await;
+                    connection(stream, tx, &access, &events).await;
                     drop(permit);
                 });
             }
@@ -272,7 +279,12 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, max: usize) ->
     }
 }
 
-async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Event>, access: &Access) {
+async fn connection(
+    stream: UnixStream,
+    tx: mpsc::UnboundedSender<Event>,
+    access: &Access,
+    events: &super::events::EventSink,
+) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {
@@ -310,6 +322,9 @@ async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Event>, access
                 if line.iter().all(|b| b.is_ascii_whitespace()) {
                     continue;
                 }
+                if let Some(filter) = monitor_request(&line) {
+                    return monitor(reader, write, filter, events, access).await;
+                }
                 match serde_json::from_slice::<Request>(&line) {
                     Ok(req) => {
                         let (reply, rx) = oneshot::channel();
@@ -332,6 +347,62 @@ async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Event>, access
                 warn!("API connection: answer not taken within {:?}, closing", access.timeout);
                 return;
             }
+        }
+    }
+}
+
+/// `{"op":"monitor", "filter": {...}}`: the connection becomes a stream of
+/// events (one JSON line each), until the client closes it.
+fn monitor_request(line: &[u8]) -> Option<crate::event::Filter> {
+    #[derive(serde::Deserialize)]
+    struct Monitor {
+        op: String,
+        #[serde(default)]
+        filter: crate::event::Filter,
+    }
+    serde_json::from_slice::<Monitor>(line)
+        .ok()
+        .filter(|m| m.op == "monitor")
+        .map(|m| m.filter)
+}
+
+async fn monitor(
+    mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    filter: crate::event::Filter,
+    events: &super::events::EventSink,
+    access: &Access,
+) {
+    if let Err(e) = filter.check() {
+        let _ = tokio::time::timeout(access.timeout, send(&mut write, &Response::error(e))).await;
+        return;
+    }
+    let mut rx = events.subscribe(filter);
+    // The first line says the stream is open: a monitor knows it is
+    // attached before any event comes.
+    let ok = Response {
+        ok: true,
+        ..Default::default()
+    };
+    if send(&mut write, &ok).await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 64];
+    loop {
+        let mut line = tokio::select! {
+            l = rx.recv() => match l {
+                Some(l) => l,
+                None => return,
+            },
+            // The client closed (or wrote, which a monitor does not).
+            _ = tokio::io::AsyncReadExt::read(&mut reader, &mut sink) => return,
+        };
+        line.push('\n');
+        // A monitor that stops reading is closed (its queue holds what it
+        // has not taken, and loses the rest, counted).
+        match tokio::time::timeout(access.timeout, write.write_all(line.as_bytes())).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
     }
 }

@@ -1,9 +1,11 @@
 //! Command-line definitions; one module per command.
 mod agent;
 mod completions;
+mod fleet;
 mod health;
 mod machine;
 mod man;
+mod monitor;
 pub mod output;
 mod policy;
 mod snat_list;
@@ -67,6 +69,12 @@ enum Cmd {
     /// Manual failover: make a tenant's core active, through the agent.
     #[command(subcommand)]
     Core(machine::CoreCmd),
+    /// Follow the event stream live (drops with reasons, translations,
+    /// policy, health), or read it from the flow log with --since/--from.
+    Monitor(Box<monitor::Args>),
+    /// The fleet's state in etcd.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCmd),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::Args),
     /// Print the manual page (roff), or write one page per command with --dir.
@@ -140,6 +148,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Health(a) => health::run(a),
         Cmd::Machine(c) => machine::run_machine(c),
         Cmd::Core(c) => machine::run_core(c),
+        Cmd::Monitor(a) => monitor::run(*a),
+        Cmd::Fleet(c) => fleet::run(c),
         Cmd::Completions(a) => completions::run(a),
         Cmd::Man(a) => man::run(a),
     }

@@ -20,6 +20,10 @@ pub enum PolicyCmd {
     /// set in force; refused as a whole (file:line errors, exit 1) if
     /// anything is wrong with it.
     Apply(ApplyArgs),
+    /// Validate a policy file or directory as the agents will, then make it
+    /// the tenant set in etcd in one transaction (added, changed and
+    /// removed tenants at one revision).
+    Push(super::fleet::PushArgs),
 }
 
 #[derive(clap::Args)]
@@ -62,6 +66,7 @@ pub fn run(cmd: PolicyCmd) -> Result<ExitCode> {
     match cmd {
         PolicyCmd::Check(a) => check(a),
         PolicyCmd::Apply(a) => apply(a),
+        PolicyCmd::Push(a) => super::fleet::push(a),
     }
 }
 

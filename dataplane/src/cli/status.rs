@@ -196,6 +196,45 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
                 ),
             ]);
             t.add_row(vec!["policy dir".into(), a.policy_dir.display().to_string()]);
+            if let Some(ev) = &a.events {
+                t.add_row(vec![
+                    "flow log".into(),
+                    match &ev.log_error {
+                        None => format!("{} ({} events written)", ev.event_log.display(), ev.log_written),
+                        Some(e) => format!("CANNOT BE WRITTEN: {e} ({} events lost from it)", ev.log_failed),
+                    },
+                ]);
+                t.add_row(vec![
+                    "monitors".into(),
+                    format!("{} attached, {} events lost by slow ones", ev.monitors, ev.monitor_lost),
+                ]);
+            }
+            if let Some(e) = &a.etcd {
+                t.add_row(vec!["etcd".into(), super::fleet::etcd_line(e)]);
+            }
+            if let Some(c) = &a.cluster {
+                t.add_row(vec![
+                    "cluster".into(),
+                    format!(
+                        "host {} of {}, source-NAT ports {}-{}",
+                        c.index, c.hosts, c.block.0, c.block.1
+                    ),
+                ]);
+                t.add_row(vec![
+                    "announcements".into(),
+                    format!(
+                        "{} routes in table {} (generation {})",
+                        c.announced_routes, c.route_table, c.announced_generation
+                    ),
+                ]);
+                t.add_row(vec![
+                    "hand-offs".into(),
+                    format!(
+                        "{} replies sent to their port's host, {} received",
+                        c.handoffs_sent, c.handoffs_received
+                    ),
+                ]);
+            }
             if let Some(e) = &a.last_error {
                 t.add_row(vec![
                     "last error".into(),

@@ -108,10 +108,11 @@ impl AgentSetup {
         std::fs::write(
             &config,
             format!(
-                "uplink = \"uplink\"\nfabric = \"fabric\"\nvtep = \"10.200.0.1\"\npolicy_dir = \"{}\"\npin_path = \"{}\"\napi_socket = \"{}\"\n",
+                "uplink = \"uplink\"\nfabric = \"fabric\"\nvtep = \"10.200.0.1\"\npolicy_dir = \"{}\"\npin_path = \"{}\"\napi_socket = \"{}\"\nevent_log = \"{}\"\n",
                 policy_dir.display(),
                 pins.path().display(),
-                socket.display()
+                socket.display(),
+                dir.path().join("log/events.jsonl").display()
             ),
         )?;
         Ok(AgentSetup {
@@ -156,7 +157,14 @@ impl LabAgent {
         let pins = PinDir::new()?;
         let socket = dir.path().join("api.sock");
         let config = dir.path().join("carwash.toml");
-        std::fs::write(&config, lab.host_config_toml(pins.path(), &socket, &policy_dir) + extra)?;
+        // The flow log in the test's directory, unless `extra` says where.
+        let event_log = if extra.contains("event_log") {
+            String::new()
+        } else {
+            format!("event_log = \"{}\"\n", dir.path().join("log/events.jsonl").display())
+        };
+        let text = lab.host_config_toml(pins.path(), &socket, &policy_dir);
+        std::fs::write(&config, event_log + &text + extra)?;
         let log = dir.path().join("agent.log");
         Ok(LabAgent {
             pins,
