@@ -14,7 +14,7 @@ use dataplane_common::{
         AddrKey, AddrValue, Allow4, Allow6, AllowMask, BackendHop, CT_DEFAULT_ENTRIES, CT_EVICT_MAX, CtKey, CtValue,
         EvictCandidate, EvictCursor, GENERATIONS, HOPS_PER_TENANT, HostConfig, MAX_ADDRS, MAX_ALLOW_PREFIXES,
         MAX_ALLOW_SLOTS, MAX_NEXT_HOPS, MAX_REDIRECT_TARGETS, MAX_SERVICES, MAX_TENANTS, Meta, NextHopEntry,
-        NextHopKey, RedirectErrors, SIDES, ServiceKey, ServiceValue, TenantInfo, TenantName, TenantStats,
+        NextHopKey, RedirectErrors, SIDES, ServiceKey, ServiceValue, TenantHealth, TenantInfo, TenantName, TenantStats,
     },
 };
 
@@ -69,6 +69,10 @@ pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
 /// object so that they are created and pinned with everything else.
 #[map(name = "TENANT_NAMES")]
 pub static TENANT_NAMES: HashMap<u32, TenantName> = HashMap::with_max_entries(MAX_TENANTS, 0);
+
+/// Machine health by tenant id: userspace only, like `TENANT_NAMES`.
+#[map(name = "HEALTH")]
+pub static HEALTH: HashMap<u32, TenantHealth> = HashMap::with_max_entries(MAX_TENANTS, 0);
 
 /// The policy generation in force: userspace only, like `TENANT_NAMES`.
 #[map(name = "META")]

@@ -19,6 +19,10 @@
 //!   object pretty-printed. `documents` and `tenants` may be combined.
 //!   Add `"dry_run":true` to only validate.
 //! - `{"op":"reload"}` — re-read `policy_dir` (as `SIGHUP` does).
+//! - `{"op":"drain","tenant":"acme","machine":"connector/1"}`, `"undrain"`,
+//!   `{"op":"activate","tenant":"acme","machine":"core/1","force":false}` —
+//!   maintenance by hand (`crate::agent::health`); kept in the pinned
+//!   `HEALTH` map across restarts.
 //!
 //! An apply is all or nothing: the set is validated as a whole (every
 //! error, each with file, line, column and field) and refused if anything
@@ -62,6 +66,24 @@ pub enum Request {
         dry_run: bool,
     },
     Reload,
+    /// `machine` of `tenant` (`connector/0`, `core/1`, ...) takes no new
+    /// flows; a drained active core hands over to the standby.
+    Drain {
+        tenant: String,
+        machine: String,
+    },
+    Undrain {
+        tenant: String,
+        machine: String,
+    },
+    /// Makes core `machine` of `tenant` the active one; `force` even when it
+    /// is down or drained.
+    Activate {
+        tenant: String,
+        machine: String,
+        #[serde(default)]
+        force: bool,
+    },
 }
 
 /// A policy error as the API reports it (the fields of

@@ -11,6 +11,7 @@ pub mod etcd;
 pub mod event;
 pub mod event_maps;
 pub mod generation;
+pub mod health;
 pub mod loader;
 pub mod maglev;
 pub mod memory;

@@ -220,7 +220,7 @@ impl Dataplane {
             .ok_or_else(|| anyhow!("no map {name} in the eBPF object"))
     }
 
-    fn map_ref(&self, name: &str) -> Result<&aya::maps::Map> {
+    pub(crate) fn map_ref(&self, name: &str) -> Result<&aya::maps::Map> {
         self.ebpf
             .map(name)
             .ok_or_else(|| anyhow!("no map {name} in the eBPF object"))
@@ -545,6 +545,18 @@ impl Dataplane {
         } else {
             info.flags &= !TENANT_READY;
         }
+        self.put_tenant(id, info)
+    }
+
+    /// Rewrites which connectors of tenant `id` take new flows (their up bits
+    /// and the Maglev table built from them) and which core is active, in
+    /// one update of the tenant record.
+    pub fn rewrite_health(&mut self, id: u32, t: &Tenant, health: &Health) -> Result<()> {
+        let mut info = self.tenant_info(id)?.ok_or_else(|| anyhow!("no tenant {id}"))?;
+        let fresh = tenant_info(t, info.allow_slot, health, true);
+        info.connectors = fresh.connectors;
+        info.maglev = fresh.maglev;
+        info.active_core = fresh.active_core;
         self.put_tenant(id, info)
     }
 

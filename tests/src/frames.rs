@@ -220,6 +220,7 @@ pub fn policy(r: &mut Rng, n: usize) -> Vec<Tenant> {
             cores,
             allow,
             egress,
+            health: Default::default(),
         });
     }
     out

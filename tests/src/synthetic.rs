@@ -64,5 +64,6 @@ pub fn tenant(i: u32) -> Tenant {
         cores: vec![backend(i, 2), backend(i, 3)],
         allow,
         egress: None,
+        health: Default::default(),
     }
 }

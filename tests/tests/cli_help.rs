@@ -13,6 +13,8 @@ const COMMANDS: &[&str] = &[
     "snat",
     "stats",
     "trace",
+    "machine",
+    "core",
     "completions",
     "man",
 ];

@@ -22,7 +22,7 @@ pub use drop::DropReason;
 
 /// Version of the map layout. A new binary refuses to adopt pinned maps of
 /// another version instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Names of the programs in the eBPF object, as userspace looks them up.
 pub mod programs {
@@ -110,6 +110,9 @@ pub mod maps {
     pub const SERVICES: &str = "SERVICES";
     /// tenant id → [`crate::types::TenantName`] (userspace only).
     pub const TENANT_NAMES: &str = "TENANT_NAMES";
+    /// tenant id → [`crate::types::TenantHealth`] (userspace only): machine
+    /// health, drains and the last core switch, kept across agent restarts.
+    pub const HEALTH: &str = "HEALTH";
     /// [`crate::types::Meta`], one entry (userspace only).
     pub const META: &str = "META";
     /// LRU cache of FIB results: [`crate::types::NextHopKey`] → [`crate::types::NextHopEntry`].

@@ -286,6 +286,42 @@ pub struct HostConfig {
     pub ns_per_tick: u32,
 }
 
+/// One machine's health as the agent keeps it in `HEALTH` (userspace only),
+/// so that a restarted agent continues from it. `vtep` and `mac` say which
+/// machine the record is of: a policy that moves the slot to another
+/// machine starts it afresh.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MachineRecord {
+    pub vtep: [u8; 4],
+    pub mac: [u8; 6],
+    /// `MACHINE_*`.
+    pub state: u8,
+    pub drained: u8,
+    /// Consecutive probe results that disagree with `state` (rise/fall).
+    pub streak: u8,
+    pub _pad: [u8; 3],
+    /// Milliseconds since the Unix epoch when `state` began.
+    pub since_ms: u64,
+    pub transitions: u32,
+    /// Of the last probe; 0 when it failed.
+    pub last_latency_us: u32,
+}
+
+/// `MachineRecord::state`: no record yet.
+pub const MACHINE_UNKNOWN: u8 = 0;
+pub const MACHINE_UP: u8 = 1;
+pub const MACHINE_DOWN: u8 = 2;
+
+/// A tenant's machines in `HEALTH`: connector/0, connector/1, core/0, core/1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TenantHealth {
+    pub machines: [MachineRecord; 4],
+    /// When the active core last changed, for the failback hold-down.
+    pub last_switch_ms: u64,
+}
+
 /// Hosts a fleet may have: peers the data path knows by port block.
 pub const MAX_PEERS: usize = 16;
 
@@ -535,6 +571,8 @@ mod pod {
     unsafe impl aya::Pod for BackendHop {}
     unsafe impl aya::Pod for NextHopEntry {}
     unsafe impl aya::Pod for TenantName {}
+    unsafe impl aya::Pod for MachineRecord {}
+    unsafe impl aya::Pod for TenantHealth {}
     unsafe impl aya::Pod for Meta {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
@@ -571,6 +609,8 @@ mod tests {
         assert_eq!(size_of::<EvictCandidate>(), 104);
         assert_eq!(size_of::<EvictCursor>(), 16);
         assert_eq!(size_of::<TenantName>(), 36);
+        assert_eq!(size_of::<MachineRecord>(), 32);
+        assert_eq!(size_of::<TenantHealth>(), 136);
         assert_eq!(size_of::<NextHopKey>(), 24);
         assert_eq!(size_of::<NextHopEntry>(), 24);
         assert_eq!(size_of::<BackendHop>(), 32);

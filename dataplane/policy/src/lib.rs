@@ -16,6 +16,7 @@
 
 mod digest;
 mod error;
+mod health;
 mod incremental;
 mod load;
 mod model;
@@ -25,6 +26,7 @@ mod validate;
 
 pub use digest::PolicySet;
 pub use error::{PolicyError, PolicyErrors};
+pub use health::{Health, HttpsCheck, JmsCheck, Millis};
 pub use incremental::{IncrementalSet, Prepared};
 pub use load::{check_documents, load_path, read_dir_or_file};
 pub use model::{Allow, Backend, Class, Egress, Lane, MacAddr, Tenant};

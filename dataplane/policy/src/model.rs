@@ -8,6 +8,8 @@ use anyhow::Result;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
+use crate::health::Health;
+
 /// How many machines of each role a tenant has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -209,6 +211,8 @@ pub struct Tenant {
     pub allow: Vec<Allow>,
     #[serde(default)]
     pub egress: Option<Egress>,
+    #[serde(default, skip_serializing_if = "Health::is_default")]
+    pub health: Health,
 }
 
 impl Tenant {

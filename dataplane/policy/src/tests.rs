@@ -746,3 +746,61 @@ fn a_character_toml_forbids_gets_a_message() {
     assert!(!first.message.trim().is_empty(), "{first:?}");
     assert!(first.message.contains("character"), "{}", first.message);
 }
+
+// --- [health] ----------------------------------------------------------------
+
+#[test]
+fn health_defaults_and_spelled_out_defaults_are_the_same_policy() {
+    let set = |t: Tenant| PolicySet::new(vec![t]);
+    let plain = set(parse_toml(Path::new("acme.toml"), ACME).unwrap());
+    assert_eq!(plain.tenants[0].health, Health::default());
+    let spelled = format!(
+        "{ACME}\n[health]\ninterval = \"1s\"\ntimeout = \"1000ms\"\nrise = 2\nfall = 3\n\
+         https_check = \"tls\"\njms_check = \"tcp\"\nfailback = false\n"
+    );
+    let spelled = set(parse_toml(Path::new("acme.toml"), &spelled).unwrap());
+    assert_eq!(spelled.digest(), plain.digest());
+
+    let tuned = format!("{ACME}\n[health]\ninterval = \"500ms\"\ntimeout = \"200ms\"\nfall = 2\nfailback = true\n");
+    let tuned = set(parse_toml(Path::new("acme.toml"), &tuned).unwrap());
+    let h = tuned.tenants[0].health;
+    assert_eq!(
+        (h.interval, h.timeout, h.rise, h.fall, h.failback),
+        (Millis(500), Millis(200), 2, 2, true)
+    );
+    assert_ne!(tuned.digest(), plain.digest());
+}
+
+#[test]
+fn health_bad_values_are_refused_where_written() {
+    let line = ACME.lines().count() + 3;
+    for (extra, field, says) in [
+        (
+            "interval = \"0s\"\ntimeout = \"0s\"",
+            "health.interval",
+            "longer than 0s",
+        ),
+        ("timeout = \"2s\"", "health.timeout", "longer than the interval"),
+        ("rise = 0", "health.rise", "from 1 to 100"),
+        ("fall = 1000", "health.fall", "from 1 to 100"),
+    ] {
+        let doc = format!("{ACME}\n[health]\n{extra}\n");
+        let errors = toml_errors("acme.toml", &doc);
+        let e = errors
+            .iter()
+            .find(|e| e.field == field)
+            .unwrap_or_else(|| panic!("no error at {field}: {}", PolicyErrors(errors.clone())));
+        assert!(e.message.contains(says), "{e}");
+        assert!(e.line >= line - 1, "{e} should point into [health]");
+    }
+    let e = one(toml_errors(
+        "acme.toml",
+        &format!("{ACME}\n[health]\ninterval = \"1\"\n"),
+    ));
+    assert!(e.to_string().contains("needs a unit"), "{e}");
+    let e = one(toml_errors(
+        "acme.toml",
+        &format!("{ACME}\n[health]\nhttps_check = \"icmp\"\n"),
+    ));
+    assert!(e.to_string().contains("icmp"), "{e}");
+}

@@ -201,6 +201,7 @@ pub(crate) fn check_tenant(doc: &Document, errors: &mut Vec<PolicyError>) {
     }
 
     check_backends(doc, errors);
+    check_health(doc, errors);
 
     if let Some(e) = &t.egress {
         if let Some(why) = not_unicast(IpAddr::V4(e.snat_ipv4)) {
@@ -225,6 +226,29 @@ pub(crate) fn check_tenant(doc: &Document, errors: &mut Vec<PolicyError>) {
         }
         for (i, c) in e.allow.iter().enumerate() {
             check_network(doc, &format!("egress.allow[{i}]"), c, errors);
+        }
+    }
+}
+
+fn check_health(doc: &Document, errors: &mut Vec<PolicyError>) {
+    let h = &doc.tenant.health;
+    if h.interval.0 == 0 {
+        errors.push(err(doc, "health.interval", "must be longer than 0s"));
+    }
+    if h.timeout.0 == 0 {
+        errors.push(err(doc, "health.timeout", "must be longer than 0s"));
+    } else if h.timeout > h.interval {
+        // A probe still waiting when the next one is due would make two
+        // probes of one machine overlap and their results race.
+        errors.push(err(
+            doc,
+            "health.timeout",
+            format!("{} is longer than the interval ({})", h.timeout, h.interval),
+        ));
+    }
+    for (name, n) in [("health.rise", h.rise), ("health.fall", h.fall)] {
+        if n == 0 || n > 100 {
+            errors.push(err(doc, name, format!("{n} is not a count of probes from 1 to 100")));
         }
     }
 }

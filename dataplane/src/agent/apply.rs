@@ -664,6 +664,7 @@ impl Engine {
             entry.entries.union(&wanted_entries);
             if new {
                 dp.clear_tenant_stats(id)?;
+                dp.remove_tenant_health(id)?;
             }
             dp.set_tenant_name(id, &t.name)?;
             let current = if new { None } else { dp.tenant_info(id)? };
@@ -710,6 +711,7 @@ impl Engine {
             dp.remove_owned_entries(id, &entry.entries)
                 .with_context(|| format!("removing tenant {} (id {id})", entry.name))?;
             dp.remove_tenant_record(id)?;
+            dp.remove_tenant_health(id)?;
             self.installed.remove(&id);
             if self.by_name.get(&entry.name) == Some(&id) {
                 self.by_name.remove(&entry.name);

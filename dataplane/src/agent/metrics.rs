@@ -67,6 +67,21 @@ pub struct TenantSnapshot {
     /// Class word → counters: `https` and `jms` always, `none` when it
     /// counted anything.
     pub classes: BTreeMap<&'static str, ClassStats>,
+    /// Index of the active core (double and single lane alike).
+    pub active_core: Option<u8>,
+    pub machines: Vec<MachineSnapshot>,
+}
+
+/// One machine's health, from `HEALTH`.
+#[derive(Debug, Clone)]
+pub struct MachineSnapshot {
+    /// `connector/0`, `core/1`, ...
+    pub machine: String,
+    pub up: bool,
+    pub drained: bool,
+    pub transitions: u64,
+    /// Of the last passing probe.
+    pub latency_seconds: Option<f64>,
 }
 
 /// What only the running agent knows.
@@ -152,16 +167,37 @@ impl Snapshot {
         let records = pins.tenants()?;
         let ids: Vec<u32> = records.iter().map(|t| t.id).collect();
         let stats = pins.tenant_stats_of(&ids)?;
+        let health = crate::health::store::read_pinned(pins)?;
         let tenants = records
             .iter()
             .zip(stats.iter())
             .map(|(t, st)| {
                 let mut classes = class_stats(st);
                 classes.retain(|c, s| *c != "none" || s.steered_packets != 0 || s.dropped_packets != 0);
+                let machines = t
+                    .info
+                    .map(|i| crate::health::store::views(&i, health.get(&t.id)))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|v| MachineSnapshot {
+                        machine: v.machine.to_string(),
+                        up: v
+                            .record
+                            .is_none_or(|r| r.state != dataplane_common::types::MACHINE_DOWN),
+                        drained: v.record.is_some_and(|r| r.drained != 0),
+                        transitions: v.record.map_or(0, |r| r.transitions.into()),
+                        latency_seconds: v
+                            .record
+                            .filter(|r| r.last_latency_us != 0)
+                            .map(|r| r.last_latency_us as f64 / 1e6),
+                    })
+                    .collect();
                 TenantSnapshot {
                     name: t.display_name(),
                     ready: t.ready(),
                     classes,
+                    active_core: t.info.map(|i| i.active_core),
+                    machines,
                 }
             })
             .collect();
@@ -372,6 +408,62 @@ impl Collector for Snapshot {
             self.tenants
                 .iter()
                 .map(|t| (vec![("tenant", t.name.clone())], u64::from(t.ready))),
+        )?;
+        let per_machine = |f: fn(&MachineSnapshot) -> Option<f64>| {
+            self.tenants.iter().flat_map(move |t| {
+                t.machines.iter().filter_map(move |m| {
+                    f(m).map(|v| (vec![("tenant", t.name.clone()), ("machine", m.machine.clone())], v))
+                })
+            })
+        };
+        let per_flag = |f: fn(&MachineSnapshot) -> bool| {
+            self.tenants.iter().flat_map(move |t| {
+                t.machines.iter().map(move |m| {
+                    (
+                        vec![("tenant", t.name.clone()), ("machine", m.machine.clone())],
+                        u64::from(f(m)),
+                    )
+                })
+            })
+        };
+        gauge(
+            e,
+            "carwash_machine_up",
+            "1 while the machine is declared up (or not probed yet), 0 once declared down.",
+            per_flag(|m| m.up),
+        )?;
+        gauge(
+            e,
+            "carwash_machine_drained",
+            "1 while an operator has the machine drained.",
+            per_flag(|m| m.drained),
+        )?;
+        counters(
+            e,
+            "carwash_machine_transitions",
+            "Times the machine was declared up or down.",
+            self.tenants.iter().flat_map(|t| {
+                t.machines.iter().map(move |m| {
+                    (
+                        vec![("tenant", t.name.clone()), ("machine", m.machine.clone())],
+                        m.transitions,
+                    )
+                })
+            }),
+        )?;
+        gauge(
+            e,
+            "carwash_machine_probe_latency_seconds",
+            "Latency of the machine's last passing probe.",
+            per_machine(|m| m.latency_seconds),
+        )?;
+        gauge(
+            e,
+            "carwash_tenant_active_core",
+            "Index of the tenant's active core (0: the first in its policy).",
+            self.tenants
+                .iter()
+                .filter_map(|t| t.active_core.map(|c| (vec![("tenant", t.name.clone())], u64::from(c)))),
         )?;
         gauge(
             e,
@@ -839,6 +931,14 @@ mod tests {
                 name: "acme".into(),
                 ready: TENANT_READY != 0,
                 classes,
+                active_core: Some(1),
+                machines: vec![MachineSnapshot {
+                    machine: "core/0".into(),
+                    up: false,
+                    drained: false,
+                    transitions: 2,
+                    latency_seconds: Some(0.00025),
+                }],
             }],
             redirect_failures: vec![crate::pinned::RedirectFailure {
                 ifindex: 3,
@@ -906,6 +1006,10 @@ mod tests {
             "carwash_tenant_dropped_packets_total{tenant=\"acme\",class=\"https\",reason=\"not_allowed\"} 2",
             "carwash_tenant_ready{tenant=\"acme\"} 1",
             "carwash_tenants 1",
+            "carwash_machine_up{tenant=\"acme\",machine=\"core/0\"} 0",
+            "carwash_machine_transitions_total{tenant=\"acme\",machine=\"core/0\"} 2",
+            "carwash_machine_probe_latency_seconds{tenant=\"acme\",machine=\"core/0\"} 0.00025",
+            "carwash_tenant_active_core{tenant=\"acme\"} 1",
             "carwash_policy_generation 7",
             "carwash_map_memory_bytes{map=\"ADDRS\"} 4096",
             "carwash_policy_last_apply_duration_seconds 0.25",

@@ -18,6 +18,7 @@ pub mod etcd_watch;
 pub mod events;
 mod fleet;
 pub mod flowlog;
+pub mod health;
 pub mod host;
 pub mod load;
 pub mod maps;

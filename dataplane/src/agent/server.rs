@@ -29,6 +29,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, warn};
 
+use super::health::Manual;
+
 use super::Agent;
 use crate::api::{Request, Response};
 use crate::config::ApiConfig;
@@ -425,6 +427,11 @@ pub fn handle(agent: &mut Agent, req: Request) -> Response {
             tenants,
             dry_run,
         } => agent.apply_documents(documents, tenants, dry_run),
+        Request::Drain { tenant, machine } => super::health::manual(agent, Manual::Drain, &tenant, &machine),
+        Request::Undrain { tenant, machine } => super::health::manual(agent, Manual::Undrain, &tenant, &machine),
+        Request::Activate { tenant, machine, force } => {
+            super::health::manual(agent, Manual::Activate { force }, &tenant, &machine)
+        }
     }
 }
 

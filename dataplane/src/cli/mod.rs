@@ -2,6 +2,8 @@
 mod agent;
 mod completions;
 mod fleet;
+mod health;
+mod machine;
 mod man;
 mod monitor;
 pub mod output;
@@ -59,6 +61,14 @@ enum Cmd {
     /// tenant, class, allow entry, backend, action, drop reason and the
     /// output frame's headers. No live counter or table moves.
     Trace(Box<trace::TraceArgs>),
+    /// Machine health, drains and the active core, per tenant.
+    Health(health::Args),
+    /// Maintenance: drain or undrain a tenant's machine, through the agent.
+    #[command(subcommand)]
+    Machine(machine::MachineCmd),
+    /// Manual failover: make a tenant's core active, through the agent.
+    #[command(subcommand)]
+    Core(machine::CoreCmd),
     /// Follow the event stream live (drops with reasons, translations,
     /// policy, health), or read it from the flow log with --since/--from.
     Monitor(Box<monitor::Args>),
@@ -135,6 +145,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Tenant(TenantCmd::Show(a)) => tenant_show::run(a),
         Cmd::Snat(SnatCmd::List(a)) => snat_list::run(a),
         Cmd::Trace(a) => trace::run(*a),
+        Cmd::Health(a) => health::run(a),
+        Cmd::Machine(c) => machine::run_machine(c),
+        Cmd::Core(c) => machine::run_core(c),
         Cmd::Monitor(a) => monitor::run(*a),
         Cmd::Fleet(c) => fleet::run(c),
         Cmd::Completions(a) => completions::run(a),
