@@ -125,16 +125,7 @@ pub fn push(a: PushArgs) -> Result<ExitCode> {
                 r.unchanged,
                 result.digest.as_deref().unwrap_or("")
             ),
-            None => {
-                for e in &result.errors {
-                    eprintln!("{e}");
-                }
-                eprintln!(
-                    "{}: {} errors; nothing was written to etcd",
-                    a.path.display(),
-                    result.errors.len()
-                );
-            }
+            None => super::policy::print_refused(&a.path, &result.errors, "nothing was written to etcd"),
         },
     }
     Ok(if result.ok {
