@@ -20,7 +20,7 @@ use crate::handoff::{self, hand_on};
 use crate::maps::{CONFIG, Outbound, VNIS, active_gen};
 use crate::packet::{IPPROTO_UDP, frame_len, read, write};
 use crate::parse::{Flow, NotIp, parse_from};
-use crate::uplink::Refused;
+use crate::verdict::Refused;
 use crate::{fleet, mss, steer};
 
 const UDP_VXLAN: usize = 8 + 8;

@@ -18,7 +18,7 @@ use crate::handoff::{self, hand_on};
 use crate::maps::{FLEET, FLEET_STATS, active_gen, host_config};
 use crate::packet::{IPPROTO_TCP, IPPROTO_UDP, read};
 use crate::parse::{Flow, NotIp, parse_from};
-use crate::uplink::Refused;
+use crate::verdict::Refused;
 use crate::{nat, steer};
 use aya_ebpf::programs::XdpContext;
 

@@ -23,6 +23,7 @@ mod snat_in;
 mod snat_out;
 mod steer;
 mod uplink;
+mod verdict;
 mod vip_icmp;
 
 use aya_ebpf::{

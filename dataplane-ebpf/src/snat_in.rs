@@ -18,7 +18,8 @@ use crate::nat::{self, Delta, End};
 use crate::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_FLAG_SYN, be16, frame_len, write};
 use crate::parse::Flow;
 use crate::snat_out::{keep_twin, refresh, tcp_state, twin_due};
-use crate::uplink::{Refused, too_big};
+use crate::uplink::too_big;
+use crate::verdict::Refused;
 use crate::{fleet, handoff, steer};
 
 const TCP_FLAG_ACK: u8 = 0x10;

@@ -21,7 +21,7 @@ use crate::maps::{CONNTRACK, CT_EVICT, CT_EVICT_CURSOR, CT_SCRATCH, Outbound, ho
 use crate::nat::{self, End};
 use crate::packet::{IPPROTO_TCP, IPPROTO_UDP, TCP_FLAG_SYN};
 use crate::parse::Flow;
-use crate::uplink::Refused;
+use crate::verdict::Refused;
 use crate::{handoff, mss, steer};
 
 const TCP_FLAG_FIN: u8 = 0x01;

@@ -16,7 +16,7 @@ use crate::encap::{ENCAP_OVERHEAD, encapsulate};
 use crate::maps::host_config;
 use crate::nat;
 use crate::packet::{IPPROTO_TCP, IPPROTO_UDP, be16, frame_len};
-use crate::uplink::Refused;
+use crate::verdict::Refused;
 use crate::{handoff, steer};
 
 /// `carwash_vip_icmp`.
