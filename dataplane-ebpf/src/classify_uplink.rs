@@ -10,12 +10,12 @@ use dataplane_common::{
 };
 
 use crate::counters::{Counters, tenant_dropped, tenant_steered};
-use crate::encap::{ENCAP_OVERHEAD, encapsulate};
 use crate::handoff::hand_on;
 use crate::maps::{CONFIG, JUMPS, active_gen, host_config};
 use crate::packet::{IPPROTO_UDP, frame_len};
 use crate::parse::Flow;
-use crate::{events, icmp, mss, nat, steer};
+use crate::send_encap::{ENCAP_OVERHEAD, encapsulate};
+use crate::{allow_choose as steer, events, send_too_big as icmp, translate_mss as mss, translate_nat as nat};
 
 use crate::verdict::Refused;
 
