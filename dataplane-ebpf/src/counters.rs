@@ -11,7 +11,7 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use crate::maps::{COUNTERS, TENANT_STATS};
 use crate::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 use crate::parse::{Flow, NotIp, parse};
-use crate::uplink::Refused;
+use crate::verdict::Refused;
 
 pub struct Counters(*mut CounterBlock);
 

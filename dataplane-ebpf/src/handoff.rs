@@ -6,7 +6,7 @@ use dataplane_common::DropReason;
 
 use crate::maps::{HANDOFF, JUMPS, Outbound};
 use crate::parse::Flow;
-use crate::uplink::Refused;
+use crate::verdict::Refused;
 
 /// The largest header offset a handed-on packet may have: the receiving
 /// program bounds every offset before it points into the packet.

@@ -4,26 +4,35 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
+// Along a packet's path: parse, classify, allow and choose, translate, send.
+mod packet;
+mod parse;
+
+mod classify_fabric;
+mod classify_uplink;
+
+mod allow_choose;
+
+mod translate_mss;
+mod translate_nat;
+mod translate_snat_in;
+mod translate_snat_out;
+mod translate_vip_icmp;
+
+mod send_encap;
+mod send_fleet;
+mod send_redirect_err;
+mod send_too_big;
+
+// Between programs, and beside the path.
+mod handoff;
+mod verdict;
+
 mod bench;
 mod clock;
 mod counters;
-mod encap;
 mod events;
-mod fabric;
-mod fleet;
-mod handoff;
-mod icmp;
 mod maps;
-mod mss;
-mod nat;
-mod packet;
-mod parse;
-mod redirect;
-mod snat_in;
-mod snat_out;
-mod steer;
-mod uplink;
-mod vip_icmp;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -34,58 +43,58 @@ use aya_ebpf::{
 /// XDP on `uplink`: everything that arrives from the internet.
 #[xdp]
 pub fn carwash_uplink(ctx: XdpContext) -> u32 {
-    uplink::run(&ctx)
+    classify_uplink::run(&ctx)
 }
 
 /// XDP on `fabric`: VXLAN from the tenants' machines.
 #[xdp]
 pub fn carwash_fabric(ctx: XdpContext) -> u32 {
-    fabric::run(&ctx)
+    classify_fabric::run(&ctx)
 }
 
 /// Outbound source NAT: tail-called by `carwash_fabric`.
 #[xdp]
 pub fn carwash_snat_out(ctx: XdpContext) -> u32 {
-    snat_out::run(&ctx)
+    translate_snat_out::run(&ctx)
 }
 
 /// Replies to egress IPs: tail-called by `carwash_uplink`.
 #[xdp]
 pub fn carwash_snat_in(ctx: XdpContext) -> u32 {
-    snat_in::run_reply(&ctx)
+    translate_snat_in::run_reply(&ctx)
 }
 
 /// ICMP errors to egress IPs: tail-called by `carwash_uplink`.
 #[xdp]
 pub fn carwash_snat_icmp(ctx: XdpContext) -> u32 {
-    snat_in::run_icmp(&ctx)
+    translate_snat_in::run_icmp(&ctx)
 }
 
 /// ICMP errors to VIPs, about steered flows: tail-called by
 /// `carwash_uplink`.
 #[xdp]
 pub fn carwash_vip_icmp(ctx: XdpContext) -> u32 {
-    vip_icmp::run(&ctx)
+    translate_vip_icmp::run(&ctx)
 }
 
 /// The answer to a reply too big for the fabric: tail-called by
 /// `carwash_snat_in`.
 #[xdp]
 pub fn carwash_too_big(ctx: XdpContext) -> u32 {
-    snat_in::run_too_big(&ctx)
+    translate_snat_in::run_too_big(&ctx)
 }
 
 /// Replies another host of the fleet passed on: tail-called by
 /// `carwash_fabric`.
 #[xdp]
 pub fn carwash_fleet_in(ctx: XdpContext) -> u32 {
-    fleet::run_in(&ctx)
+    send_fleet::run_in(&ctx)
 }
 
 /// The last step of reverse NAT: tail-called by the two above.
 #[xdp]
 pub fn carwash_deliver(ctx: XdpContext) -> u32 {
-    snat_in::run_deliver(&ctx)
+    translate_snat_in::run_deliver(&ctx)
 }
 
 /// Reports the event a tail-called program left, and returns its verdict
@@ -99,7 +108,7 @@ pub fn carwash_event(ctx: XdpContext) -> u32 {
 /// interface (attached to the `xdp_redirect_err` tracepoint).
 #[raw_tracepoint(tracepoint = "xdp_redirect_err")]
 pub fn carwash_redirect_err(ctx: RawTracePointContext) -> i32 {
-    redirect::count(&ctx);
+    send_redirect_err::count(&ctx);
     0
 }
 

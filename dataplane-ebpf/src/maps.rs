@@ -176,7 +176,7 @@ pub struct Outbound {
 #[map(name = "HANDOFF")]
 pub static HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(1, 0);
 
-/// This host's peers in a fleet (`crate::fleet`).
+/// This host's peers in a fleet (`crate::send_fleet`).
 #[map(name = "FLEET")]
 pub static FLEET: Array<dataplane_common::types::Fleet> = Array::with_max_entries(1, 0);
 

@@ -42,8 +42,6 @@ use anyhow::{Context, Result, bail};
 use carwash_policy::PolicyError;
 use serde::{Deserialize, Serialize};
 
-pub use crate::agent::apply::ApplyReport;
-use crate::agent::host::Interface;
 use crate::loader::PinnedAttachment;
 
 /// One policy document of an apply request.
@@ -250,19 +248,6 @@ pub struct InterfaceStatus {
     pub warnings: Vec<String>,
 }
 
-impl InterfaceStatus {
-    pub fn new(role: &str, i: &Interface) -> InterfaceStatus {
-        InterfaceStatus {
-            role: role.to_string(),
-            name: i.name.clone(),
-            ifindex: i.ifindex,
-            mac: i.mac_string(),
-            mtu: i.mtu,
-            warnings: Vec::new(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachmentStatus {
     pub program: String,
@@ -359,7 +344,7 @@ pub fn read_documents(path: &Path) -> Result<Vec<Document>, Vec<ApiError>> {
         let rd = std::fs::read_dir(path).map_err(|e| vec![file_err(path, format!("cannot list directory: {e}"))])?;
         for e in rd.flatten() {
             let p = e.path();
-            if crate::agent::is_policy_file(&p) && !p.is_dir() {
+            if is_policy_file(&p) && !p.is_dir() {
                 files.push(p);
             }
         }
@@ -380,4 +365,34 @@ pub fn read_documents(path: &Path) -> Result<Vec<Document>, Vec<ApiError>> {
         }
     }
     if errors.is_empty() { Ok(docs) } else { Err(errors) }
+}
+
+/// The result of an apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyReport {
+    pub generation: u64,
+    pub digest: String,
+    pub tenants: usize,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: usize,
+    /// Time spent writing maps, in microseconds.
+    pub micros: u64,
+}
+
+impl ApplyReport {
+    pub fn is_noop(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// Whether `loader`-style directory scans take `p` as a policy file: a name
+/// ending in `.toml` or `.json` that does not start with `.`.
+pub fn is_policy_file(p: &Path) -> bool {
+    let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let ext = p.extension().and_then(|e| e.to_str());
+    !name.starts_with('.') && ext.is_some_and(|e| e.eq_ignore_ascii_case("toml") || e.eq_ignore_ascii_case("json"))
 }

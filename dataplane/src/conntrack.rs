@@ -21,55 +21,7 @@ use dataplane_common::types::{
 use crate::Dataplane;
 use dataplane_common::maps;
 
-/// Now on carwash's clock, in nanoseconds: the kernel's tick counter times
-/// the tick length, which the programs read as `bpf_jiffies64` and
-/// userspace as `times(2)` (the same counter in steps of 10 ms; see
-/// `HostConfig::ns_per_tick`).
-pub fn now_ns() -> u64 {
-    clock_ticks() * (1_000_000_000 / user_hz())
-}
-
-/// `times(2)`: the kernel's tick counter in `USER_HZ` units.
-pub fn clock_ticks() -> u64 {
-    let mut t = libc::tms {
-        tms_utime: 0,
-        tms_stime: 0,
-        tms_cutime: 0,
-        tms_cstime: 0,
-    };
-    // SAFETY: valid pointer to a tms.
-    unsafe { libc::times(&mut t) as u64 }
-}
-
-/// `USER_HZ`: 100 on every Linux architecture carwash runs on.
-fn user_hz() -> u64 {
-    // SAFETY: plain libc call.
-    match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-        n if n > 0 => n as u64,
-        _ => 100,
-    }
-}
-
-/// The kernel's tick length in nanoseconds, from its tick counter as the
-/// programs read it (`ticks`, read between the `times(2)` readings
-/// `before` and `after`): `times(2)` is that counter scaled to `USER_HZ`.
-/// Snapped to the tick of a `CONFIG_HZ` the kernel offers.
-pub fn tick_ns(ticks: u64, before: u64, after: u64) -> anyhow::Result<u32> {
-    anyhow::ensure!(
-        ticks > 0 && before > 0 && after >= before,
-        "no clock readings ({ticks}, {before}, {after})"
-    );
-    let per_user_tick = 1_000_000_000 / user_hz();
-    let mid = (before + after) as f64 / 2.0 * per_user_tick as f64;
-    let measured = mid / ticks as f64;
-    // TICK_NSEC of HZ = 100, 250, 300, 1000.
-    for tick in [10_000_000u32, 4_000_000, 3_333_333, 1_000_000] {
-        if (measured / tick as f64 - 1.0).abs() < 0.01 {
-            return Ok(tick);
-        }
-    }
-    anyhow::bail!("the kernel's tick is {measured:.0} ns long, which is no CONFIG_HZ carwash knows")
-}
+pub use crate::clock::{clock_ticks, now_ns, tick_ns};
 
 /// An address of a key or value as an `IpAddr`.
 pub fn ip(addr: &[u8; 16], family: u8) -> IpAddr {

@@ -426,7 +426,7 @@ pub fn documents_of_path(path: &Path) -> Result<BTreeMap<String, String>> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(path)
             .with_context(|| format!("listing {}", path.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && crate::agent::is_policy_file(p))
+            .filter(|p| p.is_file() && crate::api::is_policy_file(p))
             .collect();
         v.sort();
         v

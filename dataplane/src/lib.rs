@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod api;
 pub mod batch;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod conntrack;

@@ -343,10 +343,10 @@ impl Dataplane {
     /// `HostConfig::ns_per_tick`), from the tick counter as the programs
     /// read it.
     pub fn kernel_tick_ns(&self) -> Result<u32> {
-        let before = crate::conntrack::clock_ticks();
+        let before = crate::clock::clock_ticks();
         let ticks = self.kernel_ticks()?;
-        let after = crate::conntrack::clock_ticks();
-        crate::conntrack::tick_ns(ticks, before, after)
+        let after = crate::clock::clock_ticks();
+        crate::clock::tick_ns(ticks, before, after)
     }
 
     /// The kernel's tick counter as the programs read it.

@@ -413,7 +413,7 @@ impl Pins {
                 } else {
                     None
                 },
-                interface: crate::agent::status::ifname(ifindex),
+                interface: crate::agent::sys::ifname(ifindex),
                 frames: e.frames,
                 last_error: errno_text(e.last_errno),
             })

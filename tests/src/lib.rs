@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod frames;
 pub mod inbound_cases;
 pub mod labrun;
+pub mod layout;
 pub mod model;
 pub mod modelrun;
 pub mod outbound;

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{build_release, cargo, root};
+use crate::workspace::{build_release, cargo, root};
 
 /// Builds the package; returns its path.
 pub fn build() -> Result<PathBuf> {
@@ -28,10 +28,10 @@ pub fn build() -> Result<PathBuf> {
         std::fs::write(completions.join(file), out.stdout)?;
     }
     let man = assets.join("man");
-    crate::run(Command::new(&bin).args(["man", "--dir"]).arg(&man))?;
+    crate::workspace::run(Command::new(&bin).args(["man", "--dir"]).arg(&man))?;
     // Debian ships manual pages compressed, without a timestamp.
     for page in std::fs::read_dir(&man)? {
-        crate::run(Command::new("gzip").args(["-9", "-n"]).arg(page?.path()))?;
+        crate::workspace::run(Command::new("gzip").args(["-9", "-n"]).arg(page?.path()))?;
     }
 
     let out = cargo()

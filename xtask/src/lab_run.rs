@@ -12,7 +12,7 @@ use netlab::lab::{
     PARTNER_TCP_PORT, PARTNER_V4, Role, parse_peer,
 };
 
-use crate::{build_release, root};
+use crate::workspace::{build_release, root};
 
 const LAB: &str = "cwlab";
 

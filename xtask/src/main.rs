@@ -3,12 +3,10 @@
 //! (see `setup`), so a fresh machine needs nothing but this.
 mod deb;
 mod setup;
-
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use anyhow::{Context, Result, bail};
+mod workspace;
+use anyhow::Result;
 use clap::{Parser, Subcommand};
+use workspace::{build_release, cargo, root, run};
 
 #[derive(Parser)]
 #[command(about = "carwash's build, test, lab and benchmark tasks")]
@@ -162,34 +160,6 @@ fn main() -> Result<()> {
             run(&mut cmd)
         }
     }
-}
-
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
-}
-
-pub fn cargo() -> Command {
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(root());
-    c.env("PATH", setup::path_with_tools());
-    c
-}
-
-pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
-}
-
-/// Builds `carwash` in release mode and returns its path.
-pub fn build_release() -> Result<PathBuf> {
-    run(cargo().args(["build", "--release", "-p", "dataplane", "--bin", "carwash"]))?;
-    Ok(root().join("target/release/carwash"))
 }
 
 fn lab(cmd: LabCmd, name: &str, plain_veths: bool) -> Result<()> {

@@ -3,7 +3,6 @@
 //! `core`), LLVM 22 (bpf-linker links against the nightly's LLVM), bpf-linker
 //! itself, a mounted bpffs, and the tools the lab and tests drive. A second
 //! run finds everything and installs nothing.
-use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -28,23 +27,6 @@ const TOOLS: &[(&str, &str)] = &[
     ("etcdctl", "etcd-client"),
     ("bird", "bird2"),
 ];
-
-/// PATH with cargo's bin directory (where bpf-linker lands) in front.
-pub fn path_with_tools() -> String {
-    let mut parts = vec![cargo_bin().display().to_string()];
-    if let Ok(p) = std::env::var("PATH") {
-        parts.push(p);
-    }
-    parts.join(":")
-}
-
-fn cargo_bin() -> PathBuf {
-    std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
-        .join("bin")
-}
 
 fn ok(cmd: &mut Command) -> bool {
     cmd.output().map(|o| o.status.success()).unwrap_or(false)
@@ -73,9 +55,9 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
         bail!("missing Debian packages {pkgs:?}; installing them needs root (run as root, or apt-get install them)");
     }
     println!("setup: apt-get install {}", pkgs.join(" "));
-    crate::run(Command::new("apt-get").args(["update", "-qq"]))
+    crate::workspace::run(Command::new("apt-get").args(["update", "-qq"]))
         .context("apt-get update (are the Debian package mirrors reachable?)")?;
-    crate::run(
+    crate::workspace::run(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
@@ -97,7 +79,7 @@ pub fn run() -> Result<()> {
     let installed = stdout(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]));
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         println!("setup: rustup component add rust-src --toolchain nightly");
-        crate::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        crate::workspace::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
         did.push("rust-src");
     }
 
@@ -112,11 +94,11 @@ pub fn run() -> Result<()> {
         did.push("debian packages");
     }
 
-    let linker = cargo_bin().join("bpf-linker");
+    let linker = crate::workspace::cargo_bin().join("bpf-linker");
     if !ok(Command::new(&linker).arg("--version")) {
         println!("setup: cargo install bpf-linker (against LLVM 22; about a minute)");
-        let path = format!("{LLVM_BIN}:{}", path_with_tools());
-        crate::run(Command::new("cargo").env("PATH", path).args([
+        let path = format!("{LLVM_BIN}:{}", crate::workspace::path_with_tools());
+        crate::workspace::run(Command::new("cargo").env("PATH", path).args([
             "install",
             "bpf-linker",
             "--version",
@@ -134,7 +116,7 @@ pub fn run() -> Result<()> {
             bail!("bpffs is not mounted at /sys/fs/bpf and mounting it needs root");
         }
         println!("setup: mount -t bpf bpf /sys/fs/bpf");
-        crate::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+        crate::workspace::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
         did.push("bpffs");
     }
 
@@ -177,11 +159,17 @@ pub fn packaging() -> Result<()> {
     if !missing.is_empty() {
         apt_install(&missing)?;
     }
-    let version = stdout(Command::new(cargo_bin().join("cargo-deb")).arg("--version"));
+    let version = stdout(Command::new(crate::workspace::cargo_bin().join("cargo-deb")).arg("--version"));
     if !version.contains(CARGO_DEB_VERSION) {
         println!("setup: cargo install cargo-deb {CARGO_DEB_VERSION} (about two minutes)");
-        crate::run(Command::new("cargo").args(["install", "cargo-deb", "--version", CARGO_DEB_VERSION, "--locked"]))
-            .context("installing cargo-deb")?;
+        crate::workspace::run(Command::new("cargo").args([
+            "install",
+            "cargo-deb",
+            "--version",
+            CARGO_DEB_VERSION,
+            "--locked",
+        ]))
+        .context("installing cargo-deb")?;
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Why a packet was dropped: one enum that indexes the counters, is
 //! returned by the programs' `try_*` bodies and is printed by the CLI.
-use crate::counters::indexed_enum;
+use crate::indexed::indexed_enum;
 
 indexed_enum! {
     /// The reasons carwash drops a packet.

@@ -15,6 +15,7 @@ pub mod counters;
 pub mod drop;
 pub mod events;
 pub mod hash;
+mod indexed;
 pub mod types;
 
 pub use counters::{Counter, CounterBlock};

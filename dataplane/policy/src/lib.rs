@@ -15,6 +15,7 @@
 //! - [`PolicySet::digest`]: what is in force, as a stable hex string.
 
 mod digest;
+mod document;
 mod error;
 mod health;
 mod incremental;

@@ -2,20 +2,13 @@
 //! plane pushes) into a [`Tenant`] plus the [`Positions`] of its fields, and
 //! turning the parsers' errors into [`PolicyError`]s that name the field.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+pub use crate::document::Document;
 use crate::error::{PolicyError, PolicyErrors};
 use crate::model::Tenant;
-use crate::positions::{Hit, LineIndex, Positions, join_key, json_positions, toml_positions};
+use crate::positions::{Hit, LineIndex, join_key, json_positions, toml_positions};
 use crate::validate::validate_set;
-
-/// A parsed (not yet validated) policy document.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Document {
-    pub file: PathBuf,
-    pub tenant: Tenant,
-    pub positions: Positions,
-}
 
 /// Parses and validates one TOML policy document, as `policy check` would a
 /// single file: the name must match `file`'s stem.

@@ -9,8 +9,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnetwork::IpNetwork;
 
 use crate::digest::PolicySet;
+use crate::document::Document;
 use crate::error::{PolicyError, PolicyErrors};
-use crate::parse::Document;
 
 /// The largest VNI: VXLAN carries 24 bits.
 pub const MAX_VNI: u32 = 0xFF_FFFF;

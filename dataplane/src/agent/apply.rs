@@ -68,25 +68,7 @@ impl Installed {
     }
 }
 
-/// The result of an apply.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApplyReport {
-    pub generation: u64,
-    pub digest: String,
-    pub tenants: usize,
-    pub added: Vec<String>,
-    pub changed: Vec<String>,
-    pub removed: Vec<String>,
-    pub unchanged: usize,
-    /// Time spent writing maps, in microseconds.
-    pub micros: u64,
-}
-
-impl ApplyReport {
-    pub fn is_noop(&self) -> bool {
-        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
-    }
-}
+pub use crate::api::ApplyReport;
 
 /// A validated policy set to apply, as the engine reads it: by name, and
 /// all of it. A [`PolicySet`] is one (through [`SetIndex`]), and so is the
@@ -153,9 +135,7 @@ pub fn tenant_digest(t: &Tenant) -> String {
     super::digest::tenant_digest_of_json(&super::digest::tenant_json(t))
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use super::digest::hex;
 
 fn unhex32(s: &str) -> [u8; 32] {
     let mut out = [0u8; 32];

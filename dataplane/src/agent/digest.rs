@@ -24,12 +24,16 @@ pub fn set_digest<'a>(jsons: impl IntoIterator<Item = &'a str>) -> String {
         h.update(j.as_bytes());
     }
     h.update(b"]");
-    super::apply::hex(&h.finalize())
+    hex(&h.finalize())
 }
 
 /// The digest of the set of one tenant.
 pub fn tenant_digest_of_json(json: &str) -> String {
     set_digest([json])
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use etcd_client::{EventType, WatchOptions};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::server::Event;
+use super::messages::Event;
 use crate::etcd::{self, EtcdConfig, Update};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);

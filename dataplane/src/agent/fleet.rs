@@ -4,40 +4,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use carwash_policy::{IncrementalSet, Prepared};
+use carwash_policy::Prepared;
 use tracing::info;
 
 use super::apply::{Target, check_capacity_of, write_atomic};
-use super::{Agent, capacity_errors, now_secs};
-use crate::api::{EtcdStatus, Response};
-use crate::etcd::{EtcdConfig, HostError, HostRecord, Update};
-
-/// The agent's copy of the tenants in etcd, valid or not: each document
-/// parsed and checked once, when it changes, so that a one-tenant change
-/// costs that tenant (as a file change does), not the whole set.
-#[derive(Default)]
-pub struct EtcdSet {
-    docs: BTreeMap<String, String>,
-    set: IncrementalSet,
-    /// The generation the last apply from etcd left in force: another
-    /// source applying since means every tenant is compared next time.
-    generation: Option<u64>,
-}
+use super::status::now_secs;
+use super::{Agent, capacity_errors};
+use crate::api::Response;
+use crate::etcd::{HostError, HostRecord, Update};
 
 /// The name a tenant's document has in error messages and in `policy_dir`.
 fn file_of(name: &str) -> PathBuf {
     PathBuf::from(format!("{name}.json"))
-}
-
-/// The etcd part of the status before etcd answered.
-pub fn initial_status(cfg: &EtcdConfig) -> EtcdStatus {
-    EtcdStatus {
-        endpoints: cfg.endpoints.clone(),
-        prefix: cfg.prefix.clone(),
-        host: cfg.host_name(),
-        since: now_secs(),
-        ..Default::default()
-    }
 }
 
 impl Agent {

@@ -9,18 +9,11 @@ use dataplane_common::types::TenantHealth;
 use tracing::info;
 
 use super::Agent;
+use super::messages::Manual;
 use crate::api::Response;
 use crate::health::apply::write_record;
 use crate::health::store::{availability, machines, record, slot};
 use crate::health::{Availability, CoreChoice, Machine, ManualError, Role, check_activate, check_machine, choose_core};
-
-/// What an operator asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Manual {
-    Drain,
-    Undrain,
-    Activate { force: bool },
-}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -30,13 +23,15 @@ fn now_ms() -> u64 {
 }
 
 /// Carries out `op` on `machine` of `tenant`, or says why not.
-pub fn manual(agent: &mut Agent, op: Manual, tenant: &str, machine: &str) -> Response {
-    match run(agent, op, tenant, machine) {
-        Ok(()) => Response {
-            ok: true,
-            ..Default::default()
-        },
-        Err(e) => Response::error(format!("{e:#}")),
+impl Agent {
+    pub fn manual(&mut self, op: Manual, tenant: &str, machine: &str) -> Response {
+        match run(self, op, tenant, machine) {
+            Ok(()) => Response {
+                ok: true,
+                ..Default::default()
+            },
+            Err(e) => Response::error(format!("{e:#}")),
+        }
     }
 }
 

@@ -33,7 +33,21 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::api::InterfaceStatus;
 use crate::config::HostConfig;
+
+impl InterfaceStatus {
+    pub fn new(role: &str, i: &Interface) -> InterfaceStatus {
+        InterfaceStatus {
+            role: role.to_string(),
+            name: i.name.clone(),
+            ifindex: i.ifindex,
+            mac: i.mac_string(),
+            mtu: i.mtu,
+            warnings: Vec::new(),
+        }
+    }
+}
 
 /// An interface as the kernel describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -345,6 +359,33 @@ pub struct UplinkAddrs {
     pub done: Arc<std::sync::atomic::AtomicU64>,
 }
 
+impl UplinkAddrs {
+    /// Whether the uplink already has (or is being given) the addresses of
+    /// policy generation `generation`.
+    pub fn is_current(&self, generation: u64) -> bool {
+        self.sent == Some(generation)
+    }
+
+    /// Hands the addresses of `generation` to the reconciler's thread
+    /// (started on first use). Returns at once.
+    pub fn hand_over(&mut self, generation: u64, ifindex: u32, name: &str, want: Arc<BTreeSet<IpAddr>>) {
+        if self.tx.is_none() {
+            match spawn_reconciler(ifindex, name.to_string(), self.done.clone()) {
+                Ok(tx) => self.tx = Some(tx),
+                Err(e) => {
+                    error!(error = %format!("{e:#}"), "the uplink's addresses cannot be kept");
+                    return;
+                }
+            }
+        }
+        if let Some(tx) = &self.tx
+            && tx.send(Some((generation, want))).is_ok()
+        {
+            self.sent = Some(generation);
+        }
+    }
+}
+
 /// How long a failed reconciliation (the addresses could not even be
 /// listed) waits before it tries again, unless a newer set comes first.
 const RETRY: Duration = Duration::from_secs(5);
@@ -481,51 +522,17 @@ fn spawn_reconciler(
     Ok(tx)
 }
 
-impl super::Agent {
-    /// The VIPs and egress IPs in force, by the engine's account of the maps.
-    pub fn addresses_in_force(&self) -> BTreeSet<IpAddr> {
-        self.engine
-            .installed
-            .values()
-            .flat_map(|t| t.entries.addrs.iter())
-            .map(|k| crate::pinned::addr_of(&k.addr, k.family))
-            .collect()
+pub(crate) fn few(names: &[String]) -> String {
+    let mut s = names.iter().take(10).cloned().collect::<Vec<_>>().join(",");
+    if names.len() > 10 {
+        s.push_str(&format!(" and {} more", names.len() - 10));
     }
-
-    /// Has the uplink made to answer for the addresses in force, when the
-    /// policy generation changed since the last time (or nothing was done
-    /// yet, as after a restart: then what is on the uplink is reconciled).
-    /// Returns at once: the work is done on the reconciler's thread.
-    pub fn sync_uplink_addresses(&mut self) {
-        let generation = self.engine.generation;
-        if self.uplink_addrs.sent == Some(generation) {
-            return;
-        }
-        if self.uplink_addrs.tx.is_none() {
-            match spawn_reconciler(
-                self.uplink.ifindex,
-                self.uplink.name.clone(),
-                self.uplink_addrs.done.clone(),
-            ) {
-                Ok(tx) => self.uplink_addrs.tx = Some(tx),
-                Err(e) => {
-                    error!(error = %format!("{e:#}"), "the uplink's addresses cannot be kept");
-                    return;
-                }
-            }
-        }
-        let want = Arc::new(self.addresses_in_force());
-        if let Some(tx) = &self.uplink_addrs.tx
-            && tx.send(Some((generation, want))).is_ok()
-        {
-            self.uplink_addrs.sent = Some(generation);
-        }
-    }
+    if s.is_empty() { "none".into() } else { s }
 }
 
 fn few_ips(ips: &[IpAddr]) -> String {
     let names: Vec<String> = ips.iter().map(ToString::to_string).collect();
-    super::few(&names)
+    few(&names)
 }
 
 /// `--uninstall`: removes carwash's addresses from the uplink, named by

@@ -37,7 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::server::Event;
+use super::messages::Event;
 use crate::api::{AgentStatus, Request};
 use crate::config::HostConfig;
 use crate::counters::Counters;

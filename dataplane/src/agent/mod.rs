@@ -14,6 +14,7 @@ pub mod announce;
 pub mod apply;
 pub mod digest;
 pub mod etcd_publish;
+pub mod etcd_set;
 pub mod etcd_watch;
 pub mod events;
 mod fleet;
@@ -22,18 +23,23 @@ pub mod health;
 pub mod host;
 pub mod load;
 pub mod maps;
+pub mod messages;
 pub mod metrics;
 pub mod notify;
 pub mod persist;
 pub mod server;
 pub mod status;
+use messages::Manual;
+use status::now_secs;
 pub(crate) mod sys;
 pub mod watch;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use aya::programs::XdpMode;
@@ -42,6 +48,7 @@ use dataplane_common::{LAYOUT_VERSION, programs, types::Meta};
 use tracing::{error, info, warn};
 
 use crate::Dataplane;
+use crate::api::Request;
 use crate::api::{
     AgentStatus, ApiError, ApplyReport, AttachmentStatus, Document, InterfaceStatus, LastError, Response, TenantId,
 };
@@ -61,36 +68,12 @@ const HOUSEKEEPING: Duration = Duration::from_secs(2);
 /// table (a pass reads the whole table).
 const RECLAIM_EVERY: u64 = 5;
 
-/// Whether `loader`-style directory scans take `p` as a policy file: a name
-/// ending in `.toml` or `.json` that does not start with `.`.
-pub fn is_policy_file(p: &Path) -> bool {
-    let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
-        return false;
-    };
-    let ext = p.extension().and_then(|e| e.to_str());
-    !name.starts_with('.') && ext.is_some_and(|e| e.eq_ignore_ascii_case("toml") || e.eq_ignore_ascii_case("json"))
-}
+pub use crate::api::is_policy_file;
 
 /// Where the agent keeps the per-tenant digests of the set in force
 /// ([`apply::StateFile`]): `applied.json` beside the API socket.
 pub fn state_file(cfg: &HostConfig) -> PathBuf {
     cfg.api_socket.with_file_name("applied.json")
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// A list of names for a log line: the first ten and how many more.
-fn few(names: &[String]) -> String {
-    let mut s = names.iter().take(10).cloned().collect::<Vec<_>>().join(",");
-    if names.len() > 10 {
-        s.push_str(&format!(" and {} more", names.len() - 10));
-    }
-    if s.is_empty() { "none".into() } else { s }
 }
 
 /// Hands memory freed after a reload back to the system: parsing a large
@@ -180,7 +163,7 @@ pub struct Agent {
     decoder: events::Decoder,
     /// The link to etcd, with `[etcd]`.
     etcd: Option<crate::api::EtcdStatus>,
-    etcd_set: fleet::EtcdSet,
+    etcd_set: etcd_set::EtcdSet,
     _lock: PinLock,
 }
 
@@ -322,7 +305,7 @@ impl Agent {
                 decoder.seed(id, &b.iter().map(|b| b.suppressed).collect::<Vec<_>>());
             }
         }
-        let etcd = cfg.etcd.as_ref().map(fleet::initial_status);
+        let etcd = cfg.etcd.as_ref().map(etcd_set::initial_status);
         let mut agent = Agent {
             cfg,
             dp,
@@ -351,7 +334,7 @@ impl Agent {
             event_ring: Some(event_ring),
             decoder,
             etcd,
-            etcd_set: fleet::EtcdSet::default(),
+            etcd_set: etcd_set::EtcdSet::default(),
             _lock: lock,
         };
         // Policies before programs: on a fresh start the programs see every
@@ -618,9 +601,9 @@ impl Agent {
                         generation = report.generation,
                         digest = %report.digest,
                         tenants = report.tenants,
-                        added = %few(&report.added),
-                        changed = %few(&report.changed),
-                        removed = %few(&report.removed),
+                        added = %host::few(&report.added),
+                        changed = %host::few(&report.changed),
+                        removed = %host::few(&report.removed),
                         unchanged = report.unchanged,
                         micros = report.micros,
                         "policy set applied"
@@ -1071,22 +1054,22 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
-                    Some(server::Event::Reload(source, changed)) => {
+                    Some(messages::Event::Reload(source, changed)) => {
                         agent.reload_changed(source, changed.as_deref());
                         agent.sync_uplink_addresses();
                         agent.announce().await;
                         agent.tell_status(service.as_ref());
                         agent.publish(&publisher);
                     }
-                    Some(server::Event::Api(req, reply)) => {
-                        let resp = server::handle(&mut agent, req);
+                    Some(messages::Event::Api(req, reply)) => {
+                        let resp = handle(&mut agent, req);
                         agent.sync_uplink_addresses();
                         agent.announce().await;
                         agent.tell_status(service.as_ref());
                         let _ = reply.send(resp);
                         agent.publish(&publisher);
                     }
-                    Some(server::Event::Etcd(update)) => {
+                    Some(messages::Event::Etcd(update)) => {
                         agent.on_etcd(update);
                         agent.sync_uplink_addresses();
                         agent.tell_status(service.as_ref());
@@ -1164,4 +1147,50 @@ pub fn uninstall(cfg: &HostConfig) -> Result<Vec<PathBuf>> {
         std::fs::remove_file(&state).with_context(|| format!("removing {}", state.display()))?;
     }
     Ok(removed)
+}
+
+impl Agent {
+    /// The VIPs and egress IPs in force, by the engine's account of the maps.
+    pub fn addresses_in_force(&self) -> BTreeSet<IpAddr> {
+        self.engine
+            .installed
+            .values()
+            .flat_map(|t| t.entries.addrs.iter())
+            .map(|k| crate::pinned::addr_of(&k.addr, k.family))
+            .collect()
+    }
+
+    /// Has the uplink made to answer for the addresses in force, when the
+    /// policy generation changed since the last time (or nothing was done
+    /// yet, as after a restart: then what is on the uplink is reconciled).
+    /// Returns at once: the work is done on the reconciler's thread.
+    pub fn sync_uplink_addresses(&mut self) {
+        let generation = self.engine.generation;
+        if self.uplink_addrs.is_current(generation) {
+            return;
+        }
+        let want = Arc::new(self.addresses_in_force());
+        self.uplink_addrs
+            .hand_over(generation, self.uplink.ifindex, &self.uplink.name, want);
+    }
+}
+
+/// Serves one request (on the agent's loop).
+fn handle(agent: &mut Agent, req: Request) -> Response {
+    match req {
+        Request::Status => Response {
+            ok: true,
+            status: Some(Box::new(agent.status())),
+            ..Default::default()
+        },
+        Request::Reload => agent.reload("api"),
+        Request::Apply {
+            documents,
+            tenants,
+            dry_run,
+        } => agent.apply_documents(documents, tenants, dry_run),
+        Request::Drain { tenant, machine } => agent.manual(Manual::Drain, &tenant, &machine),
+        Request::Undrain { tenant, machine } => agent.manual(Manual::Undrain, &tenant, &machine),
+        Request::Activate { tenant, machine, force } => agent.manual(Manual::Activate { force }, &tenant, &machine),
+    }
 }

@@ -29,22 +29,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::health::Manual;
-
-use super::Agent;
 use crate::api::{Request, Response};
 use crate::config::ApiConfig;
 
-/// What the agent's loop is asked to do.
-#[derive(Debug)]
-pub enum Event {
-    /// Re-read `policy_dir`; the string says why (for logs and status),
-    /// the paths which files changed (`None`: any may have).
-    Reload(&'static str, Option<Vec<std::path::PathBuf>>),
-    Api(Request, oneshot::Sender<Response>),
-    /// News from the etcd watcher ([`crate::etcd::Update`]).
-    Etcd(crate::etcd::Update),
-}
+use super::messages::Event;
 
 /// Who may use the socket, and what a connection may cost.
 #[derive(Debug, Clone)]
@@ -411,28 +399,6 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, resp: &Response) -> 
     let mut out = serde_json::to_string(resp).unwrap_or_else(|_| r#"{"ok":false}"#.into());
     out.push('\n');
     write.write_all(out.as_bytes()).await
-}
-
-/// Serves one request (on the agent's loop).
-pub fn handle(agent: &mut Agent, req: Request) -> Response {
-    match req {
-        Request::Status => Response {
-            ok: true,
-            status: Some(Box::new(agent.status())),
-            ..Default::default()
-        },
-        Request::Reload => agent.reload("api"),
-        Request::Apply {
-            documents,
-            tenants,
-            dry_run,
-        } => agent.apply_documents(documents, tenants, dry_run),
-        Request::Drain { tenant, machine } => super::health::manual(agent, Manual::Drain, &tenant, &machine),
-        Request::Undrain { tenant, machine } => super::health::manual(agent, Manual::Undrain, &tenant, &machine),
-        Request::Activate { tenant, machine, force } => {
-            super::health::manual(agent, Manual::Activate { force }, &tenant, &machine)
-        }
-    }
 }
 
 #[cfg(test)]

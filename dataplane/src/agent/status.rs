@@ -64,21 +64,7 @@ fn open(pin: &Path, name: &str) -> Result<MapData> {
     MapData::from_pin(&p).with_context(|| format!("opening pinned map {} (is the agent installed there?)", p.display()))
 }
 
-/// The name of interface `ifindex` in the calling thread's namespace.
-pub fn ifname(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
-    Some(
-        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
-            .to_string_lossy()
-            .into_owned(),
-    )
-}
+pub use super::sys::ifname;
 
 pub fn pinned_status(pin: &Path) -> Result<PinnedStatus> {
     let meta: Meta = Array::<_, Meta>::try_from(Map::Array(open(pin, maps::META)?))?.get(&0, 0)?;
@@ -148,4 +134,12 @@ pub fn pinned_status(pin: &Path) -> Result<PinnedStatus> {
         redirect_watch,
         redirect_failures,
     })
+}
+
+/// Seconds since the epoch, for the status's timestamps.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

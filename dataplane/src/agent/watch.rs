@@ -11,7 +11,7 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher, event::Acces
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::server::Event;
+use super::messages::Event;
 
 /// The longest a burst of changes can hold a reload back.
 const MAX_DELAY: Duration = Duration::from_millis(500);

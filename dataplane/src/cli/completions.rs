@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::CommandFactory;
 use clap_complete::Shell;
 
 #[derive(clap::Args)]
@@ -13,8 +12,8 @@ pub struct Args {
     shell: Shell,
 }
 
-pub fn run(args: Args) -> Result<ExitCode> {
-    let mut cmd = super::Cli::command();
+pub fn run(args: Args, cli: clap::Command) -> Result<ExitCode> {
+    let mut cmd = cli;
     clap_complete::generate(args.shell, &mut cmd, "carwash", &mut std::io::stdout());
     Ok(ExitCode::SUCCESS)
 }

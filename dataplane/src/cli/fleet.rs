@@ -125,7 +125,7 @@ pub fn push(a: PushArgs) -> Result<ExitCode> {
                 r.unchanged,
                 result.digest.as_deref().unwrap_or("")
             ),
-            None => super::policy::print_refused(&a.path, &result.errors, "nothing was written to etcd"),
+            None => super::output::print_refused(&a.path, &result.errors, "nothing was written to etcd"),
         },
     }
     Ok(if result.ok {

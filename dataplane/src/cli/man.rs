@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::CommandFactory;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -14,8 +13,8 @@ pub struct Args {
     dir: Option<PathBuf>,
 }
 
-pub fn run(args: Args) -> Result<ExitCode> {
-    let cmd = super::Cli::command();
+pub fn run(args: Args, cli: clap::Command) -> Result<ExitCode> {
+    let cmd = cli;
     match args.dir {
         Some(dir) => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

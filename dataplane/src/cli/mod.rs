@@ -7,6 +7,7 @@ mod machine;
 mod man;
 mod monitor;
 pub mod output;
+mod pins;
 mod policy;
 mod snat_list;
 mod stats;
@@ -15,15 +16,13 @@ mod tenant_list;
 mod tenant_show;
 mod trace;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
-use dataplane::config::{DEFAULT_CONFIG, default_pin_path};
-use dataplane::pinned::Pins;
+use clap::{CommandFactory, Parser, Subcommand};
 
 pub use output::Format;
+pub use pins::PinArgs;
 
 #[derive(Parser)]
 #[command(
@@ -95,34 +94,6 @@ enum SnatCmd {
     List(snat_list::Args),
 }
 
-/// Where read commands find the pinned maps.
-#[derive(clap::Args, Debug, Clone)]
-pub struct PinArgs {
-    /// The agent's pin path (default: `pin_path` of the host configuration, else /sys/fs/bpf/carwash).
-    #[arg(long)]
-    pub pin_path: Option<PathBuf>,
-    /// Host configuration to take `pin_path` from.
-    #[arg(long, default_value = DEFAULT_CONFIG)]
-    pub config: PathBuf,
-}
-
-impl PinArgs {
-    pub fn resolve(&self) -> Result<PathBuf> {
-        if let Some(p) = &self.pin_path {
-            return Ok(p.clone());
-        }
-        if self.config.exists() {
-            return Ok(dataplane::config::HostConfig::load(&self.config)?.pin_path);
-        }
-        Ok(default_pin_path())
-    }
-
-    /// The pinned maps, checked (see [`Pins::open`]).
-    pub fn open(&self) -> Result<Pins> {
-        Pins::open(&self.resolve()?)
-    }
-}
-
 /// Lets a closed stdout end the process quietly, as `carwash tenant list
 /// -o json | head` expects of a Unix tool (Rust ignores SIGPIPE, and
 /// `println!` then panics). Only for the commands that print: the agent
@@ -150,7 +121,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Core(c) => machine::run_core(c),
         Cmd::Monitor(a) => monitor::run(*a),
         Cmd::Fleet(c) => fleet::run(c),
-        Cmd::Completions(a) => completions::run(a),
-        Cmd::Man(a) => man::run(a),
+        Cmd::Completions(a) => completions::run(a, Cli::command()),
+        Cmd::Man(a) => man::run(a, Cli::command()),
     }
 }

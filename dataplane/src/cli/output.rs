@@ -60,6 +60,15 @@ pub fn wrap(text: &str, width: usize) -> String {
     lines.join("\n")
 }
 
+/// A refused set's errors, one a line, then how many and what `outcome`
+/// that has, on stderr.
+pub fn print_refused(path: &std::path::Path, errors: &[impl std::fmt::Display], outcome: &str) {
+    for e in errors {
+        eprintln!("{e}");
+    }
+    eprintln!("{}: {} errors; {outcome}", path.display(), errors.len());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

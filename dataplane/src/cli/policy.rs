@@ -112,7 +112,7 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
             result.tenants,
             result.digest.as_deref().unwrap_or("")
         ),
-        Format::Table => print_refused(&a.path, &result.errors, "nothing would be applied"),
+        Format::Table => output::print_refused(&a.path, &result.errors, "nothing would be applied"),
     }
     Ok(if result.ok {
         ExitCode::SUCCESS
@@ -199,13 +199,4 @@ fn apply(a: ApplyArgs) -> Result<ExitCode> {
 
 fn list(v: &[String]) -> String {
     if v.is_empty() { "none".into() } else { v.join(",") }
-}
-
-/// A refused set's errors, one a line, then how many and what `outcome`
-/// that has, on stderr.
-pub(super) fn print_refused(path: &std::path::Path, errors: &[impl std::fmt::Display], outcome: &str) {
-    for e in errors {
-        eprintln!("{e}");
-    }
-    eprintln!("{}: {} errors; {outcome}", path.display(), errors.len());
 }

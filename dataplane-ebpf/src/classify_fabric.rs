@@ -15,13 +15,13 @@ use dataplane_common::{
 
 use crate::clock;
 use crate::counters::{Counters, tenant_dropped, tenant_steered};
-use crate::encap::{RouteQuery, route, transmit};
 use crate::handoff::{self, hand_on};
 use crate::maps::{CONFIG, Outbound, VNIS, active_gen};
 use crate::packet::{IPPROTO_UDP, frame_len, read, write};
 use crate::parse::{Flow, NotIp, parse_from};
-use crate::uplink::Refused;
-use crate::{fleet, mss, steer};
+use crate::send_encap::{RouteQuery, route, transmit};
+use crate::verdict::Refused;
+use crate::{allow_choose as steer, send_fleet as fleet, translate_mss as mss};
 
 const UDP_VXLAN: usize = 8 + 8;
 

@@ -10,36 +10,14 @@ use dataplane_common::{
 };
 
 use crate::counters::{Counters, tenant_dropped, tenant_steered};
-use crate::encap::{ENCAP_OVERHEAD, encapsulate};
 use crate::handoff::hand_on;
 use crate::maps::{CONFIG, JUMPS, active_gen, host_config};
 use crate::packet::{IPPROTO_UDP, frame_len};
 use crate::parse::Flow;
-use crate::{events, icmp, mss, nat, steer};
+use crate::send_encap::{ENCAP_OVERHEAD, encapsulate};
+use crate::{allow_choose as steer, events, send_too_big as icmp, translate_mss as mss, translate_nat as nat};
 
-/// A packet carwash did not forward: why (a `DropReason`'s index), and
-/// what became of it (dropped, or turned into an ICMP answer and sent
-/// back).
-///
-/// The reason is kept as a plain index, not as the enum: with the enum,
-/// `Result<u32, Refused>` hides its `Ok` in reason values near `u32::MAX`,
-/// and the BPF backend (without 32-bit jumps) tests for them with a 64-bit
-/// comparison against a sign-extended -1, which never holds: every `Ok` of
-/// a tail-called program was counted as a drop.
-pub struct Refused {
-    pub why: u32,
-    pub action: u32,
-}
-
-impl From<DropReason> for Refused {
-    #[inline(always)]
-    fn from(why: DropReason) -> Self {
-        Refused {
-            why: why.index(),
-            action: xdp_action::XDP_DROP,
-        }
-    }
-}
+use crate::verdict::Refused;
 
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {

@@ -9,17 +9,18 @@ use dataplane_common::{
     types::{CT_REPLY, CtKey, CtValue, HOPS_PER_TENANT, SIDE_UPLINK},
 };
 
+use crate::classify_uplink::too_big;
 use crate::clock;
 use crate::counters::{Counters, run_handed};
-use crate::encap::{ENCAP_OVERHEAD, cached_hop, encapsulate, encapsulate_via};
 use crate::handoff::hand_on;
 use crate::maps::{CONNTRACK, host_config};
-use crate::nat::{self, Delta, End};
 use crate::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_FLAG_SYN, be16, frame_len, write};
 use crate::parse::Flow;
-use crate::snat_out::{keep_twin, refresh, tcp_state, twin_due};
-use crate::uplink::{Refused, too_big};
-use crate::{fleet, handoff, steer};
+use crate::send_encap::{ENCAP_OVERHEAD, cached_hop, encapsulate, encapsulate_via};
+use crate::translate_nat::{self as nat, Delta, End};
+use crate::translate_snat_out::{keep_twin, refresh, tcp_state, twin_due};
+use crate::verdict::Refused;
+use crate::{allow_choose as steer, handoff, send_fleet as fleet};
 
 const TCP_FLAG_ACK: u8 = 0x10;
 

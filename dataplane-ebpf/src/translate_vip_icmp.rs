@@ -12,12 +12,12 @@ use dataplane_common::{
 };
 
 use crate::counters::{Counters, run_handed};
-use crate::encap::{ENCAP_OVERHEAD, encapsulate};
 use crate::maps::host_config;
-use crate::nat;
 use crate::packet::{IPPROTO_TCP, IPPROTO_UDP, be16, frame_len};
-use crate::uplink::Refused;
-use crate::{handoff, steer};
+use crate::send_encap::{ENCAP_OVERHEAD, encapsulate};
+use crate::translate_nat as nat;
+use crate::verdict::Refused;
+use crate::{allow_choose as steer, handoff};
 
 /// `carwash_vip_icmp`.
 #[inline(always)]

@@ -15,14 +15,14 @@ use dataplane_common::{
     },
 };
 
+use crate::classify_fabric::leave;
 use crate::counters::{Counters, run_handed};
-use crate::fabric::leave;
 use crate::maps::{CONNTRACK, CT_EVICT, CT_EVICT_CURSOR, CT_SCRATCH, Outbound, host_config};
-use crate::nat::{self, End};
 use crate::packet::{IPPROTO_TCP, IPPROTO_UDP, TCP_FLAG_SYN};
 use crate::parse::Flow;
-use crate::uplink::Refused;
-use crate::{handoff, mss, steer};
+use crate::translate_nat::{self as nat, End};
+use crate::verdict::Refused;
+use crate::{allow_choose as steer, handoff, translate_mss as mss};
 
 const TCP_FLAG_FIN: u8 = 0x01;
 const TCP_FLAG_RST: u8 = 0x04;

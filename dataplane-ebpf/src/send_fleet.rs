@@ -13,13 +13,13 @@ use dataplane_common::{
 };
 
 use crate::counters::run_handed;
-use crate::encap::{encapsulate_from, next_hop};
 use crate::handoff::{self, hand_on};
 use crate::maps::{FLEET, FLEET_STATS, active_gen, host_config};
 use crate::packet::{IPPROTO_TCP, IPPROTO_UDP, read};
 use crate::parse::{Flow, NotIp, parse_from};
-use crate::uplink::Refused;
-use crate::{nat, steer};
+use crate::send_encap::{encapsulate_from, next_hop};
+use crate::verdict::Refused;
+use crate::{allow_choose as steer, translate_nat as nat};
 use aya_ebpf::programs::XdpContext;
 
 const UDP_VXLAN: usize = 8 + 8;

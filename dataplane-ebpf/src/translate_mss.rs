@@ -6,9 +6,9 @@
 use aya_ebpf::programs::XdpContext;
 use dataplane_common::{checksum, types::HostConfig};
 
-use crate::encap::ENCAP_OVERHEAD;
 use crate::packet::{IPPROTO_TCP, TCP_FLAG_SYN, TcpHdr, be16, read, write};
 use crate::parse::Flow;
+use crate::send_encap::ENCAP_OVERHEAD;
 
 const TCPOPT_EOL: u8 = 0;
 const TCPOPT_NOP: u8 = 1;
