@@ -355,8 +355,8 @@ mod tests {
     #[test]
     fn listening_sockets_are_found_by_port() {
         let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000000000000000000000000000:F0D0 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
-   1: 0100007F:1F90 0200007F:F0D0 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 100 0 0 10 0
+   0: 00000000000000000000000000000000:F0B0 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 0100007F:1F90 0200007F:F0B0 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 100 0 0 10 0
 ";
         assert!(listens_on(table, 61616));
         assert!(!listens_on(table, 8080), "an established socket is not listening");
