@@ -12,6 +12,7 @@ pub mod fixture;
 pub mod fleet;
 pub mod frames;
 pub mod inbound_cases;
+pub mod jms;
 pub mod labrun;
 pub mod layout;
 pub mod model;

@@ -17,7 +17,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what is missing: nightly rust-src, LLVM 22, bpf-linker, bpffs, lab tools.
+    /// Install what is missing: nightly rust-src, LLVM 22, bpf-linker, bpffs, lab tools, ActiveMQ.
     Setup,
     /// Build the eBPF object and the `carwash` binary (release).
     Build,
@@ -92,7 +92,10 @@ enum LabCmd {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Setup => setup::run(),
+        Cmd::Setup => {
+            setup::run()?;
+            setup::jms()
+        }
         Cmd::Build => {
             setup::run()?;
             build_release()?;
@@ -101,6 +104,7 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             setup::run()?;
             setup::packaging()?;
+            setup::jms()?;
             let mut cmd = cargo();
             // The default members: everything but the eBPF crate, which only builds
             // for the bpf target (through dataplane's build script).

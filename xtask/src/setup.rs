@@ -173,3 +173,28 @@ pub fn packaging() -> Result<()> {
     }
     Ok(())
 }
+
+/// The broker the JMS lab test runs on the cores: Debian's ActiveMQ 5.x
+/// (its jars and `activemq.jar` launcher) and a Java runtime for it and
+/// for the test's JMS clients (`javac` compiles them).
+const BROKER_JAR: &str = "/usr/share/activemq/bin/activemq.jar";
+const JMS_PACKAGES: &[(&str, &str)] = &[("java", "default-jre-headless"), ("javac", "default-jdk-headless")];
+
+/// What the real broker pair test needs: ActiveMQ and a JDK.
+pub fn jms() -> Result<()> {
+    let mut missing: Vec<&str> = JMS_PACKAGES
+        .iter()
+        .filter(|(cmd, _)| !have_command(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !std::path::Path::new(BROKER_JAR).exists() {
+        missing.push("activemq");
+    }
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+    if !std::path::Path::new(BROKER_JAR).exists() {
+        bail!("{BROKER_JAR} is missing after installing activemq");
+    }
+    Ok(())
+}
