@@ -18,6 +18,7 @@ mod mss;
 mod nat;
 mod packet;
 mod parse;
+mod probe;
 mod redirect;
 mod snat_in;
 mod snat_out;
@@ -27,8 +28,8 @@ mod vip_icmp;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::{raw_tracepoint, xdp},
-    programs::{RawTracePointContext, XdpContext},
+    macros::{classifier, raw_tracepoint, xdp},
+    programs::{RawTracePointContext, TcContext, XdpContext},
 };
 
 /// XDP on `uplink`: everything that arrives from the internet.
@@ -41,6 +42,13 @@ pub fn carwash_uplink(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn carwash_fabric(ctx: XdpContext) -> u32 {
     fabric::run(&ctx)
+}
+
+/// TC egress on the probe device: the agent's health probes, encapsulated
+/// to the machine their socket mark names.
+#[classifier]
+pub fn carwash_probe(ctx: TcContext) -> i32 {
+    probe::run(&ctx)
 }
 
 /// Outbound source NAT: tail-called by `carwash_fabric`.

@@ -12,6 +12,7 @@
 //! [`uninstall`] detaches.
 pub mod announce;
 pub mod apply;
+pub mod checker;
 pub mod digest;
 pub mod etcd_publish;
 pub mod etcd_watch;
@@ -25,6 +26,8 @@ pub mod maps;
 pub mod metrics;
 pub mod notify;
 pub mod persist;
+pub mod probe_path;
+pub mod probing;
 pub mod server;
 pub mod status;
 pub(crate) mod sys;
@@ -181,6 +184,8 @@ pub struct Agent {
     /// The link to etcd, with `[etcd]`.
     etcd: Option<crate::api::EtcdStatus>,
     etcd_set: fleet::EtcdSet,
+    /// The health probes, when `[probes]` is enabled and its path is up.
+    probing: Option<probing::Probing>,
     _lock: PinLock,
 }
 
@@ -352,6 +357,7 @@ impl Agent {
             decoder,
             etcd,
             etcd_set: fleet::EtcdSet::default(),
+            probing: None,
             _lock: lock,
         };
         // Policies before programs: on a fresh start the programs see every
@@ -1032,6 +1038,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
         }
         agent.sync_uplink_addresses();
         agent.announce().await;
+        let mut probe_rx = agent.start_probing().await;
         // The tracking table's figures from the start, not after the first
         // ten seconds.
         agent.reclaim_conntrack();
@@ -1073,6 +1080,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                 ev = rx.recv() => match ev {
                     Some(server::Event::Reload(source, changed)) => {
                         agent.reload_changed(source, changed.as_deref());
+                        agent.refresh_probes();
                         agent.sync_uplink_addresses();
                         agent.announce().await;
                         agent.tell_status(service.as_ref());
@@ -1080,6 +1088,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                     }
                     Some(server::Event::Api(req, reply)) => {
                         let resp = server::handle(&mut agent, req);
+                        agent.refresh_probes();
                         agent.sync_uplink_addresses();
                         agent.announce().await;
                         agent.tell_status(service.as_ref());
@@ -1088,18 +1097,25 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                     }
                     Some(server::Event::Etcd(update)) => {
                         agent.on_etcd(update);
+                        agent.refresh_probes();
                         agent.sync_uplink_addresses();
                         agent.tell_status(service.as_ref());
                         agent.publish(&publisher);
                     }
                     None => break,
                 },
+                reply = async { probe_rx.as_mut().expect("guarded").recv().await }, if probe_rx.is_some() => {
+                    if let Some(r) = reply {
+                        agent.on_probe(r);
+                    }
+                }
                 _ = hup.recv() => {
                     info!("SIGHUP: re-reading policy_dir");
                     if let Some(sm) = &service {
                         sm.reloading();
                     }
                     agent.reload("SIGHUP");
+                    agent.refresh_probes();
                     agent.sync_uplink_addresses();
                     agent.publish(&publisher);
                     agent.announce().await;
