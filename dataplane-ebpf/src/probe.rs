@@ -1,14 +1,15 @@
-//! The `probe` program (TC egress on the probe device): the agent's health
-//! probes leave the host as ordinary TCP sockets, marked with the machine
-//! they are for (`types::probe_mark`), and routed by that mark to the probe
-//! device. Here each marked packet is wrapped the way inbound traffic is
-//! (`encap`: VXLAN with the tenant's VNI from the host VTEP to the
-//! machine's VTEP, inner Ethernet from the router MAC to the machine's
-//! MAC) and sent out of the fabric, so a probe travels the very path a
-//! client's connection does. Anything else on the device is dropped: only
-//! probes are routed there.
+//! The `probe` program (TC egress on `lo`): the agent's health probes
+//! leave as ordinary TCP sockets to a VIP, marked with the machine they are
+//! for (`types::probe_mark`); a VIP is a local address (or routed to `lo`
+//! by the mark), so they leave through `lo`. Here each marked packet is
+//! wrapped the way inbound traffic is (`encap`: VXLAN with the tenant's
+//! VNI from the host VTEP to the machine's VTEP, inner Ethernet from the
+//! router MAC to the machine's MAC) and sent out of the fabric, so a probe
+//! travels the very path a client's connection does. Every other packet
+//! on `lo` passes untouched; a marked one that names no machine is
+//! dropped.
 use aya_ebpf::{
-    bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action},
+    bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action},
     helpers::{bpf_redirect_neigh, bpf_xdp_adjust_head},
     programs::{TcContext, XdpContext},
 };
@@ -17,6 +18,8 @@ use dataplane_common::{
     hash::vxlan_source_port,
     types::{BackendEntry, TenantInfo, VXLAN_PORT, probe_target},
 };
+
+use aya_log_ebpf::debug;
 
 use crate::encap::ENCAP_OVERHEAD;
 use crate::maps::{PROBE_HOST, active_gen, host_config};
@@ -29,7 +32,19 @@ const HEADERS: usize = ETH_LEN + ENCAP_OVERHEAD;
 
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> i32 {
-    try_probe(ctx).unwrap_or(TC_ACT_SHOT as i32)
+    // SAFETY: the context's socket buffer, valid for the program's run.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    let Some((id, slot)) = probe_target(mark) else {
+        // Not a probe: on to the next program on `lo`, if any.
+        return TC_ACT_UNSPEC;
+    };
+    match try_probe(ctx, mark, id, slot) {
+        Ok(action) => action,
+        Err(step) => {
+            debug!(ctx, "probe: tenant {} slot {} dropped at {}", id, slot, step);
+            TC_ACT_SHOT as i32
+        }
+    }
 }
 
 /// The machine of tenant record `t` in probe slot `slot` (connectors 0-1,
@@ -48,23 +63,20 @@ fn machine(t: &TenantInfo, slot: u32) -> Option<BackendEntry> {
 }
 
 #[inline(always)]
-fn try_probe(ctx: &TcContext) -> Option<i32> {
-    // SAFETY: the context's socket buffer, valid for the program's run.
-    let mark = unsafe { (*ctx.skb.skb).mark };
-    let (id, slot) = probe_target(mark)?;
-    let eth_proto: u16 = ctx.load::<[u8; 2]>(12).ok().map(u16::from_be_bytes)?;
+fn try_probe(ctx: &TcContext, mark: u32, id: u32, slot: u32) -> Result<i32, u32> {
+    let eth_proto: u16 = ctx.load::<[u8; 2]>(12).map(u16::from_be_bytes).map_err(|_| 1u32)?;
     if eth_proto != ETH_P_IPV4 {
-        return None;
+        return Err(2);
     }
-    let cfg = host_config().ok()?;
-    let t = steer::tenant(id, active_gen()).ok()?;
-    let backend = machine(t, slot)?;
+    let cfg = host_config().map_err(|_| 3u32)?;
+    let t = steer::tenant(id, active_gen()).map_err(|_| 4u32)?;
+    let backend = machine(t, slot).ok_or(5u32)?;
     let ip_len = ctx.len() as usize - ETH_LEN;
     // The outer packet is routed as the host's own: the probe's mark would
     // route it back to this device.
     ctx.set_mark(0);
     ctx.adjust_room(ENCAP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO as u64)
-        .ok()?;
+        .map_err(|_| 6u32)?;
     let mut h = [0u8; HEADERS];
     // Outer Ethernet: filled in by the neighbour lookup below.
     h[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
@@ -86,11 +98,12 @@ fn try_probe(ctx: &TcContext) -> Option<i32> {
     h[50..56].copy_from_slice(&backend.mac);
     h[56..62].copy_from_slice(&cfg.router_mac);
     h[62..64].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
-    ctx.store(0, &h, 0).ok()?;
+    ctx.store(0, &h, 0).map_err(|_| 7u32)?;
     // The kernel resolves the VTEP's neighbour (and waits for it if need
     // be), as for any packet the host sends into the fabric.
     // SAFETY: plain helper call; no parameters, the FIB decides.
-    Some(unsafe { bpf_redirect_neigh(cfg.fabric_ifindex, core::ptr::null_mut(), 0, 0) } as i32)
+    let action = unsafe { bpf_redirect_neigh(cfg.fabric_ifindex, core::ptr::null_mut(), 0, 0) } as i32;
+    Ok(action)
 }
 
 /// The fabric MAC to hand `inner` to the stack with, if it is a reply to

@@ -170,11 +170,20 @@ fn probes_through_the_tunnels_fail_over_the_core_and_drain_a_dead_connector() {
     // Every machine of both tenants answers its probes through its tunnel
     // (the TLS handshake for connectors, a TCP connect for cores).
     for t in ["acme", "beta"] {
-        wait_for(&format!("{t}'s machines probed"), Duration::from_secs(20), || {
-            health(&pins, t)
-                .iter()
-                .all(|m| m["last_latency_us"].as_u64().unwrap_or(0) > 0 && m["state"] == "up")
-        });
+        let t0 = Instant::now();
+        while !health(&pins, t)
+            .iter()
+            .all(|m| m["last_latency_us"].as_u64().unwrap_or(0) > 0 && m["state"] == "up")
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{t}'s machines not probed: {:#?}\n{}\n{}",
+                health(&pins, t),
+                a.log_text(),
+                host.run(&["sh", "-c", "ip -s link; ip rule; ip route show table all | head -40; ip addr"]).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     assert!(jms_banner(&inet, vip, 61616).unwrap().starts_with("acme core 0"));
 

@@ -263,7 +263,11 @@ pub const HOPS_PER_TENANT: u32 = 4;
 /// apart by their socket mark: `PROBE_MARK_BASE | tenant id << 2 | slot`
 /// (slot 0-1 the connectors, 2-3 the cores). The probe program reads the
 /// machine to encapsulate to from the mark alone.
-pub const PROBE_MARK_BASE: u32 = 0xca00_0000;
+///
+/// The base keeps the top bit clear: LLVM's BPF backend compares a 32-bit
+/// result against a constant with the top bit set as a sign-extended
+/// 64-bit immediate, which never matches.
+pub const PROBE_MARK_BASE: u32 = 0x6a00_0000;
 /// The bits of a mark that say "a carwash probe" (the policy rule's mask).
 pub const PROBE_MARK_MASK: u32 = 0xff00_0000;
 

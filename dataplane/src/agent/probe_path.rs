@@ -1,32 +1,35 @@
-//! The host's side of the health probes' path (`[probes]`): a dummy
-//! device of carwash's own, the probe source address on it, a routing
-//! table whose default route is that device, and the policy rules that
-//! send probe sockets (by socket mark) into that table. The probe program
-//! on the device's egress does the rest.
+//! The host's side of the health probes' path (`[probes]`): the probe
+//! source address on `lo`, a routing table of carwash's whose default route
+//! is `lo`, and the policy rules that send probe sockets (by socket mark)
+//! into that table. The probe program on `lo`'s egress does the rest.
+//!
+//! Why `lo` and not a device of its own: routes through `lo` are what
+//! a host has anyway, and a packet on its egress is the host's own. The
+//! agent puts the VIPs on the uplink, so the `local` table (rule 0) would
+//! deliver a connection to a VIP to the host itself, never through any
+//! device's egress: the agent moves that rule after its own
+//! ([`local_after_probes`]). The program takes only marked IPv4 packets;
+//! everything else on `lo` passes untouched.
 //!
 //! Replies come back decapsulated on `fabric`, from a VIP to the probe
-//! address. Reverse-path filtering would drop them there in strict mode
-//! (the VIP's route is not `fabric`): the agent sets the fabric's
-//! `rp_filter` to loose (2) if the effective value is strict, and the rule
-//! `from PROBE_SOURCE lookup TABLE` gives the VIP a route for the loose
-//! check. Anything unmarked that this rule sends to the device is dropped
-//! by the probe program.
+//! address; see [`replies_accepted`] for the two settings that needs. The
+//! rule `from PROBE_SOURCE lookup TABLE` gives a VIP that is not local a
+//! route for the loose reverse-path check.
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, Result, anyhow};
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::route::RouteScope;
-use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute};
-use rtnetlink::{Handle, LinkDummy, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 use tracing::info;
 
 use crate::config::ProbesConfig;
 use dataplane_common::types::{PROBE_MARK_BASE, PROBE_MARK_MASK};
 
-/// Outer IPv4, UDP, VXLAN and inner Ethernet: the probe device's MTU is the
-/// fabric's less this, so an encapsulated probe always fits.
-const ENCAP_OVERHEAD: u32 = 20 + 8 + 8 + 14;
+/// Where the probe program sits (egress).
+pub const PROBE_DEVICE: &str = "lo";
 const EEXIST: i32 = libc::EEXIST;
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
@@ -55,51 +58,26 @@ async fn ifindex(handle: &Handle, name: &str) -> Result<Option<u32>> {
 }
 
 /// Makes the probe path exist (idempotent: a restarted agent finds it in
-/// place). Returns the device's ifindex.
-pub async fn ensure(cfg: &ProbesConfig, fabric: &str, fabric_mtu: u32) -> Result<u32> {
+/// place).
+pub async fn ensure(cfg: &ProbesConfig, fabric: &str) -> Result<()> {
     let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
     let task = tokio::spawn(conn);
-    let r = ensure_with(&handle, cfg, fabric, fabric_mtu).await;
+    let r = ensure_with(&handle, cfg, fabric).await;
     task.abort();
     r
 }
 
-async fn ensure_with(handle: &Handle, cfg: &ProbesConfig, fabric: &str, fabric_mtu: u32) -> Result<u32> {
-    let dev = cfg.device.as_str();
-    let mtu = fabric_mtu.saturating_sub(ENCAP_OVERHEAD).max(576);
-    let index = match ifindex(handle, dev).await? {
-        Some(i) => i,
-        None => {
-            exists_ok(
-                handle.link().add(LinkDummy::new(dev).mtu(mtu).build()).execute().await,
-                &format!("creating the probe device {dev}"),
-            )?;
-            ifindex(handle, dev)
-                .await?
-                .ok_or_else(|| anyhow!("the probe device {dev} vanished after its creation"))?
-        }
-    };
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
-        .execute()
-        .await
-        .map_err(|e| anyhow!("setting {dev} up (mtu {mtu}): {e}"))?;
-    // The stack finishes the probes' checksums itself: the packets leave
-    // through the fabric inside a tunnel, where nothing would finish a
-    // partial one.
-    tx_checksum_off(dev)?;
+async fn ensure_with(handle: &Handle, cfg: &ProbesConfig, fabric: &str) -> Result<()> {
+    let lo = ifindex(handle, PROBE_DEVICE)
+        .await?
+        .ok_or_else(|| anyhow!("no {PROBE_DEVICE} device"))?;
     exists_ok(
-        handle
-            .address()
-            .add(index, IpAddr::V4(cfg.source), 32)
-            .execute()
-            .await,
-        &format!("adding {} to {dev}", cfg.source),
+        handle.address().add(lo, IpAddr::V4(cfg.source), 32).execute().await,
+        &format!("adding {} to {PROBE_DEVICE}", cfg.source),
     )?;
     let route = RouteMessageBuilder::<Ipv4Addr>::new()
         .table_id(cfg.table)
-        .output_interface(index)
+        .output_interface(lo)
         .scope(RouteScope::Link)
         .build();
     handle
@@ -108,7 +86,7 @@ async fn ensure_with(handle: &Handle, cfg: &ProbesConfig, fabric: &str, fabric_m
         .replace()
         .execute()
         .await
-        .map_err(|e| anyhow!("routing table {} to {dev}: {e}", cfg.table))?;
+        .map_err(|e| anyhow!("routing table {} to {PROBE_DEVICE}: {e}", cfg.table))?;
     let mut by_mark = handle
         .rule()
         .add()
@@ -132,63 +110,117 @@ async fn ensure_with(handle: &Handle, cfg: &ProbesConfig, fabric: &str, fabric_m
             .await,
         "adding the probes' source rule",
     )?;
-    loose_rp_filter(fabric)?;
-    info!(device = dev, source = %cfg.source, table = cfg.table, mtu, "probe path in place");
-    Ok(index)
+    local_after_probes(handle, cfg.rule_priority + 2).await?;
+    replies_accepted(fabric)?;
+    info!(source = %cfg.source, table = cfg.table, rule_priority = cfg.rule_priority, "probe path in place");
+    Ok(())
+}
+
+const RT_TABLE_LOCAL: u32 = 255;
+
+fn rule_table(m: &RuleMessage) -> u32 {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(m.header.table))
+}
+
+fn rule_priority(m: &RuleMessage) -> u32 {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Priority(p) => Some(*p),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+/// Moves the IPv4 `local` table's rule from priority 0 to `pref`, after
+/// the probes' rules: a VIP on the uplink is a local address, and without
+/// this a probe to it would be delivered to the host itself, not sent to
+/// the machine. The `local` rule is added at its new place before it is
+/// removed from the old one, so no lookup ever misses it.
+async fn local_after_probes(handle: &Handle, pref: u32) -> Result<()> {
+    let rules: Vec<RuleMessage> = handle
+        .rule()
+        .get(IpVersion::V4)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| anyhow!("listing the policy rules: {e}"))?;
+    let plain_local = |m: &RuleMessage| {
+        rule_table(m) == RT_TABLE_LOCAL
+            && m.header.src_len == 0
+            && m.header.dst_len == 0
+            && !m.attributes.iter().any(|a| {
+                matches!(
+                    a,
+                    RuleAttribute::Destination(_)
+                        | RuleAttribute::Source(_)
+                        | RuleAttribute::Iifname(_)
+                        | RuleAttribute::Oifname(_)
+                        | RuleAttribute::FwMark(_)
+                        | RuleAttribute::Goto(_)
+                        | RuleAttribute::TunId(_)
+                        | RuleAttribute::L3MDev(_)
+                        | RuleAttribute::UidRange(_)
+                        | RuleAttribute::IpProtocol(_)
+                        | RuleAttribute::SourcePortRange(_)
+                        | RuleAttribute::DestinationPortRange(_)
+                )
+            })
+    };
+    if !rules.iter().any(|m| plain_local(m) && rule_priority(m) == pref) {
+        exists_ok(
+            handle
+                .rule()
+                .add()
+                .v4()
+                .table_id(RT_TABLE_LOCAL)
+                .priority(pref)
+                .action(RuleAction::ToTable)
+                .execute()
+                .await,
+            "adding the local table's rule after the probes' rules",
+        )?;
+    }
+    for m in rules.into_iter().filter(|m| plain_local(m) && rule_priority(m) == 0) {
+        handle
+            .rule()
+            .del(m)
+            .execute()
+            .await
+            .map_err(|e| anyhow!("removing the local table's rule at priority 0: {e}"))?;
+        info!(priority = pref, "the local table's rule moved after the probes' rules");
+    }
+    Ok(())
 }
 
 fn sysctl(path: &str) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// Strict reverse-path filtering on `fabric` (the larger of `all` and the
-/// interface's own value) would drop the probes' replies; loose keeps
-/// checking that the source is routable at all.
-fn loose_rp_filter(fabric: &str) -> Result<()> {
+/// What the stack needs to take the probes' replies from `fabric`: their
+/// source is a VIP, which is a local address when the agent puts the VIPs
+/// on the uplink (`accept_local`), and not routed through `fabric`, which
+/// strict reverse-path filtering (the larger of `all` and the interface's
+/// own value) would refuse; loose still checks that the source is
+/// routable at all.
+fn replies_accepted(fabric: &str) -> Result<()> {
+    let accept = format!("/proc/sys/net/ipv4/conf/{fabric}/accept_local");
+    if sysctl(&accept) != Some(1) {
+        std::fs::write(&accept, "1").with_context(|| format!("writing {accept} = 1"))?;
+        info!(interface = fabric, "accept_local set (1) for the probes' replies");
+    }
     let own = format!("/proc/sys/net/ipv4/conf/{fabric}/rp_filter");
     let all = sysctl("/proc/sys/net/ipv4/conf/all/rp_filter").unwrap_or(0);
     let dev = sysctl(&own).unwrap_or(0);
     if all.max(dev) == 1 {
         std::fs::write(&own, "2").with_context(|| format!("writing {own} = 2"))?;
         info!(interface = fabric, "rp_filter set to loose (2) for the probes' replies");
-    }
-    Ok(())
-}
-
-/// `ethtool -K DEV tx off` (the legacy ioctl, which every kernel has).
-fn tx_checksum_off(dev: &str) -> Result<()> {
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: 0,
-    };
-    // SAFETY: an all-zero ifreq is valid; the name fits (IFNAMSIZ checked).
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    let name = dev.as_bytes();
-    if name.len() >= req.ifr_name.len() {
-        anyhow::bail!("interface name {dev:?} is too long");
-    }
-    for (d, s) in req.ifr_name.iter_mut().zip(name) {
-        *d = *s as libc::c_char;
-    }
-    req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
-    // SAFETY: a datagram socket only for the ioctl, closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("socket for SIOCETHTOOL");
-    }
-    // SAFETY: valid fd, ifreq pointing at a live ethtool_value.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: our fd.
-    unsafe { libc::close(fd) };
-    if rc < 0 {
-        return Err(err).with_context(|| format!("turning TX checksum offload off on {dev}"));
     }
     Ok(())
 }

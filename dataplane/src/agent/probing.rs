@@ -73,8 +73,8 @@ impl Agent {
 
     async fn probe_path(&mut self) -> Result<()> {
         let p = self.cfg.probes.clone();
-        probe_path::ensure(&p, &self.fabric.name, self.fabric.mtu).await?;
-        self.dp.attach_probe(&p.device)?;
+        probe_path::ensure(&p, &self.fabric.name).await?;
+        self.dp.attach_probe(probe_path::PROBE_DEVICE)?;
         self.dp
             .set_probe_host(&ProbeHost {
                 addr: p.source.octets(),
