@@ -27,7 +27,9 @@ fn health(pins: &std::path::Path, tenant: &str) -> Vec<Value> {
 }
 
 fn machine<'a>(h: &'a [Value], name: &str) -> &'a Value {
-    h.iter().find(|m| m["machine"] == name).unwrap_or_else(|| panic!("no {name} in {h:?}"))
+    h.iter()
+        .find(|m| m["machine"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {h:?}"))
 }
 
 /// Polls `cond` every 50 ms for up to `timeout`; the time it took.
@@ -87,7 +89,8 @@ fn jms_banner(inet: &NetNs, vip: IpAddr, port: u16) -> Result<String, String> {
     inet.enter(move || {
         let src = SocketAddr::new(IpAddr::V4(ALLOWED_CLIENT_V4), 0);
         let sock = socket2_connect(src, SocketAddr::new(vip, port))?;
-        sock.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_secs(3)))
+            .map_err(|e| e.to_string())?;
         let mut line = String::new();
         BufReader::new(sock).read_line(&mut line).map_err(|e| e.to_string())?;
         Ok(line)
@@ -180,7 +183,12 @@ fn probes_through_the_tunnels_fail_over_the_core_and_drain_a_dead_connector() {
                 "{t}'s machines not probed: {:#?}\n{}\n{}",
                 health(&pins, t),
                 a.log_text(),
-                host.run(&["sh", "-c", "ip -s link; ip rule; ip route show table all | head -40; ip addr"]).unwrap_or_default()
+                host.run(&[
+                    "sh",
+                    "-c",
+                    "ip -s link; ip rule; ip route show table all | head -40; ip addr"
+                ])
+                .unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -159,7 +159,12 @@ async fn run(source: Ipv4Addr, mut rx: watch::Receiver<Arc<Targets>>, out: mpsc:
     }
 }
 
-async fn probe_one(source: Ipv4Addr, t: Target, tls: Arc<tokio_rustls::TlsConnector>, out: mpsc::UnboundedSender<Reply>) {
+async fn probe_one(
+    source: Ipv4Addr,
+    t: Target,
+    tls: Arc<tokio_rustls::TlsConnector>,
+    out: mpsc::UnboundedSender<Reply>,
+) {
     let start = Instant::now();
     let probe = match tokio::time::timeout(t.timeout, check(source, &t, &tls)).await {
         Ok(Ok(())) => Probe::Pass {
@@ -188,7 +193,14 @@ async fn check(source: Ipv4Addr, t: &Target, tls: &tokio_rustls::TlsConnector) -
         .map_err(|e| format!("connect {}: {e}", t.addr))?;
     // A probe leaves nothing behind: closed with a reset, no TIME_WAIT
     // (40,000 probes a second would otherwise keep a few million).
-    let _ = set_sockopt(stream.as_raw_fd(), libc::SO_LINGER, &libc::linger { l_onoff: 1, l_linger: 0 });
+    let _ = set_sockopt(
+        stream.as_raw_fd(),
+        libc::SO_LINGER,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    );
     if t.tls {
         let name = rustls::pki_types::ServerName::IpAddress((*t.addr.ip()).into());
         tls.connect(name, stream)

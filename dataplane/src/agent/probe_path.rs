@@ -95,7 +95,10 @@ async fn ensure_with(handle: &Handle, cfg: &ProbesConfig, fabric: &str) -> Resul
         .table_id(cfg.table)
         .priority(cfg.rule_priority)
         .action(RuleAction::ToTable);
-    by_mark.message_mut().attributes.push(RuleAttribute::FwMask(PROBE_MARK_MASK));
+    by_mark
+        .message_mut()
+        .attributes
+        .push(RuleAttribute::FwMask(PROBE_MARK_MASK));
     exists_ok(by_mark.execute().await, "adding the probes' mark rule")?;
     exists_ok(
         handle

@@ -132,14 +132,8 @@ impl Agent {
             let mut f = Map::new();
             f.insert("tenant".into(), t.name.clone().into());
             f.insert("machine".into(), tr.machine.to_string().into());
-            f.insert(
-                "state".into(),
-                (if tr.to == State::Up { "up" } else { "down" }).into(),
-            );
-            f.insert(
-                "from".into(),
-                (if tr.from == State::Up { "up" } else { "down" }).into(),
-            );
+            f.insert("state".into(), (if tr.to == State::Up { "up" } else { "down" }).into());
+            f.insert("from".into(), (if tr.from == State::Up { "up" } else { "down" }).into());
             f.insert("at_ms".into(), tr.at_ms.into());
             match probe {
                 Probe::Pass { latency_us } => {
