@@ -164,7 +164,7 @@ fn probes_through_the_tunnels_fail_over_the_core_and_drain_a_dead_connector() {
     let lab = LabGuard::up(&LabConfig::unique()).unwrap();
     let host = lab.host_ns().unwrap();
     let inet = lab.inet_ns().unwrap();
-    let agent = LabAgent::new(&lab, "probes", "").unwrap();
+    let agent = LabAgent::new(&lab, "probes", "\n[probes]\nenabled = true\n").unwrap();
     let a = agent.start(&host).unwrap();
     let pins = agent.pin_path().to_path_buf();
     let acme = lab.tenant("acme").unwrap();

@@ -24,8 +24,6 @@ pub struct Probing {
     checker: Checker,
     /// The policy of every probed tenant, by id, as last handed out.
     policies: HashMap<u32, Arc<Tenant>>,
-    /// Tenants whose connectors are all out of the choice right now.
-    pub all_out: std::collections::BTreeSet<u32>,
     /// The digest of the set the targets are of: an event that applied
     /// nothing new costs no pass over the tenants.
     digest: Option<String>,
@@ -64,7 +62,6 @@ impl Agent {
         self.probing = Some(Probing {
             checker: Checker::spawn(self.cfg.probes.source, tx),
             policies: HashMap::new(),
-            all_out: Default::default(),
             digest: None,
         });
         self.refresh_probes();
@@ -107,7 +104,6 @@ impl Agent {
             };
             policies.insert(*id, t);
         }
-        p.all_out.retain(|id| policies.contains_key(id));
         p.policies = policies;
         p.checker.set(targets);
     }
@@ -122,12 +118,12 @@ impl Agent {
         };
         let probe = reply.probe.clone();
         match record_probe(&mut self.dp, reply.tenant, &t, reply.machine, reply.probe, now_ms()) {
-            Ok(out) => self.announce_outcome(reply.tenant, &t, &probe, &out),
+            Ok(out) => self.announce_outcome(&t, &probe, &out),
             Err(e) => warn!(tenant = t.name, machine = %reply.machine, error = %format!("{e:#}"), "recording a probe"),
         }
     }
 
-    fn announce_outcome(&mut self, id: u32, t: &Tenant, probe: &Probe, out: &Outcome) {
+    fn announce_outcome(&self, t: &Tenant, probe: &Probe, out: &Outcome) {
         if let Some(tr) = &out.transition {
             let mut f = Map::new();
             f.insert("tenant".into(), t.name.clone().into());
@@ -150,21 +146,6 @@ impl Agent {
         }
         if let Some((from, to)) = out.core_switch {
             self.emit_core_switch(&t.name, from, to, "probe");
-        }
-        if out.transition.is_some() || out.core_switch.is_some() {
-            self.note_all_out(id, out.all_connectors_out);
-        }
-    }
-
-    /// Records whether every connector of tenant `id` is out (for the
-    /// metric).
-    pub fn note_all_out(&mut self, id: u32, all_out: bool) {
-        if let Some(p) = self.probing.as_mut() {
-            if all_out {
-                p.all_out.insert(id);
-            } else {
-                p.all_out.remove(&id);
-            }
         }
     }
 
