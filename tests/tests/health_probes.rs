@@ -226,6 +226,17 @@ fn probes_through_the_tunnels_fail_over_the_core_and_drain_a_dead_connector() {
     assert_eq!(machine(&health(&pins, "acme"), "core/1")["core"], "active");
     assert!(jms_banner(&inet, vip, 61616).unwrap().starts_with("acme core 1"));
 
+    // With `failback = true` the first core takes over again, once it has
+    // been up for the hold-down (10 intervals).
+    let policy = agent.dir.path().join("policies/acme.toml");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(&policy, text + "\n[health]\nfailback = true\n").unwrap();
+    let took = wait_for("core/0 active again", Duration::from_secs(30), || {
+        machine(&health(&pins, "acme"), "core/0")["core"] == "active"
+    });
+    eprintln!("failback after failback = true was applied: {took:?}");
+    assert!(jms_banner(&inet, vip, 61616).unwrap().starts_with("acme core 0"));
+
     // A connector's HTTPS server stops: once it is declared down, every new
     // flow goes to the other connector.
     let before = whoami(&inet, vip, 16);
@@ -281,6 +292,11 @@ fn probes_through_the_tunnels_fail_over_the_core_and_drain_a_dead_connector() {
     assert_eq!(sw["from"], "core/0");
     assert_eq!(sw["to"], "core/1");
     assert_eq!(sw["why"], "probe");
+    assert!(
+        ev.iter()
+            .any(|e| e["type"] == "core_switch" && e["tenant"] == "acme" && e["to"] == "core/0"),
+        "no failback switch in {ev:?}"
+    );
     assert!(ev.iter().any(|e| e["type"] == "health"
         && e["tenant"] == "acme"
         && e["machine"] == "connector/0"
