@@ -88,7 +88,7 @@ fn start_server(lab: &Lab, tenant: &str, role: Role, index: usize, port: u16, ar
 fn jms_banner(inet: &NetNs, vip: IpAddr, port: u16) -> Result<String, String> {
     inet.enter(move || {
         let src = SocketAddr::new(IpAddr::V4(ALLOWED_CLIENT_V4), 0);
-        let sock = socket2_connect(src, SocketAddr::new(vip, port))?;
+        let sock = connect_from(src, SocketAddr::new(vip, port))?;
         sock.set_read_timeout(Some(Duration::from_secs(3)))
             .map_err(|e| e.to_string())?;
         let mut line = String::new();
@@ -100,7 +100,7 @@ fn jms_banner(inet: &NetNs, vip: IpAddr, port: u16) -> Result<String, String> {
 
 /// A TCP connection from `src` (the lab's client addresses live on the
 /// internet namespace's `lo`).
-fn socket2_connect(src: SocketAddr, dst: SocketAddr) -> Result<TcpStream, String> {
+fn connect_from(src: SocketAddr, dst: SocketAddr) -> Result<TcpStream, String> {
     // SAFETY: plain socket calls with valid arguments; the fd is owned by
     // the stream returned.
     unsafe {
