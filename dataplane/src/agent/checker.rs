@@ -278,3 +278,59 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(extra: &str) -> Tenant {
+        let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/acme.toml");
+        let text = std::fs::read_to_string(policies).unwrap() + extra;
+        Tenant::from_toml(&text).unwrap()
+    }
+
+    #[test]
+    fn every_machine_is_probed_at_the_vip_and_port_clients_use() {
+        let t = tenant("");
+        let got = targets(7, &t);
+        let names: Vec<String> = got.iter().map(|g| g.machine.to_string()).collect();
+        assert_eq!(names, ["connector/0", "connector/1", "core/0", "core/1"]);
+        let vip: Ipv4Addr = "203.0.113.10".parse().unwrap();
+        for g in &got {
+            let port = if g.machine.role == Role::Connector { 443 } else { 61616 };
+            assert_eq!(g.addr, SocketAddrV4::new(vip, port), "{}", g.machine);
+            // The defaults: TLS for connectors, a TCP connect for cores.
+            assert_eq!(g.tls, g.machine.role == Role::Connector);
+            assert_eq!((g.interval_ms, g.timeout), (1000, Duration::from_secs(1)));
+            assert_eq!(
+                probe_target_of(g.mark()),
+                Some((7, slot(g.machine) as u32)),
+                "{}",
+                g.machine
+            );
+        }
+        // Four machines, four marks.
+        let marks: std::collections::BTreeSet<u32> = got.iter().map(Target::mark).collect();
+        assert_eq!(marks.len(), 4);
+    }
+
+    #[test]
+    fn the_policy_chooses_the_check_and_the_timing() {
+        let t = tenant("\n[health]\nhttps_check = \"tcp\"\ninterval = \"500ms\"\ntimeout = \"200ms\"\n");
+        for g in targets(1, &t) {
+            assert!(!g.tls);
+            assert_eq!((g.interval_ms, g.timeout), (500, Duration::from_millis(200)));
+        }
+    }
+
+    #[test]
+    fn a_tenant_without_an_ipv4_vip_is_not_probed() {
+        let mut t = tenant("");
+        t.vips.retain(|v| v.is_ipv6());
+        assert!(targets(1, &t).is_empty());
+    }
+
+    fn probe_target_of(mark: u32) -> Option<(u32, u32)> {
+        dataplane_common::types::probe_target(mark)
+    }
+}
