@@ -51,6 +51,13 @@ impl Agent {
         if !self.cfg.probes.enabled {
             return None;
         }
+        if self.cfg.cluster.is_some() {
+            // Behind ECMP the hosts share the VTEP a machine answers to: a
+            // probe's reply may reach another host, and a machine would be
+            // declared down for it.
+            warn!("no health probes on a host of a fleet ([cluster]): their replies may reach another host");
+            return None;
+        }
         match self.probe_path().await {
             Ok(()) => {}
             Err(e) => {
