@@ -21,7 +21,7 @@ use crate::packet::{IPPROTO_UDP, frame_len, read, write};
 use crate::parse::{Flow, NotIp, parse_from};
 use crate::send_encap::{RouteQuery, route, transmit};
 use crate::verdict::Refused;
-use crate::{allow_choose as steer, send_fleet as fleet, translate_mss as mss};
+use crate::{allow_choose as steer, send_fleet as fleet, send_probe as probe, translate_mss as mss};
 
 const UDP_VXLAN: usize = 8 + 8;
 
@@ -137,7 +137,12 @@ fn from_vpc(ctx: &XdpContext, outer: &Flow, cfg: &HostConfig, tenant: &mut u32) 
         None
     };
     match addr {
-        Some(a) if a.tenant == id && a.kind == ADDR_VIP => Ok(to_internet(ctx, &inner, &inner.src, inner_off, cfg)?),
+        Some(a) if a.tenant == id && a.kind == ADDR_VIP => {
+            if let Some(mac) = probe::reply_to(&inner) {
+                return probe::deliver(ctx, inner_off, &mac);
+            }
+            Ok(to_internet(ctx, &inner, &inner.src, inner_off, cfg)?)
+        }
         // Not a reply from a VIP: the outbound program decides (path 3).
         _ => {
             if let Some(out) = handoff::outbound_mut() {

@@ -21,6 +21,7 @@ mod translate_vip_icmp;
 
 mod send_encap;
 mod send_fleet;
+mod send_probe;
 mod send_redirect_err;
 mod send_too_big;
 
@@ -36,8 +37,8 @@ mod maps;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::{raw_tracepoint, xdp},
-    programs::{RawTracePointContext, XdpContext},
+    macros::{classifier, raw_tracepoint, xdp},
+    programs::{RawTracePointContext, TcContext, XdpContext},
 };
 
 /// XDP on `uplink`: everything that arrives from the internet.
@@ -50,6 +51,13 @@ pub fn carwash_uplink(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn carwash_fabric(ctx: XdpContext) -> u32 {
     classify_fabric::run(&ctx)
+}
+
+/// TC egress on the probe device: the agent's health probes, encapsulated
+/// to the machine their socket mark names.
+#[classifier]
+pub fn carwash_probe(ctx: TcContext) -> i32 {
+    send_probe::run(&ctx)
 }
 
 /// Outbound source NAT: tail-called by `carwash_fabric`.

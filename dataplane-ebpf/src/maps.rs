@@ -176,6 +176,10 @@ pub struct Outbound {
 #[map(name = "HANDOFF")]
 pub static HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(1, 0);
 
+/// Where the agent's probe replies are recognised (`crate::send_probe`).
+#[map(name = "PROBE_HOST")]
+pub static PROBE_HOST: Array<dataplane_common::types::ProbeHost> = Array::with_max_entries(1, 0);
+
 /// This host's peers in a fleet (`crate::send_fleet`).
 #[map(name = "FLEET")]
 pub static FLEET: Array<dataplane_common::types::Fleet> = Array::with_max_entries(1, 0);

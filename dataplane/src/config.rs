@@ -132,6 +132,41 @@ pub struct HostConfig {
     /// Several hosts behind ECMP (`[cluster]`): absent on a single host.
     #[serde(default)]
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Where the health probes leave from (`[probes]`).
+    #[serde(default)]
+    pub probes: ProbesConfig,
+}
+
+/// The health probes' own corner of the host (`[probes]`): the address
+/// their sockets bind to (replies to it are taken off the fabric and
+/// handed to the stack, so it must be an address nothing else uses), and
+/// the routing table and rule priority that send marked sockets to the
+/// probe program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbesConfig {
+    /// Off: no probes (and no probe device); machines stay as drains and
+    /// activations by hand leave them.
+    pub enabled: bool,
+    pub source: std::net::Ipv4Addr,
+    pub table: u32,
+    pub rule_priority: u32,
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        ProbesConfig {
+            enabled: true,
+            // RFC 7600's "IPv4 dummy address": never a real peer's, never
+            // a tenant's VIP or private address.
+            source: std::net::Ipv4Addr::new(192, 0, 0, 8),
+            table: 3232,
+            // The mark rule here, the source rule one after, the `local`
+            // table's rule (moved from 0) two after: low, so that no rule
+            // of someone else's comes between 0 and the `local` rule.
+            rule_priority: 100,
+        }
+    }
 }
 
 fn default_event_log() -> PathBuf {

@@ -19,6 +19,7 @@ pub mod memory;
 pub mod netns;
 pub mod pin;
 pub mod pinned;
+pub mod probes;
 pub mod tables;
 pub mod trace;
 pub mod xdp_target;

@@ -123,6 +123,28 @@ fn drain_undrain_activate_are_checked_and_survive_a_restart() {
         assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
     }
 
+    // Every change by hand is an event: the drains (with what they left
+    // of the connectors) and the switch by `core activate`.
+    let log = setup.dir.path().join("log/events.jsonl");
+    let events: Vec<serde_json::Value> = wait_events(&log, 4);
+    let drain_of = |m: &str, drained: bool| {
+        events
+            .iter()
+            .find(|e| e["type"] == "drain" && e["tenant"] == "acme" && e["machine"] == m && e["drained"] == drained)
+    };
+    let d = drain_of("connector/1", true).unwrap_or_else(|| panic!("no drain of connector/1 in {events:?}"));
+    assert_eq!(d["all_connectors_out"], false);
+    assert!(drain_of("core/0", true).is_some(), "{events:?}");
+    assert!(drain_of("core/0", false).is_some(), "{events:?}");
+    let sw = events
+        .iter()
+        .find(|e| e["type"] == "core_switch" && e["tenant"] == "acme")
+        .unwrap_or_else(|| panic!("no core_switch in {events:?}"));
+    assert_eq!(
+        (&sw["from"], &sw["to"], &sw["why"]),
+        (&"core/0".into(), &"core/1".into(), &"activate".into())
+    );
+
     // SIGKILL and restart: connector/1 still out, core/1 still active.
     a1.kill();
     // `carwash health` answers from the pins while no agent runs.
@@ -200,4 +222,25 @@ fn drain_undrain_activate_are_checked_and_survive_a_restart() {
         .unwrap();
     assert_eq!(gone, None);
     a2.stop();
+}
+
+/// The events of the flow log once it holds at least `n` of the health
+/// family (written by the agent's event hub, a moment after the request).
+fn wait_events(log: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let events: Vec<serde_json::Value> = std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let health = events
+            .iter()
+            .filter(|e| e["type"] == "drain" || e["type"] == "core_switch")
+            .count();
+        if health >= n || t0.elapsed() > std::time::Duration::from_secs(10) {
+            return events;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

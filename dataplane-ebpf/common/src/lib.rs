@@ -67,6 +67,9 @@ pub mod programs {
     pub const FLEET_IN: &str = "carwash_fleet_in";
     /// Reports the event a tail-called program left (through `EVENT_JUMP`).
     pub const EVENT: &str = "carwash_event";
+    /// TC egress on the probe device: encapsulates the agent's health
+    /// probes to the machine their socket mark names.
+    pub const PROBE: &str = "carwash_probe";
     /// Every program tail-called through `JUMPS`, with its slot.
     pub const JUMPED: &[(&str, u32)] = &[
         (SNAT_OUT, crate::jumps::SNAT_OUT),
@@ -173,4 +176,7 @@ pub mod maps {
     pub const EVENT_CONFIG: &str = "EVENT_CONFIG";
     /// Program array of one: `programs::EVENT` (never pinned).
     pub const EVENT_JUMP: &str = "EVENT_JUMP";
+    /// [`crate::types::ProbeHost`], one entry (never pinned: the agent that
+    /// probes writes it).
+    pub const PROBE_HOST: &str = "PROBE_HOST";
 }

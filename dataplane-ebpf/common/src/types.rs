@@ -259,6 +259,46 @@ pub struct BackendHop {
 /// Slots of the backend next-hop array per tenant.
 pub const HOPS_PER_TENANT: u32 = 4;
 
+/// The agent's health probes travel as ordinary sockets of the host, told
+/// apart by their socket mark: `PROBE_MARK_BASE | tenant id << 2 | slot`
+/// (slot 0-1 the connectors, 2-3 the cores). The probe program reads the
+/// machine to encapsulate to from the mark alone.
+///
+/// The base keeps the top bit clear: LLVM's BPF backend compares a 32-bit
+/// result against a constant with the top bit set as a sign-extended
+/// 64-bit immediate, which never matches.
+pub const PROBE_MARK_BASE: u32 = 0x6a00_0000;
+/// The bits of a mark that say "a carwash probe" (the policy rule's mask).
+pub const PROBE_MARK_MASK: u32 = 0xff00_0000;
+
+/// The socket mark of the probes of machine `slot` of tenant `id`.
+#[inline(always)]
+pub const fn probe_mark(id: u32, slot: u32) -> u32 {
+    PROBE_MARK_BASE | (id << 2) | (slot & 3)
+}
+
+/// Tenant id and machine slot of a probe's mark; `None` for any other mark.
+#[inline(always)]
+pub const fn probe_target(mark: u32) -> Option<(u32, u32)> {
+    if mark & PROBE_MARK_MASK != PROBE_MARK_BASE {
+        return None;
+    }
+    Some(((mark & !PROBE_MARK_MASK) >> 2, mark & 3))
+}
+
+/// Where the probes' replies are recognised: one entry, written by the
+/// agent that probes (all zero: nothing is taken for a probe reply).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeHost {
+    /// The probe sockets' source address (`probe_source`).
+    pub addr: [u8; 4],
+    /// The fabric interface's own MAC: a decapsulated reply is handed to
+    /// the stack as a frame addressed to it.
+    pub fabric_mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
 /// Host-wide settings: one entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -567,6 +607,7 @@ mod pod {
     unsafe impl aya::Pod for FleetStats {}
     unsafe impl aya::Pod for TenantInfo {}
     unsafe impl aya::Pod for HostConfig {}
+    unsafe impl aya::Pod for ProbeHost {}
     unsafe impl aya::Pod for NextHopKey {}
     unsafe impl aya::Pod for BackendHop {}
     unsafe impl aya::Pod for NextHopEntry {}
@@ -595,6 +636,9 @@ mod tests {
     #[test]
     fn sizes_have_no_hidden_padding() {
         assert_eq!(size_of::<AddrKey>(), 20);
+        assert_eq!(size_of::<ProbeHost>(), 12);
+        assert_eq!(probe_target(probe_mark(MAX_TENANTS - 1, 3)), Some((MAX_TENANTS - 1, 3)));
+        assert_eq!(probe_target(0x0100_0000 | 7), None);
         assert_eq!(size_of::<AddrValue>(), 8);
         assert_eq!(size_of::<ServiceKey>(), 20);
         assert_eq!(size_of::<ServiceValue>(), 8);

@@ -62,13 +62,16 @@ fn run(agent: &mut Agent, op: Manual, tenant: &str, machine: &str) -> Result<()>
         .tenant_info(id)?
         .ok_or_else(|| anyhow::anyhow!("tenant {tenant:?} has no record in the maps"))?;
     let mut active = info.active_core;
+    let first_active = active;
     let mut switched = false;
+    let mut drain_changed = None;
     match op {
         Manual::Drain | Manual::Undrain => {
             let drained = op == Manual::Drain;
             if avail[pos].drained != drained {
                 avail[pos].drained = drained;
                 info!(tenant, %machine, drained, "machine {}", if drained { "drained" } else { "undrained" });
+                drain_changed = Some(drained);
             }
             let cores: Vec<Availability> = core_avail(&ids, &avail);
             if let CoreChoice::Switch { to, .. } = choose_core(active, &cores, false, now, None, 1000) {
@@ -86,7 +89,24 @@ fn run(agent: &mut Agent, op: Manual, tenant: &str, machine: &str) -> Result<()>
             }
         }
     }
-    write(agent, id, &t, &ids, &avail, &mut stored, active, switched, now)
+    let all_out = write(agent, id, &t, &ids, &avail, &mut stored, active, switched, now)?;
+    if let Some(drained) = drain_changed {
+        let mut f = serde_json::Map::new();
+        f.insert("tenant".into(), tenant.into());
+        f.insert("machine".into(), machine.to_string().into());
+        f.insert("drained".into(), drained.into());
+        f.insert("all_connectors_out".into(), all_out.into());
+        agent.events.emit("drain", f);
+    }
+    if switched {
+        let why = if matches!(op, Manual::Activate { .. }) {
+            "activate"
+        } else {
+            "drain"
+        };
+        agent.emit_core_switch(tenant, first_active, active, why);
+    }
+    Ok(())
 }
 
 fn core(index: u8) -> Machine {
@@ -115,7 +135,7 @@ fn write(
     active: u8,
     switched: bool,
     now: u64,
-) -> Result<()> {
+) -> Result<bool> {
     for ((m, vtep, mac), a) in ids.iter().zip(avail) {
         let old = stored.machines[slot(*m)];
         let same = old.vtep == *vtep && old.mac == *mac;
@@ -129,6 +149,5 @@ fn write(
     // HEALTH first: if the agent dies between the writes, the next one
     // rewrites the record from it; the other order could lose a drain.
     agent.dp.set_tenant_health(id, stored)?;
-    write_record(&mut agent.dp, id, t, ids, avail, active)?;
-    Ok(())
+    write_record(&mut agent.dp, id, t, ids, avail, active)
 }

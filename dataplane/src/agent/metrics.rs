@@ -465,6 +465,36 @@ impl Collector for Snapshot {
                 .iter()
                 .filter_map(|t| t.active_core.map(|c| (vec![("tenant", t.name.clone())], u64::from(c)))),
         )?;
+        // Read from the health records like the machine gauges: a tenant
+        // whose every connector is down or drained has them all kept in
+        // the choice (as if up), and this says so.
+        let all_out: Vec<(Vec<(&str, String)>, u64)> = self
+            .tenants
+            .iter()
+            .filter_map(|t| {
+                let mut conns = t
+                    .machines
+                    .iter()
+                    .filter(|m| m.machine.starts_with("connector/"))
+                    .peekable();
+                conns.peek()?;
+                let out = conns.all(|m| !m.up || m.drained);
+                Some((vec![("tenant", t.name.clone())], u64::from(out)))
+            })
+            .collect();
+        let n_all_out = all_out.iter().filter(|(_, v)| *v == 1).count() as u64;
+        gauge(
+            e,
+            "carwash_tenant_connectors_all_out",
+            "1 while every connector of the tenant is down or drained (new flows are then spread over all of them as if up).",
+            all_out,
+        )?;
+        gauge(
+            e,
+            "carwash_tenants_connectors_all_out",
+            "Tenants whose every connector is down or drained.",
+            one(n_all_out),
+        )?;
         gauge(
             e,
             "carwash_tenants",
@@ -932,13 +962,30 @@ mod tests {
                 ready: TENANT_READY != 0,
                 classes,
                 active_core: Some(1),
-                machines: vec![MachineSnapshot {
-                    machine: "core/0".into(),
-                    up: false,
-                    drained: false,
-                    transitions: 2,
-                    latency_seconds: Some(0.00025),
-                }],
+                machines: vec![
+                    MachineSnapshot {
+                        machine: "core/0".into(),
+                        up: false,
+                        drained: false,
+                        transitions: 2,
+                        latency_seconds: Some(0.00025),
+                    },
+                    // One connector down, the other drained: all out.
+                    MachineSnapshot {
+                        machine: "connector/0".into(),
+                        up: false,
+                        drained: false,
+                        transitions: 1,
+                        latency_seconds: None,
+                    },
+                    MachineSnapshot {
+                        machine: "connector/1".into(),
+                        up: true,
+                        drained: true,
+                        transitions: 0,
+                        latency_seconds: Some(0.0001),
+                    },
+                ],
             }],
             redirect_failures: vec![crate::pinned::RedirectFailure {
                 ifindex: 3,
@@ -1010,6 +1057,8 @@ mod tests {
             "carwash_machine_transitions_total{tenant=\"acme\",machine=\"core/0\"} 2",
             "carwash_machine_probe_latency_seconds{tenant=\"acme\",machine=\"core/0\"} 0.00025",
             "carwash_tenant_active_core{tenant=\"acme\"} 1",
+            "carwash_tenant_connectors_all_out{tenant=\"acme\"} 1",
+            "carwash_tenants_connectors_all_out 1",
             "carwash_policy_generation 7",
             "carwash_map_memory_bytes{map=\"ADDRS\"} 4096",
             "carwash_policy_last_apply_duration_seconds 0.25",

@@ -12,6 +12,7 @@
 //! [`uninstall`] detaches.
 pub mod announce;
 pub mod apply;
+pub mod checker;
 pub mod digest;
 pub mod etcd_publish;
 pub mod etcd_set;
@@ -27,6 +28,8 @@ pub mod messages;
 pub mod metrics;
 pub mod notify;
 pub mod persist;
+pub mod probe_path;
+pub mod probing;
 pub mod server;
 pub mod status;
 use messages::Manual;
@@ -164,6 +167,8 @@ pub struct Agent {
     /// The link to etcd, with `[etcd]`.
     etcd: Option<crate::api::EtcdStatus>,
     etcd_set: etcd_set::EtcdSet,
+    /// The health probes, when `[probes]` is enabled and its path is up.
+    probing: Option<checker::Probing>,
     _lock: PinLock,
 }
 
@@ -335,6 +340,7 @@ impl Agent {
             decoder,
             etcd,
             etcd_set: etcd_set::EtcdSet::default(),
+            probing: None,
             _lock: lock,
         };
         // Policies before programs: on a fresh start the programs see every
@@ -1015,6 +1021,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
         }
         agent.sync_uplink_addresses();
         agent.announce().await;
+        let mut probe_rx = agent.start_probing().await;
         // The tracking table's figures from the start, not after the first
         // ten seconds.
         agent.reclaim_conntrack();
@@ -1056,6 +1063,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                 ev = rx.recv() => match ev {
                     Some(messages::Event::Reload(source, changed)) => {
                         agent.reload_changed(source, changed.as_deref());
+                        agent.refresh_probes();
                         agent.sync_uplink_addresses();
                         agent.announce().await;
                         agent.tell_status(service.as_ref());
@@ -1063,6 +1071,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                     }
                     Some(messages::Event::Api(req, reply)) => {
                         let resp = handle(&mut agent, req);
+                        agent.refresh_probes();
                         agent.sync_uplink_addresses();
                         agent.announce().await;
                         agent.tell_status(service.as_ref());
@@ -1071,18 +1080,25 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                     }
                     Some(messages::Event::Etcd(update)) => {
                         agent.on_etcd(update);
+                        agent.refresh_probes();
                         agent.sync_uplink_addresses();
                         agent.tell_status(service.as_ref());
                         agent.publish(&publisher);
                     }
                     None => break,
                 },
+                reply = async { probe_rx.as_mut().expect("guarded").recv().await }, if probe_rx.is_some() => {
+                    if let Some(r) = reply {
+                        agent.on_probe(r);
+                    }
+                }
                 _ = hup.recv() => {
                     info!("SIGHUP: re-reading policy_dir");
                     if let Some(sm) = &service {
                         sm.reloading();
                     }
                     agent.reload("SIGHUP");
+                    agent.refresh_probes();
                     agent.sync_uplink_addresses();
                     agent.publish(&publisher);
                     agent.announce().await;

@@ -108,7 +108,7 @@ impl AgentSetup {
         std::fs::write(
             &config,
             format!(
-                "uplink = \"uplink\"\nfabric = \"fabric\"\nvtep = \"10.200.0.1\"\npolicy_dir = \"{}\"\npin_path = \"{}\"\napi_socket = \"{}\"\nevent_log = \"{}\"\n",
+                "uplink = \"uplink\"\nfabric = \"fabric\"\nvtep = \"10.200.0.1\"\npolicy_dir = \"{}\"\npin_path = \"{}\"\napi_socket = \"{}\"\nevent_log = \"{}\"\n# No machines answer here: probes would declare them all down.\n[probes]\nenabled = false\n",
                 policy_dir.display(),
                 pins.path().display(),
                 socket.display(),
@@ -164,7 +164,14 @@ impl LabAgent {
             format!("event_log = \"{}\"\n", dir.path().join("log/events.jsonl").display())
         };
         let text = lab.host_config_toml(pins.path(), &socket, &policy_dir);
-        std::fs::write(&config, event_log + &text + extra)?;
+        // Health probes only where a test asks for them (`[probes]` in
+        // `extra`): they would add their own packets to every count.
+        let probes = if extra.contains("[probes]") {
+            ""
+        } else {
+            "\n[probes]\nenabled = false\n"
+        };
+        std::fs::write(&config, event_log + &text + extra + probes)?;
         let log = dir.path().join("agent.log");
         Ok(LabAgent {
             pins,

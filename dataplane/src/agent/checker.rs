@@ -1,0 +1,346 @@
+//! The checker: one task that probes every machine of every tenant on the
+//! shared [`Schedule`] (each machine at its own phase of its interval, so
+//! probes trickle instead of bursting), each probe a non-blocking connect
+//! (and TLS handshake, where the policy asks) with the policy's timeout,
+//! from the probe source address, marked with the machine's probe mark so
+//! the probe program carries it through that machine's tunnel. Results go
+//! to the agent's loop as messages; the loop owns the maps and decides.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use carwash_policy::{HttpsCheck, Tenant};
+use dataplane_common::types::probe_mark;
+use tokio::net::TcpSocket;
+use tokio::sync::{mpsc, watch};
+
+use crate::health::store::slot;
+use crate::health::{Machine, Probe, Role, Schedule};
+
+/// What to probe for one machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub tenant: u32,
+    pub machine: Machine,
+    /// The VIP and port clients use.
+    pub addr: SocketAddrV4,
+    pub tls: bool,
+    pub timeout: Duration,
+    pub interval_ms: u64,
+}
+
+impl Target {
+    pub fn mark(&self) -> u32 {
+        probe_mark(self.tenant, slot(self.machine) as u32)
+    }
+}
+
+/// One probe's result, for the loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub tenant: u32,
+    pub machine: Machine,
+    pub probe: Probe,
+}
+
+/// The machines of tenant `id` to probe: each connector at the first HTTPS
+/// port of the tenant's first IPv4 VIP, each core at its first JMS port.
+/// A tenant without an IPv4 VIP is not probed (the probe path is IPv4).
+pub fn targets(id: u32, t: &Tenant) -> Vec<Target> {
+    let Some(vip) = t.vips.iter().find_map(|v| match v {
+        std::net::IpAddr::V4(a) => Some(*a),
+        _ => None,
+    }) else {
+        return Vec::new();
+    };
+    let h = &t.health;
+    let mut out = Vec::new();
+    let roles = [
+        (Role::Connector, t.connectors.len(), t.https_ports.first()),
+        (Role::Core, t.cores.len(), t.jms_ports.first()),
+    ];
+    for (role, n, port) in roles {
+        let Some(port) = port else { continue };
+        for index in 0..n.min(2) {
+            out.push(Target {
+                tenant: id,
+                machine: Machine {
+                    role,
+                    index: index as u8,
+                },
+                addr: SocketAddrV4::new(vip, *port),
+                tls: role == Role::Connector && h.https_check == HttpsCheck::Tls,
+                timeout: Duration::from_millis(h.timeout.0),
+                interval_ms: h.interval.0,
+            });
+        }
+    }
+    out
+}
+
+/// Probe targets by key (the probe mark).
+pub type Targets = BTreeMap<u64, Target>;
+
+/// The probes of a running agent.
+pub struct Probing {
+    pub(super) checker: Checker,
+    /// The policy of every probed tenant, by id, as last handed out.
+    pub(super) policies: std::collections::HashMap<u32, Arc<Tenant>>,
+    /// The digest of the set the targets are of: an event that applied
+    /// nothing new costs no pass over the tenants.
+    pub(super) digest: Option<String>,
+}
+
+/// The handle the loop keeps: it hands the checker new targets after an
+/// apply.
+pub struct Checker {
+    targets: watch::Sender<Arc<Targets>>,
+}
+
+impl Checker {
+    /// Starts the checker task; results arrive on `out`.
+    pub fn spawn(source: Ipv4Addr, out: mpsc::UnboundedSender<Reply>) -> Checker {
+        let (tx, rx) = watch::channel(Arc::new(Targets::new()));
+        tokio::spawn(run(source, rx, out));
+        Checker { targets: tx }
+    }
+
+    /// Replaces the set of machines probed (nothing happens if it is the
+    /// same).
+    pub fn set(&self, targets: Targets) {
+        self.targets.send_if_modified(|cur| {
+            if **cur == targets {
+                false
+            } else {
+                *cur = Arc::new(targets);
+                true
+            }
+        });
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn run(source: Ipv4Addr, mut rx: watch::Receiver<Arc<Targets>>, out: mpsc::UnboundedSender<Reply>) {
+    let mut schedule = Schedule::new();
+    let mut targets: Arc<Targets> = Arc::new(Targets::new());
+    let tls = Arc::new(tls_connector());
+    let mut due = Vec::new();
+    loop {
+        let wait = match schedule.next_due() {
+            Some(t) => Duration::from_millis(t.saturating_sub(now_ms())),
+            None => Duration::from_secs(3600),
+        };
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let new = rx.borrow_and_update().clone();
+                let now = now_ms();
+                for key in targets.keys() {
+                    if !new.contains_key(key) {
+                        schedule.remove(*key);
+                    }
+                }
+                for (key, t) in new.iter() {
+                    schedule.insert(*key, t.interval_ms, now);
+                }
+                targets = new;
+            }
+            _ = tokio::time::sleep(wait) => {
+                due.clear();
+                schedule.due(now_ms(), &mut due);
+                for key in &due {
+                    if let Some(t) = targets.get(key) {
+                        tokio::spawn(probe_one(source, t.clone(), tls.clone(), out.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn probe_one(
+    source: Ipv4Addr,
+    t: Target,
+    tls: Arc<tokio_rustls::TlsConnector>,
+    out: mpsc::UnboundedSender<Reply>,
+) {
+    let start = Instant::now();
+    let probe = match tokio::time::timeout(t.timeout, check(source, &t, &tls)).await {
+        Ok(Ok(())) => Probe::Pass {
+            latency_us: start.elapsed().as_micros().min(u32::MAX as u128) as u32,
+        },
+        Ok(Err(why)) => Probe::Fail { why },
+        Err(_) => Probe::Fail {
+            why: format!("no answer within {} ms", t.timeout.as_millis()),
+        },
+    };
+    let _ = out.send(Reply {
+        tenant: t.tenant,
+        machine: t.machine,
+        probe,
+    });
+}
+
+async fn check(source: Ipv4Addr, t: &Target, tls: &tokio_rustls::TlsConnector) -> Result<(), String> {
+    let sock = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    set_sockopt(sock.as_raw_fd(), libc::SO_MARK, &t.mark()).map_err(|e| format!("SO_MARK: {e}"))?;
+    sock.bind(std::net::SocketAddr::V4(SocketAddrV4::new(source, 0)))
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let stream = sock
+        .connect(std::net::SocketAddr::V4(t.addr))
+        .await
+        .map_err(|e| format!("connect {}: {e}", t.addr))?;
+    // A probe leaves nothing behind: closed with a reset, no TIME_WAIT
+    // (40,000 probes a second would otherwise keep a few million).
+    let _ = set_sockopt(
+        stream.as_raw_fd(),
+        libc::SO_LINGER,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    );
+    if t.tls {
+        let name = rustls::pki_types::ServerName::IpAddress((*t.addr.ip()).into());
+        tls.connect(name, stream)
+            .await
+            .map_err(|e| format!("TLS handshake with {}: {e}", t.addr))?;
+    }
+    Ok(())
+}
+
+fn set_sockopt<T>(fd: std::os::fd::RawFd, opt: libc::c_int, value: &T) -> std::io::Result<()> {
+    // SAFETY: a valid socket and an option value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A TLS client that completes the handshake without judging the
+/// certificate: the probe asks whether the connector's TLS endpoint
+/// answers, and the design gives no trust anchors to check it against.
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(extra: &str) -> Tenant {
+        let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/acme.toml");
+        let text = std::fs::read_to_string(policies).unwrap() + extra;
+        Tenant::from_toml(&text).unwrap()
+    }
+
+    #[test]
+    fn every_machine_is_probed_at_the_vip_and_port_clients_use() {
+        let t = tenant("");
+        let got = targets(7, &t);
+        let names: Vec<String> = got.iter().map(|g| g.machine.to_string()).collect();
+        assert_eq!(names, ["connector/0", "connector/1", "core/0", "core/1"]);
+        let vip: Ipv4Addr = "203.0.113.10".parse().unwrap();
+        for g in &got {
+            let port = if g.machine.role == Role::Connector { 443 } else { 61616 };
+            assert_eq!(g.addr, SocketAddrV4::new(vip, port), "{}", g.machine);
+            // The defaults: TLS for connectors, a TCP connect for cores.
+            assert_eq!(g.tls, g.machine.role == Role::Connector);
+            assert_eq!((g.interval_ms, g.timeout), (1000, Duration::from_secs(1)));
+            assert_eq!(
+                probe_target_of(g.mark()),
+                Some((7, slot(g.machine) as u32)),
+                "{}",
+                g.machine
+            );
+        }
+        // Four machines, four marks.
+        let marks: std::collections::BTreeSet<u32> = got.iter().map(Target::mark).collect();
+        assert_eq!(marks.len(), 4);
+    }
+
+    #[test]
+    fn the_policy_chooses_the_check_and_the_timing() {
+        let t = tenant("\n[health]\nhttps_check = \"tcp\"\ninterval = \"500ms\"\ntimeout = \"200ms\"\n");
+        for g in targets(1, &t) {
+            assert!(!g.tls);
+            assert_eq!((g.interval_ms, g.timeout), (500, Duration::from_millis(200)));
+        }
+    }
+
+    #[test]
+    fn a_tenant_without_an_ipv4_vip_is_not_probed() {
+        let mut t = tenant("");
+        t.vips.retain(|v| v.is_ipv6());
+        assert!(targets(1, &t).is_empty());
+    }
+
+    fn probe_target_of(mark: u32) -> Option<(u32, u32)> {
+        dataplane_common::types::probe_target(mark)
+    }
+}

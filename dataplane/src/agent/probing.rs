@@ -1,0 +1,160 @@
+//! The agent's side of the health probes: it sets up the probe path and the
+//! checker at start, hands the checker the machines of the policy in force
+//! after every apply, and turns each result into map writes
+//! (`health::apply::record_probe`) and events (`health`, `core_switch`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use carwash_policy::Tenant;
+use dataplane_common::types::ProbeHost;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tracing::{error, warn};
+
+use super::Agent;
+use super::checker::{self, Checker, Probing, Reply, Targets};
+use super::probe_path;
+use crate::health::apply::{Outcome, record_probe};
+use crate::health::{Machine, Probe, Role, State};
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn core(index: u8) -> Machine {
+    Machine {
+        role: Role::Core,
+        index,
+    }
+}
+
+impl Agent {
+    /// Sets up the probe path and starts the checker (with `[probes]`
+    /// enabled). Without a probe path the agent runs on: drains and
+    /// activations by hand still work, and the error is logged.
+    pub async fn start_probing(&mut self) -> Option<mpsc::UnboundedReceiver<Reply>> {
+        if !self.cfg.probes.enabled {
+            return None;
+        }
+        if self.cfg.cluster.is_some() {
+            // Behind ECMP the hosts share the VTEP a machine answers to: a
+            // probe's reply may reach another host, and a machine would be
+            // declared down for it.
+            warn!("no health probes on a host of a fleet ([cluster]): their replies may reach another host");
+            return None;
+        }
+        match self.probe_path().await {
+            Ok(()) => {}
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "no health probes: the probe path could not be set up");
+                return None;
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.probing = Some(Probing {
+            checker: Checker::spawn(self.cfg.probes.source, tx),
+            policies: HashMap::new(),
+            digest: None,
+        });
+        self.refresh_probes();
+        Some(rx)
+    }
+
+    async fn probe_path(&mut self) -> Result<()> {
+        let p = self.cfg.probes.clone();
+        probe_path::ensure(&p, &self.fabric.name).await?;
+        self.dp.attach_probe(probe_path::PROBE_DEVICE)?;
+        self.dp
+            .set_probe_host(&ProbeHost {
+                addr: p.source.octets(),
+                fabric_mac: self.fabric.mac,
+                _pad: [0; 2],
+            })
+            .context("writing PROBE_HOST")
+    }
+
+    /// Hands the checker the machines of the policy in force (after an
+    /// apply; the checker ignores a set that did not change).
+    pub fn refresh_probes(&mut self) {
+        let Some(p) = self.probing.as_mut() else {
+            return;
+        };
+        if p.digest.as_deref() == Some(self.engine.digest.as_str()) {
+            return;
+        }
+        p.digest = Some(self.engine.digest.clone());
+        let mut targets = Targets::new();
+        let mut policies = HashMap::new();
+        for (id, inst) in &self.engine.installed {
+            let Some(t) = inst.policy() else { continue };
+            for target in checker::targets(*id, &t) {
+                targets.insert(target.mark() as u64, target);
+            }
+            let t = match p.policies.get(id) {
+                Some(old) if **old == t => old.clone(),
+                _ => Arc::new(t),
+            };
+            policies.insert(*id, t);
+        }
+        p.policies = policies;
+        p.checker.set(targets);
+    }
+
+    /// One probe result: recorded, decided on, written, announced.
+    pub fn on_probe(&mut self, reply: Reply) {
+        let Some(p) = self.probing.as_ref() else {
+            return;
+        };
+        let Some(t) = p.policies.get(&reply.tenant).cloned() else {
+            return;
+        };
+        let probe = reply.probe.clone();
+        match record_probe(&mut self.dp, reply.tenant, &t, reply.machine, reply.probe, now_ms()) {
+            Ok(out) => self.announce_outcome(&t, &probe, &out),
+            Err(e) => warn!(tenant = t.name, machine = %reply.machine, error = %format!("{e:#}"), "recording a probe"),
+        }
+    }
+
+    fn announce_outcome(&self, t: &Tenant, probe: &Probe, out: &Outcome) {
+        if let Some(tr) = &out.transition {
+            let mut f = Map::new();
+            f.insert("tenant".into(), t.name.clone().into());
+            f.insert("machine".into(), tr.machine.to_string().into());
+            f.insert("state".into(), (if tr.to == State::Up { "up" } else { "down" }).into());
+            f.insert("from".into(), (if tr.from == State::Up { "up" } else { "down" }).into());
+            f.insert("at_ms".into(), tr.at_ms.into());
+            match probe {
+                Probe::Pass { latency_us } => {
+                    f.insert("result".into(), "pass".into());
+                    f.insert("latency_us".into(), (*latency_us).into());
+                }
+                Probe::Fail { why } => {
+                    f.insert("result".into(), "fail".into());
+                    f.insert("why".into(), why.clone().into());
+                }
+            }
+            f.insert("all_connectors_out".into(), out.all_connectors_out.into());
+            self.events.emit("health", f);
+        }
+        if let Some((from, to)) = out.core_switch {
+            self.emit_core_switch(&t.name, from, to, "probe");
+        }
+    }
+
+    /// A `core_switch` event: `why` is `probe` (a failure or a failback)
+    /// or `drain` / `activate` (by hand).
+    pub fn emit_core_switch(&self, tenant: &str, from: u8, to: u8, why: &str) {
+        let mut f = Map::new();
+        f.insert("tenant".into(), tenant.into());
+        f.insert("machine".into(), core(to).to_string().into());
+        f.insert("from".into(), core(from).to_string().into());
+        f.insert("to".into(), core(to).to_string().into());
+        f.insert("why".into(), Value::from(why));
+        self.events.emit("core_switch", f);
+    }
+}
