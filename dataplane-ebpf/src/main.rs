@@ -7,6 +7,7 @@
 mod bench;
 mod clock;
 mod counters;
+mod deny_cache;
 mod encap;
 mod events;
 mod fabric;
