@@ -11,11 +11,13 @@ use dataplane_common::{
 
 use crate::counters::{Counters, tenant_dropped, tenant_steered};
 use crate::handoff::hand_on;
-use crate::maps::{CONFIG, JUMPS, active_gen, host_config};
+use crate::maps::{CONFIG, JUMPS, generation_word, host_config};
 use crate::packet::{IPPROTO_UDP, frame_len};
 use crate::parse::Flow;
 use crate::send_encap::{ENCAP_OVERHEAD, encapsulate};
-use crate::{allow_choose as steer, events, send_too_big as icmp, translate_mss as mss, translate_nat as nat};
+use crate::{
+    allow_choose as steer, deny_cache, events, send_too_big as icmp, translate_mss as mss, translate_nat as nat,
+};
 
 use crate::verdict::Refused;
 
@@ -38,7 +40,10 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
         shared_fabric(ctx, &flow);
     }
 
-    let generation = active_gen();
+    // One read of the word gives the generation and the denial cache's
+    // epoch, before any policy lookup (`deny_cache`).
+    let epoch = generation_word();
+    let generation = epoch & 1;
     if !steer::maybe_ours(&flow.dst, generation) {
         return xdp_action::XDP_PASS;
     }
@@ -46,6 +51,13 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
     // only lookup by address. Only a miss asks whose address it is.
     // Counted as the packet arrived, before any encapsulation.
     let bytes = frame_len(ctx) as u64;
+    if let Some(hit) = deny_cache::lookup(&flow, epoch) {
+        let r = Refused {
+            why: hit.why,
+            action: xdp_action::XDP_DROP,
+        };
+        return refused(ctx, stats, &flow, hit.tenant, hit.class, r, bytes, generation);
+    }
     let svc = if flow.later_fragment {
         None
     } else {
@@ -94,17 +106,37 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
             action
         }
         Err(r) => {
-            stats.drop(r.why);
-            tenant_dropped(tenant, class, r.why, bytes);
-            events::dropped(ctx, &flow, tenant, events::class_why(class, r.why), generation);
-            // Compiled out unless the agent loads with an eBPF log level.
-            debug!(
-                ctx,
-                "uplink: dropped, reason {}, tenant {}, class {}", r.why, tenant, class
-            );
-            r.action
+            let (class_why, action) = (events::class_why(class, r.why), r.action);
+            refused(ctx, stats, &flow, tenant, class, r, bytes, generation);
+            deny_cache::remember(&flow, epoch, tenant, class_why, action);
+            action
         }
     }
+}
+
+/// Counts and reports a refused packet: the same for a verdict of the full
+/// path and one remembered by the denial cache.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn refused(
+    ctx: &XdpContext,
+    stats: &Counters,
+    flow: &Flow,
+    tenant: u32,
+    class: u8,
+    r: Refused,
+    bytes: u64,
+    generation: u32,
+) -> u32 {
+    stats.drop(r.why);
+    tenant_dropped(tenant, class, r.why, bytes);
+    events::dropped(ctx, flow, tenant, events::class_why(class, r.why), generation);
+    // Compiled out unless the agent loads with an eBPF log level.
+    debug!(
+        ctx,
+        "uplink: dropped, reason {}, tenant {}, class {}", r.why, tenant, class
+    );
+    r.action
 }
 
 /// Tail-calls the fabric program for VXLAN to this host's VTEP when the

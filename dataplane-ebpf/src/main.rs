@@ -12,6 +12,7 @@ mod classify_fabric;
 mod classify_uplink;
 
 mod allow_choose;
+mod deny_cache;
 
 mod translate_mss;
 mod translate_nat;

@@ -34,7 +34,14 @@ pub static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 /// The generation in force.
 #[inline(always)]
 pub fn active_gen() -> u32 {
-    GENERATION.get(0).copied().unwrap_or(0) & 1
+    generation_word() & 1
+}
+
+/// The whole `GENERATION` word: the generation in force in bit 0, above it
+/// a count of the policy writes a packet could see.
+#[inline(always)]
+pub fn generation_word() -> u32 {
+    GENERATION.get(0).copied().unwrap_or(0)
 }
 
 /// The host settings, once the agent wrote them (until then traffic that

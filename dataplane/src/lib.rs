@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod conntrack;
 pub mod counters;
+pub mod deny_cache;
 pub mod etcd;
 pub mod event;
 pub mod event_maps;

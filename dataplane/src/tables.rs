@@ -314,7 +314,8 @@ impl Dataplane {
         r4.with_context(|| format!("updating {}", maps::ALLOW_V4))?;
         r6.map_err(|_| anyhow!("updating {}: the thread panicked", maps::ALLOW_V6))?
             .with_context(|| format!("updating {}", maps::ALLOW_V6))?;
-        Ok(())
+        // A slot in use may have changed under a tenant record.
+        self.bump_epoch()
     }
 
     /// The host settings as the programs read them.

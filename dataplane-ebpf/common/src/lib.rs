@@ -12,6 +12,7 @@ extern crate std;
 
 pub mod checksum;
 pub mod counters;
+pub mod deny;
 pub mod drop;
 pub mod events;
 pub mod hash;
@@ -149,7 +150,10 @@ pub mod maps {
     /// Next hops the programs' FIB lookups found unresolved: LRU hash,
     /// [`crate::types::NextHopKey`] → `u64` (unused).
     pub const UNRESOLVED: &str = "UNRESOLVED";
-    /// The policy generation in force (`types::GENERATIONS`): one `u32`.
+    /// The policy generation in force (`types::GENERATIONS`): the low bit
+    /// of one `u32`, whose other bits count the writes that can change a
+    /// verdict in force (the uplink's denial cache keeps only verdicts of
+    /// the current value).
     pub const GENERATION: &str = "GENERATION";
     /// Per-CPU hand-over of a parsed packet to a tail-called program.
     pub const HANDOFF: &str = "HANDOFF";
@@ -179,4 +183,7 @@ pub mod maps {
     /// [`crate::types::ProbeHost`], one entry (never pinned: the agent that
     /// probes writes it).
     pub const PROBE_HOST: &str = "PROBE_HOST";
+    /// Per-CPU array of [`crate::deny::DenySlot`] (never pinned: a stale
+    /// slot is a miss anyway, and each load starts empty).
+    pub const DENY_CACHE: &str = "DENY_CACHE";
 }

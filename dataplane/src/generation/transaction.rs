@@ -91,8 +91,30 @@ impl Dataplane {
         self.apply_op(&op, gens)?;
         if self.gens.txn {
             self.gens.replay.push(op);
+        } else {
+            // Packets see this write at once.
+            self.bump_epoch()?;
         }
         Ok(())
+    }
+
+    /// Writes the `GENERATION` word: `active` in bit 0, and one more write
+    /// counted above it, so that the uplink's denial cache drops every
+    /// verdict reached before (`dataplane_common::deny`). Called after a
+    /// write packets can see, never before it: a verdict stored under the
+    /// new word was then reached with the write in place.
+    fn set_generation_word(&mut self, active: u32) -> Result<()> {
+        let mut m: Array<_, u32> = Array::try_from(self.pmap(maps::GENERATION)?)?;
+        let count = m.get(&0, 0)? >> 1;
+        m.set(0, (count.wrapping_add(1) << 1) | (active & 1), 0)
+            .context("writing GENERATION")?;
+        Ok(())
+    }
+
+    /// Counts a write packets see at once (outside a transaction).
+    pub(crate) fn bump_epoch(&mut self) -> Result<()> {
+        let active = self.gens.active;
+        self.set_generation_word(active)
     }
 
     pub(crate) fn put_addr(&mut self, k: AddrKey, v: AddrValue) -> Result<()> {
@@ -228,8 +250,8 @@ impl Dataplane {
             return Ok(());
         }
         let next = 1 - self.gens.active;
-        let mut m: Array<_, u32> = Array::try_from(self.pmap(maps::GENERATION)?)?;
-        m.set(0, next, 0).context("switching the policy generation")?;
+        self.set_generation_word(next)
+            .context("switching the policy generation")?;
         self.gens.active = next;
         self.gens.txn = false;
         self.gens.switched_at = Some(Instant::now());

@@ -1,0 +1,283 @@
+//! The uplink's cache of recent denials, through BPF_PROG_TEST_RUN: a
+//! remembered verdict counts and reports exactly as the full path does; a
+//! policy change that lifts a denial (or a tenant failing closed) takes
+//! effect on the next packet; two flows sharing a slot never take each
+//! other's verdict. Every run is on CPU 0: the cache is per CPU.
+use std::net::{IpAddr, Ipv4Addr};
+
+use aya::maps::{MapData, RingBuf};
+use carwash_policy::{Allow, Class};
+use carwash_tests::fabric::{FabricNs, loaded};
+use carwash_tests::fixture::{XDP_DROP, XDP_REDIRECT};
+use carwash_tests::inbound_cases::{ACME4, ALLOWED4, BETA4, DENIED4, Expect, addr16, inbound_cases, tenants};
+use carwash_tests::packets::tcp4;
+use carwash_tests::require_root;
+use dataplane::Dataplane;
+use dataplane::counters::Counters;
+use dataplane::event_maps::EventLimits;
+use dataplane_common::deny::{DenySlot, deny_slot};
+use dataplane_common::events::DataEvent;
+use dataplane_common::types::{SIDE_UPLINK, TenantStats};
+use dataplane_common::{DropReason, programs};
+
+const TENANTS: u32 = 3;
+
+fn drain(ring: &mut RingBuf<MapData>) -> Vec<DataEvent> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        // SAFETY: a whole record; every bit pattern is valid.
+        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const DataEvent) });
+    }
+    out
+}
+
+fn on_cpu0() {
+    // SAFETY: sched_setaffinity of this thread with a valid set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+/// Every event reported, so that each packet's can be compared.
+fn report_every_drop(dp: &mut Dataplane) {
+    dp.set_event_limits(EventLimits {
+        rate: 1_000_000,
+        burst: 1_000_000,
+        flow_sample: 0,
+    })
+    .unwrap();
+}
+
+/// What one packet did: its verdict, the global and per-tenant counters
+/// it moved, and its events (clock cleared).
+#[derive(Debug, PartialEq)]
+struct Effect {
+    action: u32,
+    counters: Counters,
+    tenants: Vec<TenantStats>,
+    events: Vec<DataEvent>,
+}
+
+fn stats(dp: &Dataplane) -> (Counters, Vec<TenantStats>) {
+    let t = (1..=TENANTS).map(|id| dp.tenant_stats(id).unwrap()).collect();
+    (dp.counters(SIDE_UPLINK).unwrap(), t)
+}
+
+fn send(dp: &Dataplane, ring: &mut RingBuf<MapData>, packet: &[u8]) -> Effect {
+    drain(ring);
+    let (c0, t0) = stats(dp);
+    let (action, _) = dp.run(programs::UPLINK, packet).unwrap();
+    let (c1, t1) = stats(dp);
+    let tenants = t0
+        .iter()
+        .zip(&t1)
+        .map(|(a, b)| {
+            let mut d = *b;
+            for (row, row0) in d.iter_mut().zip(a) {
+                for (v, v0) in row.iter_mut().zip(row0) {
+                    *v -= v0;
+                }
+            }
+            d
+        })
+        .collect();
+    let mut events = drain(ring);
+    for e in &mut events {
+        e.ts_ns = 0;
+    }
+    Effect {
+        action,
+        counters: c1.since(&c0),
+        tenants,
+        events,
+    }
+}
+
+fn slot_of(src: IpAddr, dst: IpAddr, dport: u16) -> u32 {
+    deny_slot(&addr16(src), &addr16(dst), dport, 6)
+}
+
+/// CPU 0's copy of a slot.
+fn cpu0(dp: &Dataplane, slot: u32) -> DenySlot {
+    dp.deny_slots(slot).unwrap()[0]
+}
+
+#[test]
+fn a_remembered_denial_counts_and_reports_as_the_full_path() {
+    require_root();
+    let ts = tenants();
+    let fab = FabricNs::new(&ts).unwrap();
+    let mut dp = loaded(&fab, &ts).unwrap();
+    let mut ring = dp.take_events().unwrap();
+    report_every_drop(&mut dp);
+    let cases: Vec<_> = inbound_cases()
+        .into_iter()
+        .filter(|c| {
+            matches!(
+                c.expect,
+                Expect::Drop(DropReason::NotAllowed) | Expect::Drop(DropReason::NoService)
+            )
+        })
+        .collect();
+    // v4 and v6, both reasons, and a class other than https.
+    assert!(cases.len() >= 5, "{cases:#?}");
+    fab.ns
+        .enter(|| {
+            on_cpu0();
+            for c in &cases {
+                let Expect::Drop(why) = c.expect else { unreachable!() };
+                let slot = deny_slot(&addr16(c.src), &addr16(c.dst), c.dport, 6);
+                let packet = c.packet();
+                let full = send(&dp, &mut ring, &packet);
+                assert_eq!(full.action, XDP_DROP, "{}", c.name);
+                assert_eq!(full.counters.dropped(why), 1, "{}", c.name);
+                assert_eq!(full.events.len(), 1, "{}: {:#?}", c.name, full.events);
+                let e = cpu0(&dp, slot);
+                assert_eq!((e.tenant, e.hits), (full.events[0].tenant, 0), "{}: {e:#?}", c.name);
+                assert_eq!(e.class_why & 0xff, why.index(), "{}", c.name);
+                for _ in 0..3 {
+                    let hit = send(&dp, &mut ring, &packet);
+                    assert_eq!(hit, full, "{}: the remembered verdict differs", c.name);
+                }
+                assert_eq!(cpu0(&dp, slot).hits, 3, "{}: not taken from the cache", c.name);
+            }
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_policy_change_takes_effect_on_the_next_packet() {
+    require_root();
+    let ts = tenants();
+    let fab = FabricNs::new(&ts).unwrap();
+    let mut dp = loaded(&fab, &ts).unwrap();
+    let mut ring = dp.take_events().unwrap();
+    report_every_drop(&mut dp);
+    let acme = ts[0].clone();
+    let mut opened = acme.clone();
+    opened.allow.push(Allow {
+        cidr: format!("{DENIED4}/32").parse().unwrap(),
+        classes: vec![Class::Https],
+    });
+    let packet = tcp4(DENIED4, ACME4, 40000, 443, b"x");
+    let slot = slot_of(DENIED4.into(), ACME4.into(), 443);
+    fab.ns
+        .enter(|| {
+            on_cpu0();
+            let denied = |dp: &Dataplane, ring: &mut RingBuf<MapData>, why: DropReason| {
+                let fx = send(dp, ring, &packet);
+                assert_eq!((fx.action, fx.counters.dropped(why)), (XDP_DROP, 1), "{fx:#?}");
+                assert_eq!(fx.events[0].reason, why.index() as u8);
+            };
+            for _ in 0..3 {
+                denied(&dp, &mut ring, DropReason::NotAllowed);
+            }
+            assert_eq!(cpu0(&dp, slot).hits, 2);
+
+            // A policy transaction allowing the source, as the agent applies
+            // one: the next packet is steered.
+            dp.begin_policy().unwrap();
+            dp.install_tenant(1, &opened).unwrap();
+            dp.commit_policy().unwrap();
+            let fx = send(&dp, &mut ring, &packet);
+            assert_eq!(fx.action, XDP_REDIRECT, "{fx:#?}");
+
+            // Denied again by the next transaction: the full path, then
+            // remembered.
+            dp.begin_policy().unwrap();
+            dp.install_tenant(1, &acme).unwrap();
+            dp.commit_policy().unwrap();
+            denied(&dp, &mut ring, DropReason::NotAllowed);
+            assert_eq!(cpu0(&dp, slot).hits, 0);
+            denied(&dp, &mut ring, DropReason::NotAllowed);
+            assert_eq!(cpu0(&dp, slot).hits, 1);
+
+            // A write outside a transaction (a tenant failing closed): the
+            // next packet has the new reason, not the remembered one.
+            dp.set_tenant_ready(1, false).unwrap();
+            denied(&dp, &mut ring, DropReason::NotReady);
+            denied(&dp, &mut ring, DropReason::NotReady);
+            dp.set_tenant_ready(1, true).unwrap();
+            denied(&dp, &mut ring, DropReason::NotAllowed);
+
+            // Allowed outside a transaction too (tests, health writes).
+            dp.install_tenant(1, &opened).unwrap();
+            assert_eq!(send(&dp, &mut ring, &packet).action, XDP_REDIRECT);
+        })
+        .unwrap();
+}
+
+/// A source in 100.64.0.0/10 (in no tenant's allowlist) whose flow to
+/// `dst:dport` takes `slot`.
+fn colliding(slot: u32, dst: Ipv4Addr, dport: u16, not: &[Ipv4Addr]) -> Ipv4Addr {
+    (0..1u32 << 22)
+        .map(|i| Ipv4Addr::from(0x6440_0000 | i))
+        .find(|s| !not.contains(s) && slot_of((*s).into(), dst.into(), dport) == slot)
+        .expect("a colliding source")
+}
+
+#[test]
+fn flows_sharing_a_slot_never_take_each_others_verdict() {
+    require_root();
+    let ts = tenants();
+    let fab = FabricNs::new(&ts).unwrap();
+    let mut dp = loaded(&fab, &ts).unwrap();
+    let mut ring = dp.take_events().unwrap();
+    report_every_drop(&mut dp);
+    // An allowed flow, and denied ones in its slot: to the same VIP and
+    // port, to another tenant's VIP, to a port with no service.
+    let slot = slot_of(ALLOWED4.into(), ACME4.into(), 443);
+    let s1 = colliding(slot, ACME4, 443, &[]);
+    let s2 = colliding(slot, BETA4, 443, &[]);
+    let s3 = colliding(slot, ACME4, 80, &[]);
+    let allowed = tcp4(ALLOWED4, ACME4, 40000, 443, b"x");
+    let to_acme = tcp4(s1, ACME4, 40000, 443, b"x");
+    let to_beta = tcp4(s2, BETA4, 40000, 443, b"x");
+    let no_service = tcp4(s3, ACME4, 40000, 80, b"x");
+    fab.ns
+        .enter(|| {
+            on_cpu0();
+            let drop = |dp: &Dataplane, ring: &mut RingBuf<MapData>, p: &[u8], why: DropReason, tenant: u32| {
+                let fx = send(dp, ring, p);
+                assert_eq!((fx.action, fx.counters.dropped(why)), (XDP_DROP, 1), "{fx:#?}");
+                let e = fx.events[0];
+                assert_eq!((e.reason, e.tenant), (why.index() as u8, tenant), "{e:#?}");
+                let dropped: u64 = fx.tenants[tenant as usize - 1].iter().flatten().sum();
+                let others: u64 = fx
+                    .tenants
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != tenant as usize - 1)
+                    .map(|(_, t)| t.iter().flatten().sum::<u64>())
+                    .sum();
+                assert!(dropped > 0 && others == 0, "{fx:#?}");
+            };
+            let steered = |dp: &Dataplane, ring: &mut RingBuf<MapData>| {
+                assert_eq!(send(dp, ring, &allowed).action, XDP_REDIRECT);
+            };
+            drop(&dp, &mut ring, &to_acme, DropReason::NotAllowed, 1);
+            drop(&dp, &mut ring, &to_acme, DropReason::NotAllowed, 1);
+            assert_eq!(cpu0(&dp, slot).hits, 1);
+            // The allowed flow misses the slot (another key) and leaves it.
+            steered(&dp, &mut ring);
+            assert_eq!((cpu0(&dp, slot).hits, cpu0(&dp, slot).tenant), (1, 1));
+            // Another tenant's denial takes the slot over; the first flow
+            // then gets its own verdict from the full path again.
+            drop(&dp, &mut ring, &to_beta, DropReason::NotAllowed, 2);
+            assert_eq!(cpu0(&dp, slot).tenant, 2);
+            drop(&dp, &mut ring, &to_acme, DropReason::NotAllowed, 1);
+            assert_eq!((cpu0(&dp, slot).tenant, cpu0(&dp, slot).hits), (1, 0));
+            drop(&dp, &mut ring, &no_service, DropReason::NoService, 1);
+            drop(&dp, &mut ring, &no_service, DropReason::NoService, 1);
+            assert_eq!(cpu0(&dp, slot).hits, 1);
+            drop(&dp, &mut ring, &to_beta, DropReason::NotAllowed, 2);
+            steered(&dp, &mut ring);
+            drop(&dp, &mut ring, &to_acme, DropReason::NotAllowed, 1);
+        })
+        .unwrap();
+}
