@@ -36,7 +36,9 @@ pub struct BgpLink {
 }
 
 /// A host's BIRD: its kernel protocols learn carwash's `table`, its BGP
-/// sessions export what they learnt (and take nothing).
+/// sessions export what they learnt (and take nothing). Sessions are tried
+/// again a second after an error (BIRD waits a minute by default), so that
+/// a host that comes back is a next hop again at once.
 pub fn host_conf(link: &BgpLink, table: u32) -> String {
     format!(
         r#"router id {up4};
@@ -60,6 +62,7 @@ protocol bgp upstream_v4 {{
   neighbor {rt4} as {ROUTER_AS};
   hold time 3;
   connect retry time 1;
+  error wait time 1, 5;
   ipv4 {{ table carwash4; import none; export all; next hop self; }};
 }}
 protocol bgp upstream_v6 {{
@@ -67,6 +70,7 @@ protocol bgp upstream_v6 {{
   neighbor {rt6} as {ROUTER_AS};
   hold time 3;
   connect retry time 1;
+  error wait time 1, 5;
   ipv6 {{ table carwash6; import none; export all; next hop self; }};
 }}
 "#,
@@ -94,6 +98,7 @@ protocol kernel {{ merge paths on; ipv6 {{ import none; export all; }}; }}
   neighbor {up4} as {HOSTS_AS};
   hold time 3;
   connect retry time 1;
+  error wait time 1, 5;
   ipv4 {{ import all; export none; }};
 }}
 protocol bgp host{i}_v6 {{
@@ -101,6 +106,7 @@ protocol bgp host{i}_v6 {{
   neighbor {up6} as {HOSTS_AS};
   hold time 3;
   connect retry time 1;
+  error wait time 1, 5;
   ipv6 {{ import all; export none; }};
 }}
 "#,
