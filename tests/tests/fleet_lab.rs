@@ -7,7 +7,8 @@
 //! One bring-up for everything, in order: the router learns every VIP and
 //! egress IP with three next hops; 300 HTTPS connections from distinct
 //! source ports all succeed and every host steers its share (the agents'
-//! counters); long TLS downloads survive the loss of a host (both its links
+//! counters); uploads that need path-MTU discovery complete, the
+//! routers' ICMP errors passed to the host of their flow; long TLS downloads survive the loss of a host (both its links
 //! down, its agent and BIRD killed) byte for byte, and the convergence is
 //! measured; the host comes back and takes flows while downloads go on;
 //! a clean stop withdraws the host's routes while its programs stay
@@ -28,7 +29,7 @@ use carwash_tests::require_root;
 use dataplane_common::Counter;
 use dataplane_common::types::SIDE_UPLINK;
 use netlab::fleet::{Fleet, FleetGuard};
-use netlab::lab::{ALLOWED_CLIENT_V4, BIG_FILE, LabConfig};
+use netlab::lab::{ALLOWED_CLIENT_V4, BIG_FILE, FAR_PARTNER_TCP_PORT, FAR_PARTNER_V4, LabConfig, Role};
 use netlab::netns::NetNs;
 
 const HOSTS: usize = 3;
@@ -37,6 +38,7 @@ const CONNECTIONS: u16 = 300;
 /// about 8 s, long enough for a host to go or come back in the middle.
 const DOWNLOADS: u16 = 24;
 const RATE: &str = "128k";
+const UPLOADS: usize = 8;
 
 /// Packets each host's uplink program steered to a machine so far.
 fn steered(fleet: &Fleet) -> Vec<u64> {
@@ -50,6 +52,37 @@ fn steered(fleet: &Fleet) -> Vec<u64> {
                 .unwrap_or(0)
         })
         .collect()
+}
+
+/// A counter of every host's uplink side, summed.
+fn counter_sum(fleet: &Fleet, c: Counter) -> u64 {
+    fleet
+        .hosts
+        .iter()
+        .map(|h| {
+            dataplane::pinned::Pins::open(&h.pin_path)
+                .and_then(|p| p.counters(SIDE_UPLINK))
+                .map(|k| k.get(c))
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Replies (and ICMP errors) passed on to their port's host, by every host.
+fn handoffs(fleet: &Fleet) -> u64 {
+    fleet
+        .hosts
+        .iter()
+        .filter_map(|h| {
+            let out = std::process::Command::new(carwash_bin())
+                .args(["status", "-o", "json", "--config"])
+                .arg(&h.config)
+                .output()
+                .ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            v["agent"]["cluster"]["handoffs_sent"].as_u64()
+        })
+        .sum()
 }
 
 fn delta(after: &[u64], before: &[u64]) -> Vec<u64> {
@@ -231,6 +264,54 @@ fn inbound_https_across_the_fleet_through_a_host_lost_and_back() {
             "host {i} steered {n} of {total} packets: {per_host:?}"
         );
     }
+
+    // Uploads to the far partner behind the narrow link: each completes
+    // only through path-MTU discovery, and the router's fragmentation
+    // needed reaches any host by ECMP; those about another host's port are
+    // passed to it.
+    let data: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let file = fleet.lab.state_dir.join("upload.bin");
+    std::fs::write(&file, &data).unwrap();
+    let up_sha = {
+        let out = std::process::Command::new("sha256sum").arg(&file).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let icmp_before = counter_sum(&fleet, Counter::SnatIcmpError);
+    let relays_before = handoffs(&fleet);
+    let conn = acme.machine(Role::Connector, 0).unwrap();
+    let uploads: Vec<_> = (0..UPLOADS)
+        .map(|_| {
+            let (ns, file) = (conn.netns.clone(), file.clone());
+            std::thread::spawn(move || {
+                let cmd = format!(
+                    "timeout 40 socat -t 20 - TCP4:{FAR_PARTNER_V4}:{FAR_PARTNER_TCP_PORT},connect-timeout=5 < {}",
+                    file.display()
+                );
+                let out = NetNs::open(&ns).unwrap().exec(&["sh", "-c", &cmd]).unwrap();
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .to_string()
+            })
+        })
+        .collect();
+    let got: Vec<String> = uploads.into_iter().map(|u| u.join().unwrap()).collect();
+    let want_line = format!("sha256={up_sha}");
+    assert!(
+        got.iter().all(|l| *l == want_line),
+        "uploads through the narrow link: {got:?}"
+    );
+    let icmp = counter_sum(&fleet, Counter::SnatIcmpError) - icmp_before;
+    let relays = handoffs(&fleet) - relays_before;
+    eprintln!("{UPLOADS} uploads through path-MTU discovery: {icmp} ICMP errors translated, {relays} hand-offs");
+    assert!(icmp > 0 && relays > 0, "icmp errors {icmp}, hand-offs {relays}");
 
     // Long downloads; host 2 is lost in the middle of them.
     let before = steered(&fleet);

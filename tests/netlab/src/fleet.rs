@@ -297,6 +297,12 @@ impl Fleet {
         for m in lab.machines() {
             lab.build_machine(m, &ul, &common, UNDERLAY_GW_MAC)?;
             ul.neigh(BRIDGE, &m.vtep.to_string(), m.underlay_mac)?;
+            // A TCP retransmission timeout picks a new flow hash, hence a
+            // new tunnel source port, which the underlay's ECMP may send to
+            // another host: that host would translate the flow anew and the
+            // partner would reset it. Machines keep their hash here (as a
+            // tunnel endpoint that hashes the inner 5-tuple only would).
+            NetNs::open(&m.netns)?.sysctl("net.core.txrehash", "0")?;
         }
         for a in [
             crate::lab::ALLOWED_CLIENT_V4.into(),
