@@ -283,6 +283,7 @@ impl Fleet {
             )?;
             std::fs::write(&h.bird_conf, bird::host_conf(&h.bgp_link(), ROUTE_TABLE))?;
         }
+        self.pass_on_underlay_ends()?;
         // The anycast VTEP: every host's own fabric address, by ECMP.
         let mut args: Vec<String> = ["route", "add", &format!("{HOST_VTEP}/32")]
             .iter()
@@ -335,6 +336,28 @@ impl Fleet {
         }
         bird::wait_next_hops(&inet, &self.announced(), self.hosts.len(), WAIT_ANNOUNCED)
             .context("waiting for every host's announcements")?;
+        Ok(())
+    }
+
+    /// A host hands a reply of its port to a machine out of the fabric
+    /// link the reply came in on; a veth delivers such frames to its other
+    /// end only once something else wakes that end, unless the other end
+    /// has an XDP program of its own (seen on 6.18: hand-offs a second or
+    /// more late, and held for good when nothing follows them). A physical
+    /// NIC has no such quirk: the underlay's ends get a program that
+    /// passes everything.
+    fn pass_on_underlay_ends(&self) -> Result<()> {
+        let pin = pin_root(&self.lab.name).join("underlay-pass");
+        load_xdp_pass(&pin)?;
+        for h in &self.hosts {
+            netns::run_checked(
+                std::process::Command::new("nsenter")
+                    .arg(format!("--net={}", netns::netns_path(&self.lab.underlay).display()))
+                    .args(["ip", "link", "set", "dev", &h.underlay_if, "xdp", "pinned"])
+                    .arg(&pin),
+            )
+            .with_context(|| format!("attaching XDP_PASS to {}", h.underlay_if))?;
+        }
         Ok(())
     }
 
@@ -529,6 +552,43 @@ impl Drop for FleetGuard {
             eprintln!("netlab: {e:#}");
         }
     }
+}
+
+/// Loads a program of two instructions (`r0 = XDP_PASS; exit`) and pins
+/// it at `pin`.
+fn load_xdp_pass(pin: &Path) -> Result<()> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    let insns: [u64; 2] = [
+        u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]),
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    let license = c"GPL";
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_XDP.to_ne_bytes());
+    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: bpf(2) with a zero-padded attribute block whose pointers
+    // outlive the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("loading an XDP_PASS program");
+    }
+    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes())?;
+    let mut attr = [0u8; 128];
+    attr[0..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
+    // SAFETY: as above; the fd is ours and closed right after.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), attr.len()) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closing the fd the load returned.
+    unsafe { libc::close(fd as i32) };
+    if r < 0 {
+        return Err(err).with_context(|| format!("pinning {}", pin.display()));
+    }
+    Ok(())
 }
 
 fn host_prefix(a: IpAddr) -> String {
