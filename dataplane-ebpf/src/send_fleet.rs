@@ -3,6 +3,9 @@
 //! deliver a reply to any host: one whose port lies in another host's block
 //! is passed, whole, to that host's own fabric address in VXLAN
 //! (`RELAY_VNI`), and the owner takes it as if its uplink had received it.
+//! An ICMP error about such a flow (fragmentation needed, unreachable)
+//! goes the same way, by the quoted packet's source port, and the owner
+//! takes it as its uplink would have.
 //! A host of its own (no peers) never gets here: its block is the whole
 //! range, and a port outside it is dropped as untracked before this module
 //! is asked.
@@ -15,7 +18,7 @@ use dataplane_common::{
 use crate::counters::run_handed;
 use crate::handoff::{self, hand_on};
 use crate::maps::{FLEET, FLEET_STATS, active_gen, host_config};
-use crate::packet::{IPPROTO_TCP, IPPROTO_UDP, read};
+use crate::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, read};
 use crate::parse::{Flow, NotIp, parse_from};
 use crate::send_encap::{encapsulate_from, next_hop};
 use crate::verdict::Refused;
@@ -28,6 +31,12 @@ const UDP_VXLAN: usize = 8 + 8;
 #[inline(always)]
 fn fleet() -> Option<&'static Fleet> {
     FLEET.get(0).filter(|f| f.n_peers > 0)
+}
+
+/// Whether this host is in a fleet (has peers to pass replies to).
+#[inline(always)]
+pub fn in_fleet() -> bool {
+    fleet().is_some()
 }
 
 /// The port a reply's tracking entry is keyed by: the destination port, or
@@ -127,7 +136,14 @@ pub fn relayed_in(ctx: &XdpContext, outer: &Flow, cfg: &HostConfig) -> Result<u3
         Err(NotIp::Other) => return Err(DropReason::InnerNotIp.into()),
         Err(NotIp::Malformed(_)) => return Err(DropReason::Malformed.into()),
     };
-    let port = reply_port(&inner).ok_or(DropReason::NoConntrack)?;
+    // An ICMP error belongs to the flow it quotes: the quoted packet's
+    // (translated) source port names the host.
+    let icmp_error = nat::is_icmp_error(&inner);
+    let port = if icmp_error {
+        quoted_port(ctx, &inner)?
+    } else {
+        reply_port(&inner).ok_or(DropReason::NoConntrack)?
+    };
     if port < cfg.snat_port_lo || port > cfg.snat_port_hi {
         return Err(DropReason::NoConntrack.into());
     }
@@ -142,5 +158,19 @@ pub fn relayed_in(ctx: &XdpContext, outer: &Flow, cfg: &HostConfig) -> Result<u3
     }
     // The reply program rewrites the inner packet and re-encapsulates it in
     // place, over these outer headers.
-    Err(hand_on(ctx, &inner, generation, owner, 0, inner_off, jumps::SNAT_IN))
+    let jump = if icmp_error { jumps::SNAT_ICMP } else { jumps::SNAT_IN };
+    Err(hand_on(ctx, &inner, generation, owner, 0, inner_off, jump))
+}
+
+/// The source port (or echo identifier) of the packet an ICMP error
+/// quotes: the port the packet left with.
+#[inline(always)]
+fn quoted_port(ctx: &XdpContext, error: &Flow) -> Result<u16, DropReason> {
+    let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
+    let q = nat::read_quote(ctx, error, &mut src, &mut dst)?;
+    match q.proto {
+        IPPROTO_TCP | IPPROTO_UDP => Ok(u16::from_be_bytes([q.head[0], q.head[1]])),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => Ok(u16::from_be_bytes([q.head[4], q.head[5]])),
+        _ => Err(DropReason::NoConntrack),
+    }
 }

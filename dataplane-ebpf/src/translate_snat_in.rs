@@ -24,6 +24,11 @@ use crate::{allow_choose as steer, handoff, send_fleet as fleet};
 
 const TCP_FLAG_ACK: u8 = 0x10;
 
+/// In the hand-off's `origin` from `carwash_snat_icmp` to
+/// `carwash_snat_in`: an ICMP error about the flow of another host's port
+/// (the low 16 bits), to be passed on to that host.
+const QUOTED_PORT: u32 = 1 << 31;
+
 /// `carwash_snat_in`: a reply of a tracked flow.
 #[inline(always)]
 pub fn run_reply(ctx: &XdpContext) -> u32 {
@@ -59,7 +64,10 @@ fn try_reply(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32
     if flow.later_fragment {
         return Err(DropReason::Fragment.into());
     }
+    let quoted = h.origin & QUOTED_PORT != 0;
     let (sport, dport) = match flow.proto {
+        // An ICMP error about the flow of another host's port.
+        _ if quoted => (0, h.origin as u16),
         IPPROTO_TCP | IPPROTO_UDP => (flow.sport, flow.dport),
         _ if nat::is_echo(&flow, false) => (0, flow.sport),
         _ => return Err(DropReason::NoConntrack.into()),
@@ -69,6 +77,9 @@ fn try_reply(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Result<u32
         && let Some(relayed) = fleet::relay(ctx, &flow, cfg, dport)
     {
         return Ok(relayed?);
+    }
+    if quoted {
+        return Err(DropReason::NoConntrack.into());
     }
     let key = nat::key(0, &flow.src, &flow.dst, sport, dport, flow.proto, flow.v6);
     let now = clock::now(cfg);
@@ -200,6 +211,20 @@ fn try_icmp_error(ctx: &XdpContext, stats: &Counters, tenant: &mut u32) -> Resul
         }
         _ => return Err(DropReason::NoConntrack.into()),
     };
+    // In a fleet, an error about a flow of another host's block is that
+    // host's, as the flow's replies are: the reply program passes it on
+    // (passing on from here too would not fit this program's stack).
+    if (q_port < cfg.snat_port_lo || q_port > cfg.snat_port_hi) && fleet::in_fleet() {
+        return Err(hand_on(
+            ctx,
+            flow,
+            h.generation,
+            owner,
+            QUOTED_PORT | u32::from(q_port),
+            0,
+            jumps::SNAT_IN,
+        ));
+    }
     let q_proto = key.proto;
     // SAFETY: a value of the map, valid for this run (RCU).
     let v = unsafe { CONNTRACK.get(&key) }.ok_or(DropReason::NoConntrack)?;

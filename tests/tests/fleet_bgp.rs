@@ -18,27 +18,19 @@ mod agent_common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agent_common::{AgentProc, TempDir, repo_policies_dir};
 use carwash_tests::require_root;
+use netlab::bird::{self, BgpLink};
 use netlab::netns::{Daemon, NetNs, PinDir, veth_pair};
 
 const HOSTS: usize = 3;
 const TABLE: u32 = 4242;
-const ROUTER_AS: u32 = 65000;
-const HOSTS_AS: u32 = 65001;
-
-fn bird_bin() -> Option<PathBuf> {
-    ["/usr/sbin/bird", "/usr/bin/bird"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
 
 fn uplink_v4(i: usize) -> String {
     format!("100.64.{i}.1")
@@ -66,81 +58,13 @@ const ROUTER_MAC: &str = "02:00:0a:c8:00:01";
 const PARTNER: &str = "198.18.0.10";
 const PARTNER_PORT: u16 = 8080;
 
-/// A host's BIRD: its kernel protocols learn carwash's table, its BGP
-/// sessions export what they learnt (and take nothing).
-fn host_bird_conf(i: usize) -> String {
-    format!(
-        r#"router id {up4};
-protocol device {{ scan time 1; }}
-ipv4 table carwash4;
-ipv6 table carwash6;
-protocol kernel carwash_v4 {{
-  kernel table {TABLE};
-  learn;
-  scan time 1;
-  ipv4 {{ table carwash4; import all; export none; }};
-}}
-protocol kernel carwash_v6 {{
-  kernel table {TABLE};
-  learn;
-  scan time 1;
-  ipv6 {{ table carwash6; import all; export none; }};
-}}
-protocol bgp upstream_v4 {{
-  local {up4} as {HOSTS_AS};
-  neighbor {rt4} as {ROUTER_AS};
-  hold time 3;
-  connect retry time 1;
-  ipv4 {{ table carwash4; import none; export all; next hop self; }};
-}}
-protocol bgp upstream_v6 {{
-  local {up6} as {HOSTS_AS};
-  neighbor {rt6} as {ROUTER_AS};
-  hold time 3;
-  connect retry time 1;
-  ipv6 {{ table carwash6; import none; export all; next hop self; }};
-}}
-"#,
-        up4 = uplink_v4(i),
-        rt4 = router_v4(i),
-        up6 = uplink_v6(i),
-        rt6 = router_v6(i),
-    )
-}
-
-/// The router's BIRD: a session per host, ECMP into the kernel.
-fn router_bird_conf() -> String {
-    let mut s = String::from(
-        r#"router id 100.64.255.1;
-protocol device { scan time 1; }
-protocol kernel { merge paths on; ipv4 { import none; export all; }; }
-protocol kernel { merge paths on; ipv6 { import none; export all; }; }
-"#,
-    );
-    for i in 0..HOSTS {
-        s += &format!(
-            r#"protocol bgp host{i}_v4 {{
-  local {rt4} as {ROUTER_AS};
-  neighbor {up4} as {HOSTS_AS};
-  hold time 3;
-  connect retry time 1;
-  ipv4 {{ import all; export none; }};
-}}
-protocol bgp host{i}_v6 {{
-  local {rt6} as {ROUTER_AS};
-  neighbor {up6} as {HOSTS_AS};
-  hold time 3;
-  connect retry time 1;
-  ipv6 {{ import all; export none; }};
-}}
-"#,
-            rt4 = router_v4(i),
-            up4 = uplink_v4(i),
-            rt6 = router_v6(i),
-            up6 = uplink_v6(i),
-        );
+fn bgp_link(i: usize) -> BgpLink {
+    BgpLink {
+        host_v4: uplink_v4(i),
+        router_v4: router_v4(i),
+        host_v6: uplink_v6(i),
+        router_v6: router_v6(i),
     }
-    s
 }
 
 fn start_bird(ns: &NetNs, bin: &Path, dir: &Path, name: &str, conf: &str) -> Daemon {
@@ -253,7 +177,13 @@ impl Fleet {
                 ),
             )
             .unwrap();
-            let bird = start_bird(&ns, bird, dir.path(), &format!("h{i}"), &host_bird_conf(i));
+            let bird = start_bird(
+                &ns,
+                bird,
+                dir.path(),
+                &format!("h{i}"),
+                &bird::host_conf(&bgp_link(i), TABLE),
+            );
             hosts.push(Host {
                 ns,
                 pins,
@@ -328,7 +258,13 @@ impl Fleet {
                 let _ = h.ns.exec(&["ping", "-c", "1", "-W", "1", MACHINES[k].1]);
             }
         }
-        let router_bird = start_bird(&rt, bird, dir.path(), "rt", &router_bird_conf());
+        let router_bird = start_bird(
+            &rt,
+            bird,
+            dir.path(),
+            "rt",
+            &bird::router_conf("100.64.255.1", &(0..HOSTS).map(bgp_link).collect::<Vec<_>>()),
+        );
         Fleet {
             _router_bird: router_bird,
             hosts,
@@ -340,37 +276,15 @@ impl Fleet {
     }
 }
 
-/// The next hops the router's kernel has for each of `addrs`.
-fn next_hops(rt: &NetNs, addrs: &BTreeSet<String>) -> BTreeMap<String, BTreeSet<String>> {
-    let mut out = BTreeMap::new();
-    for a in addrs {
-        let fam = if a.contains(':') { "-6" } else { "-4" };
-        let text = rt.ip(&[fam, "route", "show", a]).unwrap_or_default();
-        let hops: BTreeSet<String> = text
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .windows(2)
-            .filter(|w| w[0] == "via")
-            .map(|w| w[1].to_string())
-            .collect();
-        out.insert(a.clone(), hops);
-    }
-    out
+fn next_hops(rt: &NetNs, addrs: &[IpAddr]) -> BTreeMap<IpAddr, BTreeSet<IpAddr>> {
+    bird::next_hops(rt, addrs)
 }
 
-fn wait_hops(rt: &NetNs, addrs: &BTreeSet<String>, want: usize, what: &str, timeout: Duration) -> Duration {
-    let t0 = Instant::now();
-    loop {
-        let now = next_hops(rt, addrs);
-        if now.values().all(|h| h.len() == want) {
-            return t0.elapsed();
-        }
-        assert!(t0.elapsed() < timeout, "{what}: the router's next hops are {now:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_hops(rt: &NetNs, addrs: &[IpAddr], want: usize, what: &str, timeout: Duration) -> Duration {
+    bird::wait_next_hops(rt, addrs, want, timeout).unwrap_or_else(|e| panic!("{what}: {e:#}"))
 }
 
-fn addresses() -> BTreeSet<String> {
+fn addresses() -> Vec<IpAddr> {
     [
         "203.0.113.10",
         "203.0.113.20",
@@ -379,14 +293,18 @@ fn addresses() -> BTreeSet<String> {
         "2001:db8:10::10",
     ]
     .iter()
-    .map(|s| s.to_string())
+    .map(|s| s.parse().unwrap())
     .collect()
+}
+
+fn ip(s: String) -> IpAddr {
+    s.parse().unwrap()
 }
 
 #[test]
 fn the_router_spreads_every_address_over_the_hosts() {
     require_root();
-    let Some(bird) = bird_bin() else {
+    let Some(bird) = bird::bird_bin() else {
         eprintln!("skipped: no bird (BIRD 2) installed; `cargo xtask setup` installs it");
         return;
     };
@@ -397,8 +315,8 @@ fn the_router_spreads_every_address_over_the_hosts() {
     wait_hops(rt, &addrs, HOSTS, "every host announcing", Duration::from_secs(60));
     let hops = next_hops(rt, &addrs);
     assert_eq!(
-        hops["203.0.113.10"],
-        (0..HOSTS).map(uplink_v4).collect::<BTreeSet<_>>(),
+        hops[&ip("203.0.113.10".into())],
+        (0..HOSTS).map(|i| ip(uplink_v4(i))).collect::<BTreeSet<_>>(),
         "{hops:?}"
     );
     for (i, a) in agents.iter().enumerate() {
@@ -412,7 +330,7 @@ fn the_router_spreads_every_address_over_the_hosts() {
     let st = agents[1].take().unwrap().stop();
     assert!(st.success(), "{st}");
     wait_hops(rt, &addrs, HOSTS - 1, "host 1 stopped", Duration::from_secs(30));
-    assert!(next_hops(rt, &addrs).values().all(|h| !h.contains(&uplink_v4(1))));
+    assert!(next_hops(rt, &addrs).values().all(|h| !h.contains(&ip(uplink_v4(1)))));
 
     // A killed agent's routes stay: its programs still forward.
     agents[0].take().unwrap().kill();
@@ -470,7 +388,7 @@ fn partner(rt: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
 #[test]
 fn outbound_connections_of_two_tenants_complete_across_the_hosts() {
     require_root();
-    let Some(bird) = bird_bin() else {
+    let Some(bird) = bird::bird_bin() else {
         eprintln!("skipped: no bird (BIRD 2) installed; `cargo xtask setup` installs it");
         return;
     };
@@ -480,9 +398,9 @@ fn outbound_connections_of_two_tenants_complete_across_the_hosts() {
         .unwrap_or(250);
     let fleet = Fleet::up(&bird);
     let agents: Vec<AgentProc> = fleet.hosts.iter().map(Host::start).collect();
-    let egress: BTreeSet<String> = ["203.0.113.200", "203.0.113.201"]
+    let egress: Vec<IpAddr> = ["203.0.113.200", "203.0.113.201"]
         .iter()
-        .map(|s| s.to_string())
+        .map(|s| s.parse().unwrap())
         .collect();
     wait_hops(
         &fleet.rt,

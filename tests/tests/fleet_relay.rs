@@ -92,3 +92,70 @@ fn a_reply_reaches_the_host_that_owns_its_port() {
         })
         .unwrap();
 }
+
+#[test]
+fn an_icmp_error_about_another_hosts_flow_reaches_its_owner() {
+    require_root();
+    let ts = tenants();
+    let acme = &ts[0];
+    let c0 = &acme.connectors[0];
+    let fab = FabricNs::new(&ts).unwrap();
+    reach_hosts(&fab).unwrap();
+    let (a, b) = (host(&fab, 0).unwrap(), host(&fab, 1).unwrap());
+
+    fab.ns
+        .enter(|| {
+            // B translated a flow; a router on its path answers A with
+            // fragmentation needed, quoting the packet as it left B.
+            let port = open_flow(&b).unwrap();
+            let sent = udp4(ACME_EGRESS4, PARTNER4, port, 53, b"q");
+            let error = icmp4_frag_needed(ROUTER4, ACME_EGRESS4, 1280, ip_of(&sent));
+            let hash = dataplane_common::hash::flow_hash(
+                &carwash_tests::inbound_cases::addr16(v4(ROUTER4)),
+                &carwash_tests::inbound_cases::addr16(v4(ACME_EGRESS4)),
+                0,
+                3 << 8 | 4,
+                1,
+            );
+            let (action, got) = a.run(programs::UPLINK, &error).unwrap();
+            assert_eq!(action, XDP_REDIRECT, "A's verdict on the error");
+            assert_eq!(got, relayed(&error, hash), "what A passes to B");
+            assert_eq!(a.relay_stats().unwrap().sent, 1);
+            assert_eq!(dropped(&a, SIDE_UPLINK, DropReason::NoConntrack), 0);
+
+            // B translates it back, quote and all, to the machine's own
+            // address and port, as if its uplink had received it.
+            let (action, got) = b.run(programs::FABRIC, &relayed(&error, hash)).unwrap();
+            assert_eq!(action, XDP_REDIRECT, "B's verdict on the passed error");
+            let orig = udp4(ACME_VM4, PARTNER4, 40000, 53, b"q");
+            assert_eq!(
+                got,
+                to_machine(
+                    acme,
+                    c0,
+                    hash,
+                    &icmp4_frag_needed(ROUTER4, ACME_VM4, 1280, ip_of(&orig))
+                ),
+                "what B sends the machine"
+            );
+            assert_eq!(b.relay_stats().unwrap().received, 1);
+            assert_eq!(
+                b.counters(SIDE_UPLINK)
+                    .unwrap()
+                    .get(dataplane_common::Counter::SnatIcmpError),
+                1
+            );
+
+            // An error about a port of nobody's flow on B is dropped there,
+            // not passed on again.
+            let stale = udp4(ACME_EGRESS4, PARTNER4, port.wrapping_add(1), 53, b"q");
+            let stale_error = icmp4_frag_needed(ROUTER4, ACME_EGRESS4, 1280, ip_of(&stale));
+            assert_eq!(a.run(programs::UPLINK, &stale_error).unwrap().0, XDP_REDIRECT);
+            assert_eq!(
+                b.run(programs::FABRIC, &relayed(&stale_error, hash)).unwrap().0,
+                XDP_DROP
+            );
+            assert_eq!(b.relay_stats().unwrap().sent, 0);
+        })
+        .unwrap();
+}

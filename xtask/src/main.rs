@@ -39,6 +39,11 @@ enum Cmd {
         /// interfaces cannot take redirected frames.
         #[arg(long, global = true)]
         plain_veths: bool,
+        /// `up`: a fleet of this many carwash hosts behind a BIRD router
+        /// with ECMP, each running the agent with the repo's policies and
+        /// its own BIRD (1: the single-host lab, no agent).
+        #[arg(long, default_value_t = 1, global = true)]
+        hosts: usize,
     },
     /// Bring the lab up, run the agent on it, drive traffic inbound and
     /// outbound, allowed and denied, print what happened; fails if anything
@@ -114,9 +119,14 @@ fn main() -> Result<()> {
             }
             run(&mut cmd)
         }
-        Cmd::Lab { cmd, name, plain_veths } => {
+        Cmd::Lab {
+            cmd,
+            name,
+            plain_veths,
+            hosts,
+        } => {
             setup::run()?;
-            lab(cmd, &name, plain_veths)
+            lab(cmd, &name, plain_veths, hosts)
         }
         Cmd::Demo { keep, name } => {
             setup::run()?;
@@ -166,7 +176,7 @@ fn main() -> Result<()> {
     }
 }
 
-fn lab(cmd: LabCmd, name: &str, plain_veths: bool) -> Result<()> {
+fn lab(cmd: LabCmd, name: &str, plain_veths: bool, hosts: usize) -> Result<()> {
     let cfg = netlab::lab::LabConfig {
         name: name.to_string(),
         policies: root().join("policies"),
@@ -177,6 +187,28 @@ fn lab(cmd: LabCmd, name: &str, plain_veths: bool) -> Result<()> {
         },
     };
     match cmd {
+        LabCmd::Up if hosts > 1 => {
+            let carwash = build_release()?;
+            let fleet = netlab::fleet::Fleet::up(&cfg, hosts, &carwash)?;
+            println!(
+                "lab {name} is up: {hosts} carwash hosts ({}), every one a next hop of every VIP and egress IP",
+                fleet
+                    .hosts
+                    .iter()
+                    .map(|h| h.netns.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            print!("{}", netlab::fleet::Fleet::status(name)?);
+            for h in &fleet.hosts {
+                println!(
+                    "{}: carwash status --config {}   (agent log {})",
+                    h.netns,
+                    h.config.display(),
+                    h.agent_log.display()
+                );
+            }
+        }
         LabCmd::Up => {
             let lab = netlab::lab::Lab::up(&cfg)?;
             println!("lab {name} is up");
@@ -186,7 +218,7 @@ fn lab(cmd: LabCmd, name: &str, plain_veths: bool) -> Result<()> {
             netlab::lab::Lab::down(name)?;
             println!("lab {name} is down");
         }
-        LabCmd::Status => print!("{}", netlab::lab::Lab::status(name)?),
+        LabCmd::Status => print!("{}", netlab::fleet::Fleet::status(name)?),
     }
     Ok(())
 }

@@ -118,7 +118,19 @@ pub const CORE_HOST_BASE: u32 = 20;
 /// The file every machine's HTTPS doc root holds, 1 MiB of [`one_mib`].
 pub const BIG_FILE: &str = "1MiB.bin";
 
-const MAX_NETNS_NAME: usize = 30;
+/// Set in every namespace that carries traffic.
+pub(crate) const COMMON_SYSCTLS: [(&str, &str); 6] = [
+    ("net.ipv6.conf.all.accept_dad", "0"),
+    ("net.ipv6.conf.default.accept_dad", "0"),
+    ("net.ipv4.conf.all.rp_filter", "0"),
+    ("net.ipv4.conf.default.rp_filter", "0"),
+    // Router solicitations would be stray tunnel traffic carwash
+    // counts as drops; nobody sends RAs here anyway.
+    ("net.ipv6.conf.default.router_solicitations", "0"),
+    ("net.ipv6.conf.default.accept_ra", "0"),
+];
+
+pub(crate) const MAX_NETNS_NAME: usize = 30;
 const MAX_IFNAME: usize = 15;
 const WAIT_SERVERS: Duration = Duration::from_secs(10);
 
@@ -494,6 +506,14 @@ impl Lab {
                 errors.push(format!("{e:#}"));
             }
         }
+        // A fleet's agents pinned outside the namespaces; their programs
+        // went with the interfaces.
+        let pins = crate::fleet::pin_root(name);
+        if pins.exists()
+            && let Err(e) = netns::remove_tree(&pins)
+        {
+            errors.push(format!("removing {}: {e}", pins.display()));
+        }
         let state_dir = Path::new(STATE_ROOT).join(name);
         match std::fs::remove_dir_all(&state_dir) {
             Ok(()) => {}
@@ -640,16 +660,7 @@ impl Lab {
         let inet = NetNs::named(&self.inet)?.disown();
         let host = NetNs::named(&self.host)?.disown();
         let ul = NetNs::named(&self.underlay)?.disown();
-        let common = [
-            ("net.ipv6.conf.all.accept_dad", "0"),
-            ("net.ipv6.conf.default.accept_dad", "0"),
-            ("net.ipv4.conf.all.rp_filter", "0"),
-            ("net.ipv4.conf.default.rp_filter", "0"),
-            // Router solicitations would be stray tunnel traffic carwash
-            // counts as drops; nobody sends RAs here anyway.
-            ("net.ipv6.conf.default.router_solicitations", "0"),
-            ("net.ipv6.conf.default.accept_ra", "0"),
-        ];
+        let common = COMMON_SYSCTLS;
         inet.sysctls(&common)?;
         host.sysctls(&common)?;
         host.sysctls(&[("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")])?;
@@ -718,56 +729,70 @@ impl Lab {
         host.addr(&self.fabric, &format!("{}/{UNDERLAY_PREFIX}", self.host_vtep))?;
 
         for m in self.machines() {
-            let ns = NetNs::named(&m.netns)?.disown();
-            ns.sysctls(&common)?;
-            // VIP traffic arrives on vx0 for an address that lives on lo.
-            ns.sysctls(&[
-                ("net.ipv4.conf.all.accept_local", "1"),
-                ("net.ipv4.conf.default.accept_local", "1"),
-            ])?;
-            veth_pair_with(
-                &ns,
-                MACHINE_UNDERLAY_IF,
-                Some(m.underlay_mac),
-                &ul,
-                &m.underlay_port,
-                None,
-                self.veth,
-            )?;
-            ul.ip(&["link", "set", "dev", &m.underlay_port, "master", BRIDGE])?;
-            ns.addr(MACHINE_UNDERLAY_IF, &format!("{}/{UNDERLAY_PREFIX}", m.vtep))?;
-            ns.neigh(MACHINE_UNDERLAY_IF, &self.host_vtep.to_string(), self.host_fabric_mac)?;
+            self.build_machine(m, &ul, &common, self.host_fabric_mac)?;
             host.neigh(&self.fabric, &m.vtep.to_string(), m.underlay_mac)?;
-            vxlan(
-                &ns,
-                MACHINE_VXLAN_IF,
-                m.vni,
-                m.vtep,
-                self.host_vtep,
-                m.mac,
-                MACHINE_UNDERLAY_IF,
-            )?;
-            ns.addr(MACHINE_VXLAN_IF, &format!("{}/{}", m.private_v4, m.private_v4_prefix))?;
-            if let Some(v6) = m.private_v6 {
-                ns.addr(MACHINE_VXLAN_IF, &format!("{v6}/{}", m.private_v6_prefix))?;
-            }
-            for vip in &m.vips {
-                ns.addr("lo", &host_prefix(*vip))?;
-            }
-            let gw6 = VPC_GATEWAY_V6.to_string();
-            ns.neigh(MACHINE_VXLAN_IF, &m.gateway_v4.to_string(), self.router_mac)?;
-            ns.neigh(MACHINE_VXLAN_IF, &gw6, self.router_mac)?;
-            ns.route("default", &m.gateway_v4.to_string(), Some(MACHINE_VXLAN_IF))?;
-            ns.route("default", &gw6, Some(MACHINE_VXLAN_IF))?;
         }
 
         self.start_servers(&inet)?;
         self.wait_servers(&inet)
     }
 
+    /// One VPC machine: its namespace on the underlay bridge, its VXLAN
+    /// device towards the host VTEP (reached at `vtep_mac` on the bridge),
+    /// its VIPs and gateways.
+    pub(crate) fn build_machine(
+        &self,
+        m: &Machine,
+        ul: &NetNs,
+        common: &[(&str, &str)],
+        vtep_mac: MacAddr,
+    ) -> Result<()> {
+        let ns = NetNs::named(&m.netns)?.disown();
+        ns.sysctls(common)?;
+        // VIP traffic arrives on vx0 for an address that lives on lo.
+        ns.sysctls(&[
+            ("net.ipv4.conf.all.accept_local", "1"),
+            ("net.ipv4.conf.default.accept_local", "1"),
+        ])?;
+        veth_pair_with(
+            &ns,
+            MACHINE_UNDERLAY_IF,
+            Some(m.underlay_mac),
+            ul,
+            &m.underlay_port,
+            None,
+            self.veth,
+        )?;
+        ul.ip(&["link", "set", "dev", &m.underlay_port, "master", BRIDGE])?;
+        ns.addr(MACHINE_UNDERLAY_IF, &format!("{}/{UNDERLAY_PREFIX}", m.vtep))?;
+        ns.neigh(MACHINE_UNDERLAY_IF, &self.host_vtep.to_string(), vtep_mac)?;
+        vxlan(
+            &ns,
+            MACHINE_VXLAN_IF,
+            m.vni,
+            m.vtep,
+            self.host_vtep,
+            m.mac,
+            MACHINE_UNDERLAY_IF,
+        )?;
+        ns.addr(MACHINE_VXLAN_IF, &format!("{}/{}", m.private_v4, m.private_v4_prefix))?;
+        if let Some(v6) = m.private_v6 {
+            ns.addr(MACHINE_VXLAN_IF, &format!("{v6}/{}", m.private_v6_prefix))?;
+        }
+        for vip in &m.vips {
+            ns.addr("lo", &host_prefix(*vip))?;
+        }
+        let gw6 = VPC_GATEWAY_V6.to_string();
+        ns.neigh(MACHINE_VXLAN_IF, &m.gateway_v4.to_string(), self.router_mac)?;
+        ns.neigh(MACHINE_VXLAN_IF, &gw6, self.router_mac)?;
+        ns.route("default", &m.gateway_v4.to_string(), Some(MACHINE_VXLAN_IF))?;
+        ns.route("default", &gw6, Some(MACHINE_VXLAN_IF))?;
+        Ok(())
+    }
+
     /// The router and the far partner behind the narrow link; the internet
     /// namespace forwards towards them.
-    fn build_narrow_path(&self, inet: &NetNs, common: &[(&str, &str)]) -> Result<()> {
+    pub(crate) fn build_narrow_path(&self, inet: &NetNs, common: &[(&str, &str)]) -> Result<()> {
         let rt = NetNs::named(&self.router)?.disown();
         let far = NetNs::named(&self.far)?.disown();
         rt.sysctls(common)?;
@@ -812,16 +837,16 @@ impl Lab {
         far.route("default", &FAR_ROUTER_V6.to_string(), Some(INET_IF))
     }
 
-    fn bin_dir(&self) -> PathBuf {
+    pub(crate) fn bin_dir(&self) -> PathBuf {
         self.state_dir.join("bin")
     }
 
-    fn log_dir(&self) -> PathBuf {
+    pub(crate) fn log_dir(&self) -> PathBuf {
         self.state_dir.join("log")
     }
 
     /// Certificate, server scripts and doc roots.
-    fn write_files(&self) -> Result<()> {
+    pub(crate) fn write_files(&self) -> Result<()> {
         let bin = self.bin_dir();
         std::fs::create_dir_all(&bin)?;
         std::fs::create_dir_all(self.log_dir())?;
@@ -867,7 +892,7 @@ impl Lab {
     /// Starts a detached server (`setsid -f`) inside `ns`, logging to the
     /// state dir: it must survive the `lab up` process, and `down` finds it
     /// through its namespace.
-    fn start_server(&self, ns: &NetNs, log: &str, args: &[&str]) -> Result<()> {
+    pub(crate) fn start_server(&self, ns: &NetNs, log: &str, args: &[&str]) -> Result<()> {
         let log_path = self.log_dir().join(format!("{log}.log"));
         let log_file = OpenOptions::new()
             .create(true)
@@ -889,7 +914,7 @@ impl Lab {
         Ok(())
     }
 
-    fn start_servers(&self, inet: &NetNs) -> Result<()> {
+    pub(crate) fn start_servers(&self, inet: &NetNs) -> Result<()> {
         let bin = self.bin_dir();
         let bin = bin.display();
         let (cert, key) = (self.cert.display(), self.key.display());
@@ -971,7 +996,7 @@ impl Lab {
         )
     }
 
-    fn wait_servers(&self, inet: &NetNs) -> Result<()> {
+    pub(crate) fn wait_servers(&self, inet: &NetNs) -> Result<()> {
         NetNs::open(&self.far)?.wait_listening(false, FAR_PARTNER_TCP_PORT, WAIT_SERVERS)?;
         for m in self.machines() {
             let ports: Vec<u16> = m.https_ports.iter().chain(&m.jms_ports).copied().collect();
@@ -1076,13 +1101,20 @@ fn check_lab_name(name: &str) -> Result<()> {
 }
 
 /// Whether `ns` looks like a namespace of lab `lab`: `NAME-inet`,
-/// `NAME-host`, `NAME-ul`, `NAME-rt`, `NAME-far` or
+/// `NAME-host`, `NAME-ul`, `NAME-rt`, `NAME-far`, a fleet's `NAME-h<n>` or
 /// `NAME-<tenant>-(conn|core)<n>`.
 fn is_lab_namespace(lab: &str, ns: &str) -> bool {
     let Some(rest) = ns.strip_prefix(lab).and_then(|r| r.strip_prefix('-')) else {
         return false;
     };
     if matches!(rest, "inet" | "host" | "ul" | "rt" | "far") {
+        return true;
+    }
+    // A fleet's hosts: `NAME-h0`, `NAME-h1`, …
+    if rest
+        .strip_prefix('h')
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    {
         return true;
     }
     let Some((tenant, machine)) = rest.rsplit_once('-') else {
@@ -1247,6 +1279,10 @@ mod tests {
         assert!(is_lab_namespace("cwlab", "cwlab-inet"));
         assert!(is_lab_namespace("cwlab", "cwlab-rt"));
         assert!(is_lab_namespace("cwlab", "cwlab-far"));
+        assert!(is_lab_namespace("cwlab", "cwlab-h0"));
+        assert!(is_lab_namespace("cwlab", "cwlab-h12"));
+        assert!(!is_lab_namespace("cwlab", "cwlab-h"));
+        assert!(!is_lab_namespace("cwlab", "cwlab-hx"));
         assert!(is_lab_namespace("cwlab", "cwlab-acme-conn1"));
         assert!(is_lab_namespace("cwlab", "cwlab-my-tenant-core12"));
         assert!(!is_lab_namespace("cwlab", "cwlab2-inet"));
