@@ -23,8 +23,8 @@ const QUEUE: &str = "acme.orders";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Probes fast enough that an automatic failover stays short; inert until
-/// the agent probes.
+/// Probes fast enough that an automatic failover stays short (inert when
+/// the core is moved by hand: that agent does not probe).
 const HEALTH: &str = "\n[health]\ninterval = \"200ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 2\n";
 
 /// Who moves the core once the master is gone.
@@ -33,7 +33,6 @@ enum Switch {
     /// `carwash core activate` the moment the test sees the master gone.
     ByHand,
     /// The agent's probes: the master's core down, the slave's up.
-    #[allow(dead_code)] // run once the probes through the tunnels exist (docs/health.md)
     ByHealthCheck,
 }
 
@@ -152,7 +151,11 @@ fn failover(switch: Switch) {
     let mut consumer = Client::start(&inet, &classes, "consumer", &url, QUEUE).unwrap();
 
     let host = lab.host_ns().unwrap();
-    let la = LabAgent::new(&lab, "jms", "").unwrap();
+    let probes = match switch {
+        Switch::ByHand => "",
+        Switch::ByHealthCheck => "\n[probes]\nenabled = true\n",
+    };
+    let la = LabAgent::new(&lab, "jms", probes).unwrap();
     let agent = la.start(&host).unwrap();
     let id = agent.status().tenants.iter().find(|t| t.name == "acme").unwrap().id;
     let dp = Dataplane::load(Some(la.pin_path())).unwrap();
@@ -163,8 +166,22 @@ fn failover(switch: Switch) {
         !brokers[slave].listening(),
         "both brokers listen: the store is not shared"
     );
-    if active_core(&dp, id) != master {
-        activate(&agent, master);
+    match switch {
+        Switch::ByHand if active_core(&dp, id) != master => activate(&agent, master),
+        Switch::ByHand => {}
+        // The slave does not listen: its core is declared down, and the
+        // master's core is (or becomes) the active one by itself.
+        Switch::ByHealthCheck => {
+            let t0 = Instant::now();
+            while active_core(&dp, id) != master {
+                assert!(
+                    t0.elapsed() < START_TIMEOUT,
+                    "the probes did not make the master's core active:\n{}",
+                    agent.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
     assert_eq!(active_core(&dp, id), master);
     for c in [&mut producer, &mut consumer] {
@@ -268,4 +285,9 @@ fn failover(switch: Switch) {
 #[test]
 fn broker_pair_fails_over_when_the_core_is_moved_by_hand() {
     failover(Switch::ByHand);
+}
+
+#[test]
+fn broker_pair_fails_over_when_the_probes_declare_the_master_down() {
+    failover(Switch::ByHealthCheck);
 }
