@@ -46,10 +46,7 @@ pub const ROUTER_ID: &str = "100.64.255.1";
 const WAIT_ANNOUNCED: Duration = Duration::from_secs(90);
 const WAIT_AGENT: Duration = Duration::from_secs(60);
 
-/// Where a fleet lab's agents pin (`/sys/fs/bpf/carwash-lab-NAME/h<i>`).
-pub fn pin_root(name: &str) -> PathBuf {
-    PathBuf::from(format!("/sys/fs/bpf/carwash-lab-{name}"))
-}
+pub use crate::lab::fleet_pin_root as pin_root;
 
 /// One carwash host of the fleet.
 #[derive(Debug, Clone, PartialEq, Eq)]

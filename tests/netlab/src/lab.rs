@@ -508,7 +508,7 @@ impl Lab {
         }
         // A fleet's agents pinned outside the namespaces; their programs
         // went with the interfaces.
-        let pins = crate::fleet::pin_root(name);
+        let pins = fleet_pin_root(name);
         if pins.exists()
             && let Err(e) = netns::remove_tree(&pins)
         {
@@ -1411,4 +1411,10 @@ cores = [{ vtep = "10.200.7.20", mac = "02:00:0a:c8:07:14" }]
         assert_eq!(a, one_mib());
         assert_ne!(a[..8], a[8..16]);
     }
+}
+
+/// Where a fleet lab's agents pin (`/sys/fs/bpf/carwash-lab-NAME/h<i>`):
+/// outside the namespaces, so [`Lab`]'s teardown removes it too.
+pub fn fleet_pin_root(name: &str) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/carwash-lab-{name}"))
 }
