@@ -1224,6 +1224,12 @@ sum=$(sha256sum)
 printf 'sha256=%s\n' "${sum%% *}"
 "#;
 
+/// Where a fleet lab's agents pin (`/sys/fs/bpf/carwash-lab-NAME/h<i>`):
+/// outside the namespaces, so [`Lab`]'s teardown removes it too.
+pub fn fleet_pin_root(name: &str) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/carwash-lab-{name}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1411,10 +1417,4 @@ cores = [{ vtep = "10.200.7.20", mac = "02:00:0a:c8:07:14" }]
         assert_eq!(a, one_mib());
         assert_ne!(a[..8], a[8..16]);
     }
-}
-
-/// Where a fleet lab's agents pin (`/sys/fs/bpf/carwash-lab-NAME/h<i>`):
-/// outside the namespaces, so [`Lab`]'s teardown removes it too.
-pub fn fleet_pin_root(name: &str) -> PathBuf {
-    PathBuf::from(format!("/sys/fs/bpf/carwash-lab-{name}"))
 }
