@@ -221,7 +221,7 @@ fn sum_stats<T: std::borrow::Borrow<aya::maps::MapData>>(m: &PerCpuArray<T, Flee
 
 /// Replies passed on to and taken from other hosts, summed over the CPUs;
 /// zero when the pins predate the fleet.
-pub fn relay_stats(pins: &crate::pinned::Pins) -> Result<FleetStats> {
+pub fn relay_stats(pins: &crate::maps::pins::Pins) -> Result<FleetStats> {
     if !pins.has(maps::FLEET_STATS) {
         return Ok(FleetStats::default());
     }

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use aya::maps::HashMap;
-use dataplane::pinned::{self, Pins, TenantRecord};
+use dataplane::maps::pins::Pins;
+use dataplane::maps::policy::read::{TenantRecord, connectors, cores, machine};
 use dataplane_common::maps;
 use dataplane_common::types::{MACHINE_DOWN, MACHINE_UNKNOWN, MachineRecord, TenantHealth};
 use serde::Serialize;
@@ -56,14 +57,11 @@ fn rows(t: &TenantRecord, h: Option<TenantHealth>) -> Vec<Row> {
         return Vec::new();
     };
     let mut out = Vec::new();
-    let groups = [
-        ("connector", pinned::connectors(&info), 0usize),
-        ("core", pinned::cores(&info), 2usize),
-    ];
+    let groups = [("connector", connectors(&info), 0usize), ("core", cores(&info), 2usize)];
     for (role, ms, base) in groups {
         for m in ms {
             let rec: MachineRecord = h.map(|h| h.machines[base + m.index]).unwrap_or_default();
-            let same = Ipv4Addr::from(rec.vtep) == m.vtep && pinned::machine(0, &backend(&rec)).mac == m.mac;
+            let same = Ipv4Addr::from(rec.vtep) == m.vtep && machine(0, &backend(&rec)).mac == m.mac;
             let rec = if same { rec } else { MachineRecord::default() };
             let state = if rec.drained != 0 {
                 "drained"

@@ -108,7 +108,7 @@ pub fn views(info: &dataplane_common::types::TenantInfo, h: Option<&TenantHealth
 }
 
 /// Every tenant's `HEALTH` record, read from the pins.
-pub fn read_pinned(pins: &crate::pinned::Pins) -> Result<std::collections::BTreeMap<u32, TenantHealth>> {
+pub fn read_pinned(pins: &crate::maps::pins::Pins) -> Result<std::collections::BTreeMap<u32, TenantHealth>> {
     let m = HashMap::<_, u32, TenantHealth>::try_from(aya::maps::Map::HashMap(pins.map(maps::HEALTH)?))?;
     let mut out = std::collections::BTreeMap::new();
     for kv in m.iter() {

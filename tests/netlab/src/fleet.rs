@@ -46,10 +46,9 @@ pub const ROUTER_ID: &str = "100.64.255.1";
 const WAIT_ANNOUNCED: Duration = Duration::from_secs(90);
 const WAIT_AGENT: Duration = Duration::from_secs(60);
 
-/// Where a fleet lab's agents pin (`/sys/fs/bpf/carwash-lab-NAME/h<i>`).
-pub fn pin_root(name: &str) -> PathBuf {
-    PathBuf::from(format!("/sys/fs/bpf/carwash-lab-{name}"))
-}
+// Kept here by name: the fleet's pins are the fleet's business, but the
+// lab's teardown removes them too, so the path lives with the lab.
+pub use crate::lab::pin_root;
 
 /// One carwash host of the fleet.
 #[derive(Debug, Clone, PartialEq, Eq)]
