@@ -167,7 +167,7 @@ impl Snapshot {
         let records = pins.tenants()?;
         let ids: Vec<u32> = records.iter().map(|t| t.id).collect();
         let stats = pins.tenant_stats_of(&ids)?;
-        let health = crate::health::store::read_pinned(pins)?;
+        let health = crate::maps::health::read_pinned(pins)?;
         let tenants = records
             .iter()
             .zip(stats.iter())

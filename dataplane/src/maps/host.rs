@@ -2,14 +2,15 @@
 //! and uplink interfaces, the source NAT ports, carwash's clock), written
 //! by the agent and read through the pins; and the next hops the programs'
 //! FIB lookups could not resolve (`UNRESOLVED`), which the agent takes to
-//! ask the kernel for their neighbours.
+//! ask the kernel for their neighbours; and where the health probes come
+//! from (`PROBE_HOST`).
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, Result, anyhow};
 use aya::maps::{Array, HashMap, Map, MapData};
 use dataplane_common::{
     LAYOUT_VERSION, maps,
-    types::{FAMILY_V6, HostConfig},
+    types::{FAMILY_V6, HostConfig, ProbeHost},
 };
 
 use crate::Dataplane;
@@ -92,6 +93,20 @@ impl Dataplane {
             out.push((k.ifindex, ip(&k.addr, if k.family != 0 { FAMILY_V6 } else { 4 })));
         }
         Ok(out)
+    }
+}
+
+impl Dataplane {
+    /// Tells the fabric program the probes' source address and the MAC to
+    /// hand their replies to the stack with.
+    pub fn set_probe_host(&mut self, host: &ProbeHost) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(maps::PROBE_HOST)
+            .ok_or_else(|| anyhow!("no map {}", maps::PROBE_HOST))?;
+        let mut a: Array<&mut MapData, ProbeHost> = Array::try_from(map)?;
+        a.set(0, host, 0)?;
+        Ok(())
     }
 }
 

@@ -9,6 +9,8 @@ pub mod conntrack;
 pub mod counters;
 pub mod deny_cache;
 pub mod events;
+pub mod fleet;
+pub mod health;
 pub mod host;
 pub mod memory;
 pub mod pins;
