@@ -216,13 +216,15 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Map `name` of the object, for the map families' typed access.
+    /// Map `name` of the object, to write: what the map families
+    /// (`crate::maps`) build their typed access on.
     pub(crate) fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
         self.ebpf
             .map_mut(name)
             .ok_or_else(|| anyhow!("no map {name} in the eBPF object"))
     }
 
+    /// Map `name` of the object, to read.
     pub(crate) fn map_ref(&self, name: &str) -> Result<&aya::maps::Map> {
         self.ebpf
             .map(name)
