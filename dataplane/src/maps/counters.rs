@@ -75,6 +75,7 @@ impl Dataplane {
             .ok_or_else(|| anyhow!("no map {}", maps::COUNTERS))?;
         Counters::read(&PerCpuArray::<_, CounterBlock>::try_from(map)?, side)
     }
+
     /// The redirects the kernel refused, by target ifindex, summed over
     /// CPUs.
     pub fn redirect_errors(&self) -> Result<BTreeMap<u32, RedirectErrors>> {

@@ -1,9 +1,9 @@
-//! The host's settings for the programs (`CONFIG`: the VTEP, the fabric
-//! and uplink interfaces, the source NAT ports, carwash's clock), written
-//! by the agent and read through the pins; and the next hops the programs'
-//! FIB lookups could not resolve (`UNRESOLVED`), which the agent takes to
-//! ask the kernel for their neighbours; and where the health probes come
-//! from (`PROBE_HOST`).
+//! The host's maps: its settings for the programs (`CONFIG`: the VTEP, the
+//! fabric and uplink interfaces, the source NAT ports, carwash's clock),
+//! written by the agent and read through the pins; where the health probes
+//! come from (`PROBE_HOST`); and the next hops the programs' FIB lookups
+//! could not resolve (`UNRESOLVED`), which the agent takes to ask the
+//! kernel for their neighbours.
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, Result, anyhow};
