@@ -206,8 +206,8 @@ impl Default for EventsConfig {
 }
 
 impl EventsConfig {
-    pub fn limits(&self) -> crate::event_maps::EventLimits {
-        crate::event_maps::EventLimits {
+    pub fn limits(&self) -> crate::maps::events::EventLimits {
+        crate::maps::events::EventLimits {
             rate: self.rate_per_sec,
             burst: self.burst,
             flow_sample: self.flow_sample,

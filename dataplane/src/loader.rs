@@ -6,7 +6,7 @@ use anyhow::{Context, Result, anyhow};
 use anyhow::{bail, ensure};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray},
+    maps::MapData,
     programs::{
         RawTracePoint, TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -16,10 +16,8 @@ use aya::{
 };
 use dataplane_common::{
     CounterBlock, LAYOUT_VERSION, maps, programs,
-    types::{CT_DEFAULT_ENTRIES, Meta, RedirectErrors},
+    types::{CT_DEFAULT_ENTRIES, Meta},
 };
-
-use crate::counters::Counters;
 
 /// The eBPF object built from `dataplane-ebpf`, embedded in the binary.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane-ebpf"));
@@ -124,7 +122,7 @@ pub fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
 /// A loaded eBPF object.
 pub struct Dataplane {
     pub(crate) ebpf: Ebpf,
-    pub(crate) gens: crate::generation::Generations,
+    pub(crate) gens: crate::maps::policy::generations::Generations,
 }
 
 impl Dataplane {
@@ -218,17 +216,19 @@ impl Dataplane {
         Ok(())
     }
 
-    /// The capacity of the connection-tracking table as loaded.
-    pub fn conntrack_capacity(&self) -> Result<u32> {
-        let map = self
-            .ebpf
-            .map(maps::CONNTRACK)
-            .ok_or_else(|| anyhow!("no map {}", maps::CONNTRACK))?;
-        let fd = match map {
-            aya::maps::Map::HashMap(d) => d,
-            _ => bail!("map {} is not a hash map", maps::CONNTRACK),
-        };
-        Ok(fd.info()?.max_entries())
+    /// Map `name` of the object, to write: what the map families
+    /// (`crate::maps`) build their typed access on.
+    pub(crate) fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("no map {name} in the eBPF object"))
+    }
+
+    /// Map `name` of the object, to read.
+    pub(crate) fn map_ref(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("no map {name} in the eBPF object"))
     }
 
     /// The XDP program `name` (see [`programs`]).
@@ -308,16 +308,6 @@ impl Dataplane {
         Ok(crate::agent::sys::pinned_link_info(&lpath)?.id)
     }
 
-    /// The redirects the kernel refused, by target ifindex, summed over
-    /// CPUs.
-    pub fn redirect_errors(&self) -> Result<std::collections::BTreeMap<u32, RedirectErrors>> {
-        let map = self
-            .ebpf
-            .map(maps::REDIRECT_ERRORS)
-            .ok_or_else(|| anyhow!("no map {}", maps::REDIRECT_ERRORS))?;
-        sum_redirect_errors(&aya::maps::PerCpuHashMap::<_, u32, RedirectErrors>::try_from(map)?)
-    }
-
     /// Runs program `name` once on `packet` through `BPF_PROG_TEST_RUN`;
     /// returns the verdict and the packet as the program left it.
     pub fn run(&self, name: &str, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
@@ -380,51 +370,12 @@ impl Dataplane {
         aya::maps::Array::<_, [u8; BENCH_FRAME_MAX]>::try_from(map)?.set(0, bytes, 0)?;
         Ok(())
     }
-
-    /// The counters of program `side` (`SIDE_UPLINK`, `SIDE_FABRIC`),
-    /// summed over CPUs.
-    pub fn counters(&self, side: u32) -> Result<Counters> {
-        let map = self
-            .ebpf
-            .map(maps::COUNTERS)
-            .ok_or_else(|| anyhow!("no map {}", maps::COUNTERS))?;
-        Counters::read(&PerCpuArray::<_, CounterBlock>::try_from(map)?, side)
-    }
-}
-
-/// The counters of program `side`, read from the pinned map, with or
-/// without an agent.
-pub fn pinned_counters(pin_dir: &Path, side: u32) -> Result<Counters> {
-    let path = map_pin(pin_dir, maps::COUNTERS);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
-    let map = aya::maps::Map::PerCpuArray(data);
-    Counters::read(&PerCpuArray::<_, CounterBlock>::try_from(map)?, side)
 }
 
 /// The tracepoint the kernel reports refused redirects on.
 pub const REDIRECT_TRACEPOINT: &str = "xdp_redirect_err";
 /// The name of the link that counts them under `links/`.
 pub const REDIRECT_LINK: &str = "redirect_err";
-
-/// `REDIRECT_ERRORS` summed over CPUs: frames added up, the last errno of
-/// any CPU that has one.
-pub fn sum_redirect_errors<T: std::borrow::Borrow<MapData>>(
-    map: &aya::maps::PerCpuHashMap<T, u32, RedirectErrors>,
-) -> Result<std::collections::BTreeMap<u32, RedirectErrors>> {
-    let mut out = std::collections::BTreeMap::new();
-    for kv in map.iter() {
-        let (ifindex, per_cpu) = kv.context("reading REDIRECT_ERRORS")?;
-        let mut sum = RedirectErrors::default();
-        for e in per_cpu.iter() {
-            sum.frames += e.frames;
-            if e.last_errno != 0 {
-                sum.last_errno = e.last_errno;
-            }
-        }
-        out.insert(ifindex, sum);
-    }
-    Ok(out)
-}
 
 // ---- Pinned programs and links, adoption of pins (the agent's hitless restart) ----
 

@@ -1,11 +1,11 @@
 //! The dataplane's part of the health probes: the TC program that
-//! encapsulates them (`programs::PROBE`) and `PROBE_HOST`, which tells the
-//! fabric program which replies are theirs.
+//! encapsulates them (`programs::PROBE`). `PROBE_HOST`, which tells the
+//! fabric program which replies are theirs, is a host setting
+//! (`crate::maps::host`).
 
 use anyhow::{Context, Result, anyhow};
-use aya::maps::{Array, MapData};
 use aya::programs::{SchedClassifier, TcAttachType, tc};
-use dataplane_common::{maps, programs, types::ProbeHost};
+use dataplane_common::programs;
 
 use crate::Dataplane;
 
@@ -29,18 +29,6 @@ impl Dataplane {
         }
         prog.attach(iface, TcAttachType::Egress)
             .with_context(|| format!("attaching {} to {iface} (egress)", programs::PROBE))?;
-        Ok(())
-    }
-
-    /// Tells the fabric program the probes' source address and the MAC to
-    /// hand their replies to the stack with.
-    pub fn set_probe_host(&mut self, host: &ProbeHost) -> Result<()> {
-        let map = self
-            .ebpf
-            .map_mut(maps::PROBE_HOST)
-            .ok_or_else(|| anyhow!("no map {}", maps::PROBE_HOST))?;
-        let mut a: Array<&mut MapData, ProbeHost> = Array::try_from(map)?;
-        a.set(0, host, 0)?;
         Ok(())
     }
 }

@@ -13,7 +13,7 @@ use carwash_tests::inbound_cases::{
     ACME4, ALLOWED4, Expect, InboundCase, Machine, after_core_switch, inbound_cases, tenants,
 };
 use carwash_tests::require_root;
-use dataplane::loader::pinned_counters;
+use dataplane::maps::counters::pinned_counters;
 use dataplane_common::maps;
 use dataplane_common::types::{BackendHop, NextHopEntry, NextHopKey, SIDE_FABRIC, SIDE_UPLINK, TenantStats};
 use serde_json::Value;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use aya::programs::XdpMode;
 use carwash_tests::require_root;
 use dataplane::Dataplane;
-use dataplane::loader::pinned_counters;
+use dataplane::maps::counters::pinned_counters;
 use dataplane_common::Counter;
 use dataplane_common::types::SIDE_UPLINK;
 use netlab::netns::{NetNs, PinDir, veth};

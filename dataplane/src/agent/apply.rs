@@ -41,9 +41,9 @@ use dataplane_common::{
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::maps::{TenantEntries, carried_health};
 use crate::Dataplane;
-use crate::tables::allow_masks;
+use crate::maps::policy::entries::{TenantEntries, carried_health};
+use crate::maps::policy::tenants::allow_masks;
 
 /// What the engine knows about one installed tenant.
 #[derive(Debug, Clone)]

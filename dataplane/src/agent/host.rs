@@ -543,7 +543,7 @@ pub fn remove_uplink_addresses(cfg: &HostConfig) -> Result<Vec<IpAddr>> {
     rt.block_on(async {
         let ifindex = match interfaces(&[cfg.uplink.as_str()]).await {
             Ok(ifs) => ifs[0].ifindex,
-            Err(_) => match crate::pinned::Pins::open(&cfg.pin_path).and_then(|p| p.host()) {
+            Err(_) => match crate::maps::pins::Pins::open(&cfg.pin_path).and_then(|p| p.host()) {
                 Ok(h) if h.uplink_ifindex != 0 => h.uplink_ifindex,
                 _ => return Ok(Vec::new()),
             },

@@ -40,8 +40,8 @@ use tracing::{debug, info, warn};
 use super::messages::Event;
 use crate::api::{AgentStatus, Request};
 use crate::config::HostConfig;
-use crate::counters::Counters;
-use crate::pinned::{ClassStats, Pins, RedirectFailure, class_stats};
+use crate::maps::counters::{ClassStats, Counters, RedirectFailure, class_stats};
+use crate::maps::pins::Pins;
 
 /// The one path served.
 pub const PATH: &str = "/metrics";
@@ -132,7 +132,7 @@ pub struct Snapshot {
     pub events: Vec<dataplane_common::events::EventCounts>,
 }
 
-/// Bytes per map, as [`crate::memory::map_memory`] reads them.
+/// Bytes per map, as [`crate::maps::memory::map_memory`] reads them.
 type MapMemory = Vec<(&'static str, u64)>;
 
 /// Map memory of an earlier scrape: reading it walks every allowlist slot.
@@ -151,7 +151,7 @@ impl MemoryCache {
         {
             return Ok(v.clone());
         }
-        let v = crate::memory::map_memory(pins.dir())?;
+        let v = crate::maps::memory::map_memory(pins.dir())?;
         self.read = Some((generation, Instant::now(), v.clone()));
         Ok(v)
     }
@@ -167,7 +167,7 @@ impl Snapshot {
         let records = pins.tenants()?;
         let ids: Vec<u32> = records.iter().map(|t| t.id).collect();
         let stats = pins.tenant_stats_of(&ids)?;
-        let health = crate::health::store::read_pinned(pins)?;
+        let health = crate::maps::health::read_pinned(pins)?;
         let tenants = records
             .iter()
             .zip(stats.iter())
@@ -987,7 +987,7 @@ mod tests {
                     },
                 ],
             }],
-            redirect_failures: vec![crate::pinned::RedirectFailure {
+            redirect_failures: vec![crate::maps::counters::RedirectFailure {
                 ifindex: 3,
                 role: Some("fabric"),
                 interface: Some("eth1".into()),

@@ -23,7 +23,6 @@ pub mod flowlog;
 pub mod health;
 pub mod host;
 pub mod load;
-pub mod maps;
 pub mod messages;
 pub mod metrics;
 pub mod notify;
@@ -57,7 +56,7 @@ use crate::api::{
 };
 use crate::config::HostConfig;
 use crate::loader::{self, PinState, PinnedAttachment};
-use crate::tables::HostParams;
+use crate::maps::host::HostParams;
 use apply::{Engine, Target};
 use host::Interface;
 
@@ -744,7 +743,7 @@ impl Agent {
         let installed = &self.engine.installed;
         let result = self
             .dp
-            .reclaim_conntrack(crate::conntrack::now_ns(), |t| installed.contains_key(&t));
+            .reclaim_conntrack(crate::maps::conntrack::now_ns(), |t| installed.contains_key(&t));
         if let Ok(r) = &result {
             let (lo, hi) = self.cfg.snat_ports().unwrap_or((1, 0));
             self.ct_fill = Some(crate::api::ConntrackStatus {
@@ -817,7 +816,7 @@ impl Agent {
         let c = self.cfg.cluster.as_ref()?;
         let blocks = c.blocks(self.cfg.snat.ports().ok()?).ok()?;
         let announced = self.announcer.as_ref().map(|a| a.announced.clone()).unwrap_or_default();
-        let relayed = crate::pinned::Pins::open(&self.cfg.pin_path)
+        let relayed = crate::maps::pins::Pins::open(&self.cfg.pin_path)
             .and_then(|p| crate::cluster::relay_stats(&p))
             .unwrap_or_default();
         Some(crate::cluster::ClusterStatus {
@@ -1172,7 +1171,7 @@ impl Agent {
             .installed
             .values()
             .flat_map(|t| t.entries.addrs.iter())
-            .map(|k| crate::pinned::addr_of(&k.addr, k.family))
+            .map(|k| crate::maps::policy::read::addr_of(&k.addr, k.family))
             .collect()
     }
 

@@ -56,7 +56,7 @@ pub struct PinnedStatus {
     pub redirect_watch: Option<(u32, u32)>,
     /// Frames the kernel refused to deliver after a redirect, by target
     /// interface.
-    pub redirect_failures: Vec<crate::pinned::RedirectFailure>,
+    pub redirect_failures: Vec<crate::maps::counters::RedirectFailure>,
 }
 
 fn open(pin: &Path, name: &str) -> Result<MapData> {
@@ -110,7 +110,7 @@ pub fn pinned_status(pin: &Path) -> Result<PinnedStatus> {
     let redirect_watch = super::sys::pinned_link_info(&link_pin(pin, crate::loader::REDIRECT_LINK))
         .ok()
         .map(|i| (i.id, i.prog_id));
-    let redirect_failures = crate::pinned::Pins::open(pin)?.redirect_failures()?;
+    let redirect_failures = crate::maps::pins::Pins::open(pin)?.redirect_failures()?;
     let m = host.router_mac;
     Ok(PinnedStatus {
         pin_path: pin.to_path_buf(),

@@ -6,9 +6,9 @@ use std::net::Ipv4Addr;
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
-use aya::maps::HashMap;
-use dataplane::pinned::{self, Pins, TenantRecord};
-use dataplane_common::maps;
+use dataplane::maps::health::read_pinned;
+use dataplane::maps::pins::Pins;
+use dataplane::maps::policy::read::{TenantRecord, connectors, cores, machine};
 use dataplane_common::types::{MACHINE_DOWN, MACHINE_UNKNOWN, MachineRecord, TenantHealth};
 use serde::Serialize;
 
@@ -56,14 +56,11 @@ fn rows(t: &TenantRecord, h: Option<TenantHealth>) -> Vec<Row> {
         return Vec::new();
     };
     let mut out = Vec::new();
-    let groups = [
-        ("connector", pinned::connectors(&info), 0usize),
-        ("core", pinned::cores(&info), 2usize),
-    ];
+    let groups = [("connector", connectors(&info), 0usize), ("core", cores(&info), 2usize)];
     for (role, ms, base) in groups {
         for m in ms {
             let rec: MachineRecord = h.map(|h| h.machines[base + m.index]).unwrap_or_default();
-            let same = Ipv4Addr::from(rec.vtep) == m.vtep && pinned::machine(0, &backend(&rec)).mac == m.mac;
+            let same = Ipv4Addr::from(rec.vtep) == m.vtep && machine(0, &backend(&rec)).mac == m.mac;
             let rec = if same { rec } else { MachineRecord::default() };
             let state = if rec.drained != 0 {
                 "drained"
@@ -102,7 +99,7 @@ fn backend(rec: &MachineRecord) -> dataplane_common::types::BackendEntry {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let pins: Pins = args.pin.open()?;
-    let map = HashMap::<_, u32, TenantHealth>::try_from(aya::maps::Map::HashMap(pins.map(maps::HEALTH)?))?;
+    let health = read_pinned(&pins)?;
     let mut tenants = pins.tenants()?;
     if let Some(name) = &args.tenant {
         tenants.retain(|t| t.name.as_deref() == Some(name));
@@ -115,7 +112,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         machines: Vec::new(),
     };
     for t in &tenants {
-        let h = map.get(&t.id, 0).ok();
+        let h = health.get(&t.id).copied();
         report.machines.extend(rows(t, h));
     }
     if args.output == Format::Json {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use dataplane::config::{DEFAULT_CONFIG, default_pin_path};
-use dataplane::pinned::Pins;
+use dataplane::maps::pins::Pins;
 
 /// Where read commands find the pinned maps.
 #[derive(clap::Args, Debug, Clone)]

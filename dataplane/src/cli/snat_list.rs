@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use dataplane::pinned::{SnatEntry, SnatTable};
+use dataplane::maps::conntrack::{SnatEntry, SnatTable};
 use serde::Serialize;
 
 use super::{Format, PinArgs, output};

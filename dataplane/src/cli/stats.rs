@@ -9,8 +9,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, bail};
 use comfy_table::Table;
-use dataplane::counters::Counters;
-use dataplane::pinned::{self, ClassStats, Pins, RedirectFailure, TenantRecord};
+use dataplane::maps::counters::{ClassStats, Counters, RedirectFailure, class_stats};
+use dataplane::maps::pins::Pins;
+use dataplane::maps::policy::read::TenantRecord;
 use dataplane_common::{
     Counter, DropReason,
     types::{SIDE_FABRIC, SIDE_UPLINK, TenantStats},
@@ -177,7 +178,7 @@ fn document(pins: &Pins, s: &Sample, before: Option<&Sample>) -> Stats {
         .map(|(name, id, st)| TenantCounters {
             name: name.clone(),
             id: *id,
-            classes: pinned::class_stats(st),
+            classes: class_stats(st),
         })
         .collect();
     let rates = before.map(|b| {
@@ -207,7 +208,7 @@ fn document(pins: &Pins, s: &Sample, before: Option<&Sample>) -> Stats {
                     .tenants
                     .iter()
                     .find(|(_, id, _)| *id == t.id)
-                    .map(|(_, _, st)| pinned::class_stats(st));
+                    .map(|(_, _, st)| class_stats(st));
                 TenantCounters {
                     name: t.name.clone(),
                     id: t.id,

@@ -3,7 +3,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
 
 use anyhow::Result;
-use dataplane::pinned::{self, AddrEntry, Pins, TenantRecord};
+use dataplane::maps::pins::Pins;
+use dataplane::maps::policy::read::{AddrEntry, TenantRecord, connectors, cores, lane};
 use serde::Serialize;
 
 use super::{Format, PinArgs, output};
@@ -55,13 +56,13 @@ fn row(t: &TenantRecord, addrs: &[AddrEntry]) -> Row {
             .map(|a| a.ip)
             .collect()
     };
-    let conns = t.info.map(|i| pinned::connectors(&i)).unwrap_or_default();
-    let cores = t.info.map(|i| pinned::cores(&i)).unwrap_or_default();
+    let conns = t.info.map(|i| connectors(&i)).unwrap_or_default();
+    let cores = t.info.map(|i| cores(&i)).unwrap_or_default();
     Row {
         name: t.display_name(),
         id: t.id,
         vni: t.info.map(|i| i.vni),
-        lane: t.info.as_ref().map(pinned::lane),
+        lane: t.info.as_ref().map(lane),
         vips: mine("vip"),
         egress_ips: mine("egress"),
         ready: t.ready(),

@@ -7,7 +7,11 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use dataplane::pinned::{self, AllowEntry, ClassStats, Machine, Pins};
+use dataplane::maps::counters::{ClassStats, class_stats};
+use dataplane::maps::pins::Pins;
+use dataplane::maps::policy::read::{
+    AllowEntry, Machine, class_name, connectors, cores, lane, maglev_buckets, mask_classes, proto_name,
+};
 use dataplane_common::types::MAGLEV_SIZE;
 use dataplane_common::types::{MASK_EGRESS, MASK_VPC};
 use serde::Serialize;
@@ -103,10 +107,10 @@ struct Core {
 
 fn prefixes(list: &[AllowEntry]) -> Vec<Prefix> {
     list.iter()
-        .filter(|e| !pinned::mask_classes(e.mask).is_empty())
+        .filter(|e| !mask_classes(e.mask).is_empty())
         .map(|e| Prefix {
             prefix: e.prefix.to_string(),
-            classes: pinned::mask_classes(e.mask),
+            classes: mask_classes(e.mask),
         })
         .collect()
 }
@@ -148,8 +152,8 @@ fn gather(pins: &Pins, name: &str) -> Result<Show> {
     };
     let (connectors, cores) = match t.info {
         Some(i) => {
-            let buckets = pinned::maglev_buckets(&i);
-            let connectors = pinned::connectors(&i)
+            let buckets = maglev_buckets(&i);
+            let connectors = connectors(&i)
                 .into_iter()
                 .zip(buckets)
                 .map(|(machine, n)| Connector {
@@ -159,7 +163,7 @@ fn gather(pins: &Pins, name: &str) -> Result<Show> {
                     maglev_share: n as f64 / MAGLEV_SIZE as f64,
                 })
                 .collect();
-            let cores = pinned::cores(&i)
+            let cores = cores(&i)
                 .into_iter()
                 .map(|machine| Core {
                     active: machine.index == i.active_core as usize,
@@ -174,7 +178,7 @@ fn gather(pins: &Pins, name: &str) -> Result<Show> {
         name: t.display_name(),
         id: t.id,
         vni: t.info.map(|i| i.vni),
-        lane: t.info.as_ref().map(pinned::lane),
+        lane: t.info.as_ref().map(lane),
         ready: t.ready(),
         allow_slot: t.info.map(|i| i.allow_slot),
         addresses: pins
@@ -189,16 +193,16 @@ fn gather(pins: &Pins, name: &str) -> Result<Show> {
             .filter(|s| s.tenant == t.id)
             .map(|s| Service {
                 vip: s.vip,
-                proto: pinned::proto_name(s.proto),
+                proto: proto_name(s.proto),
                 port: s.port,
-                class: pinned::class_name(s.class),
+                class: class_name(s.class),
             })
             .collect(),
         allow,
         outbound,
         connectors,
         cores,
-        stats: pinned::class_stats(&pins.tenant_stats(t.id)?),
+        stats: class_stats(&pins.tenant_stats(t.id)?),
     })
 }
 

@@ -11,7 +11,7 @@ use super::decide::{Availability, CoreChoice, choose_core, connectors_in_choice}
 use super::store::{availability, machines, record, slot};
 use super::tracker::{Machine, Probe, Role, State, Tracker, Transition};
 use crate::Dataplane;
-use crate::tables::Health;
+use crate::maps::policy::tenants::Health;
 
 /// What one probe result led to.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -1,16 +1,13 @@
-//! `HEALTH`, the pinned map of machine health: the only code that reads or
-//! writes it. It lives with the other pins, so it survives agent restarts,
-//! and the CLI reads it while the agent is down.
+//! The records of `HEALTH`, the pinned map of machine health: a machine's
+//! slot, what its record says of it, the record it gets. The map's reads
+//! and writes are `crate::maps::health`'s; it lives with the other pins, so
+//! it survives agent restarts, and the CLI reads it while the agent is down.
 
-use anyhow::Result;
-use aya::maps::{HashMap, MapData};
 use carwash_policy::Tenant;
-use dataplane_common::maps;
 use dataplane_common::types::{MACHINE_DOWN, MACHINE_UP, MachineRecord, TenantHealth};
 
 use super::decide::Availability;
 use super::tracker::{Machine, Role, State};
-use crate::Dataplane;
 
 /// The slot of `machine` in [`TenantHealth::machines`].
 pub fn slot(machine: Machine) -> usize {
@@ -107,45 +104,8 @@ pub fn views(info: &dataplane_common::types::TenantInfo, h: Option<&TenantHealth
     out
 }
 
-/// Every tenant's `HEALTH` record, read from the pins.
-pub fn read_pinned(pins: &crate::pinned::Pins) -> Result<std::collections::BTreeMap<u32, TenantHealth>> {
-    let m = HashMap::<_, u32, TenantHealth>::try_from(aya::maps::Map::HashMap(pins.map(maps::HEALTH)?))?;
-    let mut out = std::collections::BTreeMap::new();
-    for kv in m.iter() {
-        let (id, h) = kv?;
-        out.insert(id, h);
-    }
-    Ok(out)
-}
-
-impl Dataplane {
-    /// The health record of tenant `id`, if the agent wrote one.
-    pub fn tenant_health(&self, id: u32) -> Result<Option<TenantHealth>> {
-        let m: HashMap<&MapData, u32, TenantHealth> = HashMap::try_from(self.map_ref(maps::HEALTH)?)?;
-        match m.get(&id, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Replaces the health record of tenant `id` (one map update).
-    pub fn set_tenant_health(&mut self, id: u32, h: &TenantHealth) -> Result<()> {
-        let mut m: HashMap<&mut MapData, u32, TenantHealth> = HashMap::try_from(self.map_mut(maps::HEALTH)?)?;
-        m.insert(id, h, 0)?;
-        Ok(())
-    }
-
-    /// Forgets tenant `id`'s health (a tenant the policy no longer has).
-    pub fn remove_tenant_health(&mut self, id: u32) -> Result<()> {
-        let mut m: HashMap<&mut MapData, u32, TenantHealth> = HashMap::try_from(self.map_mut(maps::HEALTH)?)?;
-        match m.remove(&id) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-}
+/// The `HEALTH` map's reads and writes live with the other map families.
+pub use crate::maps::health::read_pinned;
 
 #[cfg(test)]
 mod tests {

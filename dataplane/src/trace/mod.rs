@@ -38,10 +38,11 @@ use dataplane_common::{
 use serde::Serialize;
 
 use crate::agent::status::ifname;
-use crate::counters::Counters;
 use crate::loader::{EBPF_OBJECT, map_pin, prog_pin};
+use crate::maps::counters::{Counters, sum_tenant_stats};
+use crate::maps::pins::Pins;
+use crate::maps::policy::read::{TenantRecord, class_name, mask_classes, max_tenant_id, proto_name};
 use crate::netns::in_netns;
-use crate::pinned::{self, Pins, TenantRecord};
 use headers::Header;
 pub use packet::{Flow, Proto, Tunnel};
 
@@ -211,7 +212,7 @@ fn tag_hex(tag: u64) -> String {
 }
 
 fn ip16(ip: IpAddr) -> [u8; 16] {
-    crate::tables::addr_key(ip).addr
+    crate::maps::policy::tenants::addr_key(ip).addr
 }
 
 fn backend_ref(role: &'static str, index: usize, b: &BackendEntry, source: &'static str) -> BackendRef {
@@ -355,7 +356,7 @@ fn run_program(pins: &Pins, host: &HostConfig, side: Side, frame: &[u8], tenant_
     )?;
     let mut counted = Vec::new();
     for &id in tenant_ids {
-        let s: TenantStats = pinned::sum_tenant_stats(&stats, id)?;
+        let s: TenantStats = sum_tenant_stats(&stats, id)?;
         for (class, row) in s.iter().enumerate() {
             if row.iter().any(|&v| v != 0) {
                 counted.push((id, class as u8));
@@ -467,7 +468,7 @@ pub fn trace(pins: &Pins, req: &Request) -> Result<Trace> {
         }
     };
     let mut ids: Vec<u32> = tenants.iter().map(|t| t.id).collect();
-    ids.push(pinned::max_tenant_id(pins)?);
+    ids.push(max_tenant_id(pins)?);
     ids.sort_unstable();
     ids.dedup();
     let side = req.from;
@@ -522,7 +523,7 @@ pub fn trace(pins: &Pins, req: &Request) -> Result<Trace> {
             name: format!("#{id}"),
             id,
         }));
-        class = Some(pinned::class_name(c));
+        class = Some(class_name(c));
     }
     let proto = f.proto.number(f.dst.is_ipv6());
     match side {
@@ -542,13 +543,13 @@ pub fn trace(pins: &Pins, req: &Request) -> Result<Trace> {
                         tenant = find(a.tenant).map(tenant_ref);
                     }
                     if let Some(svc) = pins.service(f.dst, proto, f.dport)? {
-                        class = Some(pinned::class_name(svc.class));
+                        class = Some(class_name(svc.class));
                         if let Some(info) = find(svc.tenant).and_then(|t| t.info) {
                             let list = pins.allow(info.allow_slot)?;
                             let hit = list.longest_match(f.src);
                             allow = hit.map(|e| AllowMatch {
                                 prefix: e.prefix.to_string(),
-                                classes: pinned::mask_classes(e.mask),
+                                classes: mask_classes(e.mask),
                             });
                             if hit.is_some_and(|e| e.mask & (1 << svc.class) != 0) {
                                 let hash = flow_hash(&ip16(f.src), &ip16(f.dst), f.sport, f.dport, proto);
@@ -559,7 +560,7 @@ pub fn trace(pins: &Pins, req: &Request) -> Result<Trace> {
                         notes.push(format!(
                             "{} has no service on {} port {}",
                             f.dst,
-                            pinned::proto_name(proto),
+                            proto_name(proto),
                             f.dport
                         ));
                     }

@@ -46,7 +46,9 @@ pub const ROUTER_ID: &str = "100.64.255.1";
 const WAIT_ANNOUNCED: Duration = Duration::from_secs(90);
 const WAIT_AGENT: Duration = Duration::from_secs(60);
 
-pub use crate::lab::fleet_pin_root as pin_root;
+// Kept here by name: the fleet's pins are the fleet's business, but the
+// lab's teardown removes them too, so the path lives with the lab.
+pub use crate::lab::pin_root;
 
 /// One carwash host of the fleet.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -43,6 +43,11 @@ pub const DEFAULT_NAME: &str = "cwlab";
 /// `STATE_ROOT/NAME`.
 pub const STATE_ROOT: &str = "/run/carwash-lab";
 
+/// Where a fleet lab's agents pin (`/sys/fs/bpf/carwash-lab-NAME/h<i>`).
+pub fn pin_root(name: &str) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/carwash-lab-{name}"))
+}
+
 /// Inner MAC the VPC machines send to; also the host's `fabric` MAC, so the
 /// agent's default (fabric's MAC) agrees with the configured value.
 pub const ROUTER_MAC: MacAddr = MacAddr([0x02, 0x00, 0x0a, 0xc8, 0x00, 0x01]);
@@ -508,7 +513,7 @@ impl Lab {
         }
         // A fleet's agents pinned outside the namespaces; their programs
         // went with the interfaces.
-        let pins = fleet_pin_root(name);
+        let pins = pin_root(name);
         if pins.exists()
             && let Err(e) = netns::remove_tree(&pins)
         {
@@ -1223,12 +1228,6 @@ printf 'peer=%s port=%s\n' "$PEER" "$PEERPORT"
 sum=$(sha256sum)
 printf 'sha256=%s\n' "${sum%% *}"
 "#;
-
-/// Where a fleet lab's agents pin (`/sys/fs/bpf/carwash-lab-NAME/h<i>`):
-/// outside the namespaces, so [`Lab`]'s teardown removes it too.
-pub fn fleet_pin_root(name: &str) -> PathBuf {
-    PathBuf::from(format!("/sys/fs/bpf/carwash-lab-{name}"))
-}
 
 #[cfg(test)]
 mod tests {

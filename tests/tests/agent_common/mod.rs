@@ -108,7 +108,7 @@ impl AgentSetup {
         std::fs::write(
             &config,
             format!(
-                "uplink = \"uplink\"\nfabric = \"fabric\"\nvtep = \"10.200.0.1\"\npolicy_dir = \"{}\"\npin_path = \"{}\"\napi_socket = \"{}\"\nevent_log = \"{}\"\n# No machines answer here: probes would declare them all down.\nprobes = {{ enabled = false }}\n",
+                "uplink = \"uplink\"\nfabric = \"fabric\"\nvtep = \"10.200.0.1\"\npolicy_dir = \"{}\"\npin_path = \"{}\"\napi_socket = \"{}\"\nevent_log = \"{}\"\n# No machines answer here: probes would declare them all down. An inline\n# table, so that tests can still append top-level keys.\nprobes = {{ enabled = false }}\n",
                 policy_dir.display(),
                 pins.path().display(),
                 socket.display(),

@@ -1,26 +1,25 @@
-//! Map operations the agent needs beyond installing and removing whole
-//! tenants (`crate::tables`): tenant names, the applied generation
-//! (`META`), scans of what the maps hold, and removals that touch only the
-//! entries a tenant still owns, so that a key another tenant claimed in the
-//! same apply survives.
+//! Policy map operations the agent needs beyond installing and removing
+//! whole tenants ([`super::tenants`]): tenant names, scans of what the maps
+//! hold, and removals that touch only the entries a tenant still owns, so
+//! that a key another tenant claimed in the same apply survives.
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::os::fd::{AsFd, AsRawFd};
 
-use aya::maps::{HashMap, IterableMap, LpmTrie, MapData, PerCpuArray};
+use aya::maps::{HashMap, IterableMap, LpmTrie, MapData};
 use carwash_policy::Tenant;
 use dataplane_common::{
     maps,
     types::{
-        AddrKey, AddrValue, Allow4, Allow6, AllowMask, CLASSES, MAX_ALLOW_PREFIXES, Meta, ServiceKey, ServiceValue,
-        TenantInfo, TenantName, TenantStats,
+        AddrKey, AddrValue, Allow4, Allow6, AllowMask, MAX_ALLOW_PREFIXES, ServiceKey, ServiceValue, TenantInfo,
+        TenantName,
     },
 };
 
+use super::tenants::{Health, addr_key, services};
 use crate::Dataplane;
-use crate::tables::{Health, addr_key, services};
 
 /// `BPF_F_NO_PREALLOC`, as the allowlist tries are made.
 const NO_PREALLOC: u32 = 1;
@@ -125,7 +124,7 @@ impl Dataplane {
         let g = self.read_generation();
         let mut out = BTreeSet::new();
         for k in m.keys() {
-            let (kg, id) = crate::generation::split_tenant(k?);
+            let (kg, id) = super::generations::split_tenant(k?);
             if kg == g {
                 out.insert(id);
             }
@@ -133,22 +132,10 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// `META`: the layout version and the policy generation in force.
-    pub fn meta(&self) -> Result<Meta> {
-        let m: aya::maps::Array<&MapData, Meta> = aya::maps::Array::try_from(map_ref(self, maps::META)?)?;
-        Ok(m.get(&0, 0)?)
-    }
-
-    pub fn set_meta(&mut self, meta: &Meta) -> Result<()> {
-        let mut m: aya::maps::Array<&mut MapData, Meta> = aya::maps::Array::try_from(map_mut(self, maps::META)?)?;
-        m.set(0, meta, 0)?;
-        Ok(())
-    }
-
     /// Every key of `ADDRS`, `SERVICES` and `VNIS`, grouped by the tenant id
     /// it points to: what the maps hold, whoever wrote it.
     pub fn scan_entries(&self) -> Result<BTreeMap<u32, TenantEntries>> {
-        use crate::generation::{split_addr, split_service, split_vni};
+        use super::generations::{split_addr, split_service, split_vni};
         let g = self.read_generation();
         let mut out: BTreeMap<u32, TenantEntries> = BTreeMap::new();
         let addrs: HashMap<&MapData, AddrKey, AddrValue> = HashMap::try_from(map_ref(self, maps::ADDRS)?)?;
@@ -235,16 +222,6 @@ impl Dataplane {
             crate::batch::set_inner_maps(outer.fd().as_fd(), &slots, &fds)
                 .with_context(|| format!("emptying {} slots of {name}", slots.len()))?;
         }
-        Ok(())
-    }
-
-    /// Zeroes the per-tenant counters of id `id` (for an id given to a new
-    /// tenant).
-    pub fn clear_tenant_stats(&mut self, id: u32) -> Result<()> {
-        let n = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
-        let mut m: PerCpuArray<&mut MapData, TenantStats> = PerCpuArray::try_from(map_mut(self, maps::TENANT_STATS)?)?;
-        let zero = [[0u64; dataplane_common::drop::TENANT_STAT_SLOTS]; CLASSES];
-        m.set(id, aya::maps::PerCpuValues::try_from(vec![zero; n])?, 0)?;
         Ok(())
     }
 }

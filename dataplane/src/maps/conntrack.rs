@@ -18,7 +18,12 @@ use dataplane_common::types::{
     FAMILY_V6, ct_last_use,
 };
 
+use serde::Serialize;
+
 use crate::Dataplane;
+use crate::loader::map_pin;
+use crate::maps::pins::Pins;
+use crate::maps::policy::read::proto_name;
 use dataplane_common::maps;
 
 pub use crate::clock::{clock_ticks, now_ns, tick_ns};
@@ -144,26 +149,6 @@ pub fn flows_of(map: &Map) -> Result<Vec<Flow>> {
     Ok(flows)
 }
 
-/// Takes the next hops the programs' FIB lookups found unresolved
-/// (`UNRESOLVED`): interface and neighbour address, each once.
-impl Dataplane {
-    pub fn take_unresolved(&mut self) -> Result<Vec<(u32, IpAddr)>> {
-        use dataplane_common::types::NextHopKey;
-        let map = self
-            .ebpf
-            .map_mut(maps::UNRESOLVED)
-            .ok_or_else(|| anyhow!("no map {} in the eBPF object", maps::UNRESOLVED))?;
-        let mut m: HashMap<&mut MapData, NextHopKey, u64> = HashMap::try_from(map)?;
-        let keys: Vec<NextHopKey> = m.keys().filter_map(|k| k.ok()).collect();
-        let mut out = Vec::new();
-        for k in keys {
-            let _ = m.remove(&k);
-            out.push((k.ifindex, ip(&k.addr, if k.family != 0 { FAMILY_V6 } else { 4 })));
-        }
-        Ok(out)
-    }
-}
-
 /// What a reclaim pass removed, and the eviction candidates it listed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Reclaimed {
@@ -214,6 +199,19 @@ impl Reclaimed {
 }
 
 impl Dataplane {
+    /// The capacity of the connection-tracking table as loaded.
+    pub fn conntrack_capacity(&self) -> Result<u32> {
+        let map = self
+            .ebpf
+            .map(maps::CONNTRACK)
+            .ok_or_else(|| anyhow!("no map {}", maps::CONNTRACK))?;
+        let fd = match map {
+            aya::maps::Map::HashMap(d) => d,
+            _ => bail!("map {} is not a hash map", maps::CONNTRACK),
+        };
+        Ok(fd.info()?.max_entries())
+    }
+
     fn conntrack_map(&self) -> Result<&Map> {
         self.ebpf
             .map(maps::CONNTRACK)
@@ -345,6 +343,113 @@ impl Dataplane {
             0,
         )?;
         Ok(c.len())
+    }
+}
+
+impl Pins {
+    /// The SNAT / connection-tracking table, as flows.
+    pub fn snat(&self) -> Result<SnatTable> {
+        if !map_pin(self.dir(), maps::CONNTRACK).exists() {
+            return Ok(SnatTable::Absent {
+                reason: format!(
+                    "no {} map is pinned under {}: the dataplane there was loaded without source NAT",
+                    maps::CONNTRACK,
+                    self.dir().display()
+                ),
+            });
+        }
+        let flows = flows_of(&Map::HashMap(self.map(maps::CONNTRACK)?))?;
+        let names: BTreeMap<u32, String> = self.tenants()?.into_iter().map(|t| (t.id, t.display_name())).collect();
+        let now = now_ns();
+        let mut entries: Vec<SnatEntry> = flows.iter().map(|f| SnatEntry::of(f, &names, now)).collect();
+        entries.sort_by(|a, b| (&a.tenant, &a.inside, &a.remote).cmp(&(&b.tenant, &b.inside, &b.remote)));
+        Ok(SnatTable::Entries(entries))
+    }
+}
+
+/// What `carwash snat list` reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnatTable {
+    /// There is no table to read; `reason` says why, for the operator.
+    Absent { reason: String },
+    /// The tracked connections.
+    Entries(Vec<SnatEntry>),
+}
+
+/// One tracked outbound connection, in the terms of path 3 (outbound):
+/// a VPC machine's flow, source-NATed to the tenant's egress IP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnatEntry {
+    pub tenant: String,
+    pub proto: String,
+    /// The machine's address and port (ICMP: echo identifier) inside the VPC.
+    pub inside: String,
+    /// The egress IP and the port allocated for the flow.
+    pub egress: String,
+    /// The external party.
+    pub remote: String,
+    /// The machine the flow came from (and replies go to), as a backend
+    /// slot: `connector[0]`, `core[1]`, ...
+    pub machine: String,
+    /// TCP: `syn_sent`, `established`, `closing`, `reset`; others:
+    /// `replied` or `unreplied`.
+    pub state: String,
+    /// Seconds until the flow expires unless more packets come (0: expired,
+    /// awaiting reclaim).
+    pub expires_in_s: u64,
+    /// `both`, or which direction alone is left (the other was evicted;
+    /// the next packet writes it back).
+    pub directions: String,
+}
+
+fn endpoint(addr: &[u8; 16], family: u8, port_be: [u8; 2]) -> String {
+    match ip(addr, family) {
+        std::net::IpAddr::V4(a) => format!("{a}:{}", u16::from_be_bytes(port_be)),
+        std::net::IpAddr::V6(a) => format!("[{a}]:{}", u16::from_be_bytes(port_be)),
+    }
+}
+
+impl SnatEntry {
+    fn of(f: &Flow, names: &BTreeMap<u32, String>, now: u64) -> SnatEntry {
+        let tenant = f.tenant();
+        let name = names.get(&tenant).cloned().unwrap_or_else(|| format!("#{tenant}"));
+        let (inside, egress, remote, proto, origin) = match (f.out, f.reply) {
+            (Some((k, v)), r) => (
+                endpoint(&k.src, k.family, k.sport_be),
+                endpoint(&v.addr, k.family, v.port_be),
+                endpoint(&k.dst, k.family, r.map(|(rk, _)| rk.sport_be).unwrap_or(k.dport_be)),
+                k.proto,
+                r.map(|(_, rv)| rv.origin).unwrap_or(v.origin),
+            ),
+            (None, Some((k, v))) => (
+                endpoint(&v.addr, k.family, v.port_be),
+                endpoint(&k.dst, k.family, k.dport_be),
+                endpoint(&k.src, k.family, k.sport_be),
+                k.proto,
+                v.origin,
+            ),
+            (None, None) => (String::new(), String::new(), String::new(), 0, 0),
+        };
+        let machine = match origin {
+            0 | 1 => format!("connector[{origin}]"),
+            _ => format!("core[{}]", origin & 1),
+        };
+        SnatEntry {
+            tenant: name,
+            proto: proto_name(proto),
+            inside,
+            egress,
+            remote,
+            machine,
+            state: f.state(proto).to_string(),
+            expires_in_s: f.expires_ns().saturating_sub(now) / 1_000_000_000,
+            directions: match (f.out.is_some(), f.reply.is_some()) {
+                (true, true) => "both",
+                (true, false) => "outbound",
+                _ => "reply",
+            }
+            .to_string(),
+        }
     }
 }
 

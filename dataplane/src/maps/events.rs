@@ -7,7 +7,7 @@ use dataplane_common::events::{EVENT_KINDS, EventBucket, EventConfig, EventCount
 use dataplane_common::maps;
 
 use crate::Dataplane;
-use crate::pinned::Pins;
+use crate::maps::pins::Pins;
 
 /// The event limits as the host config gives them (`[events]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
