@@ -92,6 +92,8 @@ pub struct Probing {
     /// The digest of the set the targets are of: an event that applied
     /// nothing new costs no pass over the tenants.
     pub(super) digest: Option<String>,
+    /// What the maps say of each probed tenant (`health::known`).
+    pub(super) known: crate::health::known::Known,
 }
 
 /// The handle the loop keeps: it hands the checker new targets after an

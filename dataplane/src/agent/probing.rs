@@ -17,6 +17,7 @@ use super::Agent;
 use super::checker::{self, Checker, Probing, Reply, Targets};
 use super::probe_path;
 use crate::health::apply::{Outcome, record_probe};
+use crate::health::known::Known;
 use crate::health::{Machine, Probe, Role, State};
 
 fn now_ms() -> u64 {
@@ -60,6 +61,7 @@ impl Agent {
             checker: Checker::spawn(self.cfg.probes.source, tx),
             policies: HashMap::new(),
             digest: None,
+            known: Known::new(),
         });
         self.refresh_probes();
         Some(rx)
@@ -88,6 +90,8 @@ impl Agent {
             return;
         }
         p.digest = Some(self.engine.digest.clone());
+        // An apply may have rewritten any tenant's record or `HEALTH`.
+        p.known.clear();
         let mut targets = Targets::new();
         let mut policies = HashMap::new();
         for (id, inst) in &self.engine.installed {
@@ -107,14 +111,22 @@ impl Agent {
 
     /// One probe result: recorded, decided on, written, announced.
     pub fn on_probe(&mut self, reply: Reply) {
-        let Some(p) = self.probing.as_ref() else {
+        let Some(p) = self.probing.as_mut() else {
             return;
         };
         let Some(t) = p.policies.get(&reply.tenant).cloned() else {
             return;
         };
         let probe = reply.probe.clone();
-        match record_probe(&mut self.dp, reply.tenant, &t, reply.machine, reply.probe, now_ms()) {
+        match record_probe(
+            &mut self.dp,
+            &mut p.known,
+            reply.tenant,
+            &t,
+            reply.machine,
+            reply.probe,
+            now_ms(),
+        ) {
             Ok(out) => self.announce_outcome(&t, &probe, &out),
             Err(e) => warn!(tenant = t.name, machine = %reply.machine, error = %format!("{e:#}"), "recording a probe"),
         }
