@@ -27,6 +27,27 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Every probe in flight holds a socket: 40,000 machines probed every
+/// second, each probe open up to its timeout, would run past the usual soft
+/// limit of 1,024 descriptors as soon as answers slow down. The soft limit
+/// goes up to the hard one.
+fn raise_open_files() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let old = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::info!(from = old, to = lim.rlim_max, "open files limit raised for the probes");
+            }
+        }
+    }
+}
+
 fn core(index: u8) -> Machine {
     Machine {
         role: Role::Core,
@@ -56,6 +77,7 @@ impl Agent {
                 return None;
             }
         }
+        raise_open_files();
         let (tx, rx) = mpsc::unbounded_channel();
         self.probing = Some(Probing {
             checker: Checker::spawn(self.cfg.probes.source, tx),
