@@ -7,8 +7,21 @@
 //! benchmark writes the frame to `BENCH_FRAME`; these programs copy it over
 //! the packet (its length is the packet's: the kernel resets that) and then
 //! hand it on: to the fabric program, or to the kernel stack.
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_store_bytes, macros::map, maps::Array, programs::XdpContext};
-use dataplane_common::{jumps, types::BENCH_FRAME_MAX};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_tunnel_key, xdp_action},
+    helpers::{bpf_skb_change_type, bpf_skb_set_tunnel_key, bpf_xdp_store_bytes},
+    macros::map,
+    maps::Array,
+    programs::{TcContext, XdpContext},
+};
+use dataplane_common::{
+    jumps,
+    types::{BENCH_FRAME_MAX, BenchTunnel, BenchTunnelKey},
+};
+
+use crate::packet::ETH_P_IPV4;
+
+const PACKET_HOST: u32 = 0;
 
 use crate::maps::JUMPS;
 
@@ -48,4 +61,61 @@ pub fn restore_then_pass(ctx: &XdpContext) -> u32 {
     } else {
         xdp_action::XDP_ABORTED
     }
+}
+
+#[map(name = "BENCH_TUNNELS")]
+static BENCH_TUNNELS: aya_ebpf::maps::HashMap<BenchTunnelKey, BenchTunnel> =
+    aya_ebpf::maps::HashMap::with_max_entries(1 << 16, 0);
+
+/// A frame decapsulated by the responder's VXLAN device is addressed to
+/// the machine's MAC, which the device does not have: taken as the
+/// device's own, as the machine would.
+#[inline(always)]
+pub fn tunnel_in(ctx: &TcContext) -> i32 {
+    // SAFETY: the context's socket buffer, valid for the program's run.
+    unsafe { bpf_skb_change_type(ctx.skb.skb, PACKET_HOST) };
+    TC_ACT_OK as i32
+}
+
+/// An answer from a VIP and port in `BENCH_TUNNELS` leaves in that
+/// tenant's tunnel: its VNI, from the machine's VTEP to the host's.
+#[inline(always)]
+pub fn tunnel_out(ctx: &TcContext) -> i32 {
+    let Ok(proto) = ctx.load::<[u8; 2]>(12) else {
+        return TC_ACT_OK as i32;
+    };
+    if u16::from_be_bytes(proto) != ETH_P_IPV4 {
+        return TC_ACT_OK as i32;
+    }
+    let (Ok(vihl), Ok(l4), Ok(src)) = (ctx.load::<u8>(14), ctx.load::<u8>(14 + 9), ctx.load::<[u8; 4]>(14 + 12)) else {
+        return TC_ACT_OK as i32;
+    };
+    if l4 != 6 {
+        return TC_ACT_OK as i32;
+    }
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    let Ok(sport) = ctx.load::<[u8; 2]>(14 + ihl) else {
+        return TC_ACT_OK as i32;
+    };
+    let key = BenchTunnelKey {
+        addr: src,
+        port_be: sport,
+        _pad: [0; 2],
+    };
+    // SAFETY: copied out at once.
+    let Some(t) = (unsafe { BENCH_TUNNELS.get(&key) }).copied() else {
+        return TC_ACT_OK as i32;
+    };
+    // SAFETY: plain data, all zero is a valid value.
+    let mut k: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    k.tunnel_id = t.vni;
+    k.__bindgen_anon_1.remote_ipv4 = u32::from_be_bytes(t.remote);
+    k.__bindgen_anon_3.local_ipv4 = u32::from_be_bytes(t.local);
+    k.tunnel_ttl = 64;
+    // SAFETY: a valid key of the size given.
+    let rc = unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, &mut k, core::mem::size_of::<bpf_tunnel_key>() as u32, 0) };
+    if rc != 0 {
+        return TC_ACT_SHOT as i32;
+    }
+    TC_ACT_OK as i32
 }

@@ -153,6 +153,20 @@ pub fn carwash_bench_restore_pass(ctx: XdpContext) -> u32 {
     bench::restore_then_pass(&ctx)
 }
 
+/// Benchmarks only: a responder's tunnel device takes the machines'
+/// frames as its own.
+#[classifier]
+pub fn carwash_bench_tunnel_in(ctx: TcContext) -> i32 {
+    bench::tunnel_in(&ctx)
+}
+
+/// Benchmarks only: a responder's answers go back into their tenants'
+/// tunnels.
+#[classifier]
+pub fn carwash_bench_tunnel_out(ctx: TcContext) -> i32 {
+    bench::tunnel_out(&ctx)
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

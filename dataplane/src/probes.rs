@@ -5,7 +5,10 @@
 
 use anyhow::{Context, Result, anyhow};
 use aya::programs::{SchedClassifier, TcAttachType, tc};
-use dataplane_common::programs;
+use dataplane_common::{
+    maps, programs,
+    types::{BenchTunnel, BenchTunnelKey},
+};
 
 use crate::Dataplane;
 
@@ -29,6 +32,44 @@ impl Dataplane {
         }
         prog.attach(iface, TcAttachType::Egress)
             .with_context(|| format!("attaching {} to {iface} (egress)", programs::PROBE))?;
+        Ok(())
+    }
+}
+
+impl Dataplane {
+    /// Benchmarks only: attaches the responder's programs to its
+    /// collect-metadata VXLAN device `iface` (in the calling thread's
+    /// namespace): frames to the machines' MACs taken as its own, answers
+    /// put back into their tenants' tunnels by `BENCH_TUNNELS`. Attached
+    /// for as long as this value lives.
+    pub fn attach_bench_tunnel(&mut self, iface: &str) -> Result<()> {
+        let _ = tc::qdisc_add_clsact(iface);
+        for (name, side) in [
+            (programs::BENCH_TUNNEL_IN, TcAttachType::Ingress),
+            (programs::BENCH_TUNNEL_OUT, TcAttachType::Egress),
+        ] {
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+                .try_into()?;
+            if prog.fd().is_err() {
+                prog.load()
+                    .with_context(|| format!("loading program {name} (verifier)"))?;
+            }
+            prog.attach(iface, side)
+                .with_context(|| format!("attaching {name} to {iface}"))?;
+        }
+        Ok(())
+    }
+
+    /// Benchmarks only: the tunnel of the answers from `key`.
+    pub fn set_bench_tunnel(&mut self, key: BenchTunnelKey, tunnel: BenchTunnel) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(maps::BENCH_TUNNELS)
+            .ok_or_else(|| anyhow!("no map {}", maps::BENCH_TUNNELS))?;
+        aya::maps::HashMap::<_, BenchTunnelKey, BenchTunnel>::try_from(map)?.insert(key, tunnel, 0)?;
         Ok(())
     }
 }

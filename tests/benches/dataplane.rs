@@ -11,6 +11,8 @@
 mod agent_common;
 #[path = "../tests/fleet_common/mod.rs"]
 mod fleet_common;
+#[path = "../tests/probe_scale/mod.rs"]
+mod probe_scale;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -72,7 +74,7 @@ fn scenarios(i: u32) -> Vec<Scenario> {
     ]
 }
 
-/// `cargo xtask bench [packets|events|handoff|snat|agent|fleet]`: every part, or the ones
+/// `cargo xtask bench [packets|events|handoff|snat|agent|fleet|health]`: every part, or the ones
 /// named (`packets` includes `handoff`, the reply hand-off between the hosts of a fleet).
 fn main() -> anyhow::Result<()> {
     carwash_tests::require_root();
@@ -97,7 +99,72 @@ fn main() -> anyhow::Result<()> {
     if wants("fleet") {
         fleet_at_scale(FLEET_TENANTS, FLEET_CHANGES)?;
     }
+    if wants("health") {
+        health_at_scale(HEALTH_TENANTS)?;
+    }
     Ok(())
+}
+
+const HEALTH_TENANTS: u32 = 10_000;
+
+/// The health checker at `n` tenants × 4 machines probed every second
+/// (TCP checks) against responders that answer through the tunnels: the
+/// agent's CPU and memory over a steady window once every machine is up,
+/// against the same agent and tenants with the probes off. Fails if a
+/// machine flaps or the probes fall behind. `CARWASH_HEALTH_TENANTS` and
+/// `CARWASH_HEALTH_WINDOW_S` change the size and the window.
+fn health_at_scale(n: u32) -> anyhow::Result<()> {
+    let n = std::env::var("CARWASH_HEALTH_TENANTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n);
+    let window = Duration::from_secs(
+        std::env::var("CARWASH_HEALTH_WINDOW_S")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30),
+    );
+    let off = probe_scale::run(n, false, window / 3)?;
+    let on = probe_scale::run(n, true, window)?;
+    println!("\n### The health checker at {n} tenants × 4 machines, interval 1 s, TCP checks\n");
+    println!("| measurement | probes off | probes on | target |");
+    println!("| --- | ---: | ---: | --- |");
+    println!(
+        "| agent CPU over the window (utime + stime, % of one core) | {:.1} % | {:.1} % | ≤ 25 % |",
+        off.cpu_pct, on.cpu_pct
+    );
+    println!(
+        "| agent resident memory (VmRSS) | {} MiB | {} MiB | |",
+        off.rss_kib / 1024,
+        on.rss_kib / 1024
+    );
+    println!(
+        "| … added by the probes | | {:.1} MiB | ≤ 64 MiB |",
+        (on.rss_kib as f64 - off.rss_kib as f64) / 1024.0
+    );
+    println!(
+        "| probes answered a second (HTTPS / JMS port), of {} due | | {:.0} ({:.0} / {:.0}) | |",
+        4 * n,
+        on.probes_per_s(),
+        on.answered_per_s[0],
+        on.answered_per_s[1]
+    );
+    println!(
+        "| machines up at the end / transitions in the window | | {} of {} / {} | all / 0 |",
+        4 * n as usize - on.not_up,
+        4 * n,
+        on.transitions_in_window
+    );
+    println!(
+        "| binary started → every machine up with a passing probe | | {:.1} s | |",
+        on.ready.as_secs_f64()
+    );
+    println!(
+        "\n(windows: {:.0} s with probes, {:.0} s without; each agent started afresh on its own namespaces and pins)",
+        on.window.as_secs_f64(),
+        off.window.as_secs_f64()
+    );
+    probe_scale::check(&on)
 }
 
 fn packets() -> anyhow::Result<()> {

@@ -79,8 +79,9 @@ enum Cmd {
     },
     /// Benchmarks: the programs (BPF_PROG_TEST_RUN, against a minimal XDP_PASS program in the same
     /// run), a denied flood against XDP_DROP and nftables (live frames), source NAT, the agent at
-    /// 10,000 tenants, and three agents following one etcd at 10,000 tenants; `bench -- packets`,
-    /// `-- events`, `-- handoff`, `-- snat`, `-- agent` or `-- fleet` (etcd) runs one part.
+    /// 10,000 tenants, three agents following one etcd at 10,000 tenants, and the health checker
+    /// probing 10,000 tenants × 4 machines every second; `bench -- packets`, `-- events`,
+    /// `-- handoff`, `-- snat`, `-- agent`, `-- fleet` (etcd) or `-- health` runs one part.
     Bench {
         #[arg(last = true)]
         args: Vec<String>,

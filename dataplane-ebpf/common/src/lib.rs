@@ -42,6 +42,13 @@ pub mod programs {
     pub const BENCH_RESTORE_FABRIC: &str = "carwash_bench_restore_fabric";
     /// Benchmarks only (live frames): the same, then XDP_PASS.
     pub const BENCH_RESTORE_PASS: &str = "carwash_bench_restore_pass";
+    /// Benchmarks only, TC ingress on a responder's collect-metadata VXLAN
+    /// device: the decapsulated frame (addressed to the machine's MAC) is
+    /// the responder's own.
+    pub const BENCH_TUNNEL_IN: &str = "carwash_bench_tunnel_in";
+    /// Benchmarks only, TC egress on that device: an answer goes back into
+    /// its tenant's tunnel (`BENCH_TUNNELS`).
+    pub const BENCH_TUNNEL_OUT: &str = "carwash_bench_tunnel_out";
     /// Never attached: writes the kernel's tick counter over the first
     /// eight bytes of the packet, for the agent to learn the tick length.
     pub const CLOCK: &str = "carwash_clock";
@@ -169,6 +176,10 @@ pub mod maps {
     /// Benchmarks only: the frame the `carwash_bench_restore_*` programs
     /// write back (`crate::types::BENCH_FRAME_MAX` bytes); never pinned.
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
+    /// Benchmarks only: [`crate::types::BenchTunnel`] by
+    /// [`crate::types::BenchTunnelKey`], for the responder of the health
+    /// checker's benchmark; never pinned.
+    pub const BENCH_TUNNELS: &str = "BENCH_TUNNELS";
     /// Ring buffer of [`crate::events::DataEvent`]s (never pinned: each
     /// agent reads its own).
     pub const EVENTS: &str = "EVENTS";

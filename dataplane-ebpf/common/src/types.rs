@@ -286,6 +286,28 @@ pub const fn probe_target(mark: u32) -> Option<(u32, u32)> {
     Some(((mark & !PROBE_MARK_MASK) >> 2, mark & 3))
 }
 
+/// Benchmarks only: which tunnel a responder's answer from `addr`, port
+/// `port_be` goes back into (`BENCH_TUNNELS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BenchTunnelKey {
+    pub addr: [u8; 4],
+    pub port_be: [u8; 2],
+    pub _pad: [u8; 2],
+}
+
+/// Benchmarks only: the VNI and the outer addresses of a responder's
+/// answers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BenchTunnel {
+    pub vni: u32,
+    /// The answering machine's VTEP.
+    pub local: [u8; 4],
+    /// The host's VTEP.
+    pub remote: [u8; 4],
+}
+
 /// Where the probes' replies are recognised: one entry, written by the
 /// agent that probes (all zero: nothing is taken for a probe reply).
 #[repr(C)]
@@ -608,6 +630,8 @@ mod pod {
     unsafe impl aya::Pod for TenantInfo {}
     unsafe impl aya::Pod for HostConfig {}
     unsafe impl aya::Pod for ProbeHost {}
+    unsafe impl aya::Pod for BenchTunnelKey {}
+    unsafe impl aya::Pod for BenchTunnel {}
     unsafe impl aya::Pod for NextHopKey {}
     unsafe impl aya::Pod for BackendHop {}
     unsafe impl aya::Pod for NextHopEntry {}
@@ -637,6 +661,8 @@ mod tests {
     fn sizes_have_no_hidden_padding() {
         assert_eq!(size_of::<AddrKey>(), 20);
         assert_eq!(size_of::<ProbeHost>(), 12);
+        assert_eq!(size_of::<BenchTunnelKey>(), 8);
+        assert_eq!(size_of::<BenchTunnel>(), 12);
         assert_eq!(probe_target(probe_mark(MAX_TENANTS - 1, 3)), Some((MAX_TENANTS - 1, 3)));
         assert_eq!(probe_target(0x0100_0000 | 7), None);
         assert_eq!(size_of::<AddrValue>(), 8);

@@ -49,6 +49,11 @@ fn run(agent: &mut Agent, op: Manual, tenant: &str, machine: &str) -> Result<()>
         .and_then(|i| i.policy())
         .ok_or_else(|| ManualError::UnknownTenant(tenant.to_string()))?;
     check_machine(tenant, machine, t.connectors.len().min(2), t.cores.len().min(2))?;
+    // The maps are read and written here: the probes' copy of them is
+    // stale from now on.
+    if let Some(p) = agent.probing.as_mut() {
+        p.known.forget(id);
+    }
     let now = now_ms();
     let mut stored = agent.dp.tenant_health(id)?.unwrap_or_default();
     let ids = machines(&t);

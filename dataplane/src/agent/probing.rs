@@ -17,6 +17,7 @@ use super::Agent;
 use super::checker::{self, Checker, Probing, Reply, Targets};
 use super::probe_path;
 use crate::health::apply::{Outcome, record_probe};
+use crate::health::known::Known;
 use crate::health::{Machine, Probe, Role, State};
 
 fn now_ms() -> u64 {
@@ -24,6 +25,27 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Every probe in flight holds a socket: 40,000 machines probed every
+/// second, each probe open up to its timeout, would run past the usual soft
+/// limit of 1,024 descriptors as soon as answers slow down. The soft limit
+/// goes up to the hard one.
+fn raise_open_files() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let old = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::info!(from = old, to = lim.rlim_max, "open files limit raised for the probes");
+            }
+        }
+    }
 }
 
 fn core(index: u8) -> Machine {
@@ -55,11 +77,13 @@ impl Agent {
                 return None;
             }
         }
+        raise_open_files();
         let (tx, rx) = mpsc::unbounded_channel();
         self.probing = Some(Probing {
             checker: Checker::spawn(self.cfg.probes.source, tx),
             policies: HashMap::new(),
             digest: None,
+            known: Known::new(),
         });
         self.refresh_probes();
         Some(rx)
@@ -88,6 +112,8 @@ impl Agent {
             return;
         }
         p.digest = Some(self.engine.digest.clone());
+        // An apply may have rewritten any tenant's record or `HEALTH`.
+        p.known.clear();
         let mut targets = Targets::new();
         let mut policies = HashMap::new();
         for (id, inst) in &self.engine.installed {
@@ -107,14 +133,22 @@ impl Agent {
 
     /// One probe result: recorded, decided on, written, announced.
     pub fn on_probe(&mut self, reply: Reply) {
-        let Some(p) = self.probing.as_ref() else {
+        let Some(p) = self.probing.as_mut() else {
             return;
         };
         let Some(t) = p.policies.get(&reply.tenant).cloned() else {
             return;
         };
         let probe = reply.probe.clone();
-        match record_probe(&mut self.dp, reply.tenant, &t, reply.machine, reply.probe, now_ms()) {
+        match record_probe(
+            &mut self.dp,
+            &mut p.known,
+            reply.tenant,
+            &t,
+            reply.machine,
+            reply.probe,
+            now_ms(),
+        ) {
             Ok(out) => self.announce_outcome(&t, &probe, &out),
             Err(e) => warn!(tenant = t.name, machine = %reply.machine, error = %format!("{e:#}"), "recording a probe"),
         }

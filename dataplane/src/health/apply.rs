@@ -8,6 +8,7 @@ use dataplane_common::types::TenantHealth;
 use tracing::{info, warn};
 
 use super::decide::{Availability, CoreChoice, choose_core, connectors_in_choice};
+use super::known::{Known, LATENCY_REFRESH_MS, changed};
 use super::store::{availability, machines, record, slot};
 use super::tracker::{Machine, Probe, Role, State, Tracker, Transition};
 use crate::Dataplane;
@@ -27,8 +28,15 @@ pub struct Outcome {
 /// Records `probe` of `machine` of tenant `id` (policy `t`) at `now_ms`
 /// and applies what follows (rise/fall, connectors, failover, failback).
 /// Every change is logged here, and returned for metrics and events.
+///
+/// The tenant's health and active core come from `known` (read from the
+/// maps once); `HEALTH` is written only when the result changed something
+/// other than the latency (or the latency there is older than
+/// [`LATENCY_REFRESH_MS`]), the tenant record only when what takes traffic
+/// changed.
 pub fn record_probe(
     dp: &mut Dataplane,
+    known: &mut Known,
     id: u32,
     t: &Tenant,
     machine: Machine,
@@ -39,7 +47,11 @@ pub fn record_probe(
     let Some(pos) = ids.iter().position(|(m, _, _)| *m == machine) else {
         anyhow::bail!("tenant {:?} has no {machine}", t.name);
     };
-    let mut stored = dp.tenant_health(id)?.unwrap_or_default();
+    let entry = known.entry(dp, id, &t.name)?;
+    let before = entry.stored;
+    let written_ms = entry.written_ms;
+    let mut active = entry.active;
+    let mut stored = before;
     let mut avail: Vec<Availability> = ids
         .iter()
         .map(|(m, vtep, mac)| availability(&stored.machines[slot(*m)], *vtep, *mac, now_ms))
@@ -70,9 +82,6 @@ pub fn record_probe(
         info!(tenant = t.name, machine = %tr.machine, from = ?tr.from, to = ?tr.to, probe = ?tr.probe, "machine {}", if tr.to == State::Up { "up" } else { "down" });
     }
 
-    let info = dp
-        .tenant_info(id)?
-        .ok_or_else(|| anyhow::anyhow!("tenant {:?} has no record in the maps", t.name))?;
     let cores: Vec<Availability> = ids
         .iter()
         .zip(&avail)
@@ -80,7 +89,6 @@ pub fn record_probe(
         .map(|(_, a)| *a)
         .collect();
     let last_switch = (stored.last_switch_ms != 0).then_some(stored.last_switch_ms);
-    let mut active = info.active_core;
     if let CoreChoice::Switch { to, failback } =
         choose_core(active, &cores, h.failback, now_ms, last_switch, h.interval.0)
     {
@@ -89,9 +97,16 @@ pub fn record_probe(
         active = to;
         stored.last_switch_ms = now_ms;
     }
-    dp.set_tenant_health(id, &stored)?;
+    if changed(&before, &stored) || (stored != before && now_ms.saturating_sub(written_ms) >= LATENCY_REFRESH_MS) {
+        known.write(dp, id, &stored, now_ms)?;
+    }
     if out.transition.is_some() || out.core_switch.is_some() {
+        // Forgotten first: if the write fails, the next result reads what
+        // the map holds.
+        known.forget(id);
         out.all_connectors_out = write_record(dp, id, t, &ids, &avail, active)?;
+        let e = known.entry(dp, id, &t.name)?;
+        e.written_ms = now_ms;
     }
     Ok(out)
 }

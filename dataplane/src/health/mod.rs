@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod decide;
+pub mod known;
 pub mod schedule;
 pub mod store;
 pub mod tracker;

@@ -1,0 +1,19 @@
+//! The health checker at a CI-sized scale (`cargo xtask bench -- health`
+//! runs it at 10,000 tenants): the real agent probes 500 tenants × 4
+//! machines every second through their tunnels against responders that
+//! answer; every machine is declared up with a passing probe, none flaps,
+//! and the probes keep pace (4 × 500 answered a second).
+mod agent_common;
+mod probe_scale;
+
+use std::time::Duration;
+
+use carwash_tests::require_root;
+
+#[test]
+fn five_hundred_tenants_probed_every_second_stay_up_and_keep_pace() {
+    require_root();
+    let f = probe_scale::run(500, true, Duration::from_secs(5)).unwrap();
+    eprintln!("{f:?}");
+    probe_scale::check(&f).unwrap();
+}

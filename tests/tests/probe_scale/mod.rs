@@ -1,0 +1,383 @@
+//! The health checker at scale: the real agent probing every machine of
+//! `n` synthetic tenants (2 connectors, 2 cores each) through their
+//! tunnels, against one responder namespace that answers for all of them
+//! the way the machines would. Shared by `cargo xtask bench -- health`
+//! (10,000 tenants) and the `health_scale` test (CI-sized).
+//!
+//! The responder: a collect-metadata VXLAN device (`vx0`) takes every
+//! tunnel packet to a local VTEP (all of `10.200.0.0/16` is local there,
+//! every VIP too), the kernel answers the SYN on listeners on 0.0.0.0
+//! (HTTPS and the first JMS port; an accept-and-close loop keeps the
+//! backlog empty), and the answer goes back into the tenant's tunnel: its
+//! VNI, from the machine's VTEP (connector/0's for HTTPS, core/0's for JMS;
+//! the fabric program asks that the VTEP be one of the tenant's) to the
+//! host's. This kernel has no tc flower, `tunnel_key` or `skbedit`, so two
+//! small TC programs on `vx0` do their work: ingress takes the frames to
+//! the machines' MACs as the device's own, egress sets the tunnel key from
+//! a map of VIP and port (`carwash_bench_tunnel_in`/`_out`, never attached
+//! by the agent). The VTEPs are behind one gateway on the host's side, so
+//! the host keeps one neighbour, not 40,000.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use aya::maps::{HashMap, Map, MapData};
+use carwash_policy::HttpsCheck;
+use carwash_tests::synthetic;
+use dataplane::Dataplane;
+use dataplane_common::maps;
+use dataplane_common::types::{BenchTunnel, BenchTunnelKey, MACHINE_UP, TenantHealth};
+use netlab::netns::{NetNs, PinDir, veth_pair};
+
+use crate::agent_common::{AgentProc, TempDir};
+
+const HOST_VTEP: &str = "10.199.0.1";
+const GATEWAY: &str = "10.199.0.2";
+const PROBE_SOURCE: &str = "192.0.0.8";
+const PORTS: [u16; 2] = [443, 61616];
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    pub tenants: u32,
+    pub probes: bool,
+    /// From the binary's start to every machine up with a passing probe
+    /// (probes), or to the uplink's addresses in place (no probes).
+    pub ready: Duration,
+    pub window: Duration,
+    /// utime + stime over the window, as % of one core.
+    pub cpu_pct: f64,
+    /// VmRSS at the end of the window.
+    pub rss_kib: u64,
+    /// Connections the responders accepted per second over the window
+    /// (one per completed probe), by port.
+    pub answered_per_s: [f64; 2],
+    /// Machines declared down or up again during the window.
+    pub transitions_in_window: u64,
+    /// Machines not up at the end.
+    pub not_up: usize,
+}
+
+impl Figures {
+    pub fn probes_per_s(&self) -> f64 {
+        self.answered_per_s.iter().sum()
+    }
+}
+
+/// The responder namespace and its accept loops (stopped on drop).
+struct Responder {
+    // Declared first, dropped first: the programs' links go before the
+    // namespace and the pins.
+    _dp: Dataplane,
+    _pins: PinDir,
+    ns: NetNs,
+    listeners: Vec<TcpListener>,
+    loops: Vec<JoinHandle<()>>,
+    accepted: Arc<[AtomicU64; 2]>,
+}
+
+impl Responder {
+    fn new(host: &NetNs, n: u32) -> Result<Responder> {
+        let ns = NetNs::new("cwresp")?;
+        veth_pair(host, "fabric", None, &ns, "fpeer", None)?;
+        host.addr("fabric", &format!("{HOST_VTEP}/24"))?;
+        ns.addr("fpeer", &format!("{GATEWAY}/24"))?;
+        host.route("10.200.0.0/16", GATEWAY, Some("fabric"))?;
+        ns.ip(&["link", "add", "vx0", "type", "vxlan", "external", "dstport", "4789"])?;
+        ns.link_up("vx0")?;
+        ns.ip(&["route", "add", "local", "10.200.0.0/16", "dev", "lo"])?;
+        ns.ip(&["route", "add", "local", "100.64.0.0/10", "dev", "lo"])?;
+        ns.ip(&["route", "add", &format!("{PROBE_SOURCE}/32"), "dev", "vx0"])?;
+        // The inner destination MAC of the answers is the host's business
+        // (the fabric program sets it); no ARP into a tunnel that has none.
+        ns.ip(&[
+            "neigh",
+            "add",
+            PROBE_SOURCE,
+            "lladdr",
+            "02:00:00:00:00:08",
+            "dev",
+            "vx0",
+            "nud",
+            "permanent",
+        ])?;
+        // The tunnels of the answers: one entry per tenant and port.
+        let pins = PinDir::new()?;
+        let mut dp = Dataplane::load(Some(pins.path()))?;
+        let host_vtep: Ipv4Addr = HOST_VTEP.parse()?;
+        for i in 1..=n {
+            let t = synthetic::tenant(i);
+            for (port, vtep) in [(443u16, t.connectors[0].vtep), (61616, t.cores[0].vtep)] {
+                dp.set_bench_tunnel(
+                    BenchTunnelKey {
+                        addr: synthetic::vip4(i).octets(),
+                        port_be: port.to_be_bytes(),
+                        _pad: [0; 2],
+                    },
+                    BenchTunnel {
+                        vni: t.vni,
+                        local: vtep.octets(),
+                        remote: host_vtep.octets(),
+                    },
+                )?;
+            }
+        }
+        ns.enter(|| dp.attach_bench_tunnel("vx0"))??;
+        let listeners = ns.enter(|| -> Result<Vec<TcpListener>> {
+            PORTS
+                .iter()
+                .map(|p| {
+                    let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, *p))?;
+                    let fd = l.as_raw_fd();
+                    // A backlog as long as the namespace allows, for the
+                    // accept loop's scheduling. Answers are closed with a
+                    // FIN, not a reset: a reset could reach a probe before
+                    // its connect is seen complete, and fail it.
+                    // SAFETY: listen(2) on our own socket.
+                    unsafe {
+                        if libc::listen(fd, 65535) != 0 {
+                            return Err(std::io::Error::last_os_error().into());
+                        }
+                    }
+                    Ok(l)
+                })
+                .collect()
+        })??;
+        let accepted: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let mut loops = Vec::new();
+        for (k, l) in listeners.iter().enumerate() {
+            let l = l.try_clone()?;
+            let accepted = accepted.clone();
+            loops.push(std::thread::spawn(move || {
+                loop {
+                    match l.accept() {
+                        Ok(_) => {
+                            accepted[k].fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {}
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
+        Ok(Responder {
+            _dp: dp,
+            _pins: pins,
+            ns,
+            listeners,
+            loops,
+            accepted,
+        })
+    }
+
+    fn accepted(&self) -> [u64; 2] {
+        [0, 1].map(|k| self.accepted[k].load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        for l in &self.listeners {
+            // SAFETY: shutdown(2) of our own socket wakes its accept loop.
+            unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        for h in self.loops.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces).
+    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5); here 12 and 13.
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+pub fn rss_kib(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every machine's (state, transitions, latency recorded) in `HEALTH`.
+fn machines(h: &HashMap<MapData, u32, TenantHealth>) -> Vec<(u32, u8, u32, bool)> {
+    let mut out = Vec::new();
+    for (id, rec) in h.iter().flatten() {
+        for (k, m) in rec.machines.iter().enumerate() {
+            out.push((id * 4 + k as u32, m.state, m.transitions, m.last_latency_us != 0));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// One run: the agent at `n` tenants (TCP checks, interval 1 s, the other
+/// `[health]` defaults), probes on or off, measured over `window` once
+/// every machine is up (probes) or the agent has settled (no probes).
+pub fn run(n: u32, probes: bool, window: Duration) -> Result<Figures> {
+    let host = NetNs::new("cwhb")?;
+    veth_pair(&host, "uplink", None, &host, "upeer", None)?;
+    let responder = Responder::new(&host, n)?;
+    let dir = TempDir::new("probe-scale");
+    let policy_dir = dir.path().join("policies");
+    std::fs::create_dir_all(&policy_dir)?;
+    for i in 1..=n {
+        let mut t = synthetic::tenant(i);
+        t.health.https_check = HttpsCheck::Tcp;
+        std::fs::write(policy_dir.join(format!("{}.json", t.name)), serde_json::to_string(&t)?)?;
+    }
+    let pins = PinDir::new()?;
+    let socket = dir.path().join("api.sock");
+    let config = dir.path().join("carwash.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "uplink = \"uplink\"\nfabric = \"fabric\"\nvtep = \"{HOST_VTEP}\"\npolicy_dir = \"{}\"\npin_path = \"{}\"\napi_socket = \"{}\"\nevent_log = \"{}\"\n[probes]\nenabled = {probes}\n",
+            policy_dir.display(),
+            pins.path().display(),
+            socket.display(),
+            dir.path().join("events.jsonl").display()
+        ),
+    )?;
+    crate::agent_common::carwash_bin();
+    let t0 = Instant::now();
+    let mut agent = AgentProc::start(&host, &config, &socket, &dir.path().join("agent.log"))?;
+    let pid = agent.child.id();
+    let status = agent.status();
+    if status.tenants.len() != n as usize {
+        bail!(
+            "the agent applied {} of {n} tenants: {:?}",
+            status.tenants.len(),
+            status.last_error
+        );
+    }
+    // The one-off start-up work (the uplink's 2n addresses) is not the
+    // checker's: the window starts after it.
+    let limit = Duration::from_secs(120 + u64::from(n) / 50);
+    // Asked with a short timeout and asked again: the agent's loop may be
+    // busy for a while with the addresses.
+    let addresses = |socket: &std::path::Path| {
+        dataplane::api::call(socket, &dataplane::api::Request::Status, Duration::from_secs(5))
+            .ok()
+            .and_then(|r| r.status)
+            .map_or(0, |s| s.uplink_addresses_generation)
+    };
+    while addresses(&socket) < status.generation {
+        if t0.elapsed() > limit {
+            bail!("the uplink's addresses were not in place after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let health: HashMap<MapData, u32, TenantHealth> = HashMap::try_from(Map::HashMap(MapData::from_pin(
+        pins.path().join("maps").join(maps::HEALTH),
+    )?))?;
+    let machines_n = 4 * n as usize;
+    if probes {
+        loop {
+            let m = machines(&health);
+            let up = m.iter().filter(|(_, s, _, seen)| *s == MACHINE_UP && *seen).count();
+            if up == machines_n {
+                break;
+            }
+            if t0.elapsed() > limit {
+                bail!(
+                    "{up} of {machines_n} machines up with a passing probe after {:?}; answered {:?}\n{}",
+                    t0.elapsed(),
+                    responder.accepted(),
+                    tail(&agent.log_text(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    } else {
+        // The same settling time as a probing run gets, roughly.
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let ready = t0.elapsed();
+    let before = machines(&health);
+    let (cpu0, acc0, w0) = (cpu_ticks(pid), responder.accepted(), Instant::now());
+    std::thread::sleep(window);
+    let (cpu1, acc1, elapsed) = (cpu_ticks(pid), responder.accepted(), w0.elapsed());
+    let rss = rss_kib(pid);
+    let after = machines(&health);
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let secs = elapsed.as_secs_f64();
+    let transitions_in_window = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| u64::from(a.2.saturating_sub(b.2)))
+        .sum::<u64>()
+        + (after.len() as u64).abs_diff(before.len() as u64);
+    let not_up = if probes {
+        machines_n - after.iter().filter(|(_, s, _, _)| *s == MACHINE_UP).count()
+    } else {
+        0
+    };
+    if let Ok(Some(status)) = agent.child.try_wait() {
+        bail!("the agent exited ({status}) during the window");
+    }
+    drop(agent);
+    drop(responder);
+    Ok(Figures {
+        tenants: n,
+        probes,
+        ready,
+        window: elapsed,
+        cpu_pct: (cpu1 - cpu0) as f64 / tick / secs * 100.0,
+        rss_kib: rss,
+        answered_per_s: [0, 1].map(|k| (acc1[k] - acc0[k]) as f64 / secs),
+        transitions_in_window,
+        not_up,
+    })
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Fails loudly when a probing run was not what it should be: a machine
+/// declared down (none is), or probes falling behind (fewer than 95 % of
+/// `4 n` a second answered).
+pub fn check(f: &Figures) -> Result<()> {
+    if !f.probes {
+        return Ok(());
+    }
+    if f.not_up != 0 || f.transitions_in_window != 0 {
+        bail!(
+            "machines flapped: {} not up at the end, {} transitions in the window",
+            f.not_up,
+            f.transitions_in_window
+        );
+    }
+    let want = 4.0 * f64::from(f.tenants);
+    if f.probes_per_s() < 0.95 * want {
+        bail!(
+            "probes fell behind: {:.0} answered a second of {want:.0} due",
+            f.probes_per_s()
+        );
+    }
+    for (k, port) in PORTS.iter().enumerate() {
+        if f.answered_per_s[k] < 0.95 * want / 2.0 {
+            bail!(
+                "port {port}: {:.0} answered a second of {:.0}",
+                f.answered_per_s[k],
+                want / 2.0
+            );
+        }
+    }
+    Ok(())
+}
