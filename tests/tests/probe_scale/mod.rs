@@ -50,9 +50,16 @@ pub struct Figures {
     /// From the binary's start to every machine up with a passing probe
     /// (probes), or to the uplink's addresses in place (no probes).
     pub ready: Duration,
+    /// Whether every machine was up with a passing probe before the window.
+    pub all_up: bool,
     pub window: Duration,
     /// utime + stime over the window, as % of one core.
     pub cpu_pct: f64,
+    /// The host's kernel thread receiving on `fabric` (the answers through
+    /// the fabric program into the probe sockets), % of one core.
+    pub host_rx_pct: f64,
+    /// The responder's receive thread (the machines' side), % of one core.
+    pub responder_rx_pct: f64,
     /// VmRSS at the end of the window.
     pub rss_kib: u64,
     /// Connections the responders accepted per second over the window
@@ -89,6 +96,21 @@ impl Responder {
         host.addr("fabric", &format!("{HOST_VTEP}/24"))?;
         ns.addr("fpeer", &format!("{GATEWAY}/24"))?;
         host.route("10.200.0.0/16", GATEWAY, Some("fabric"))?;
+        // Each side's receive work in a kernel thread of its own (threaded
+        // NAPI; GRO is on, so veth polls): otherwise the responder's TCP
+        // stack would run in the softirq of whoever sent the packet, the
+        // agent, and count as its CPU.
+        for (ns, dev) in [(host, "fabric"), (&ns, "fpeer")] {
+            let cmd = format!("echo 1 > /sys/class/net/{dev}/threaded");
+            netlab::netns::run_checked(std::process::Command::new("ip").args([
+                "netns",
+                "exec",
+                ns.name(),
+                "sh",
+                "-c",
+                &cmd,
+            ]))?;
+        }
         ns.ip(&["link", "add", "vx0", "type", "vxlan", "external", "dstport", "4789"])?;
         ns.link_up("vx0")?;
         ns.ip(&["route", "add", "local", "10.200.0.0/16", "dev", "lo"])?;
@@ -155,10 +177,23 @@ impl Responder {
             let l = l.try_clone()?;
             let accepted = accepted.clone();
             loops.push(std::thread::spawn(move || {
+                // A server waits for its client to speak; the probe resets
+                // the connection first, and closing it after that sends
+                // nothing. Closing at once would add a FIN and the reset
+                // that answers it to every probe.
+                let mut open = std::collections::VecDeque::new();
                 loop {
                     match l.accept() {
-                        Ok(_) => {
+                        Ok((c, _)) => {
                             accepted[k].fetch_add(1, Ordering::Relaxed);
+                            let now = Instant::now();
+                            open.push_back((now, c));
+                            while open
+                                .front()
+                                .is_some_and(|(at, _)| now.duration_since(*at) > Duration::from_millis(100))
+                            {
+                                open.pop_front();
+                            }
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                         Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {}
@@ -202,6 +237,23 @@ fn cpu_ticks(pid: u32) -> u64 {
     // utime and stime are fields 14 and 15 of stat(5); here 12 and 13.
     let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     get(11) + get(12)
+}
+
+/// CPU ticks of the kernel threads polling `dev` (threaded NAPI:
+/// `napi/DEV-N`).
+fn napi_ticks(dev: &str) -> u64 {
+    let prefix = format!("napi/{dev}-");
+    let mut total = 0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim_end().starts_with(&prefix) {
+            total += cpu_ticks(pid);
+        }
+    }
+    total
 }
 
 pub fn rss_kib(pid: u32) -> u64 {
@@ -285,32 +337,33 @@ pub fn run(n: u32, probes: bool, window: Duration) -> Result<Figures> {
         pins.path().join("maps").join(maps::HEALTH),
     )?))?;
     let machines_n = 4 * n as usize;
-    if probes {
-        loop {
-            let m = machines(&health);
-            let up = m.iter().filter(|(_, s, _, seen)| *s == MACHINE_UP && *seen).count();
-            if up == machines_n {
-                break;
-            }
-            if t0.elapsed() > limit {
-                bail!(
-                    "{up} of {machines_n} machines up with a passing probe after {:?}; answered {:?}\n{}",
-                    t0.elapsed(),
-                    responder.accepted(),
-                    tail(&agent.log_text(), 40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(500));
+    let mut all_up = !probes;
+    while !all_up {
+        let m = machines(&health);
+        let up = m.iter().filter(|(_, s, _, seen)| *s == MACHINE_UP && *seen).count();
+        all_up = up == machines_n;
+        if !all_up && t0.elapsed() > limit {
+            // Measured all the same, and failed by `check`: the figures of
+            // an agent that cannot keep up say by how much.
+            eprintln!(
+                "{up} of {machines_n} machines up with a passing probe after {:?}; measuring anyway",
+                t0.elapsed()
+            );
+            break;
         }
-    } else {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if !probes {
         // The same settling time as a probing run gets, roughly.
         std::thread::sleep(Duration::from_secs(3));
     }
     let ready = t0.elapsed();
     let before = machines(&health);
     let (cpu0, acc0, w0) = (cpu_ticks(pid), responder.accepted(), Instant::now());
+    let (host0, resp0) = (napi_ticks("fabric"), napi_ticks("fpeer"));
     std::thread::sleep(window);
     let (cpu1, acc1, elapsed) = (cpu_ticks(pid), responder.accepted(), w0.elapsed());
+    let (host1, resp1) = (napi_ticks("fabric"), napi_ticks("fpeer"));
     let rss = rss_kib(pid);
     let after = machines(&health);
     let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
@@ -335,18 +388,16 @@ pub fn run(n: u32, probes: bool, window: Duration) -> Result<Figures> {
         tenants: n,
         probes,
         ready,
+        all_up,
         window: elapsed,
         cpu_pct: (cpu1 - cpu0) as f64 / tick / secs * 100.0,
+        host_rx_pct: host1.saturating_sub(host0) as f64 / tick / secs * 100.0,
+        responder_rx_pct: resp1.saturating_sub(resp0) as f64 / tick / secs * 100.0,
         rss_kib: rss,
         answered_per_s: [0, 1].map(|k| (acc1[k] - acc0[k]) as f64 / secs),
         transitions_in_window,
         not_up,
     })
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Fails loudly when a probing run was not what it should be: a machine
