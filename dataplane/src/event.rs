@@ -12,6 +12,8 @@ use dataplane_common::events::{self as ev, DataEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::maps::policy::read::proto_name;
+
 /// One event. `fields` holds everything but the time and the type, in the
 /// order they were set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,16 +135,6 @@ pub fn class_name(c: u8) -> Option<&'static str> {
         dataplane_common::types::CLASS_HTTPS => Some("https"),
         dataplane_common::types::CLASS_JMS => Some("jms"),
         _ => None,
-    }
-}
-
-pub fn proto_name(p: u8) -> String {
-    match p {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        1 => "icmp".into(),
-        58 => "icmpv6".into(),
-        n => n.to_string(),
     }
 }
 
