@@ -139,6 +139,9 @@ fn from_vpc(ctx: &XdpContext, outer: &Flow, cfg: &HostConfig, tenant: &mut u32) 
     match addr {
         Some(a) if a.tenant == id && a.kind == ADDR_VIP => {
             if let Some(mac) = probe::reply_to(&inner) {
+                if let Some(action) = probe::syn_reply(ctx, &inner, id, origin) {
+                    return Ok(action);
+                }
                 return probe::deliver(ctx, inner_off, &mac);
             }
             Ok(to_internet(ctx, &inner, &inner.src, inner_off, cfg)?)

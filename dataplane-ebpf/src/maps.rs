@@ -187,6 +187,11 @@ pub static HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "PROBE_HOST")]
 pub static PROBE_HOST: Array<dataplane_common::types::ProbeHost> = Array::with_max_entries(1, 0);
 
+/// The answers to the agent's half-open probes (`crate::send_probe`).
+#[map(name = "PROBE_REPLIES")]
+pub static PROBE_REPLIES: aya_ebpf::maps::RingBuf =
+    aya_ebpf::maps::RingBuf::with_byte_size(dataplane_common::types::PROBE_RING_BYTES, 0);
+
 /// This host's peers in a fleet (`crate::send_fleet`).
 #[map(name = "FLEET")]
 pub static FLEET: Array<dataplane_common::types::Fleet> = Array::with_max_entries(1, 0);

@@ -10,20 +10,20 @@
 //! dropped.
 use aya_ebpf::{
     bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action},
-    helpers::{bpf_redirect_neigh, bpf_xdp_adjust_head},
+    helpers::{bpf_ktime_get_ns, bpf_redirect_neigh, bpf_xdp_adjust_head},
     programs::{TcContext, XdpContext},
 };
 use dataplane_common::{
     DropReason, checksum,
     hash::vxlan_source_port,
-    types::{BackendEntry, TenantInfo, VXLAN_PORT, probe_target},
+    types::{BackendEntry, SYN_PROBE_PORT_BASE, SYN_PROBE_PORTS, SynProbeReply, TenantInfo, VXLAN_PORT, probe_target},
 };
 
 use aya_log_ebpf::debug;
 
 use crate::allow_choose as steer;
-use crate::maps::{PROBE_HOST, active_gen, host_config};
-use crate::packet::{ETH_LEN, ETH_P_IPV4, write};
+use crate::maps::{PROBE_HOST, PROBE_REPLIES, active_gen, host_config};
+use crate::packet::{ETH_LEN, ETH_P_IPV4, IPPROTO_TCP, read, write};
 use crate::parse::Flow;
 use crate::send_encap::ENCAP_OVERHEAD;
 use crate::verdict::Refused;
@@ -115,6 +115,41 @@ pub fn reply_to(inner: &Flow) -> Option<[u8; 6]> {
         return None;
     }
     Some(host.fabric_mac)
+}
+
+/// An answer to one of the agent's half-open probes (TCP, to a port of
+/// their range): handed to the agent through `PROBE_REPLIES` and dropped,
+/// for no socket waits for it. `None`: not such an answer (a TLS check's
+/// socket waits for it). A full ring loses the answer, which the agent
+/// then counts as a probe without one.
+#[inline(always)]
+pub fn syn_reply(ctx: &XdpContext, inner: &Flow, tenant: u32, origin: u32) -> Option<u32> {
+    if inner.proto != IPPROTO_TCP
+        || inner.later_fragment
+        || !(SYN_PROBE_PORT_BASE..SYN_PROBE_PORT_BASE + SYN_PROBE_PORTS).contains(&inner.dport)
+    {
+        return None;
+    }
+    let Some(nums) = read::<[u8; 8]>(ctx, inner.l4_off + 4) else {
+        return Some(xdp_action::XDP_DROP);
+    };
+    if let Some(mut entry) = PROBE_REPLIES.reserve::<SynProbeReply>(0) {
+        entry.write(SynProbeReply {
+            // SAFETY: plain helper call.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            tenant,
+            seq: u32::from_be_bytes([nums[0], nums[1], nums[2], nums[3]]),
+            ack: u32::from_be_bytes([nums[4], nums[5], nums[6], nums[7]]),
+            vip: [inner.src[0], inner.src[1], inner.src[2], inner.src[3]],
+            vip_port: inner.sport,
+            port: inner.dport,
+            origin: origin as u8,
+            flags: inner.tcp_flags,
+            _pad: [0; 6],
+        });
+        entry.submit(0);
+    }
+    Some(xdp_action::XDP_DROP)
 }
 
 /// Strips the tunnel headers of a probe reply (whose inner Ethernet header

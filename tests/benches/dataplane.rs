@@ -151,11 +151,13 @@ fn health_at_scale(n: u32) -> anyhow::Result<()> {
         (on.rss_kib as f64 - off.rss_kib as f64) / 1024.0
     );
     println!(
-        "| probes answered a second (HTTPS / JMS port), of {} due | | {:.0} ({:.0} / {:.0}) | |",
+        "| probes answered a second (SYN-ACKs the responders sent), of {} due | | {:.0} | |",
         4 * n,
         on.probes_per_s(),
-        on.answered_per_s[0],
-        on.answered_per_s[1]
+    );
+    println!(
+        "| segments the responders sent again a second (probes left half open) | | {:.0} | 0 |",
+        on.retransmitted_per_s,
     );
     println!(
         "| machines up at the end / transitions in the window | | {} of {} / {} | all / 0 |",

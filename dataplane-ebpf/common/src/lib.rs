@@ -194,6 +194,9 @@ pub mod maps {
     /// [`crate::types::ProbeHost`], one entry (never pinned: the agent that
     /// probes writes it).
     pub const PROBE_HOST: &str = "PROBE_HOST";
+    /// Ring buffer of [`crate::types::SynProbeReply`]: the answers to the
+    /// agent's half-open probes (never pinned: each agent reads its own).
+    pub const PROBE_REPLIES: &str = "PROBE_REPLIES";
     /// Per-CPU array of [`crate::deny::DenySlot`] (never pinned: a stale
     /// slot is a miss anyway, and each load starts empty).
     pub const DENY_CACHE: &str = "DENY_CACHE";

@@ -286,6 +286,53 @@ pub const fn probe_target(mark: u32) -> Option<(u32, u32)> {
     Some(((mark & !PROBE_MARK_MASK) >> 2, mark & 3))
 }
 
+/// Half-open probes: TCP checks whose SYN the agent writes itself, whole
+/// (VXLAN, inner Ethernet, IPv4, TCP), and sends from one UDP socket; the
+/// machine's SYN-ACK (or reset) never reaches a socket: the fabric program
+/// hands it to the agent through `PROBE_REPLIES` and drops it, and the
+/// agent answers it with a reset. No socket, no connection, no timer per
+/// probe. Their source ports on the probe address are
+/// `SYN_PROBE_PORT_BASE..SYN_PROBE_PORT_BASE + SYN_PROBE_PORTS`: below any
+/// ephemeral port range, so no socket of the host ever has one (the TLS
+/// checks' sockets take ephemeral ports on the same address).
+pub const SYN_PROBE_PORT_BASE: u16 = 512;
+pub const SYN_PROBE_PORTS: u16 = 512;
+
+/// The source port of round `round` of the half-open probe of machine
+/// `slot`: the slot in the top two bits of the range, the round below.
+#[inline(always)]
+pub const fn syn_probe_port(slot: u32, round: u32) -> u16 {
+    SYN_PROBE_PORT_BASE + (((slot & 3) << 7) | (round & 0x7f)) as u16
+}
+
+/// Bytes of the ring buffer of probe answers: 64 Ki records, more than a
+/// second of 40,000 machines' answers.
+pub const PROBE_RING_BYTES: u32 = 2 << 20;
+
+/// One answer to a half-open probe, as the fabric program saw it (after
+/// the checks every packet from a VPC passes: a known VNI, from one of
+/// that tenant's VTEPs, from the tenant's VIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SynProbeReply {
+    /// `bpf_ktime_get_ns` when it arrived (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    pub tenant: u32,
+    /// TCP sequence and acknowledgement numbers, host order.
+    pub seq: u32,
+    pub ack: u32,
+    /// The VIP and port that answered.
+    pub vip: [u8; 4],
+    pub vip_port: u16,
+    /// The probe's source port (the answer's destination port).
+    pub port: u16,
+    /// Which of the tenant's machines' VTEPs it came from (slot 0-3).
+    pub origin: u8,
+    /// TCP flags.
+    pub flags: u8,
+    pub _pad: [u8; 6],
+}
+
 /// Benchmarks only: which tunnel a responder's answer from `addr`, port
 /// `port_be` goes back into (`BENCH_TUNNELS`).
 #[repr(C)]

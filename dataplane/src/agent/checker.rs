@@ -17,6 +17,7 @@ use dataplane_common::types::probe_mark;
 use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, watch};
 
+use super::syn_probe::{SynProber, mono_ns};
 use crate::health::store::slot;
 use crate::health::{Machine, Probe, Role, Schedule};
 
@@ -30,6 +31,11 @@ pub struct Target {
     pub tls: bool,
     pub timeout: Duration,
     pub interval_ms: u64,
+    /// The tunnel to the machine: the tenant's VNI, the machine's VTEP and
+    /// inner MAC (the half-open probes write their packets whole).
+    pub vni: u32,
+    pub vtep: Ipv4Addr,
+    pub mac: [u8; 6],
 }
 
 impl Target {
@@ -59,12 +65,12 @@ pub fn targets(id: u32, t: &Tenant) -> Vec<Target> {
     let h = &t.health;
     let mut out = Vec::new();
     let roles = [
-        (Role::Connector, t.connectors.len(), t.https_ports.first()),
-        (Role::Core, t.cores.len(), t.jms_ports.first()),
+        (Role::Connector, &t.connectors, t.https_ports.first()),
+        (Role::Core, &t.cores, t.jms_ports.first()),
     ];
-    for (role, n, port) in roles {
+    for (role, machines, port) in roles {
         let Some(port) = port else { continue };
-        for index in 0..n.min(2) {
+        for (index, m) in machines.iter().enumerate().take(2) {
             out.push(Target {
                 tenant: id,
                 machine: Machine {
@@ -75,6 +81,9 @@ pub fn targets(id: u32, t: &Tenant) -> Vec<Target> {
                 tls: role == Role::Connector && h.https_check == HttpsCheck::Tls,
                 timeout: Duration::from_millis(h.timeout.0),
                 interval_ms: h.interval.0,
+                vni: t.vni,
+                vtep: m.vtep,
+                mac: m.mac.0,
             });
         }
     }
@@ -103,10 +112,12 @@ pub struct Checker {
 }
 
 impl Checker {
-    /// Starts the checker task; results arrive on `out`.
-    pub fn spawn(source: Ipv4Addr, out: mpsc::UnboundedSender<Reply>) -> Checker {
+    /// Starts the checker task; results arrive on `out`. With `syn`, the
+    /// TCP checks are half-open probes (`super::syn_probe`); without, each
+    /// is a socket's connect, like the TLS checks.
+    pub fn spawn(source: Ipv4Addr, out: mpsc::UnboundedSender<Reply>, syn: Option<SynProber>) -> Checker {
         let (tx, rx) = watch::channel(Arc::new(Targets::new()));
-        tokio::spawn(run(source, rx, out));
+        tokio::spawn(run(source, rx, out, syn));
         Checker { targets: tx }
     }
 
@@ -131,16 +142,48 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-async fn run(source: Ipv4Addr, mut rx: watch::Receiver<Arc<Targets>>, out: mpsc::UnboundedSender<Reply>) {
+/// Waits for answers to half-open probes (never, without the prober).
+async fn syn_readable(syn: &mut Option<SynProber>) {
+    let Some(p) = syn.as_mut() else {
+        return std::future::pending().await;
+    };
+    if let Err(e) = p.readable().await {
+        tracing::error!(error = %e, "the probe answers' ring buffer stopped: TCP checks by connect from now on");
+        *syn = None;
+    }
+}
+
+fn send_results(targets: &Targets, results: &mut Vec<(u64, Probe)>, out: &mpsc::UnboundedSender<Reply>) {
+    for (key, probe) in results.drain(..) {
+        if let Some(t) = targets.get(&key) {
+            let _ = out.send(Reply {
+                tenant: t.tenant,
+                machine: t.machine,
+                probe,
+            });
+        }
+    }
+}
+
+async fn run(
+    source: Ipv4Addr,
+    mut rx: watch::Receiver<Arc<Targets>>,
+    out: mpsc::UnboundedSender<Reply>,
+    mut syn: Option<SynProber>,
+) {
     let mut schedule = Schedule::new();
     let mut targets: Arc<Targets> = Arc::new(Targets::new());
     let tls = Arc::new(tls_connector());
     let mut due = Vec::new();
+    let mut results = Vec::new();
     loop {
-        let wait = match schedule.next_due() {
+        let mut wait = match schedule.next_due() {
             Some(t) => Duration::from_millis(t.saturating_sub(now_ms())),
             None => Duration::from_secs(3600),
         };
+        if let Some(d) = syn.as_ref().and_then(|p| p.flights.next_deadline()) {
+            wait = wait.min(Duration::from_nanos(d.saturating_sub(mono_ns())));
+        }
         tokio::select! {
             changed = rx.changed() => {
                 if changed.is_err() {
@@ -156,18 +199,35 @@ async fn run(source: Ipv4Addr, mut rx: watch::Receiver<Arc<Targets>>, out: mpsc:
                 for (key, t) in new.iter() {
                     schedule.insert(*key, t.interval_ms, now);
                 }
+                if let Some(p) = syn.as_mut() {
+                    p.flights.retain(&|k| new.contains_key(&k));
+                }
                 targets = new;
             }
             _ = tokio::time::sleep(wait) => {
                 due.clear();
                 schedule.due(now_ms(), &mut due);
                 for key in &due {
-                    if let Some(t) = targets.get(key) {
-                        tokio::spawn(probe_one(source, t.clone(), tls.clone(), out.clone()));
+                    let Some(t) = targets.get(key) else { continue };
+                    match syn.as_mut() {
+                        Some(p) if !t.tls => p.flights.probe(*key, t),
+                        _ => {
+                            tokio::spawn(probe_one(source, t.clone(), tls.clone(), out.clone()));
+                        }
                     }
                 }
             }
+            _ = syn_readable(&mut syn) => {
+                if let Some(p) = syn.as_mut() {
+                    p.read(&|k| targets.get(&k).cloned(), &mut results);
+                }
+            }
         }
+        if let Some(p) = syn.as_mut() {
+            p.flush(&mut results);
+            p.flights.expire(mono_ns(), &mut results);
+        }
+        send_results(&targets, &mut results, &out);
     }
 }
 

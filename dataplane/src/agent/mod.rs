@@ -31,6 +31,7 @@ pub mod probe_path;
 pub mod probing;
 pub mod server;
 pub mod status;
+pub mod syn_probe;
 use messages::Manual;
 use status::now_secs;
 pub(crate) mod sys;

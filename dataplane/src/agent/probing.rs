@@ -16,6 +16,7 @@ use tracing::{error, warn};
 use super::Agent;
 use super::checker::{self, Checker, Probing, Reply, Targets};
 use super::probe_path;
+use super::syn_probe::{HostSide, SynProber};
 use crate::health::apply::{Outcome, record_probe};
 use crate::health::known::Known;
 use crate::health::{Machine, Probe, Role, State};
@@ -78,15 +79,35 @@ impl Agent {
             }
         }
         raise_open_files();
+        let syn = match self.syn_prober() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "TCP checks by connect: no half-open probes");
+                None
+            }
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         self.probing = Some(Probing {
-            checker: Checker::spawn(self.cfg.probes.source, tx),
+            checker: Checker::spawn(self.cfg.probes.source, tx, syn),
             policies: HashMap::new(),
             digest: None,
             known: Known::new(),
         });
         self.refresh_probes();
         Some(rx)
+    }
+
+    /// The half-open prober of the TCP checks (`super::syn_probe`).
+    fn syn_prober(&mut self) -> Result<SynProber> {
+        let ring = self.dp.take_probe_replies()?;
+        SynProber::new(
+            HostSide {
+                vtep: self.cfg.vtep,
+                router_mac: self.cfg.router_mac.map(|m| m.0).unwrap_or(self.fabric.mac),
+                source: self.cfg.probes.source,
+            },
+            ring,
+        )
     }
 
     async fn probe_path(&mut self) -> Result<()> {

@@ -1,7 +1,7 @@
 //! The host's maps: its settings for the programs (`CONFIG`: the VTEP, the
 //! fabric and uplink interfaces, the source NAT ports, carwash's clock),
 //! written by the agent and read through the pins; where the health probes
-//! come from (`PROBE_HOST`); and the next hops the programs' FIB lookups
+//! come from (`PROBE_HOST`) and where their answers go (`PROBE_REPLIES`); and the next hops the programs' FIB lookups
 //! could not resolve (`UNRESOLVED`), which the agent takes to ask the
 //! kernel for their neighbours.
 use std::net::{IpAddr, Ipv4Addr};
@@ -107,6 +107,16 @@ impl Dataplane {
         let mut a: Array<&mut MapData, ProbeHost> = Array::try_from(map)?;
         a.set(0, host, 0)?;
         Ok(())
+    }
+
+    /// The ring buffer of the answers to the half-open probes, taken out
+    /// of the object: the checker owns it.
+    pub fn take_probe_replies(&mut self) -> Result<aya::maps::RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(maps::PROBE_REPLIES)
+            .ok_or_else(|| anyhow!("no map {} in the eBPF object (taken already?)", maps::PROBE_REPLIES))?;
+        Ok(aya::maps::RingBuf::try_from(map)?)
     }
 }
 

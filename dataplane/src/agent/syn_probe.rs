@@ -1,0 +1,626 @@
+//! Half-open probes: the TCP checks without a socket
+//! (`dataplane_common::types::SYN_PROBE_PORT_BASE`).
+//!
+//! For each due machine the checker writes the whole tunnel packet a
+//! client's SYN would be (VXLAN with the tenant's VNI, inner Ethernet from
+//! the router MAC to the machine's MAC, IPv4 from the probe address to the
+//! VIP, TCP SYN to the port clients use) and sends it to the machine's
+//! VTEP from one UDP socket bound to the host's VTEP, many per system call
+//! (`sendmmsg`). The fabric program hands the machine's answer to the
+//! `PROBE_REPLIES` ring buffer and drops it. A SYN-ACK that acknowledges
+//! the probe's own initial sequence number passes it, a reset fails it
+//! ("refused"), silence until the timeout fails it; every SYN-ACK is
+//! answered with a reset, so the machine keeps nothing of a probe.
+//!
+//! That is what the kernel's connect would decide, at a fraction of the
+//! cost: no socket, no file descriptor, no connection state, no timer per
+//! probe; one heap of deadlines, one table of the probes in flight.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+
+use aya::maps::{MapData, RingBuf};
+use dataplane_common::checksum;
+use dataplane_common::types::{SYN_PROBE_PORT_BASE, SYN_PROBE_PORTS, SynProbeReply, VXLAN_PORT, syn_probe_port};
+use tokio::io::unix::AsyncFd;
+
+use super::checker::Target;
+use crate::health::Probe;
+use crate::health::store::slot;
+
+/// The host's side of every probe packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostSide {
+    /// The host's VTEP: the outer source.
+    pub vtep: Ipv4Addr,
+    /// The inner source MAC (what the host's inbound packets carry).
+    pub router_mac: [u8; 6],
+    /// The probe source address: the inner source.
+    pub source: Ipv4Addr,
+}
+
+const VXLAN: usize = 8;
+const ETH: usize = 14;
+const IP: usize = 20;
+/// A SYN carries one option, the MSS, as a client's would.
+const TCP_SYN: usize = 24;
+const TCP_RST: usize = 20;
+/// The longest frame: VXLAN + Ethernet + IPv4 + TCP with the MSS option.
+pub const FRAME_MAX: usize = VXLAN + ETH + IP + TCP_SYN;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN_FLAG: u8 = 0x02;
+const TCP_RST_FLAG: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// One tunnel packet, as the UDP payload to the machine's VTEP.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame {
+    pub to: SocketAddrV4,
+    pub len: usize,
+    pub bytes: [u8; FRAME_MAX],
+}
+
+/// What a TCP segment of a probe says.
+#[derive(Debug, Clone, Copy)]
+pub struct Segment {
+    pub sport: u16,
+    pub seq: u32,
+    pub flags: u8,
+}
+
+/// The tunnel packet of `seg` from the probe address to `t`'s VIP and
+/// port, through `t`'s machine's tunnel.
+pub fn frame(host: &HostSide, t: &Target, seg: Segment) -> Frame {
+    let syn = seg.flags & TCP_SYN_FLAG != 0;
+    let tcp_len = if syn { TCP_SYN } else { TCP_RST };
+    let mut b = [0u8; FRAME_MAX];
+    // VXLAN: the I flag and the tenant's VNI.
+    b[0] = 0x08;
+    b[4..7].copy_from_slice(&t.vni.to_be_bytes()[1..4]);
+    // Inner Ethernet.
+    let e = VXLAN;
+    b[e..e + 6].copy_from_slice(&t.mac);
+    b[e + 6..e + 12].copy_from_slice(&host.router_mac);
+    b[e + 12..e + 14].copy_from_slice(&0x0800u16.to_be_bytes());
+    // IPv4, don't fragment.
+    let i = e + ETH;
+    b[i] = 0x45;
+    b[i + 2..i + 4].copy_from_slice(&((IP + tcp_len) as u16).to_be_bytes());
+    b[i + 6] = 0x40;
+    b[i + 8] = 64;
+    b[i + 9] = 6;
+    b[i + 12..i + 16].copy_from_slice(&host.source.octets());
+    b[i + 16..i + 20].copy_from_slice(&t.addr.ip().octets());
+    let csum = checksum::fold(checksum::sum_bytes(0, &b[i..i + IP]));
+    b[i + 10..i + 12].copy_from_slice(&csum.to_be_bytes());
+    // TCP.
+    let p = i + IP;
+    b[p..p + 2].copy_from_slice(&seg.sport.to_be_bytes());
+    b[p + 2..p + 4].copy_from_slice(&t.addr.port().to_be_bytes());
+    b[p + 4..p + 8].copy_from_slice(&seg.seq.to_be_bytes());
+    b[p + 12] = ((tcp_len / 4) as u8) << 4;
+    b[p + 13] = seg.flags;
+    if syn {
+        b[p + 14..p + 16].copy_from_slice(&64240u16.to_be_bytes());
+        // MSS 1360: what fits a 1500-byte fabric under the tunnel.
+        b[p + 20..p + 24].copy_from_slice(&[2, 4, 0x05, 0x50]);
+    }
+    // The checksum over the pseudo-header and the segment.
+    let mut sum = checksum::sum_bytes(0, &b[i + 12..i + 20]);
+    sum += 6 + tcp_len as u32;
+    sum = checksum::sum_bytes(sum, &b[p..p + tcp_len]);
+    let csum = checksum::fold(sum);
+    b[p + 16..p + 18].copy_from_slice(&csum.to_be_bytes());
+    Frame {
+        to: SocketAddrV4::new(t.vtep, VXLAN_PORT),
+        len: p + tcp_len,
+        bytes: b,
+    }
+}
+
+/// A probe in flight.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    isn: u32,
+    sent_ns: u64,
+    timeout_ms: u64,
+}
+
+/// What the half-open prober has done since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SynStats {
+    pub sent: u64,
+    pub passed: u64,
+    pub refused: u64,
+    pub timed_out: u64,
+    /// Answers to no probe in flight (late, or not the probe's sequence).
+    pub stale: u64,
+    /// Resets sent to SYN-ACKs.
+    pub resets: u64,
+    pub send_errors: u64,
+}
+
+/// The half-open probes' bookkeeping, apart from the socket and the ring
+/// buffer: what is in flight, until when, and what to send.
+pub struct Flights {
+    host: HostSide,
+    /// (probe key, source port) → the probe.
+    inflight: HashMap<(u64, u16), InFlight>,
+    /// (deadline, probe key, source port, initial sequence number).
+    deadlines: BinaryHeap<Reverse<(u64, u64, u16, u32)>>,
+    /// The last round of each machine (the low bits of its source port).
+    rounds: HashMap<u64, u32>,
+    /// Frames to send, and the probe each SYN is (key, port) for.
+    pending: Vec<(Frame, Option<(u64, u16)>)>,
+    rng: u64,
+    pub stats: SynStats,
+}
+
+/// The half-open prober of one checker.
+pub struct SynProber {
+    pub flights: Flights,
+    sock: UdpSocket,
+    ring: AsyncFd<RingBuf<MapData>>,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: `bpf_ktime_get_ns`'s clock.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl SynProber {
+    /// The prober, with the socket it sends from and the ring buffer the
+    /// answers arrive in.
+    pub fn new(host: HostSide, ring: RingBuf<MapData>) -> anyhow::Result<SynProber> {
+        use anyhow::Context;
+        let sock = socket(host.vtep).with_context(|| format!("a UDP socket on the VTEP {}", host.vtep))?;
+        // SAFETY: the ring buffer owns its descriptor, and the AsyncFd owns
+        // the ring buffer: the descriptor outlives the registration.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .context("watching PROBE_REPLIES")?;
+        let mut seed = [0u8; 8];
+        // SAFETY: a buffer of the size given.
+        unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+        Ok(SynProber {
+            flights: Flights::new(host, u64::from_ne_bytes(seed)),
+            sock,
+            ring,
+        })
+    }
+
+    /// Sends what is queued; a probe whose SYN could not be sent fails
+    /// with the reason.
+    pub fn flush(&mut self, failed: &mut Vec<(u64, Probe)>) {
+        let sock = &self.sock;
+        self.flights.flush(&mut |batch| send_batch(sock, batch), failed);
+    }
+
+    /// Waits until the ring buffer has answers.
+    pub async fn readable(&mut self) -> std::io::Result<()> {
+        let mut guard = self.ring.readable_mut().await?;
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Takes every answer out of the ring buffer: results to `out`, resets
+    /// queued for the SYN-ACKs. `target` finds a probe's machine by key.
+    pub fn read(&mut self, target: &dyn Fn(u64) -> Option<Target>, out: &mut Vec<(u64, Probe)>) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<SynProbeReply>() {
+                continue;
+            }
+            // SAFETY: the record is at least a SynProbeReply, plain data.
+            let r = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<SynProbeReply>()) };
+            drop(item);
+            self.flights.answer(r, target, out);
+        }
+    }
+}
+
+impl Flights {
+    pub fn new(host: HostSide, seed: u64) -> Flights {
+        Flights {
+            host,
+            inflight: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+            rounds: HashMap::new(),
+            pending: Vec::new(),
+            rng: seed | 1,
+            stats: SynStats::default(),
+        }
+    }
+
+    fn next_isn(&mut self) -> u32 {
+        // xorshift64*: unpredictable enough that an answer must have seen
+        // the probe.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
+    }
+
+    /// Queues the SYN of a probe of `t` (sent by [`SynProber::flush`]).
+    pub fn probe(&mut self, key: u64, t: &Target) {
+        let round = self.rounds.entry(key).or_insert(0);
+        *round = round.wrapping_add(1);
+        let sport = syn_probe_port(slot(t.machine) as u32, *round);
+        let isn = self.next_isn();
+        let f = frame(
+            &self.host,
+            t,
+            Segment {
+                sport,
+                seq: isn,
+                flags: TCP_SYN_FLAG,
+            },
+        );
+        self.inflight.insert(
+            (key, sport),
+            InFlight {
+                isn,
+                sent_ns: 0,
+                timeout_ms: t.timeout.as_millis() as u64,
+            },
+        );
+        self.pending.push((f, Some((key, sport))));
+    }
+
+    /// Probes in flight.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Hands what is queued to `send` (which sends a prefix of a batch and
+    /// says how long); a probe whose SYN could not be sent fails with the
+    /// reason.
+    pub fn flush(
+        &mut self,
+        send: &mut dyn FnMut(&[(Frame, Option<(u64, u16)>)]) -> std::io::Result<usize>,
+        failed: &mut Vec<(u64, Probe)>,
+    ) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let now = mono_ns();
+        let mut start = 0;
+        while start < pending.len() {
+            let batch = &pending[start..];
+            match send(batch) {
+                Ok(n) if n > 0 => {
+                    for (_, probe) in &batch[..n] {
+                        match probe {
+                            Some(k) => self.sent(*k, now),
+                            None => self.stats.resets += 1,
+                        }
+                    }
+                    start += n;
+                }
+                res => {
+                    let e = res.err().unwrap_or_else(|| std::io::ErrorKind::WouldBlock.into());
+                    // The first of the batch failed: its probe fails with
+                    // the reason; the rest is tried again.
+                    let (f, probe) = &batch[0];
+                    self.stats.send_errors += 1;
+                    if let Some(k) = probe
+                        && self.inflight.remove(k).is_some()
+                    {
+                        failed.push((
+                            k.0,
+                            Probe::Fail {
+                                why: format!("sending the probe to the VTEP {}: {e}", f.to.ip()),
+                            },
+                        ));
+                    }
+                    start += 1;
+                }
+            }
+        }
+        let mut pending = pending;
+        pending.clear();
+        self.pending = pending;
+    }
+
+    fn sent(&mut self, k: (u64, u16), now: u64) {
+        if let Some(p) = self.inflight.get_mut(&k) {
+            p.sent_ns = now;
+            self.stats.sent += 1;
+            let deadline = now + p.timeout_ms * 1_000_000;
+            self.deadlines.push(Reverse((deadline, k.0, k.1, p.isn)));
+        }
+    }
+
+    /// When the next probe in flight times out (CLOCK_MONOTONIC ns).
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.deadlines.peek().map(|Reverse(d)| d.0)
+    }
+
+    /// Fails the probes whose time is up.
+    pub fn expire(&mut self, now: u64, out: &mut Vec<(u64, Probe)>) {
+        while let Some(Reverse((deadline, key, port, isn))) = self.deadlines.peek().copied() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop();
+            match self.inflight.get(&(key, port)) {
+                Some(p) if p.isn == isn => {
+                    let ms = p.timeout_ms;
+                    self.inflight.remove(&(key, port));
+                    self.stats.timed_out += 1;
+                    out.push((
+                        key,
+                        Probe::Fail {
+                            why: format!("no answer within {ms} ms"),
+                        },
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// One answer.
+    pub fn answer(&mut self, r: SynProbeReply, target: &dyn Fn(u64) -> Option<Target>, out: &mut Vec<(u64, Probe)>) {
+        if !(SYN_PROBE_PORT_BASE..SYN_PROBE_PORT_BASE + SYN_PROBE_PORTS).contains(&r.port) {
+            self.stats.stale += 1;
+            return;
+        }
+        let slot = u32::from((r.port - SYN_PROBE_PORT_BASE) >> 7);
+        let key = u64::from(dataplane_common::types::probe_mark(r.tenant, slot));
+        let Some(t) = target(key) else {
+            self.stats.stale += 1;
+            return;
+        };
+        // The answer must come from the VIP and port probed.
+        if Ipv4Addr::from(r.vip) != *t.addr.ip() || r.vip_port != t.addr.port() {
+            self.stats.stale += 1;
+            return;
+        }
+        let synack = r.flags & (TCP_SYN_FLAG | TCP_ACK) == TCP_SYN_FLAG | TCP_ACK;
+        if synack {
+            // Whatever probe it answers, the machine forgets it.
+            let f = frame(
+                &self.host,
+                &t,
+                Segment {
+                    sport: r.port,
+                    seq: r.ack,
+                    flags: TCP_RST_FLAG,
+                },
+            );
+            self.pending.push((f, None));
+        }
+        let k = (key, r.port);
+        let Some(p) = self.inflight.get(&k).copied() else {
+            self.stats.stale += 1;
+            return;
+        };
+        if r.ack != p.isn.wrapping_add(1) || r.flags & TCP_ACK == 0 {
+            self.stats.stale += 1;
+            return;
+        }
+        let probe = if synack {
+            self.stats.passed += 1;
+            Probe::Pass {
+                latency_us: (r.ts_ns.saturating_sub(p.sent_ns) / 1000).min(u64::from(u32::MAX)) as u32,
+            }
+        } else if r.flags & (TCP_RST_FLAG | TCP_FIN) != 0 {
+            self.stats.refused += 1;
+            Probe::Fail {
+                why: format!("connect {}: refused (reset)", t.addr),
+            }
+        } else {
+            self.stats.stale += 1;
+            return;
+        };
+        self.inflight.remove(&k);
+        out.push((key, probe));
+    }
+
+    /// Forgets the probes of machines no longer probed.
+    pub fn retain(&mut self, keep: &dyn Fn(u64) -> bool) {
+        self.inflight.retain(|k, _| keep(k.0));
+        self.rounds.retain(|k, _| keep(*k));
+    }
+}
+
+/// A UDP socket on the host's VTEP (any port): the outer packets are the
+/// host's own, routed to the machine's VTEP like the tunnel traffic.
+fn socket(vtep: Ipv4Addr) -> std::io::Result<UdpSocket> {
+    // SAFETY: socket(2); the descriptor is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor of ours.
+    let sock = unsafe { <UdpSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // The VTEP may be on the fabric device or only in the host config.
+    set_opt(fd, libc::IPPROTO_IP, libc::IP_FREEBIND, 1)?;
+    // Room for a second of 40,000 SYNs and their resets.
+    let _ = set_opt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, 4 << 20);
+    // The outer packets are not VXLAN offloads' business: no checksum.
+    let _ = set_opt(fd, libc::SOL_SOCKET, libc::SO_NO_CHECK, 1);
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(vtep).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: a valid address of the size given.
+    let rc = unsafe {
+        libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(sock)
+}
+
+fn set_opt(fd: i32, level: i32, opt: i32, value: i32) -> std::io::Result<()> {
+    // SAFETY: an int option.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends up to 256 frames in one system call; how many went.
+fn send_batch(sock: &UdpSocket, frames: &[(Frame, Option<(u64, u16)>)]) -> std::io::Result<usize> {
+    const MAX: usize = 256;
+    let n = frames.len().min(MAX);
+    let mut addrs: Vec<libc::sockaddr_in> = Vec::with_capacity(n);
+    let mut iovs: Vec<libc::iovec> = Vec::with_capacity(n);
+    for (f, _) in &frames[..n] {
+        addrs.push(libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: f.to.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*f.to.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        });
+        iovs.push(libc::iovec {
+            iov_base: f.bytes.as_ptr() as *mut libc::c_void,
+            iov_len: f.len,
+        });
+    }
+    let mut msgs: Vec<libc::mmsghdr> = (0..n)
+        .map(|i| {
+            // SAFETY: plain data; all zero is a valid msghdr.
+            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+            h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_iov = &mut iovs[i];
+            h.msg_iovlen = 1;
+            libc::mmsghdr { msg_hdr: h, msg_len: 0 }
+        })
+        .collect();
+    // SAFETY: n valid headers pointing at live buffers.
+    let rc = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), n as libc::c_uint, 0) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(rc as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::health::{Machine, Role};
+
+    fn target() -> Target {
+        Target {
+            tenant: 7,
+            machine: Machine {
+                role: Role::Core,
+                index: 1,
+            },
+            addr: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 61616),
+            tls: false,
+            timeout: Duration::from_millis(500),
+            interval_ms: 1000,
+            vni: 1001,
+            vtep: Ipv4Addr::new(10, 200, 1, 21),
+            mac: [2, 0, 10, 200, 1, 0x15],
+        }
+    }
+
+    fn host() -> HostSide {
+        HostSide {
+            vtep: Ipv4Addr::new(10, 200, 0, 1),
+            router_mac: [2, 0, 0, 0, 0, 1],
+            source: Ipv4Addr::new(192, 0, 0, 8),
+        }
+    }
+
+    /// The one's complement sum of `b` folded: zero for a valid checksum.
+    fn verify(sum: u32) -> u16 {
+        checksum::fold(sum)
+    }
+
+    #[test]
+    fn a_syn_is_a_clients_syn_through_the_machines_tunnel() {
+        let t = target();
+        let f = frame(
+            &host(),
+            &t,
+            Segment {
+                sport: syn_probe_port(3, 5),
+                seq: 0xdead_beef,
+                flags: TCP_SYN_FLAG,
+            },
+        );
+        let b = &f.bytes[..f.len];
+        assert_eq!(f.to, SocketAddrV4::new(t.vtep, 4789));
+        assert_eq!(f.len, 8 + 14 + 20 + 24);
+        assert_eq!(&b[..8], &[0x08, 0, 0, 0, 0, 0x03, 0xe9, 0]);
+        assert_eq!(&b[8..14], &t.mac);
+        assert_eq!(&b[14..20], &host().router_mac);
+        assert_eq!(&b[20..22], &[0x08, 0x00]);
+        let ip = &b[22..42];
+        assert_eq!(verify(checksum::sum_bytes(0, ip)), 0, "IPv4 header checksum");
+        assert_eq!(&ip[12..16], &[192, 0, 0, 8]);
+        assert_eq!(&ip[16..20], &[203, 0, 113, 10]);
+        assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 44);
+        let tcp = &b[42..];
+        assert_eq!(u16::from_be_bytes([tcp[0], tcp[1]]), 512 + (3 << 7) + 5);
+        assert_eq!(u16::from_be_bytes([tcp[2], tcp[3]]), 61616);
+        assert_eq!(&tcp[4..8], &0xdead_beefu32.to_be_bytes());
+        assert_eq!(tcp[12] >> 4, 6);
+        assert_eq!(tcp[13], TCP_SYN_FLAG);
+        let mut sum = checksum::sum_bytes(0, &ip[12..20]);
+        sum += 6 + tcp.len() as u32;
+        assert_eq!(verify(checksum::sum_bytes(sum, tcp)), 0, "TCP checksum");
+    }
+
+    #[test]
+    fn a_reset_has_no_options_and_the_sequence_asked_for() {
+        let f = frame(
+            &host(),
+            &target(),
+            Segment {
+                sport: 600,
+                seq: 42,
+                flags: TCP_RST_FLAG,
+            },
+        );
+        let b = &f.bytes[..f.len];
+        assert_eq!(f.len, 8 + 14 + 20 + 20);
+        let tcp = &b[42..];
+        assert_eq!((tcp[12] >> 4, tcp[13]), (5, TCP_RST_FLAG));
+        assert_eq!(&tcp[4..8], &42u32.to_be_bytes());
+        let mut sum = checksum::sum_bytes(0, &b[22 + 12..22 + 20]);
+        sum += 6 + 20;
+        assert_eq!(verify(checksum::sum_bytes(sum, tcp)), 0);
+    }
+}
