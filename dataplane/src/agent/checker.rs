@@ -142,16 +142,9 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits for answers to half-open probes (never, without the prober).
-async fn syn_readable(syn: &mut Option<SynProber>) {
-    let Some(p) = syn.as_mut() else {
-        return std::future::pending().await;
-    };
-    if let Err(e) = p.readable().await {
-        tracing::error!(error = %e, "the probe answers' ring buffer stopped: TCP checks by connect from now on");
-        *syn = None;
-    }
-}
+/// The checker's turn: probes due meanwhile are sent together, answers
+/// read, time-outs decided, at most this often.
+const TURN: Duration = Duration::from_millis(5);
 
 fn send_results(targets: &Targets, results: &mut Vec<(u64, Probe)>, out: &mpsc::UnboundedSender<Reply>) {
     for (key, probe) in results.drain(..) {
@@ -176,14 +169,24 @@ async fn run(
     let tls = Arc::new(tls_connector());
     let mut due = Vec::new();
     let mut results = Vec::new();
+    let mut last_turn = Instant::now();
     loop {
         let mut wait = match schedule.next_due() {
             Some(t) => Duration::from_millis(t.saturating_sub(now_ms())),
             None => Duration::from_secs(3600),
         };
-        if let Some(d) = syn.as_ref().and_then(|p| p.flights.next_deadline()) {
-            wait = wait.min(Duration::from_nanos(d.saturating_sub(mono_ns())));
+        if let Some(p) = syn.as_ref()
+            && p.flights.in_flight() > 0
+        {
+            // Answers are polled: every turn while probes are out.
+            wait = wait.min(TURN);
+            if let Some(d) = p.flights.next_deadline() {
+                wait = wait.min(Duration::from_nanos(d.saturating_sub(mono_ns())));
+            }
         }
+        // One turn per `TURN` at most: what falls due meanwhile goes out
+        // together, in one system call.
+        wait = wait.max(TURN.saturating_sub(last_turn.elapsed()));
         tokio::select! {
             changed = rx.changed() => {
                 if changed.is_err() {
@@ -217,13 +220,10 @@ async fn run(
                     }
                 }
             }
-            _ = syn_readable(&mut syn) => {
-                if let Some(p) = syn.as_mut() {
-                    p.read(&|k| targets.get(&k).cloned(), &mut results);
-                }
-            }
         }
+        last_turn = Instant::now();
         if let Some(p) = syn.as_mut() {
+            p.read(&|k| targets.get(&k).cloned(), &mut results);
             p.flush(&mut results);
             p.flights.expire(mono_ns(), &mut results);
         }

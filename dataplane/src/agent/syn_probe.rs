@@ -10,21 +10,21 @@
 //! `PROBE_REPLIES` ring buffer and drops it. A SYN-ACK that acknowledges
 //! the probe's own initial sequence number passes it, a reset fails it
 //! ("refused"), silence until the timeout fails it; every SYN-ACK is
-//! answered with a reset, so the machine keeps nothing of a probe.
+//! answered with a reset, so the machine keeps nothing of a probe: by the
+//! fabric program itself (turned around in place, `XDP_TX`), or by the
+//! agent for the frames it cannot turn (VLAN tags, IP options).
 //!
 //! That is what the kernel's connect would decide, at a fraction of the
 //! cost: no socket, no file descriptor, no connection state, no timer per
 //! probe; one heap of deadlines, one table of the probes in flight.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 
 use aya::maps::{MapData, RingBuf};
 use dataplane_common::checksum;
 use dataplane_common::types::{SYN_PROBE_PORT_BASE, SYN_PROBE_PORTS, SynProbeReply, VXLAN_PORT, syn_probe_port};
-use tokio::io::unix::AsyncFd;
 
 use super::checker::Target;
 use crate::health::Probe;
@@ -149,8 +149,10 @@ pub struct Flights {
     host: HostSide,
     /// (probe key, source port) → the probe.
     inflight: HashMap<(u64, u16), InFlight>,
-    /// (deadline, probe key, source port, initial sequence number).
-    deadlines: BinaryHeap<Reverse<(u64, u64, u16, u32)>>,
+    /// (deadline, probe key, source port, initial sequence number), one
+    /// queue per timeout: each is in deadline order as probes are sent, so
+    /// timing out is a look at the queues' heads.
+    deadlines: HashMap<u64, VecDeque<(u64, u64, u16, u32)>>,
     /// The last round of each machine (the low bits of its source port).
     rounds: HashMap<u64, u32>,
     /// Frames to send, and the probe each SYN is (key, port) for.
@@ -163,7 +165,10 @@ pub struct Flights {
 pub struct SynProber {
     pub flights: Flights,
     sock: UdpSocket,
-    ring: AsyncFd<RingBuf<MapData>>,
+    /// Polled at every turn of the checker: the fabric program does not
+    /// wake anyone for an answer (40,000 wake-ups a second cost more than
+    /// the answers).
+    ring: RingBuf<MapData>,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: `bpf_ktime_get_ns`'s clock.
@@ -180,10 +185,6 @@ impl SynProber {
     pub fn new(host: HostSide, ring: RingBuf<MapData>) -> anyhow::Result<SynProber> {
         use anyhow::Context;
         let sock = socket(host.vtep).with_context(|| format!("a UDP socket on the VTEP {}", host.vtep))?;
-        // SAFETY: the ring buffer owns its descriptor, and the AsyncFd owns
-        // the ring buffer: the descriptor outlives the registration.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .context("watching PROBE_REPLIES")?;
         let mut seed = [0u8; 8];
         // SAFETY: a buffer of the size given.
         unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
@@ -201,18 +202,10 @@ impl SynProber {
         self.flights.flush(&mut |batch| send_batch(sock, batch), failed);
     }
 
-    /// Waits until the ring buffer has answers.
-    pub async fn readable(&mut self) -> std::io::Result<()> {
-        let mut guard = self.ring.readable_mut().await?;
-        guard.clear_ready();
-        Ok(())
-    }
-
     /// Takes every answer out of the ring buffer: results to `out`, resets
     /// queued for the SYN-ACKs. `target` finds a probe's machine by key.
     pub fn read(&mut self, target: &dyn Fn(u64) -> Option<Target>, out: &mut Vec<(u64, Probe)>) {
-        let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
+        while let Some(item) = self.ring.next() {
             if item.len() < std::mem::size_of::<SynProbeReply>() {
                 continue;
             }
@@ -229,7 +222,7 @@ impl Flights {
         Flights {
             host,
             inflight: HashMap::new(),
-            deadlines: BinaryHeap::new(),
+            deadlines: HashMap::new(),
             rounds: HashMap::new(),
             pending: Vec::new(),
             rng: seed | 1,
@@ -333,25 +326,27 @@ impl Flights {
             p.sent_ns = now;
             self.stats.sent += 1;
             let deadline = now + p.timeout_ms * 1_000_000;
-            self.deadlines.push(Reverse((deadline, k.0, k.1, p.isn)));
+            self.deadlines
+                .entry(p.timeout_ms)
+                .or_default()
+                .push_back((deadline, k.0, k.1, p.isn));
         }
     }
 
     /// When the next probe in flight times out (CLOCK_MONOTONIC ns).
     pub fn next_deadline(&self) -> Option<u64> {
-        self.deadlines.peek().map(|Reverse(d)| d.0)
+        self.deadlines.values().filter_map(|q| q.front().map(|d| d.0)).min()
     }
 
     /// Fails the probes whose time is up.
     pub fn expire(&mut self, now: u64, out: &mut Vec<(u64, Probe)>) {
-        while let Some(Reverse((deadline, key, port, isn))) = self.deadlines.peek().copied() {
-            if deadline > now {
-                break;
-            }
-            self.deadlines.pop();
-            match self.inflight.get(&(key, port)) {
-                Some(p) if p.isn == isn => {
-                    let ms = p.timeout_ms;
+        for (ms, q) in self.deadlines.iter_mut() {
+            while let Some(&(deadline, key, port, isn)) = q.front() {
+                if deadline > now {
+                    break;
+                }
+                q.pop_front();
+                if self.inflight.get(&(key, port)).is_some_and(|p| p.isn == isn) {
                     self.inflight.remove(&(key, port));
                     self.stats.timed_out += 1;
                     out.push((
@@ -361,9 +356,9 @@ impl Flights {
                         },
                     ));
                 }
-                _ => {}
             }
         }
+        self.deadlines.retain(|_, q| !q.is_empty());
     }
 
     /// One answer.
@@ -384,8 +379,9 @@ impl Flights {
             return;
         }
         let synack = r.flags & (TCP_SYN_FLAG | TCP_ACK) == TCP_SYN_FLAG | TCP_ACK;
-        if synack {
-            // Whatever probe it answers, the machine forgets it.
+        if synack && r.reset == 0 {
+            // Whatever probe it answers, the machine forgets it (the fabric
+            // program answers most SYN-ACKs itself).
             let f = frame(
                 &self.host,
                 &t,
@@ -449,6 +445,10 @@ fn socket(vtep: Ipv4Addr) -> std::io::Result<UdpSocket> {
     let sock = unsafe { <UdpSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     // The VTEP may be on the fabric device or only in the host config.
     set_opt(fd, libc::IPPROTO_IP, libc::IP_FREEBIND, 1)?;
+    // Don't fragment: no IP identifier to draw from the shared generator
+    // for each packet (they are small, and the path's MTU is not theirs
+    // to probe).
+    set_opt(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_PROBE)?;
     // Room for a second of 40,000 SYNs and their resets.
     let _ = set_opt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, 4 << 20);
     // The outer packets are not VXLAN offloads' business: no checksum.
