@@ -13,7 +13,7 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_FIXED_GSO, BPF_RB_NO_WAKEUP, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
         xdp_action,
     },
-    helpers::{bpf_ktime_get_ns, bpf_redirect_neigh, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    helpers::{bpf_ktime_get_ns, bpf_redirect_neigh, bpf_xdp_adjust_head},
     programs::{TcContext, XdpContext},
 };
 use dataplane_common::{
@@ -26,7 +26,7 @@ use aya_log_ebpf::debug;
 
 use crate::allow_choose as steer;
 use crate::maps::{PROBE_HOST, PROBE_REPLIES, active_gen, host_config};
-use crate::packet::{ETH_LEN, ETH_P_IPV4, IPPROTO_TCP, frame_len, ptr_at_mut, read, write};
+use crate::packet::{ETH_LEN, ETH_P_IPV4, IPPROTO_TCP, read, write};
 use crate::parse::Flow;
 use crate::send_encap::ENCAP_OVERHEAD;
 use crate::verdict::Refused;
@@ -136,10 +136,6 @@ pub fn syn_reply(ctx: &XdpContext, inner: &Flow, tenant: u32, origin: u32) -> Op
     let Some(nums) = read::<[u8; 8]>(ctx, inner.l4_off + 4) else {
         return Some(xdp_action::XDP_DROP);
     };
-    // A SYN-ACK is answered here, with a reset, so that the machine keeps
-    // nothing of the probe; the agent sends the resets this cannot.
-    let synack = inner.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
-    let reset = synack && reset_in_place(ctx, u32::from_be_bytes([nums[4], nums[5], nums[6], nums[7]]));
     if let Some(mut entry) = PROBE_REPLIES.reserve::<SynProbeReply>(0) {
         entry.write(SynProbeReply {
             // SAFETY: plain helper call.
@@ -152,114 +148,12 @@ pub fn syn_reply(ctx: &XdpContext, inner: &Flow, tenant: u32, origin: u32) -> Op
             port: inner.dport,
             origin: origin as u8,
             flags: inner.tcp_flags,
-            reset: u8::from(reset),
-            _pad: [0; 5],
+            _pad: [0; 6],
         });
         // No wake-up: the agent polls the ring at its own pace.
         entry.submit(BPF_RB_NO_WAKEUP as u64);
     }
-    Some(if reset {
-        xdp_action::XDP_TX
-    } else {
-        xdp_action::XDP_DROP
-    })
-}
-
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
-const TCP_RST: u8 = 0x04;
-/// The offsets of a tunnel frame without VLAN tags or IP options: outer
-/// IPv4, UDP, inner Ethernet, inner IPv4, TCP; and the reset's length.
-const O_IP: usize = 14;
-const O_UDP: usize = O_IP + 20;
-const I_ETH: usize = O_UDP + 16;
-const I_IP: usize = I_ETH + 14;
-const I_TCP: usize = I_IP + 20;
-const RST_LEN: usize = I_TCP + 20;
-
-/// Turns the SYN-ACK in the frame into the reset that answers it, back
-/// through the same tunnel: addresses, MACs and ports swapped, the
-/// sequence number the SYN-ACK acknowledged, no options, cut to length.
-/// Only for frames without VLAN tags or IP options (`false` otherwise, and
-/// for anything that does not fit; the agent then sends the reset).
-/// Rewritten where it lies: no copies on the fabric program's stack.
-#[inline(always)]
-fn reset_in_place(ctx: &XdpContext, ack: u32) -> bool {
-    if frame_len(ctx) < RST_LEN {
-        return false;
-    }
-    let (Some(eth), Some(oip), Some(udp), Some(ieth), Some(iip), Some(tcp)) = (
-        ptr_at_mut::<[u8; 12]>(ctx, 0),
-        ptr_at_mut::<[u8; 20]>(ctx, O_IP),
-        ptr_at_mut::<[u8; 8]>(ctx, O_UDP),
-        ptr_at_mut::<[u8; 12]>(ctx, I_ETH),
-        ptr_at_mut::<[u8; 20]>(ctx, I_IP),
-        ptr_at_mut::<[u8; 20]>(ctx, I_TCP),
-    ) else {
-        return false;
-    };
-    // SAFETY: each lies inside the packet (checked by ptr_at_mut), they do
-    // not overlap, and nothing else refers to the packet meanwhile.
-    let (eth, oip, udp, ieth, iip, tcp) =
-        unsafe { (&mut *eth, &mut *oip, &mut *udp, &mut *ieth, &mut *iip, &mut *tcp) };
-    if oip[0] != 0x45 || iip[0] != 0x45 {
-        return false;
-    }
-    swap6(eth);
-    swap6(ieth);
-    // Outer IPv4: back to the VTEP it came from.
-    swap4(oip);
-    oip[2..4].copy_from_slice(&((RST_LEN - O_IP) as u16).to_be_bytes());
-    oip[8] = 64;
-    oip[10] = 0;
-    oip[11] = 0;
-    let c = checksum::fold(checksum::sum_bytes(0, &oip[..]));
-    oip[10..12].copy_from_slice(&c.to_be_bytes());
-    // UDP: the same ports (VXLAN to 4789), the new length, no checksum.
-    udp[4..6].copy_from_slice(&((RST_LEN - O_UDP) as u16).to_be_bytes());
-    udp[6] = 0;
-    udp[7] = 0;
-    // Inner IPv4.
-    swap4(iip);
-    iip[2..4].copy_from_slice(&40u16.to_be_bytes());
-    iip[8] = 64;
-    iip[10] = 0;
-    iip[11] = 0;
-    let c = checksum::fold(checksum::sum_bytes(0, &iip[..]));
-    iip[10..12].copy_from_slice(&c.to_be_bytes());
-    // TCP: the reset, with the sequence number the SYN-ACK acknowledged.
-    for i in 0..2 {
-        tcp.swap(i, i + 2);
-    }
-    tcp[4..8].copy_from_slice(&ack.to_be_bytes());
-    for b in tcp[8..20].iter_mut() {
-        *b = 0;
-    }
-    tcp[12] = 5 << 4;
-    tcp[13] = TCP_RST;
-    let sum = checksum::sum_bytes(checksum::sum_bytes(6 + 20, &iip[12..20]), &tcp[..]);
-    let c = checksum::fold(sum);
-    tcp[16..18].copy_from_slice(&c.to_be_bytes());
-    // The volatile read keeps LLVM from folding this into arithmetic on
-    // the packet-end pointer, which the verifier forbids.
-    let cur = frame_len(ctx) as i32;
-    // SAFETY: reading a local; valid context; only shrinks.
-    unsafe { bpf_xdp_adjust_tail(ctx.ctx, RST_LEN as i32 - core::ptr::read_volatile(&cur)) == 0 }
-}
-
-#[inline(always)]
-fn swap6(h: &mut [u8; 12]) {
-    for i in 0..6 {
-        h.swap(i, i + 6);
-    }
-}
-
-/// Swaps an IPv4 header's source and destination.
-#[inline(always)]
-fn swap4(h: &mut [u8; 20]) {
-    for i in 12..16 {
-        h.swap(i, i + 4);
-    }
+    Some(xdp_action::XDP_DROP)
 }
 
 /// Strips the tunnel headers of a probe reply (whose inner Ethernet header

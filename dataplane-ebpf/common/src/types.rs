@@ -330,9 +330,7 @@ pub struct SynProbeReply {
     pub origin: u8,
     /// TCP flags.
     pub flags: u8,
-    /// 1: the fabric program answered this SYN-ACK with a reset itself.
-    pub reset: u8,
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 6],
 }
 
 /// Benchmarks only: which tunnel a responder's answer from `addr`, port

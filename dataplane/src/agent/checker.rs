@@ -144,7 +144,7 @@ fn now_ms() -> u64 {
 
 /// The checker's turn: probes due meanwhile are sent together, answers
 /// read, time-outs decided, at most this often.
-const TURN: Duration = Duration::from_millis(5);
+const TURN: Duration = Duration::from_millis(1);
 
 fn send_results(targets: &Targets, results: &mut Vec<(u64, Probe)>, out: &mpsc::UnboundedSender<Reply>) {
     for (key, probe) in results.drain(..) {

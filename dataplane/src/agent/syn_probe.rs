@@ -10,9 +10,8 @@
 //! `PROBE_REPLIES` ring buffer and drops it. A SYN-ACK that acknowledges
 //! the probe's own initial sequence number passes it, a reset fails it
 //! ("refused"), silence until the timeout fails it; every SYN-ACK is
-//! answered with a reset, so the machine keeps nothing of a probe: by the
-//! fabric program itself (turned around in place, `XDP_TX`), or by the
-//! agent for the frames it cannot turn (VLAN tags, IP options).
+//! answered with a reset, sent with the next SYNs, so the machine keeps
+//! nothing of a probe.
 //!
 //! That is what the kernel's connect would decide, at a fraction of the
 //! cost: no socket, no file descriptor, no connection state, no timer per
@@ -121,6 +120,10 @@ pub fn frame(host: &HostSide, t: &Target, seg: Segment) -> Frame {
     }
 }
 
+/// A frame to send, and the probe (key, source port) it is the SYN of;
+/// `None` for a reset.
+pub type Outgoing = (Frame, Option<(u64, u16)>);
+
 /// A probe in flight.
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
@@ -156,7 +159,7 @@ pub struct Flights {
     /// The last round of each machine (the low bits of its source port).
     rounds: HashMap<u64, u32>,
     /// Frames to send, and the probe each SYN is (key, port) for.
-    pending: Vec<(Frame, Option<(u64, u16)>)>,
+    pending: Vec<Outgoing>,
     rng: u64,
     pub stats: SynStats,
 }
@@ -275,7 +278,7 @@ impl Flights {
     /// reason.
     pub fn flush(
         &mut self,
-        send: &mut dyn FnMut(&[(Frame, Option<(u64, u16)>)]) -> std::io::Result<usize>,
+        send: &mut dyn FnMut(&[Outgoing]) -> std::io::Result<usize>,
         failed: &mut Vec<(u64, Probe)>,
     ) {
         if self.pending.is_empty() {
@@ -379,9 +382,8 @@ impl Flights {
             return;
         }
         let synack = r.flags & (TCP_SYN_FLAG | TCP_ACK) == TCP_SYN_FLAG | TCP_ACK;
-        if synack && r.reset == 0 {
-            // Whatever probe it answers, the machine forgets it (the fabric
-            // program answers most SYN-ACKs itself).
+        if synack {
+            // Whatever probe it answers, the machine forgets it.
             let f = frame(
                 &self.host,
                 &t,
@@ -493,7 +495,7 @@ fn set_opt(fd: i32, level: i32, opt: i32, value: i32) -> std::io::Result<()> {
 }
 
 /// Sends up to 256 frames in one system call; how many went.
-fn send_batch(sock: &UdpSocket, frames: &[(Frame, Option<(u64, u16)>)]) -> std::io::Result<usize> {
+fn send_batch(sock: &UdpSocket, frames: &[Outgoing]) -> std::io::Result<usize> {
     const MAX: usize = 256;
     let n = frames.len().min(MAX);
     let mut addrs: Vec<libc::sockaddr_in> = Vec::with_capacity(n);
@@ -622,5 +624,174 @@ mod tests {
         let mut sum = checksum::sum_bytes(0, &b[22 + 12..22 + 20]);
         sum += 6 + 20;
         assert_eq!(verify(checksum::sum_bytes(sum, tcp)), 0);
+    }
+
+    /// Sends every frame (or fails them all with `fail`), keeping copies.
+    fn flush(f: &mut Flights, sent: &mut Vec<Frame>, fail: Option<i32>) -> Vec<(u64, Probe)> {
+        let mut failed = Vec::new();
+        f.flush(
+            &mut |batch| match fail {
+                Some(errno) => Err(std::io::Error::from_raw_os_error(errno)),
+                None => {
+                    sent.extend(batch.iter().map(|(fr, _)| *fr));
+                    Ok(batch.len())
+                }
+            },
+            &mut failed,
+        );
+        failed
+    }
+
+    fn seq_of(f: &Frame) -> (u16, u32, u8) {
+        let tcp = &f.bytes[42..f.len];
+        (
+            u16::from_be_bytes([tcp[0], tcp[1]]),
+            u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+            tcp[13],
+        )
+    }
+
+    fn answer_to(t: &Target, port: u16, ack: u32, flags: u8, after_ns: u64) -> SynProbeReply {
+        SynProbeReply {
+            ts_ns: mono_ns() + after_ns,
+            tenant: t.tenant,
+            seq: 77,
+            ack,
+            vip: t.addr.ip().octets(),
+            vip_port: t.addr.port(),
+            port,
+            origin: 3,
+            flags,
+            _pad: [0; 6],
+        }
+    }
+
+    fn key(t: &Target) -> u64 {
+        u64::from(t.mark())
+    }
+
+    #[test]
+    fn a_syn_ack_acknowledging_the_probe_passes_it_and_is_reset() {
+        let t = target();
+        let lookup = |k: u64| (k == key(&target())).then(target);
+        let mut f = Flights::new(host(), 42);
+        f.probe(key(&t), &t);
+        let mut sent = Vec::new();
+        assert!(flush(&mut f, &mut sent, None).is_empty());
+        let (port, isn, flags) = seq_of(&sent[0]);
+        assert_eq!(flags, TCP_SYN_FLAG);
+        assert_eq!(f.in_flight(), 1);
+        let mut out = Vec::new();
+        f.answer(
+            answer_to(&t, port, isn.wrapping_add(1), TCP_SYN_FLAG | TCP_ACK, 250_000),
+            &lookup,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        assert!(
+            matches!(out[0], (k, Probe::Pass { latency_us }) if k == key(&t) && latency_us >= 250),
+            "{out:?}"
+        );
+        assert_eq!(f.in_flight(), 0);
+        // The SYN-ACK is reset with the sequence it acknowledged.
+        sent.clear();
+        flush(&mut f, &mut sent, None);
+        assert_eq!(seq_of(&sent[0]), (port, isn.wrapping_add(1), TCP_RST_FLAG));
+        assert_eq!(f.stats.resets, 1);
+        // A retransmitted SYN-ACK: stale, and reset all the same.
+        out.clear();
+        f.answer(
+            answer_to(&t, port, isn.wrapping_add(1), TCP_SYN_FLAG | TCP_ACK, 0),
+            &lookup,
+            &mut out,
+        );
+        assert!(out.is_empty());
+        assert_eq!(f.stats.stale, 1);
+        sent.clear();
+        flush(&mut f, &mut sent, None);
+        assert_eq!(seq_of(&sent[0]), (port, isn.wrapping_add(1), TCP_RST_FLAG));
+        assert_eq!(f.stats.resets, 2);
+        // Nothing left to time out.
+        f.expire(u64::MAX, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn answers_that_do_not_acknowledge_the_probe_count_for_nothing() {
+        let t = target();
+        let lookup = |k: u64| (k == key(&target())).then(target);
+        let mut f = Flights::new(host(), 7);
+        f.probe(key(&t), &t);
+        let mut sent = Vec::new();
+        flush(&mut f, &mut sent, None);
+        let (port, isn, _) = seq_of(&sent[0]);
+        let mut out = Vec::new();
+        // Another sequence number; another port; another VIP; no tenant.
+        f.answer(
+            answer_to(&t, port, isn.wrapping_add(2), TCP_SYN_FLAG | TCP_ACK, 0),
+            &lookup,
+            &mut out,
+        );
+        f.answer(
+            answer_to(&t, port ^ 1, isn.wrapping_add(1), TCP_SYN_FLAG | TCP_ACK, 0),
+            &lookup,
+            &mut out,
+        );
+        let mut other = answer_to(&t, port, isn.wrapping_add(1), TCP_SYN_FLAG | TCP_ACK, 0);
+        other.vip = [203, 0, 113, 11];
+        f.answer(other, &lookup, &mut out);
+        other = answer_to(&t, port, isn.wrapping_add(1), TCP_SYN_FLAG | TCP_ACK, 0);
+        other.tenant = 8;
+        f.answer(other, &lookup, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(f.stats.stale, 4);
+        assert_eq!(f.in_flight(), 1);
+        // A reset acknowledging the SYN: refused.
+        f.answer(
+            answer_to(&t, port, isn.wrapping_add(1), TCP_RST_FLAG | TCP_ACK, 0),
+            &lookup,
+            &mut out,
+        );
+        assert!(
+            matches!(&out[..], [(_, Probe::Fail { why })] if why.contains("refused")),
+            "{out:?}"
+        );
+        assert_eq!(f.in_flight(), 0);
+    }
+
+    #[test]
+    fn silence_fails_a_probe_at_its_timeout_and_not_before() {
+        let t = target();
+        let mut f = Flights::new(host(), 9);
+        f.probe(key(&t), &t);
+        let mut sent = Vec::new();
+        flush(&mut f, &mut sent, None);
+        let deadline = f.next_deadline().expect("a probe in flight");
+        let mut out = Vec::new();
+        f.expire(deadline - 1, &mut out);
+        assert!(out.is_empty());
+        f.expire(deadline, &mut out);
+        assert!(
+            matches!(&out[..], [(_, Probe::Fail { why })] if why == "no answer within 500 ms"),
+            "{out:?}"
+        );
+        assert_eq!((f.in_flight(), f.next_deadline()), (0, None));
+        // The next probe of the machine leaves from another port.
+        f.probe(key(&t), &t);
+        flush(&mut f, &mut sent, None);
+        assert_ne!(seq_of(&sent[0]).0, seq_of(&sent[1]).0);
+    }
+
+    #[test]
+    fn a_probe_that_cannot_be_sent_fails_with_the_reason() {
+        let t = target();
+        let mut f = Flights::new(host(), 11);
+        f.probe(key(&t), &t);
+        let failed = flush(&mut f, &mut Vec::new(), Some(libc::ENETUNREACH));
+        assert!(
+            matches!(&failed[..], [(_, Probe::Fail { why })] if why.contains("10.200.1.21") && why.contains("unreachable")),
+            "{failed:?}"
+        );
+        assert_eq!((f.in_flight(), f.stats.send_errors), (0, 1));
     }
 }

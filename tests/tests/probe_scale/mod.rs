@@ -108,7 +108,15 @@ impl Responder {
         // NAPI; GRO is on, so veth polls): otherwise the responder's TCP
         // stack would run in the softirq of whoever sent the packet, the
         // agent, and count as its CPU.
-        for (ns, dev) in [(host, "fabric"), (&ns, "fpeer")] {
+        // CARWASH_HEALTH_THREADED: `both` (the default), `responder` or
+        // `none`, to compare.
+        let threaded = std::env::var("CARWASH_HEALTH_THREADED").unwrap_or_else(|_| "both".into());
+        let devs: Vec<(&NetNs, &str)> = match threaded.as_str() {
+            "none" => vec![],
+            "responder" => vec![(&ns, "fpeer")],
+            _ => vec![(host, "fabric"), (&ns, "fpeer")],
+        };
+        for (ns, dev) in devs {
             let cmd = format!("echo 1 > /sys/class/net/{dev}/threaded");
             netlab::netns::run_checked(std::process::Command::new("ip").args([
                 "netns",
@@ -379,6 +387,12 @@ pub fn run(n: u32, probes: bool, window: Duration) -> Result<Figures> {
             eprintln!(
                 "{up} of {machines_n} machines up with a passing probe after {:?}; measuring anyway",
                 t0.elapsed()
+            );
+            let log = agent.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            eprintln!(
+                "the agent's log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
             break;
         }
