@@ -13,36 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use carwash_policy::{HttpsCheck, Tenant};
-use dataplane_common::types::probe_mark;
 use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, watch};
 
 use super::syn_probe::{SynProber, mono_ns};
-use crate::health::store::slot;
 use crate::health::{Machine, Probe, Role, Schedule};
 
-/// What to probe for one machine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub tenant: u32,
-    pub machine: Machine,
-    /// The VIP and port clients use.
-    pub addr: SocketAddrV4,
-    pub tls: bool,
-    pub timeout: Duration,
-    pub interval_ms: u64,
-    /// The tunnel to the machine: the tenant's VNI, the machine's VTEP and
-    /// inner MAC (the half-open probes write their packets whole).
-    pub vni: u32,
-    pub vtep: Ipv4Addr,
-    pub mac: [u8; 6],
-}
-
-impl Target {
-    pub fn mark(&self) -> u32 {
-        probe_mark(self.tenant, slot(self.machine) as u32)
-    }
-}
+pub use super::target::Target;
 
 /// One probe's result, for the loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -363,6 +340,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::store::slot;
 
     fn tenant(extra: &str) -> Tenant {
         let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/acme.toml");

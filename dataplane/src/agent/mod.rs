@@ -32,6 +32,7 @@ pub mod probing;
 pub mod server;
 pub mod status;
 pub mod syn_probe;
+pub mod target;
 use messages::Manual;
 use status::now_secs;
 pub(crate) mod sys;

@@ -25,7 +25,7 @@ use aya::maps::{MapData, RingBuf};
 use dataplane_common::checksum;
 use dataplane_common::types::{SYN_PROBE_PORT_BASE, SYN_PROBE_PORTS, SynProbeReply, VXLAN_PORT, syn_probe_port};
 
-use super::checker::Target;
+use super::target::Target;
 use crate::health::Probe;
 use crate::health::store::slot;
 
