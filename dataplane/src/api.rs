@@ -180,6 +180,29 @@ pub struct AgentStatus {
     /// This host's place in a fleet (`[cluster]`), if it is in one.
     #[serde(default)]
     pub cluster: Option<crate::cluster::ClusterStatus>,
+    /// The health checker's own counters, with `[probes]` on.
+    #[serde(default)]
+    pub probes: Option<ProbeStatus>,
+}
+
+/// What the health checker did since the agent started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeStatus {
+    /// Half-open probes (TCP checks) sent.
+    pub half_open_sent: u64,
+    /// Answers to no half-open probe in flight (late, or not its sequence).
+    pub stale_answers: u64,
+    /// Resets sent to machines' SYN-ACKs.
+    pub resets_sent: u64,
+    /// Probe packets the kernel would not send.
+    pub send_errors: u64,
+    /// Probes through a socket of their own (TLS checks).
+    pub socket_probes: u64,
+    /// Results the agent's loop had no room for (its queue was full): as
+    /// if the probe had not been made.
+    pub results_skipped: u64,
+    /// Half-open probes waiting for an answer.
+    pub in_flight: u64,
 }
 
 /// The event stream as the agent's hub counts it.

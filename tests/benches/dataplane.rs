@@ -159,6 +159,12 @@ fn health_at_scale(n: u32) -> anyhow::Result<()> {
         "| segments the responders sent again a second (probes left half open) | | {:.0} | 0 |",
         on.retransmitted_per_s,
     );
+    if let Some(p) = &on.probe_status {
+        println!(
+            "| checker since start: half-open sent / stale answers / resets / send errors / results skipped | | {} / {} / {} / {} / {} | |",
+            p.half_open_sent, p.stale_answers, p.resets_sent, p.send_errors, p.results_skipped
+        );
+    }
     println!(
         "| machines up at the end / transitions in the window | | {} of {} / {} | all / 0 |",
         4 * n as usize - on.not_up,

@@ -17,6 +17,7 @@ use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, watch};
 
 use super::syn_probe::{SynProber, mono_ns};
+use crate::api::ProbeStatus;
 use crate::health::{Machine, Probe, Role, Schedule};
 
 pub use super::target::Target;
@@ -86,16 +87,54 @@ pub struct Probing {
 /// apply.
 pub struct Checker {
     targets: watch::Sender<Arc<Targets>>,
+    /// The checker's counters, for `carwash status` and the metrics.
+    pub status: SharedStatus,
+}
+
+/// The checker's counters, updated at each of its turns.
+pub type SharedStatus = Arc<std::sync::Mutex<ProbeStatus>>;
+
+/// Results waiting for the agent's loop, in batches (one per turn of the
+/// checker): a second's worth at 1 ms turns. When it is full, results are
+/// skipped and counted (`ProbeStatus::results_skipped`), never queued
+/// without bound.
+pub const RESULT_BATCHES: usize = 1024;
+
+/// Where results go: a batch at a time, never blocking the checker.
+#[derive(Clone)]
+pub struct Results {
+    tx: mpsc::Sender<Vec<Reply>>,
+    status: SharedStatus,
+}
+
+impl Results {
+    fn send(&self, batch: Vec<Reply>) {
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(mpsc::error::TrySendError::Full(b)) = self.tx.try_send(batch) {
+            lock(&self.status).results_skipped += b.len() as u64;
+        }
+    }
+}
+
+fn lock(s: &SharedStatus) -> std::sync::MutexGuard<'_, ProbeStatus> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Checker {
     /// Starts the checker task; results arrive on `out`. With `syn`, the
     /// TCP checks are half-open probes (`super::syn_probe`); without, each
     /// is a socket's connect, like the TLS checks.
-    pub fn spawn(source: Ipv4Addr, out: mpsc::UnboundedSender<Reply>, syn: Option<SynProber>) -> Checker {
+    pub fn spawn(source: Ipv4Addr, out: mpsc::Sender<Vec<Reply>>, syn: Option<SynProber>) -> Checker {
         let (tx, rx) = watch::channel(Arc::new(Targets::new()));
-        tokio::spawn(run(source, rx, out, syn));
-        Checker { targets: tx }
+        let status = SharedStatus::default();
+        let results = Results {
+            tx: out,
+            status: status.clone(),
+        };
+        tokio::spawn(run(source, rx, results, syn));
+        Checker { targets: tx, status }
     }
 
     /// Replaces the set of machines probed (nothing happens if it is the
@@ -123,24 +162,21 @@ fn now_ms() -> u64 {
 /// read, time-outs decided, at most this often.
 const TURN: Duration = Duration::from_millis(1);
 
-fn send_results(targets: &Targets, results: &mut Vec<(u64, Probe)>, out: &mpsc::UnboundedSender<Reply>) {
-    for (key, probe) in results.drain(..) {
-        if let Some(t) = targets.get(&key) {
-            let _ = out.send(Reply {
+fn send_results(targets: &Targets, results: &mut Vec<(u64, Probe)>, out: &Results) {
+    let batch: Vec<Reply> = results
+        .drain(..)
+        .filter_map(|(key, probe)| {
+            targets.get(&key).map(|t| Reply {
                 tenant: t.tenant,
                 machine: t.machine,
                 probe,
-            });
-        }
-    }
+            })
+        })
+        .collect();
+    out.send(batch);
 }
 
-async fn run(
-    source: Ipv4Addr,
-    mut rx: watch::Receiver<Arc<Targets>>,
-    out: mpsc::UnboundedSender<Reply>,
-    mut syn: Option<SynProber>,
-) {
+async fn run(source: Ipv4Addr, mut rx: watch::Receiver<Arc<Targets>>, out: Results, mut syn: Option<SynProber>) {
     let mut schedule = Schedule::new();
     let mut targets: Arc<Targets> = Arc::new(Targets::new());
     let tls = Arc::new(tls_connector());
@@ -192,6 +228,7 @@ async fn run(
                     match syn.as_mut() {
                         Some(p) if !t.tls => p.flights.probe(*key, t),
                         _ => {
+                            lock(&out.status).socket_probes += 1;
                             tokio::spawn(probe_one(source, t.clone(), tls.clone(), out.clone()));
                         }
                     }
@@ -203,17 +240,19 @@ async fn run(
             p.read(&|k| targets.get(&k).cloned(), &mut results);
             p.flush(&mut results);
             p.flights.expire(mono_ns(), &mut results);
+            let st = p.flights.stats;
+            let mut status = lock(&out.status);
+            status.half_open_sent = st.sent;
+            status.stale_answers = st.stale;
+            status.resets_sent = st.resets;
+            status.send_errors = st.send_errors;
+            status.in_flight = p.flights.in_flight() as u64;
         }
         send_results(&targets, &mut results, &out);
     }
 }
 
-async fn probe_one(
-    source: Ipv4Addr,
-    t: Target,
-    tls: Arc<tokio_rustls::TlsConnector>,
-    out: mpsc::UnboundedSender<Reply>,
-) {
+async fn probe_one(source: Ipv4Addr, t: Target, tls: Arc<tokio_rustls::TlsConnector>, out: Results) {
     let start = Instant::now();
     let probe = match tokio::time::timeout(t.timeout, check(source, &t, &tls)).await {
         Ok(Ok(())) => Probe::Pass {
@@ -224,11 +263,11 @@ async fn probe_one(
             why: format!("no answer within {} ms", t.timeout.as_millis()),
         },
     };
-    let _ = out.send(Reply {
+    out.send(vec![Reply {
         tenant: t.tenant,
         machine: t.machine,
         probe,
-    });
+    }]);
 }
 
 async fn check(source: Ipv4Addr, t: &Target, tls: &tokio_rustls::TlsConnector) -> Result<(), String> {

@@ -97,6 +97,7 @@ pub struct AgentSnapshot {
     pub events: Option<crate::api::EventStreamStatus>,
     pub etcd: Option<crate::api::EtcdStatus>,
     pub cluster: Option<crate::cluster::ClusterStatus>,
+    pub probes: Option<crate::api::ProbeStatus>,
 }
 
 impl From<&AgentStatus> for AgentSnapshot {
@@ -110,6 +111,7 @@ impl From<&AgentStatus> for AgentSnapshot {
             events: s.events.clone(),
             etcd: s.etcd.clone(),
             cluster: s.cluster.clone(),
+            probes: s.probes.clone(),
         }
     }
 }
@@ -258,6 +260,49 @@ fn gauge<N: prometheus_client::encoding::EncodeGaugeValue>(
 
 fn one<N>(v: N) -> [(Labels, N); 1] {
     [(Vec::new(), v)]
+}
+
+/// The health checker's own counters.
+fn probe_metrics(e: &mut DescriptorEncoder, p: &crate::api::ProbeStatus) -> std::fmt::Result {
+    counters(
+        e,
+        "carwash_probes_sent",
+        "Health probes started, by kind: half_open (TCP checks, no socket) or socket (TLS checks).",
+        [
+            (vec![("kind", "half_open".to_string())], p.half_open_sent),
+            (vec![("kind", "socket".to_string())], p.socket_probes),
+        ],
+    )?;
+    counters(
+        e,
+        "carwash_probe_answers_stale",
+        "Answers to no half-open probe in flight (late, or not the probe's sequence).",
+        one(p.stale_answers),
+    )?;
+    counters(
+        e,
+        "carwash_probe_resets_sent",
+        "Resets sent to machines' SYN-ACKs (a machine keeps nothing of a probe).",
+        one(p.resets_sent),
+    )?;
+    counters(
+        e,
+        "carwash_probe_send_errors",
+        "Probe packets the kernel would not send (the probe fails with the reason).",
+        one(p.send_errors),
+    )?;
+    counters(
+        e,
+        "carwash_probe_results_skipped",
+        "Probe results the agent's loop had no room for (as if the probe had not been made).",
+        one(p.results_skipped),
+    )?;
+    gauge(
+        e,
+        "carwash_probes_in_flight",
+        "Half-open probes waiting for an answer.",
+        one(p.in_flight),
+    )
 }
 
 /// This host's place in a fleet and its announcements.
@@ -520,6 +565,9 @@ impl Collector for Snapshot {
             self.map_memory.iter().map(|(m, b)| (vec![("map", m.to_string())], *b)),
         )?;
         self.encode_events(e)?;
+        if let Some(p) = self.agent.as_ref().and_then(|a| a.probes.as_ref()) {
+            probe_metrics(e, p)?;
+        }
         if let Some(a) = &self.agent {
             gauge(
                 e,
@@ -1031,6 +1079,13 @@ mod tests {
                     handoffs_sent: 5,
                     handoffs_received: 4,
                 }),
+                probes: Some(crate::api::ProbeStatus {
+                    half_open_sent: 40,
+                    socket_probes: 3,
+                    results_skipped: 7,
+                    in_flight: 2,
+                    ..Default::default()
+                }),
             }),
             events: {
                 let mut e = vec![dataplane_common::events::EventCounts::default(); 7];
@@ -1085,6 +1140,10 @@ mod tests {
             "carwash_events_suppressed_total{type=\"translation\"} 0",
             "carwash_events_streamed_total{type=\"drop\"} 12",
             "carwash_events_monitor_lost_total 2",
+            "carwash_probes_sent_total{kind=\"half_open\"} 40",
+            "carwash_probes_sent_total{kind=\"socket\"} 3",
+            "carwash_probe_results_skipped_total 7",
+            "carwash_probes_in_flight 2",
             "carwash_event_log_ok 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");

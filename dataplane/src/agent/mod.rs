@@ -811,6 +811,10 @@ impl Agent {
             events: Some(self.events.status(&self.cfg.event_log)),
             etcd: self.etcd.clone(),
             cluster: self.cluster_status(),
+            probes: self
+                .probing
+                .as_ref()
+                .map(|p| p.checker.status.lock().unwrap_or_else(|e| e.into_inner()).clone()),
         }
     }
 
@@ -1088,16 +1092,11 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                     }
                     None => break,
                 },
-                reply = async { probe_rx.as_mut().expect("guarded").recv().await }, if probe_rx.is_some() => {
-                    if let Some(r) = reply {
+                batch = async { probe_rx.as_mut().expect("guarded").recv().await }, if probe_rx.is_some() => {
+                    // Results come 40,000 a second at scale, in batches
+                    // (one per turn of the checker).
+                    for r in batch.into_iter().flatten() {
                         agent.on_probe(r);
-                        // Results come 40,000 a second at scale: those
-                        // already waiting are taken in one turn of the loop.
-                        let rx = probe_rx.as_mut().expect("guarded");
-                        for _ in 0..256 {
-                            let Ok(r) = rx.try_recv() else { break };
-                            agent.on_probe(r);
-                        }
                     }
                 }
                 _ = hup.recv() => {

@@ -60,7 +60,7 @@ impl Agent {
     /// Sets up the probe path and starts the checker (with `[probes]`
     /// enabled). Without a probe path the agent runs on: drains and
     /// activations by hand still work, and the error is logged.
-    pub async fn start_probing(&mut self) -> Option<mpsc::UnboundedReceiver<Reply>> {
+    pub async fn start_probing(&mut self) -> Option<mpsc::Receiver<Vec<Reply>>> {
         if !self.cfg.probes.enabled {
             return None;
         }
@@ -86,7 +86,7 @@ impl Agent {
                 None
             }
         };
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(checker::RESULT_BATCHES);
         self.probing = Some(Probing {
             checker: Checker::spawn(self.cfg.probes.source, tx, syn),
             policies: HashMap::new(),

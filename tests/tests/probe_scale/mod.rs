@@ -73,6 +73,9 @@ pub struct Figures {
     /// Connections the responders accepted per second (checks that
     /// complete the handshake; none for half-open probes).
     pub accepted_per_s: f64,
+    /// The checker's own counters at the end (`carwash status`): results
+    /// its loop had no room for, answers to no probe, packets not sent.
+    pub probe_status: Option<dataplane::api::ProbeStatus>,
     /// Machines declared down or up again during the window.
     pub transitions_in_window: u64,
     /// Machines not up at the end.
@@ -415,6 +418,7 @@ pub fn run(n: u32, probes: bool, window: Duration) -> Result<Figures> {
     let (cpu1, acc1, seg1, elapsed) = (cpu_ticks(pid), responder.accepted(), responder.segments(), w0.elapsed());
     let (host1, resp1) = (napi_ticks("fabric"), napi_ticks("fpeer"));
     let rss = rss_kib(pid);
+    let probe_status = agent.status().probes;
     let after = machines(&health);
     let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let secs = elapsed.as_secs_f64();
@@ -453,6 +457,7 @@ pub fn run(n: u32, probes: bool, window: Duration) -> Result<Figures> {
         accepted_per_s: acc1.saturating_sub(acc0) as f64 / secs,
         transitions_in_window,
         not_up,
+        probe_status,
     })
 }
 
@@ -475,6 +480,15 @@ pub fn check(f: &Figures) -> Result<()> {
         bail!(
             "probes fell behind: {:.0} answered a second of {want:.0} due",
             f.probes_per_s()
+        );
+    }
+    // The loop kept up with the results.
+    if let Some(p) = &f.probe_status
+        && p.results_skipped != 0
+    {
+        bail!(
+            "{} probe results skipped: the agent's loop fell behind",
+            p.results_skipped
         );
     }
     // Every SYN-ACK answered: a machine keeps nothing of a probe.
