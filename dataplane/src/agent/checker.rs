@@ -1,10 +1,12 @@
 //! The checker: one task that probes every machine of every tenant on the
 //! shared [`Schedule`] (each machine at its own phase of its interval, so
-//! probes trickle instead of bursting), each probe a non-blocking connect
-//! (and TLS handshake, where the policy asks) with the policy's timeout,
-//! from the probe source address, marked with the machine's probe mark so
-//! the probe program carries it through that machine's tunnel. Results go
-//! to the agent's loop as messages; the loop owns the maps and decides.
+//! probes trickle instead of bursting), with the policy's timeout. A TCP
+//! check is a half-open probe (`super::syn_probe`: no socket); a TLS check
+//! is a non-blocking connect and handshake from the probe source address,
+//! marked with the machine's probe mark so the probe program carries it
+//! through that machine's tunnel. The task takes a turn at most once a
+//! millisecond. Results go to the agent's loop in batches on a bounded
+//! queue (skips counted); the loop owns the maps and decides.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
