@@ -19,6 +19,7 @@ use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, watch};
 
 use super::syn_probe::{SynProber, mono_ns};
+use super::sys::setsockopt as set_sockopt;
 use crate::api::ProbeStatus;
 use crate::health::{Machine, Probe, Role, Schedule};
 
@@ -305,23 +306,6 @@ async fn check(source: Ipv4Addr, t: &Target, tls: &tokio_rustls::TlsConnector) -
         tls.connect(name, stream)
             .await
             .map_err(|e| format!("TLS handshake with {}: {e}", t.addr))?;
-    }
-    Ok(())
-}
-
-fn set_sockopt<T>(fd: std::os::fd::RawFd, level: libc::c_int, opt: libc::c_int, value: &T) -> std::io::Result<()> {
-    // SAFETY: a valid socket and an option value of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            (value as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }

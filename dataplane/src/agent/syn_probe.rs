@@ -25,6 +25,7 @@ use aya::maps::{MapData, RingBuf};
 use dataplane_common::checksum;
 use dataplane_common::types::{SYN_PROBE_PORT_BASE, SYN_PROBE_PORTS, SynProbeReply, VXLAN_PORT, syn_probe_port};
 
+use super::sys::setsockopt;
 use super::target::Target;
 use crate::health::Probe;
 use crate::health::store::slot;
@@ -446,19 +447,19 @@ fn socket(vtep: Ipv4Addr) -> std::io::Result<UdpSocket> {
     // SAFETY: a fresh descriptor of ours.
     let sock = unsafe { <UdpSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     // The VTEP may be on the fabric device or only in the host config.
-    set_opt(fd, libc::IPPROTO_IP, libc::IP_FREEBIND, 1)?;
+    setsockopt(fd, libc::IPPROTO_IP, libc::IP_FREEBIND, &1i32)?;
     // Any source: the route lookup of each datagram skips the search for
     // the device that has the source address (`__ip_dev_find`, a few % of
     // the checker's CPU at 80,000 datagrams a second).
-    let _ = set_opt(fd, libc::IPPROTO_IP, libc::IP_TRANSPARENT, 1);
+    let _ = setsockopt(fd, libc::IPPROTO_IP, libc::IP_TRANSPARENT, &1i32);
     // Don't fragment: no IP identifier to draw from the shared generator
     // for each packet (they are small, and the path's MTU is not theirs
     // to probe).
-    set_opt(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_PROBE)?;
+    setsockopt(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &libc::IP_PMTUDISC_PROBE)?;
     // Room for a second of 40,000 SYNs and their resets.
-    let _ = set_opt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, 4 << 20);
+    let _ = setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &(4i32 << 20));
     // The outer packets are not VXLAN offloads' business: no checksum.
-    let _ = set_opt(fd, libc::SOL_SOCKET, libc::SO_NO_CHECK, 1);
+    let _ = setsockopt(fd, libc::SOL_SOCKET, libc::SO_NO_CHECK, &1i32);
     let addr = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
@@ -479,23 +480,6 @@ fn socket(vtep: Ipv4Addr) -> std::io::Result<UdpSocket> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(sock)
-}
-
-fn set_opt(fd: i32, level: i32, opt: i32, value: i32) -> std::io::Result<()> {
-    // SAFETY: an int option.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            (&value as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Sends up to 256 frames in one system call; how many went.

@@ -1,5 +1,6 @@
-//! The `bpf(2)` command aya 0.14 does not expose that the agent needs: the
-//! interface an XDP link is attached to.
+//! The system calls the agent needs that its crates do not wrap: the
+//! `bpf(2)` command aya 0.14 does not expose (the interface an XDP link is
+//! attached to), and `setsockopt(2)` with any option value.
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -87,4 +88,22 @@ pub fn ifname(ifindex: u32) -> Option<String> {
             .to_string_lossy()
             .into_owned(),
     )
+}
+
+/// `setsockopt(2)` with `value` as the option (its size is the option's).
+pub fn setsockopt<T>(fd: std::os::fd::RawFd, level: libc::c_int, opt: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: a valid socket and an option value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
