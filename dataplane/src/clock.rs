@@ -10,6 +10,15 @@ pub fn now_ns() -> u64 {
     clock_ticks() * (1_000_000_000 / user_hz())
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the programs'
+/// `bpf_ktime_get_ns` (event and probe-answer timestamps).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime with a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// `times(2)`: the kernel's tick counter in `USER_HZ` units.
 pub fn clock_ticks() -> u64 {
     let mut t = libc::tms {

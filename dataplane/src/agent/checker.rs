@@ -18,9 +18,10 @@ use carwash_policy::{HttpsCheck, Tenant};
 use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, watch};
 
-use super::syn_probe::{SynProber, mono_ns};
+use super::syn_probe::SynProber;
 use super::sys::setsockopt as set_sockopt;
 use crate::api::ProbeStatus;
+use crate::clock::monotonic_ns;
 use crate::health::{Machine, Probe, Role, Schedule};
 
 pub use super::target::Target;
@@ -197,7 +198,7 @@ async fn run(source: Ipv4Addr, mut rx: watch::Receiver<Arc<Targets>>, out: Resul
             // Answers are polled: every turn while probes are out.
             wait = wait.min(TURN);
             if let Some(d) = p.flights.next_deadline() {
-                wait = wait.min(Duration::from_nanos(d.saturating_sub(mono_ns())));
+                wait = wait.min(Duration::from_nanos(d.saturating_sub(monotonic_ns())));
             }
         }
         // One turn per `TURN` at most: what falls due meanwhile goes out
@@ -242,7 +243,7 @@ async fn run(source: Ipv4Addr, mut rx: watch::Receiver<Arc<Targets>>, out: Resul
         if let Some(p) = syn.as_mut() {
             p.read(&|k| targets.get(&k).cloned(), &mut results);
             p.flush(&mut results);
-            p.flights.expire(mono_ns(), &mut results);
+            p.flights.expire(monotonic_ns(), &mut results);
             let st = p.flights.stats;
             let mut status = lock(&out.status);
             status.half_open_sent = st.sent;

@@ -285,13 +285,9 @@ impl Decoder {
     }
 
     fn wall(&mut self, ts_ns: u64) -> SystemTime {
-        let boot = *self.boot.get_or_insert_with(|| {
-            let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-            // SAFETY: clock_gettime with a valid timespec.
-            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-            let mono = Duration::new(t.tv_sec as u64, t.tv_nsec as u32);
-            SystemTime::now() - mono
-        });
+        let boot = *self
+            .boot
+            .get_or_insert_with(|| SystemTime::now() - Duration::from_nanos(crate::clock::monotonic_ns()));
         boot + Duration::from_nanos(ts_ns)
     }
 

@@ -27,6 +27,7 @@ use dataplane_common::types::{SYN_PROBE_PORT_BASE, SYN_PROBE_PORTS, SynProbeRepl
 
 use super::sys::setsockopt;
 use super::target::Target;
+use crate::clock::monotonic_ns;
 use crate::health::Probe;
 use crate::health::store::slot;
 
@@ -175,14 +176,6 @@ pub struct SynProber {
     ring: RingBuf<MapData>,
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: `bpf_ktime_get_ns`'s clock.
-pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 impl SynProber {
     /// The prober, with the socket it sends from and the ring buffer the
     /// answers arrive in.
@@ -286,7 +279,7 @@ impl Flights {
             return;
         }
         let pending = std::mem::take(&mut self.pending);
-        let now = mono_ns();
+        let now = monotonic_ns();
         let mut start = 0;
         while start < pending.len() {
             let batch = &pending[start..];
@@ -641,7 +634,7 @@ mod tests {
 
     fn answer_to(t: &Target, port: u16, ack: u32, flags: u8, after_ns: u64) -> SynProbeReply {
         SynProbeReply {
-            ts_ns: mono_ns() + after_ns,
+            ts_ns: monotonic_ns() + after_ns,
             tenant: t.tenant,
             seq: 77,
             ack,
