@@ -92,7 +92,7 @@ pub struct Probing {
 pub struct Checker {
     targets: watch::Sender<Arc<Targets>>,
     /// The checker's counters, for `carwash status` and the metrics.
-    pub status: SharedStatus,
+    status: SharedStatus,
 }
 
 /// The checker's counters, updated at each of its turns.
@@ -139,6 +139,11 @@ impl Checker {
         };
         tokio::spawn(run(source, rx, results, syn));
         Checker { targets: tx, status }
+    }
+
+    /// The checker's counters as of its last turn.
+    pub fn status(&self) -> ProbeStatus {
+        lock(&self.status).clone()
     }
 
     /// Replaces the set of machines probed (nothing happens if it is the

@@ -811,10 +811,7 @@ impl Agent {
             events: Some(self.events.status(&self.cfg.event_log)),
             etcd: self.etcd.clone(),
             cluster: self.cluster_status(),
-            probes: self
-                .probing
-                .as_ref()
-                .map(|p| p.checker.status.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+            probes: self.probing.as_ref().map(|p| p.checker.status()),
         }
     }
 

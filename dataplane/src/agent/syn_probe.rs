@@ -15,7 +15,8 @@
 //!
 //! That is what the kernel's connect would decide, at a fraction of the
 //! cost: no socket, no file descriptor, no connection state, no timer per
-//! probe; one heap of deadlines, one table of the probes in flight.
+//! probe; one deadline queue per timeout, one table of the probes in
+//! flight.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -138,9 +139,6 @@ struct InFlight {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SynStats {
     pub sent: u64,
-    pub passed: u64,
-    pub refused: u64,
-    pub timed_out: u64,
     /// Answers to no probe in flight (late, or not the probe's sequence).
     pub stale: u64,
     /// Resets sent to SYN-ACKs.
@@ -345,7 +343,6 @@ impl Flights {
                 q.pop_front();
                 if self.inflight.get(&(key, port)).is_some_and(|p| p.isn == isn) {
                     self.inflight.remove(&(key, port));
-                    self.stats.timed_out += 1;
                     out.push((
                         key,
                         Probe::Fail {
@@ -399,12 +396,10 @@ impl Flights {
             return;
         }
         let probe = if synack {
-            self.stats.passed += 1;
             Probe::Pass {
                 latency_us: (r.ts_ns.saturating_sub(p.sent_ns) / 1000).min(u64::from(u32::MAX)) as u32,
             }
         } else if r.flags & (TCP_RST_FLAG | TCP_FIN) != 0 {
-            self.stats.refused += 1;
             Probe::Fail {
                 why: format!("connect {}: refused (reset)", t.addr),
             }
