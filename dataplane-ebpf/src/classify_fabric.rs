@@ -138,8 +138,8 @@ fn from_vpc(ctx: &XdpContext, outer: &Flow, cfg: &HostConfig, tenant: &mut u32) 
     };
     match addr {
         Some(a) if a.tenant == id && a.kind == ADDR_VIP => {
-            if let Some(mac) = probe::reply_to(&inner) {
-                if let Some(action) = probe::syn_reply(ctx, &inner, id, origin) {
+            if let Some((mac, in_path)) = probe::reply_to(&inner) {
+                if let Some(action) = probe::syn_reply(ctx, &inner, id, origin, in_path) {
                     return Ok(action);
                 }
                 return probe::deliver(ctx, inner_off, &mac);

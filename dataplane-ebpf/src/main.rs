@@ -61,6 +61,13 @@ pub fn carwash_probe(ctx: TcContext) -> i32 {
     send_probe::run(&ctx)
 }
 
+/// TC ingress on `fabric`: the resets the fabric program wrote in place of
+/// probes' SYN-ACKs, sent back out.
+#[classifier]
+pub fn carwash_probe_reset(ctx: TcContext) -> i32 {
+    send_probe::bounce(&ctx)
+}
+
 /// Outbound source NAT: tail-called by `carwash_fabric`.
 #[xdp]
 pub fn carwash_snat_out(ctx: XdpContext) -> u32 {

@@ -13,20 +13,26 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_FIXED_GSO, BPF_RB_NO_WAKEUP, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
         xdp_action,
     },
-    helpers::{bpf_ktime_get_ns, bpf_redirect_neigh, bpf_xdp_adjust_head},
+    helpers::{
+        bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh, bpf_xdp_adjust_head, bpf_xdp_adjust_meta,
+        bpf_xdp_adjust_tail,
+    },
     programs::{TcContext, XdpContext},
 };
 use dataplane_common::{
     DropReason, checksum,
     hash::vxlan_source_port,
-    types::{BackendEntry, SYN_PROBE_PORT_BASE, SYN_PROBE_PORTS, SynProbeReply, TenantInfo, VXLAN_PORT, probe_target},
+    types::{
+        BackendEntry, PROBE_RESET_META, SYN_PROBE_PORT_BASE, SYN_PROBE_PORTS, SynProbeReply, TenantInfo, VXLAN_PORT,
+        probe_target,
+    },
 };
 
 use aya_log_ebpf::debug;
 
 use crate::allow_choose as steer;
 use crate::maps::{PROBE_HOST, PROBE_REPLIES, active_gen, host_config};
-use crate::packet::{ETH_LEN, ETH_P_IPV4, IPPROTO_TCP, read, write};
+use crate::packet::{ETH_LEN, ETH_P_IPV4, IPPROTO_TCP, frame_len, ptr_at_mut, read, write};
 use crate::parse::Flow;
 use crate::send_encap::ENCAP_OVERHEAD;
 use crate::verdict::Refused;
@@ -109,24 +115,31 @@ fn try_probe(ctx: &TcContext, mark: u32, id: u32, slot: u32) -> Result<i32, u32>
     Ok(action)
 }
 
-/// The fabric MAC to hand `inner` to the stack with, if it is a reply to
-/// one of the agent's probes (addressed to the probe source address).
+/// If `inner` is a reply to one of the agent's probes (addressed to the
+/// probe source address): the fabric MAC to hand it to the stack with, and
+/// whether `carwash_probe_reset` sends resets back.
 #[inline(always)]
-pub fn reply_to(inner: &Flow) -> Option<[u8; 6]> {
+pub fn reply_to(inner: &Flow) -> Option<([u8; 6], bool)> {
     let host = PROBE_HOST.get(0)?;
     if inner.v6 || host.addr == [0; 4] || inner.dst[..4] != host.addr {
         return None;
     }
-    Some(host.fabric_mac)
+    Some((host.fabric_mac, host.resets_in_path == 1))
 }
 
 /// An answer to one of the agent's half-open probes (TCP, to a port of
-/// their range): handed to the agent through `PROBE_REPLIES` and dropped,
-/// for no socket waits for it. `None`: not such an answer (a TLS check's
-/// socket waits for it). A full ring loses the answer, which the agent
-/// then counts as a probe without one.
+/// their range): handed to the agent through `PROBE_REPLIES`. `None`: not
+/// such an answer (a TLS check's socket waits for it). A full ring loses
+/// the answer, which the agent then counts as a probe without one.
+///
+/// A SYN-ACK must be answered with a reset, so that the machine keeps
+/// nothing of the probe. Where `carwash_probe_reset` is attached
+/// (`ProbeHost::resets_in_path`), the SYN-ACK becomes that reset here,
+/// where it lies, marked for that program by a metadata word, and passes
+/// to it; otherwise, and for anything else, the answer is dropped here and
+/// the agent sends the reset.
 #[inline(always)]
-pub fn syn_reply(ctx: &XdpContext, inner: &Flow, tenant: u32, origin: u32) -> Option<u32> {
+pub fn syn_reply(ctx: &XdpContext, inner: &Flow, tenant: u32, origin: u32, in_path: bool) -> Option<u32> {
     if inner.proto != IPPROTO_TCP
         || inner.later_fragment
         || !(SYN_PROBE_PORT_BASE..SYN_PROBE_PORT_BASE + SYN_PROBE_PORTS).contains(&inner.dport)
@@ -136,24 +149,168 @@ pub fn syn_reply(ctx: &XdpContext, inner: &Flow, tenant: u32, origin: u32) -> Op
     let Some(nums) = read::<[u8; 8]>(ctx, inner.l4_off + 4) else {
         return Some(xdp_action::XDP_DROP);
     };
+    let ack = u32::from_be_bytes([nums[4], nums[5], nums[6], nums[7]]);
+    let synack = inner.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
+    let reset = in_path && synack && mark_for_reset(ctx) && reset_in_place(ctx, ack);
     if let Some(mut entry) = PROBE_REPLIES.reserve::<SynProbeReply>(0) {
         entry.write(SynProbeReply {
             // SAFETY: plain helper call.
             ts_ns: unsafe { bpf_ktime_get_ns() },
             tenant,
             seq: u32::from_be_bytes([nums[0], nums[1], nums[2], nums[3]]),
-            ack: u32::from_be_bytes([nums[4], nums[5], nums[6], nums[7]]),
+            ack,
             vip: [inner.src[0], inner.src[1], inner.src[2], inner.src[3]],
             vip_port: inner.sport,
             port: inner.dport,
             origin: origin as u8,
             flags: inner.tcp_flags,
-            _pad: [0; 6],
+            reset: u8::from(reset),
+            _pad: [0; 5],
         });
         // No wake-up: the agent polls the ring at its own pace.
         entry.submit(BPF_RB_NO_WAKEUP as u64);
     }
-    Some(xdp_action::XDP_DROP)
+    Some(if reset {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    })
+}
+
+/// Puts `PROBE_RESET_META` in front of the frame. `false` where the driver
+/// keeps no metadata (the agent then sends the reset).
+#[inline(always)]
+fn mark_for_reset(ctx: &XdpContext) -> bool {
+    // SAFETY: valid context; pointers are re-derived afterwards.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -4) } != 0 {
+        return false;
+    }
+    let (meta, data) = (ctx.metadata(), ctx.data());
+    if meta + 4 > data {
+        return false;
+    }
+    // SAFETY: the four bytes before the frame, checked just above.
+    unsafe { core::ptr::write_unaligned(meta as *mut u32, PROBE_RESET_META) };
+    true
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+const TCP_RST: u8 = 0x04;
+/// The offsets of a tunnel frame without VLAN tags or IP options: outer
+/// IPv4, UDP, inner Ethernet, inner IPv4, TCP; and the reset's length.
+const O_IP: usize = 14;
+const O_UDP: usize = O_IP + 20;
+const I_ETH: usize = O_UDP + 16;
+const I_IP: usize = I_ETH + 14;
+const I_TCP: usize = I_IP + 20;
+const RST_LEN: usize = I_TCP + 20;
+
+/// Turns the SYN-ACK in the frame into the reset that answers it, back
+/// through the same tunnel: addresses, MACs and TCP ports swapped, the
+/// sequence number the SYN-ACK acknowledged, no options, cut to length;
+/// every checksum written whole. Only for frames without VLAN tags or IP
+/// options (`false` otherwise, and for anything that does not fit; the
+/// agent then sends the reset). Rewritten where it lies: no copies on the
+/// fabric program's stack.
+#[inline(always)]
+fn reset_in_place(ctx: &XdpContext, ack: u32) -> bool {
+    if frame_len(ctx) < RST_LEN {
+        return false;
+    }
+    let (Some(eth), Some(oip), Some(udp), Some(ieth), Some(iip), Some(tcp)) = (
+        ptr_at_mut::<[u8; 12]>(ctx, 0),
+        ptr_at_mut::<[u8; 20]>(ctx, O_IP),
+        ptr_at_mut::<[u8; 8]>(ctx, O_UDP),
+        ptr_at_mut::<[u8; 12]>(ctx, I_ETH),
+        ptr_at_mut::<[u8; 20]>(ctx, I_IP),
+        ptr_at_mut::<[u8; 20]>(ctx, I_TCP),
+    ) else {
+        return false;
+    };
+    // SAFETY: each lies inside the packet (checked by ptr_at_mut), they do
+    // not overlap, and nothing else refers to the packet meanwhile.
+    let (eth, oip, udp, ieth, iip, tcp) =
+        unsafe { (&mut *eth, &mut *oip, &mut *udp, &mut *ieth, &mut *iip, &mut *tcp) };
+    if oip[0] != 0x45 || iip[0] != 0x45 || oip[9] != 17 || iip[9] != IPPROTO_TCP {
+        return false;
+    }
+    swap6(eth);
+    swap6(ieth);
+    // Outer IPv4: back to the VTEP it came from.
+    swap4(oip);
+    oip[2..4].copy_from_slice(&((RST_LEN - O_IP) as u16).to_be_bytes());
+    oip[8] = 64;
+    oip[10] = 0;
+    oip[11] = 0;
+    let c = checksum::fold(checksum::sum_bytes(0, &oip[..]));
+    oip[10..12].copy_from_slice(&c.to_be_bytes());
+    // UDP: the same ports (the machine's source port, VXLAN's 4789), the
+    // new length, no checksum.
+    udp[4..6].copy_from_slice(&((RST_LEN - O_UDP) as u16).to_be_bytes());
+    udp[6] = 0;
+    udp[7] = 0;
+    // Inner IPv4.
+    swap4(iip);
+    iip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    iip[8] = 64;
+    iip[10] = 0;
+    iip[11] = 0;
+    let c = checksum::fold(checksum::sum_bytes(0, &iip[..]));
+    iip[10..12].copy_from_slice(&c.to_be_bytes());
+    // TCP: the reset, with the sequence number the SYN-ACK acknowledged.
+    for i in 0..2 {
+        tcp.swap(i, i + 2);
+    }
+    tcp[4..8].copy_from_slice(&ack.to_be_bytes());
+    for b in tcp[8..20].iter_mut() {
+        *b = 0;
+    }
+    tcp[12] = 5 << 4;
+    tcp[13] = TCP_RST;
+    let sum = checksum::sum_bytes(checksum::sum_bytes(6 + 20, &iip[12..20]), &tcp[..]);
+    let c = checksum::fold(sum);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    // The volatile read keeps LLVM from folding this into arithmetic on
+    // the packet-end pointer, which the verifier forbids.
+    let cur = frame_len(ctx) as i32;
+    // SAFETY: reading a local; valid context; only shrinks.
+    unsafe { bpf_xdp_adjust_tail(ctx.ctx, RST_LEN as i32 - core::ptr::read_volatile(&cur)) == 0 }
+}
+
+#[inline(always)]
+fn swap6(h: &mut [u8; 12]) {
+    for i in 0..6 {
+        h.swap(i, i + 6);
+    }
+}
+
+/// Swaps an IPv4 header's source and destination.
+#[inline(always)]
+fn swap4(h: &mut [u8; 20]) {
+    for i in 12..16 {
+        h.swap(i, i + 4);
+    }
+}
+
+/// The `probe_reset` program (TC ingress on the fabric): a frame the
+/// fabric program marked with `PROBE_RESET_META` is a reset it wrote in
+/// place of a probe's SYN-ACK, addressed to the machine; it leaves by the
+/// fabric it came in on. Everything else goes on untouched.
+#[inline(always)]
+pub fn bounce(ctx: &TcContext) -> i32 {
+    let skb = ctx.skb.skb;
+    // SAFETY: the context's socket buffer, valid for the program's run.
+    let (meta, data, ifindex) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize, (*skb).ifindex) };
+    if meta + 4 > data {
+        return TC_ACT_UNSPEC;
+    }
+    // SAFETY: the metadata's first four bytes, checked just above.
+    if unsafe { core::ptr::read_unaligned(meta as *const u32) } != PROBE_RESET_META {
+        return TC_ACT_UNSPEC;
+    }
+    // SAFETY: plain helper call; egress of the receiving device.
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
 }
 
 /// Strips the tunnel headers of a probe reply (whose inner Ethernet header

@@ -192,8 +192,12 @@ pub struct ProbeStatus {
     pub half_open_sent: u64,
     /// Answers to no half-open probe in flight (late, or not its sequence).
     pub stale_answers: u64,
-    /// Resets sent to machines' SYN-ACKs.
+    /// Resets the agent sent to machines' SYN-ACKs.
     pub resets_sent: u64,
+    /// Resets the fabric's programs sent in place of machines' SYN-ACKs
+    /// (`[probes] resets = "fabric"`).
+    #[serde(default)]
+    pub resets_in_path: u64,
     /// Probe packets the kernel would not send.
     pub send_errors: u64,
     /// Probes through a socket of their own (TLS checks).

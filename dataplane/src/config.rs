@@ -151,6 +151,24 @@ pub struct ProbesConfig {
     pub source: std::net::Ipv4Addr,
     pub table: u32,
     pub rule_priority: u32,
+    /// Who answers a machine's SYN-ACK to a half-open probe with a reset.
+    pub resets: ProbeResets,
+}
+
+/// Who sends the reset that answers a machine's SYN-ACK to a half-open
+/// probe (`[probes] resets`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeResets {
+    /// The fabric's programs: the fabric program rewrites the SYN-ACK into
+    /// the reset and `carwash_probe_reset` (TC ingress on the fabric) sends
+    /// it back out; no packet of the agent's. Where the fabric's driver
+    /// keeps no XDP metadata, or the program cannot be attached, the agent
+    /// sends them (and says so in its log).
+    #[default]
+    Fabric,
+    /// The agent: one datagram per SYN-ACK, sent with the next probes.
+    Agent,
 }
 
 impl Default for ProbesConfig {
@@ -165,6 +183,7 @@ impl Default for ProbesConfig {
             // table's rule (moved from 0) two after: low, so that no rule
             // of someone else's comes between 0 and the `local` rule.
             rule_priority: 100,
+            resets: ProbeResets::Fabric,
         }
     }
 }

@@ -34,6 +34,26 @@ impl Dataplane {
             .with_context(|| format!("attaching {} to {iface} (egress)", programs::PROBE))?;
         Ok(())
     }
+
+    /// Loads the program that sends back out of the fabric the resets the
+    /// fabric program writes in place of probes' SYN-ACKs, and attaches it
+    /// to the fabric `iface`'s ingress; a process's attachment, like the
+    /// probe program's.
+    pub fn attach_probe_reset(&mut self, iface: &str) -> Result<()> {
+        let _ = tc::qdisc_add_clsact(iface);
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(programs::PROBE_RESET)
+            .ok_or_else(|| anyhow!("program {} missing from the eBPF object", programs::PROBE_RESET))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("loading program {} (verifier)", programs::PROBE_RESET))?;
+        }
+        prog.attach(iface, TcAttachType::Ingress)
+            .with_context(|| format!("attaching {} to {iface} (ingress)", programs::PROBE_RESET))?;
+        Ok(())
+    }
 }
 
 impl Dataplane {

@@ -22,6 +22,7 @@ use carwash_tests::fixture::{XDP_DROP, XDP_PASS, XDP_REDIRECT};
 use carwash_tests::packets::*;
 use carwash_tests::synthetic;
 use dataplane::Dataplane;
+use dataplane::config::ProbeResets;
 use dataplane::tables::Health;
 use dataplane_common::programs;
 use netlab::netns::PinDir;
@@ -110,9 +111,11 @@ const HEALTH_TENANTS: u32 = 10_000;
 /// The health checker at `n` tenants × 4 machines probed every second
 /// (TCP checks) against responders that answer through the tunnels: the
 /// agent's CPU and memory over a steady window once every machine is up,
-/// against the same agent and tenants with the probes off. Fails if a
-/// machine flaps or the probes fall behind. `CARWASH_HEALTH_TENANTS` and
-/// `CARWASH_HEALTH_WINDOW_S` change the size and the window.
+/// with the machines' SYN-ACKs reset by the fabric's programs (the
+/// default) and by the agent, against the same agent and tenants with the
+/// probes off. Fails if a machine flaps or the probes fall behind.
+/// `CARWASH_HEALTH_TENANTS` and `CARWASH_HEALTH_WINDOW_S` change the size
+/// and the window.
 fn health_at_scale(n: u32) -> anyhow::Result<()> {
     let n = std::env::var("CARWASH_HEALTH_TENANTS")
         .ok()
@@ -124,70 +127,107 @@ fn health_at_scale(n: u32) -> anyhow::Result<()> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(30),
     );
-    let off = probe_scale::run(n, false, window / 3)?;
-    let on = probe_scale::run(n, true, window)?;
+    let off = probe_scale::run(n, None, window / 3)?;
+    let agent = probe_scale::run(n, Some(ProbeResets::Agent), window)?;
+    let fabric = probe_scale::run(n, Some(ProbeResets::Fabric), window)?;
     println!("\n### The health checker at {n} tenants × 4 machines, interval 1 s, TCP checks\n");
-    println!("| measurement | probes off | probes on | target |");
-    println!("| --- | ---: | ---: | --- |");
     println!(
-        "| agent CPU over the window (utime + stime, % of one core) | {:.1} % | {:.1} % | ≤ 25 % |",
-        off.cpu_pct, on.cpu_pct
+        "| measurement | probes off | probes on, resets by the agent | probes on, resets by the fabric (default) | target |"
     );
-    println!(
-        "| host kernel thread receiving on the fabric (threaded NAPI), % of one core | {:.1} % | {:.1} % | |",
-        off.host_rx_pct, on.host_rx_pct
+    println!("| --- | ---: | ---: | ---: | --- |");
+    let on = [&agent, &fabric];
+    let row = |what: &str, off: String, f: &dyn Fn(&probe_scale::Figures) -> String, target: &str| {
+        println!("| {what} | {off} | {} | {} | {target} |", f(on[0]), f(on[1]));
+    };
+    row(
+        "agent CPU over the window (utime + stime, % of one core)",
+        format!("{:.1} %", off.cpu_pct),
+        &|f| format!("{:.1} %", f.cpu_pct),
+        "≤ 25 %",
     );
-    println!(
-        "| (the responders' receive thread: the machines' side, not the host's) | | {:.1} % | |",
-        on.responder_rx_pct
+    row(
+        "host kernel thread receiving on the fabric (threaded NAPI), % of one core",
+        format!("{:.1} %", off.host_rx_pct),
+        &|f| format!("{:.1} %", f.host_rx_pct),
+        "",
     );
-    println!(
-        "| agent resident memory (VmRSS) | {} MiB | {} MiB | |",
-        off.rss_kib / 1024,
-        on.rss_kib / 1024
+    row(
+        "(the responders' receive thread: the machines' side, not the host's)",
+        String::new(),
+        &|f| format!("{:.1} %", f.responder_rx_pct),
+        "",
     );
-    println!(
-        "| … added by the probes | | {:.1} MiB | ≤ 64 MiB |",
-        (on.rss_kib as f64 - off.rss_kib as f64) / 1024.0
+    row(
+        "agent resident memory (VmRSS)",
+        format!("{} MiB", off.rss_kib / 1024),
+        &|f| format!("{} MiB", f.rss_kib / 1024),
+        "",
     );
-    println!(
-        "| probes answered a second (SYN-ACKs the responders sent), of {} due | | {:.0} | |",
-        4 * n,
-        on.probes_per_s(),
+    row(
+        "… added by the probes",
+        String::new(),
+        &|f| format!("{:.1} MiB", (f.rss_kib as f64 - off.rss_kib as f64) / 1024.0),
+        "≤ 64 MiB",
     );
-    println!(
-        "| segments the responders sent again a second (probes left half open) | | {:.0} | 0 |",
-        on.retransmitted_per_s,
+    row(
+        &format!(
+            "probes answered a second (SYN-ACKs the responders sent), of {} due",
+            4 * n
+        ),
+        String::new(),
+        &|f| format!("{:.0}", f.probes_per_s()),
+        "",
     );
-    if let Some(p) = &on.probe_status {
-        println!(
-            "| checker since start: half-open sent / stale answers / resets / send errors / results skipped | | {} / {} / {} / {} / {} | |",
-            p.half_open_sent, p.stale_answers, p.resets_sent, p.send_errors, p.results_skipped
-        );
-    }
-    println!(
-        "| machines up at the end / transitions in the window | | {} of {} / {} | all / 0 |",
-        4 * n as usize - on.not_up,
-        4 * n,
-        on.transitions_in_window
+    row(
+        "segments the responders sent again a second (probes left half open)",
+        String::new(),
+        &|f| format!("{:.0}", f.retransmitted_per_s),
+        "0",
     );
-    if on.all_up {
-        println!(
-            "| binary started → every machine up with a passing probe | | {:.1} s | |",
-            on.ready.as_secs_f64()
-        );
-    } else {
-        println!(
-            "| binary started → every machine up with a passing probe | | not within {:.0} s (measured from then on) | |",
-            on.ready.as_secs_f64()
-        );
-    }
+    row(
+        "checker since start: half-open sent / stale answers / resets by the agent / by the fabric / send errors / results skipped",
+        String::new(),
+        &|f| match &f.probe_status {
+            Some(p) => format!(
+                "{} / {} / {} / {} / {} / {}",
+                p.half_open_sent, p.stale_answers, p.resets_sent, p.resets_in_path, p.send_errors, p.results_skipped
+            ),
+            None => "-".into(),
+        },
+        "",
+    );
+    row(
+        "machines up at the end / transitions in the window",
+        String::new(),
+        &|f| {
+            format!(
+                "{} of {} / {}",
+                4 * n as usize - f.not_up,
+                4 * n,
+                f.transitions_in_window
+            )
+        },
+        "all / 0",
+    );
+    row(
+        "binary started → every machine up with a passing probe",
+        String::new(),
+        &|f| {
+            if f.all_up {
+                format!("{:.1} s", f.ready.as_secs_f64())
+            } else {
+                format!("not within {:.0} s (measured from then on)", f.ready.as_secs_f64())
+            }
+        },
+        "",
+    );
     println!(
         "\n(windows: {:.0} s with probes, {:.0} s without; each agent started afresh on its own namespaces and pins)",
-        on.window.as_secs_f64(),
+        window.as_secs_f64(),
         off.window.as_secs_f64()
     );
-    probe_scale::check(&on)
+    probe_scale::check(&agent)?;
+    probe_scale::check(&fabric)
 }
 
 fn packets() -> anyhow::Result<()> {

@@ -9,6 +9,7 @@ mod probe_scale;
 use std::time::Duration;
 
 use carwash_tests::require_root;
+use dataplane::config::ProbeResets;
 
 #[test]
 fn five_hundred_tenants_probed_every_second_stay_up_and_keep_pace() {
@@ -18,7 +19,8 @@ fn five_hundred_tenants_probed_every_second_stay_up_and_keep_pace() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
-    let f = probe_scale::run(n, true, Duration::from_secs(5)).unwrap();
+    // The resets as configured by default: the fabric's programs send them.
+    let f = probe_scale::run(n, Some(ProbeResets::Fabric), Duration::from_secs(5)).unwrap();
     eprintln!("{f:?}");
     probe_scale::check(&f).unwrap();
 }

@@ -78,6 +78,9 @@ pub mod programs {
     /// TC egress on the probe device: encapsulates the agent's health
     /// probes to the machine their socket mark names.
     pub const PROBE: &str = "carwash_probe";
+    /// TC ingress on the fabric: sends back out of the fabric the resets
+    /// the fabric program wrote in place of probes' SYN-ACKs.
+    pub const PROBE_RESET: &str = "carwash_probe_reset";
     /// Every program tail-called through `JUMPS`, with its slot.
     pub const JUMPED: &[(&str, u32)] = &[
         (SNAT_OUT, crate::jumps::SNAT_OUT),

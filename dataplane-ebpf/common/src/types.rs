@@ -330,8 +330,19 @@ pub struct SynProbeReply {
     pub origin: u8,
     /// TCP flags.
     pub flags: u8,
-    pub _pad: [u8; 6],
+    /// 1: the fabric program turned this SYN-ACK into the reset that
+    /// answers it and passed it to `carwash_probe_reset`, which sends it
+    /// back; 0: the agent sends the reset (or none is due).
+    pub reset: u8,
+    pub _pad: [u8; 5],
 }
+
+/// The metadata word (`bpf_xdp_adjust_meta`) the fabric program puts in
+/// front of a reset it wrote in place of a probe's SYN-ACK: the fabric's
+/// TC ingress program (`carwash_probe_reset`) sends back out of the fabric
+/// what carries it, and nothing else. Only XDP writes metadata, so no
+/// packet from the wire can carry it.
+pub const PROBE_RESET_META: u32 = 0x6377_7273;
 
 /// Benchmarks only: which tunnel a responder's answer from `addr`, port
 /// `port_be` goes back into (`BENCH_TUNNELS`).
@@ -365,7 +376,11 @@ pub struct ProbeHost {
     /// The fabric interface's own MAC: a decapsulated reply is handed to
     /// the stack as a frame addressed to it.
     pub fabric_mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// 1: `carwash_probe_reset` is attached to the fabric's ingress, so the
+    /// fabric program answers a probe's SYN-ACK with a reset itself
+    /// (`PROBE_RESET_META`); 0: the agent sends the resets.
+    pub resets_in_path: u8,
+    pub _pad: u8,
 }
 
 /// Host-wide settings: one entry.

@@ -254,6 +254,7 @@ async fn run(source: Ipv4Addr, mut rx: watch::Receiver<Arc<Targets>>, out: Resul
             status.half_open_sent = st.sent;
             status.stale_answers = st.stale;
             status.resets_sent = st.resets;
+            status.resets_in_path = st.resets_in_path;
             status.send_errors = st.send_errors;
             status.in_flight = p.flights.in_flight() as u64;
         }

@@ -282,8 +282,11 @@ fn probe_metrics(e: &mut DescriptorEncoder, p: &crate::api::ProbeStatus) -> std:
     counters(
         e,
         "carwash_probe_resets_sent",
-        "Resets sent to machines' SYN-ACKs (a machine keeps nothing of a probe).",
-        one(p.resets_sent),
+        "Resets sent to machines' SYN-ACKs (a machine keeps nothing of a probe), by sender: the agent, or the fabric's programs in place of the SYN-ACK.",
+        [
+            (vec![("by", "agent".to_string())], p.resets_sent),
+            (vec![("by", "fabric".to_string())], p.resets_in_path),
+        ],
     )?;
     counters(
         e,

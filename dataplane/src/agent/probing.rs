@@ -17,6 +17,7 @@ use super::Agent;
 use super::checker::{self, Checker, Probing, Reply, Targets};
 use super::probe_path;
 use super::syn_probe::{HostSide, SynProber};
+use crate::config::ProbeResets;
 use crate::health::apply::{Outcome, record_probe};
 use crate::health::known::Known;
 use crate::health::{Machine, Probe, Role, State};
@@ -114,11 +115,20 @@ impl Agent {
         let p = self.cfg.probes.clone();
         probe_path::ensure(&p, &self.fabric.name).await?;
         self.dp.attach_probe(probe_path::PROBE_DEVICE)?;
+        let in_path = p.resets == ProbeResets::Fabric
+            && match self.dp.attach_probe_reset(&self.fabric.name) {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!("probe resets sent by the agent: {e:#}");
+                    false
+                }
+            };
         self.dp
             .set_probe_host(&ProbeHost {
                 addr: p.source.octets(),
                 fabric_mac: self.fabric.mac,
-                _pad: [0; 2],
+                resets_in_path: u8::from(in_path),
+                _pad: 0,
             })
             .context("writing PROBE_HOST")
     }

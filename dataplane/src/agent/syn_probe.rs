@@ -7,11 +7,13 @@
 //! VIP, TCP SYN to the port clients use) and sends it to the machine's
 //! VTEP from one UDP socket bound to the host's VTEP, many per system call
 //! (`sendmmsg`). The fabric program hands the machine's answer to the
-//! `PROBE_REPLIES` ring buffer and drops it. A SYN-ACK that acknowledges
-//! the probe's own initial sequence number passes it, a reset fails it
-//! ("refused"), silence until the timeout fails it; every SYN-ACK is
-//! answered with a reset, sent with the next SYNs, so the machine keeps
-//! nothing of a probe.
+//! `PROBE_REPLIES` ring buffer. A SYN-ACK that acknowledges the probe's
+//! own initial sequence number passes it, a reset fails it ("refused"),
+//! silence until the timeout fails it. Every SYN-ACK is answered with a
+//! reset, so the machine keeps nothing of a probe: by the fabric's programs
+//! in place of the SYN-ACK (`[probes] resets = "fabric"`, the default,
+//! where the fabric's driver keeps XDP metadata), or else by the agent,
+//! sent with the next SYNs.
 //!
 //! That is what the kernel's connect would decide, at a fraction of the
 //! cost: no socket, no file descriptor, no connection state, no timer per
@@ -143,6 +145,8 @@ pub struct SynStats {
     pub stale: u64,
     /// Resets sent to SYN-ACKs.
     pub resets: u64,
+    /// SYN-ACKs the fabric's programs turned into resets themselves.
+    pub resets_in_path: u64,
     pub send_errors: u64,
 }
 
@@ -373,7 +377,9 @@ impl Flights {
             return;
         }
         let synack = r.flags & (TCP_SYN_FLAG | TCP_ACK) == TCP_SYN_FLAG | TCP_ACK;
-        if synack {
+        if synack && r.reset == 1 {
+            self.stats.resets_in_path += 1;
+        } else if synack {
             // Whatever probe it answers, the machine forgets it.
             let f = frame(
                 &self.host,
@@ -638,7 +644,8 @@ mod tests {
             port,
             origin: 3,
             flags,
-            _pad: [0; 6],
+            reset: 0,
+            _pad: [0; 5],
         }
     }
 
@@ -690,6 +697,32 @@ mod tests {
         // Nothing left to time out.
         f.expire(u64::MAX, &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_syn_ack_the_fabric_reset_itself_is_not_reset_again() {
+        let t = target();
+        let lookup = |k: u64| (k == key(&target())).then(target);
+        let mut f = Flights::new(host(), 42);
+        f.probe(key(&t), &t);
+        let mut sent = Vec::new();
+        flush(&mut f, &mut sent, None);
+        let (port, isn, _) = seq_of(&sent[0]);
+        let mut out = Vec::new();
+        let mut a = answer_to(&t, port, isn.wrapping_add(1), TCP_SYN_FLAG | TCP_ACK, 0);
+        a.reset = 1;
+        f.answer(a, &lookup, &mut out);
+        assert!(matches!(out[..], [(k, Probe::Pass { .. })] if k == key(&t)), "{out:?}");
+        // The probe passes; nothing more goes to the machine.
+        sent.clear();
+        flush(&mut f, &mut sent, None);
+        assert!(sent.is_empty());
+        assert_eq!((f.stats.resets, f.stats.resets_in_path), (0, 1));
+        // A late copy the fabric reset too: stale, and not reset again.
+        f.answer(a, &lookup, &mut out);
+        flush(&mut f, &mut sent, None);
+        assert!(sent.is_empty());
+        assert_eq!((f.stats.stale, f.stats.resets_in_path), (1, 2));
     }
 
     #[test]

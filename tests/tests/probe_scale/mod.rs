@@ -31,6 +31,7 @@ use aya::maps::{HashMap, Map, MapData};
 use carwash_policy::HttpsCheck;
 use carwash_tests::synthetic;
 use dataplane::Dataplane;
+use dataplane::config::ProbeResets;
 use dataplane_common::maps;
 use dataplane_common::types::{BenchTunnel, BenchTunnelKey, MACHINE_UP, TenantHealth};
 use netlab::netns::{NetNs, PinDir, veth_pair};
@@ -47,6 +48,8 @@ const PORTS: [u16; 2] = [443, 61616];
 pub struct Figures {
     pub tenants: u32,
     pub probes: bool,
+    /// Who sent the resets (`[probes] resets`), with probes on.
+    pub resets: Option<ProbeResets>,
     /// From the binary's start to every machine up with a passing probe
     /// (probes), or to the uplink's addresses in place (no probes).
     pub ready: Duration,
@@ -319,9 +322,15 @@ fn machines(h: &HashMap<MapData, u32, TenantHealth>) -> Vec<(u32, u8, u32, bool)
 }
 
 /// One run: the agent at `n` tenants (TCP checks, interval 1 s, the other
-/// `[health]` defaults), probes on or off, measured over `window` once
-/// every machine is up (probes) or the agent has settled (no probes).
-pub fn run(n: u32, probes: bool, window: Duration) -> Result<Figures> {
+/// `[health]` defaults), probes off (`None`) or on with the resets sent as
+/// `resets` says, measured over `window` once every machine is up (probes)
+/// or the agent has settled (no probes).
+pub fn run(n: u32, resets: Option<ProbeResets>, window: Duration) -> Result<Figures> {
+    let probes = resets.is_some();
+    let resets_name = match resets.unwrap_or_default() {
+        ProbeResets::Fabric => "fabric",
+        ProbeResets::Agent => "agent",
+    };
     let host = NetNs::new("cwhb")?;
     veth_pair(&host, "uplink", None, &host, "upeer", None)?;
     let responder = Responder::new(&host, n)?;
@@ -339,7 +348,7 @@ pub fn run(n: u32, probes: bool, window: Duration) -> Result<Figures> {
     std::fs::write(
         &config,
         format!(
-            "uplink = \"uplink\"\nfabric = \"fabric\"\nvtep = \"{HOST_VTEP}\"\npolicy_dir = \"{}\"\npin_path = \"{}\"\napi_socket = \"{}\"\nevent_log = \"{}\"\n[probes]\nenabled = {probes}\n",
+            "uplink = \"uplink\"\nfabric = \"fabric\"\nvtep = \"{HOST_VTEP}\"\npolicy_dir = \"{}\"\npin_path = \"{}\"\napi_socket = \"{}\"\nevent_log = \"{}\"\n[probes]\nenabled = {probes}\nresets = \"{resets_name}\"\n",
             policy_dir.display(),
             pins.path().display(),
             socket.display(),
@@ -441,6 +450,7 @@ pub fn run(n: u32, probes: bool, window: Duration) -> Result<Figures> {
     Ok(Figures {
         tenants: n,
         probes,
+        resets,
         ready,
         all_up,
         window: elapsed,
@@ -490,6 +500,17 @@ pub fn check(f: &Figures) -> Result<()> {
             "{} probe results skipped: the agent's loop fell behind",
             p.results_skipped
         );
+    }
+    // The resets came from where the configuration says.
+    if let (Some(p), Some(resets)) = (&f.probe_status, f.resets) {
+        let (agent, fabric) = (p.resets_sent, p.resets_in_path);
+        let right = match resets {
+            ProbeResets::Fabric => fabric > 0 && agent == 0,
+            ProbeResets::Agent => agent > 0 && fabric == 0,
+        };
+        if !right {
+            bail!("resets = {resets:?}, but the agent sent {agent} resets and the fabric's programs {fabric}");
+        }
     }
     // Every SYN-ACK answered: a machine keeps nothing of a probe.
     if f.retransmitted_per_s > 0.01 * want {
