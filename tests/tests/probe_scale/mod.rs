@@ -445,6 +445,17 @@ pub fn run(n: u32, resets: Option<ProbeResets>, window: Duration) -> Result<Figu
     if let Ok(Some(status)) = agent.child.try_wait() {
         bail!("the agent exited ({status}) during the window");
     }
+    if transitions_in_window != 0 {
+        // Why: the agent's reasons, and what the links dropped.
+        let log = agent.log_text();
+        let downs: Vec<&str> = log.lines().filter(|l| l.contains("machine down")).take(12).collect();
+        eprintln!("machines declared down:\n{}", downs.join("\n"));
+        for (ns, dev) in [(&host, "fabric"), (&responder.ns, "fpeer")] {
+            if let Ok(out) = ns.ip(&["-s", "link", "show", dev]) {
+                eprintln!("{dev}:\n{out}");
+            }
+        }
+    }
     drop(agent);
     drop(responder);
     Ok(Figures {
