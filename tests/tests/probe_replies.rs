@@ -14,11 +14,11 @@ use carwash_tests::fixture::{XDP_DROP, XDP_PASS, action_name};
 use carwash_tests::inbound_cases::tenants;
 use carwash_tests::outbound::from_machine;
 use carwash_tests::packets::{ip_of, syn_linux, vxlan_frame};
-use etherparse::PacketBuilder;
 use carwash_tests::require_root;
 use dataplane::Dataplane;
 use dataplane_common::programs;
 use dataplane_common::types::{PROBE_RESET_META, ProbeHost, SynProbeReply};
+use etherparse::PacketBuilder;
 
 const PROBE_SOURCE: Ipv4Addr = Ipv4Addr::new(192, 0, 0, 8);
 /// A probe's source port (slot 0, round 88).
@@ -104,7 +104,16 @@ fn a_probe_syn_ack_becomes_its_reset_in_place_and_is_passed_to_the_tc_program() 
     let r = drain(&mut ring);
     assert_eq!(r.len(), 1);
     assert_eq!(
-        (r[0].tenant, r[0].seq, r[0].ack, r[0].vip, r[0].vip_port, r[0].port, r[0].flags, r[0].reset),
+        (
+            r[0].tenant,
+            r[0].seq,
+            r[0].ack,
+            r[0].vip,
+            r[0].vip_port,
+            r[0].port,
+            r[0].flags,
+            r[0].reset
+        ),
         (1, 0x1234_5678, 0x0bad_cafe, vip.octets(), port, PORT, 0x12, 1)
     );
 

@@ -8,7 +8,7 @@
 //! millisecond. Results go to the agent's loop in batches on a bounded
 //! queue (skips counted); the loop owns the maps and decides.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -72,8 +72,9 @@ pub fn targets(id: u32, t: &Tenant) -> Vec<Target> {
     out
 }
 
-/// Probe targets by key (the probe mark).
-pub type Targets = BTreeMap<u64, Target>;
+/// Probe targets by key (the probe mark). Looked up several times per
+/// probe: a hash map with a fast hash (the keys are the agent's own).
+pub type Targets = HashMap<u64, Target, foldhash::fast::FixedState>;
 
 /// The probes of a running agent.
 pub struct Probing {
@@ -131,7 +132,7 @@ impl Checker {
     /// TCP checks are half-open probes (`super::syn_probe`); without, each
     /// is a socket's connect, like the TLS checks.
     pub fn spawn(source: Ipv4Addr, out: mpsc::Sender<Vec<Reply>>, syn: Option<SynProber>) -> Checker {
-        let (tx, rx) = watch::channel(Arc::new(Targets::new()));
+        let (tx, rx) = watch::channel(Arc::new(Targets::default()));
         let status = SharedStatus::default();
         let results = Results {
             tx: out,
@@ -187,7 +188,7 @@ fn send_results(targets: &Targets, results: &mut Vec<(u64, Probe)>, out: &Result
 
 async fn run(source: Ipv4Addr, mut rx: watch::Receiver<Arc<Targets>>, out: Results, mut syn: Option<SynProber>) {
     let mut schedule = Schedule::new();
-    let mut targets: Arc<Targets> = Arc::new(Targets::new());
+    let mut targets: Arc<Targets> = Arc::new(Targets::default());
     let tls = Arc::new(tls_connector());
     let mut due = Vec::new();
     let mut results = Vec::new();

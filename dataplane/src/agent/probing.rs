@@ -145,7 +145,7 @@ impl Agent {
         p.digest = Some(self.engine.digest.clone());
         // An apply may have rewritten any tenant's record or `HEALTH`.
         p.known.clear();
-        let mut targets = Targets::new();
+        let mut targets = Targets::default();
         let mut policies = HashMap::new();
         for (id, inst) in &self.engine.installed {
             let Some(t) = inst.policy() else { continue };

@@ -29,6 +29,10 @@ use dataplane_common::checksum;
 use dataplane_common::types::{SYN_PROBE_PORT_BASE, SYN_PROBE_PORTS, SynProbeReply, VXLAN_PORT, syn_probe_port};
 
 use super::sys::setsockopt;
+
+/// The tables keyed by machine, consulted for every probe and answer: a
+/// fast hash (the keys are the agent's own, not anyone's input).
+type FastHash = foldhash::fast::FixedState;
 use super::target::Target;
 use crate::clock::monotonic_ns;
 use crate::health::Probe;
@@ -155,13 +159,13 @@ pub struct SynStats {
 pub struct Flights {
     host: HostSide,
     /// (probe key, source port) → the probe.
-    inflight: HashMap<(u64, u16), InFlight>,
+    inflight: HashMap<(u64, u16), InFlight, FastHash>,
     /// (deadline, probe key, source port, initial sequence number), one
     /// queue per timeout: each is in deadline order as probes are sent, so
     /// timing out is a look at the queues' heads.
-    deadlines: HashMap<u64, VecDeque<(u64, u64, u16, u32)>>,
+    deadlines: HashMap<u64, VecDeque<(u64, u64, u16, u32)>, FastHash>,
     /// The last round of each machine (the low bits of its source port).
-    rounds: HashMap<u64, u32>,
+    rounds: HashMap<u64, u32, FastHash>,
     /// Frames to send, and the probe each SYN is (key, port) for.
     pending: Vec<Outgoing>,
     rng: u64,
@@ -220,9 +224,9 @@ impl Flights {
     pub fn new(host: HostSide, seed: u64) -> Flights {
         Flights {
             host,
-            inflight: HashMap::new(),
-            deadlines: HashMap::new(),
-            rounds: HashMap::new(),
+            inflight: HashMap::default(),
+            deadlines: HashMap::default(),
+            rounds: HashMap::default(),
             pending: Vec::new(),
             rng: seed | 1,
             stats: SynStats::default(),

@@ -40,7 +40,7 @@ pub struct Entry {
 /// writes they took.
 #[derive(Debug, Default)]
 pub struct Known {
-    tenants: HashMap<u32, Entry>,
+    tenants: HashMap<u32, Entry, foldhash::fast::FixedState>,
     writes: u64,
 }
 
