@@ -1092,8 +1092,10 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                 batch = async { probe_rx.as_mut().expect("guarded").recv().await }, if probe_rx.is_some() => {
                     // Results come 40,000 a second at scale, in batches
                     // (one per turn of the checker).
+                    // One clock read per batch: a batch is a millisecond's.
+                    let now = probing::now_ms();
                     for r in batch.into_iter().flatten() {
-                        agent.on_probe(r);
+                        agent.on_probe(r, now);
                     }
                 }
                 _ = hup.recv() => {

@@ -22,7 +22,8 @@ use crate::health::apply::{Outcome, record_probe};
 use crate::health::known::Known;
 use crate::health::{Machine, Probe, Role, State};
 
-fn now_ms() -> u64 {
+/// Wall-clock milliseconds, the time base of `HEALTH` (`since`, switches).
+pub(super) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -162,8 +163,9 @@ impl Agent {
         p.checker.set(targets);
     }
 
-    /// One probe result: recorded, decided on, written, announced.
-    pub fn on_probe(&mut self, reply: Reply) {
+    /// One probe result at `now_ms`: recorded, decided on, written,
+    /// announced.
+    pub fn on_probe(&mut self, reply: Reply, now_ms: u64) {
         let Some(p) = self.probing.as_mut() else {
             return;
         };
@@ -178,7 +180,7 @@ impl Agent {
             &t,
             reply.machine,
             reply.probe,
-            now_ms(),
+            now_ms,
         ) {
             Ok(out) => self.announce_outcome(&t, &probe, &out),
             Err(e) => warn!(tenant = t.name, machine = %reply.machine, error = %format!("{e:#}"), "recording a probe"),

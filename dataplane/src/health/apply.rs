@@ -3,6 +3,7 @@
 //! record (connectors in the choice, active core) in one write.
 
 use anyhow::Result;
+use arrayvec::ArrayVec;
 use carwash_policy::Tenant;
 use dataplane_common::types::TenantHealth;
 use tracing::{info, warn};
@@ -52,7 +53,7 @@ pub fn record_probe(
     let written_ms = entry.written_ms;
     let mut active = entry.active;
     let mut stored = before;
-    let mut avail: Vec<Availability> = ids
+    let mut avail: ArrayVec<Availability, 4> = ids
         .iter()
         .map(|(m, vtep, mac)| availability(&stored.machines[slot(*m)], *vtep, *mac, now_ms))
         .collect();
@@ -82,7 +83,7 @@ pub fn record_probe(
         info!(tenant = t.name, machine = %tr.machine, from = ?tr.from, to = ?tr.to, probe = ?tr.probe, "machine {}", if tr.to == State::Up { "up" } else { "down" });
     }
 
-    let cores: Vec<Availability> = ids
+    let cores: ArrayVec<Availability, 2> = ids
         .iter()
         .zip(&avail)
         .filter(|((m, _, _), _)| m.role == Role::Core)
@@ -128,7 +129,7 @@ pub fn write_record(
     avail: &[Availability],
     active: u8,
 ) -> Result<bool> {
-    let conns: Vec<Availability> = ids
+    let conns: ArrayVec<Availability, 2> = ids
         .iter()
         .zip(avail)
         .filter(|((m, _, _), _)| m.role == Role::Connector)

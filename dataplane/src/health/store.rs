@@ -3,6 +3,7 @@
 //! and writes are `crate::maps::health`'s; it lives with the other pins, so
 //! it survives agent restarts, and the CLI reads it while the agent is down.
 
+use arrayvec::ArrayVec;
 use carwash_policy::Tenant;
 use dataplane_common::types::{MACHINE_DOWN, MACHINE_UP, MachineRecord, TenantHealth};
 
@@ -17,8 +18,12 @@ pub fn slot(machine: Machine) -> usize {
     }
 }
 
+/// A tenant's probed machines (2 connectors and 2 cores at most), with
+/// their VTEP and MAC; on the stack, for it is built for every probe result.
+pub type Machines = ArrayVec<(Machine, [u8; 4], [u8; 6]), 4>;
+
 /// The tenant's machines in slot order, with their identity in the policy.
-pub fn machines(t: &Tenant) -> Vec<(Machine, [u8; 4], [u8; 6])> {
+pub fn machines(t: &Tenant) -> Machines {
     let conn = t.connectors.iter().take(2).enumerate().map(|(i, b)| {
         let m = Machine {
             role: Role::Connector,
