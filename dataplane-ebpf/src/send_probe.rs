@@ -8,6 +8,12 @@
 //! travels the very path a client's connection does. Every other packet
 //! on `lo` passes untouched; a marked one that names no machine is
 //! dropped.
+//!
+//! The answers come back through the fabric program: to a TLS check's
+//! socket (`deliver`), or, for the half-open probes, into `PROBE_REPLIES`
+//! (`syn_reply`), the SYN-ACK turned into the reset that answers it and
+//! sent back out of the fabric by the `probe_reset` program (`bounce`, TC
+//! ingress on the fabric).
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_FIXED_GSO, BPF_RB_NO_WAKEUP, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,

@@ -19,6 +19,16 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Wall-clock milliseconds since the epoch: the time base of `HEALTH`
+/// (since when a machine is in its state, the last core switch), which
+/// outlives the agent and is shown to operators.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// `times(2)`: the kernel's tick counter in `USER_HZ` units.
 pub fn clock_ticks() -> u64 {
     let mut t = libc::tms {

@@ -333,6 +333,20 @@ mod tests {
     }
 
     #[test]
+    fn probe_resets_are_the_fabric_s_unless_asked_otherwise() {
+        let base = "uplink = \"eth0\"\nvtep = \"10.200.0.1\"\n";
+        assert_eq!(HostConfig::parse(base).unwrap().probes.resets, ProbeResets::Fabric);
+        let c = HostConfig::parse(&format!("{base}[probes]\nresets = \"agent\"\n")).unwrap();
+        assert_eq!(c.probes.resets, ProbeResets::Agent);
+        let e = HostConfig::parse(&format!("{base}[probes]\nresets = \"kernel\"\n")).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("kernel") && e.contains("fabric") && e.contains("agent"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn missing_and_unknown_keys_are_errors() {
         let e = HostConfig::parse("vtep = \"10.200.0.1\"\n").unwrap_err();
         assert!(format!("{e:#}").contains("uplink"), "{e:#}");

@@ -17,22 +17,7 @@ impl Dataplane {
     /// attachment is this process's (a TCX link): it ends with the agent,
     /// and so do the probes it serves.
     pub fn attach_probe(&mut self, iface: &str) -> Result<()> {
-        // Kernels without TCX take the program through the clsact qdisc;
-        // with TCX (6.6 on) the qdisc is unused, and one already there is
-        // fine.
-        let _ = tc::qdisc_add_clsact(iface);
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(programs::PROBE)
-            .ok_or_else(|| anyhow!("program {} missing from the eBPF object", programs::PROBE))?
-            .try_into()?;
-        if prog.fd().is_err() {
-            prog.load()
-                .with_context(|| format!("loading program {} (verifier)", programs::PROBE))?;
-        }
-        prog.attach(iface, TcAttachType::Egress)
-            .with_context(|| format!("attaching {} to {iface} (egress)", programs::PROBE))?;
-        Ok(())
+        self.attach_tc(programs::PROBE, iface, TcAttachType::Egress)
     }
 
     /// Loads the program that sends back out of the fabric the resets the
@@ -40,18 +25,27 @@ impl Dataplane {
     /// to the fabric `iface`'s ingress; a process's attachment, like the
     /// probe program's.
     pub fn attach_probe_reset(&mut self, iface: &str) -> Result<()> {
+        self.attach_tc(programs::PROBE_RESET, iface, TcAttachType::Ingress)
+    }
+
+    /// Loads TC program `name` (once) and attaches it to `iface` on `side`,
+    /// for as long as this process lives.
+    fn attach_tc(&mut self, name: &str, iface: &str, side: TcAttachType) -> Result<()> {
+        // Kernels without TCX take the program through the clsact qdisc;
+        // with TCX (6.6 on) the qdisc is unused, and one already there is
+        // fine.
         let _ = tc::qdisc_add_clsact(iface);
         let prog: &mut SchedClassifier = self
             .ebpf
-            .program_mut(programs::PROBE_RESET)
-            .ok_or_else(|| anyhow!("program {} missing from the eBPF object", programs::PROBE_RESET))?
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
             .try_into()?;
         if prog.fd().is_err() {
             prog.load()
-                .with_context(|| format!("loading program {} (verifier)", programs::PROBE_RESET))?;
+                .with_context(|| format!("loading program {name} (verifier)"))?;
         }
-        prog.attach(iface, TcAttachType::Ingress)
-            .with_context(|| format!("attaching {} to {iface} (ingress)", programs::PROBE_RESET))?;
+        prog.attach(iface, side)
+            .with_context(|| format!("attaching {name} to {iface} ({side:?})"))?;
         Ok(())
     }
 }
@@ -63,24 +57,8 @@ impl Dataplane {
     /// put back into their tenants' tunnels by `BENCH_TUNNELS`. Attached
     /// for as long as this value lives.
     pub fn attach_bench_tunnel(&mut self, iface: &str) -> Result<()> {
-        let _ = tc::qdisc_add_clsact(iface);
-        for (name, side) in [
-            (programs::BENCH_TUNNEL_IN, TcAttachType::Ingress),
-            (programs::BENCH_TUNNEL_OUT, TcAttachType::Egress),
-        ] {
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
-                .try_into()?;
-            if prog.fd().is_err() {
-                prog.load()
-                    .with_context(|| format!("loading program {name} (verifier)"))?;
-            }
-            prog.attach(iface, side)
-                .with_context(|| format!("attaching {name} to {iface}"))?;
-        }
-        Ok(())
+        self.attach_tc(programs::BENCH_TUNNEL_IN, iface, TcAttachType::Ingress)?;
+        self.attach_tc(programs::BENCH_TUNNEL_OUT, iface, TcAttachType::Egress)
     }
 
     /// Benchmarks only: the tunnel of the answers from `key`.

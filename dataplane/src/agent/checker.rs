@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use super::syn_probe::SynProber;
 use super::sys::setsockopt as set_sockopt;
 use crate::api::ProbeStatus;
-use crate::clock::monotonic_ns;
+use crate::clock::{monotonic_ns, wall_ms};
 use crate::health::{Machine, Probe, Role, Schedule};
 
 pub use super::target::Target;
@@ -161,13 +161,6 @@ impl Checker {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// The checker's turn: probes due meanwhile are sent together, answers
 /// read, time-outs decided, at most this often.
 const TURN: Duration = Duration::from_millis(1);
@@ -195,7 +188,7 @@ async fn run(source: Ipv4Addr, mut rx: watch::Receiver<Arc<Targets>>, out: Resul
     let mut last_turn = Instant::now();
     loop {
         let mut wait = match schedule.next_due() {
-            Some(t) => Duration::from_millis(t.saturating_sub(now_ms())),
+            Some(t) => Duration::from_millis(t.saturating_sub(wall_ms())),
             None => Duration::from_secs(3600),
         };
         if let Some(p) = syn.as_ref()
@@ -216,7 +209,7 @@ async fn run(source: Ipv4Addr, mut rx: watch::Receiver<Arc<Targets>>, out: Resul
                     return;
                 }
                 let new = rx.borrow_and_update().clone();
-                let now = now_ms();
+                let now = wall_ms();
                 for key in targets.keys() {
                     if !new.contains_key(key) {
                         schedule.remove(*key);
@@ -232,7 +225,7 @@ async fn run(source: Ipv4Addr, mut rx: watch::Receiver<Arc<Targets>>, out: Resul
             }
             _ = tokio::time::sleep(wait) => {
                 due.clear();
-                schedule.due(now_ms(), &mut due);
+                schedule.due(wall_ms(), &mut due);
                 for key in &due {
                     let Some(t) = targets.get(key) else { continue };
                     match syn.as_mut() {

@@ -11,16 +11,10 @@ use tracing::info;
 use super::Agent;
 use super::messages::Manual;
 use crate::api::Response;
+use crate::clock::wall_ms;
 use crate::health::apply::write_record;
 use crate::health::store::{availability, machines, record, slot};
 use crate::health::{Availability, CoreChoice, Machine, ManualError, Role, check_activate, check_machine, choose_core};
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Carries out `op` on `machine` of `tenant`, or says why not.
 impl Agent {
@@ -54,7 +48,7 @@ fn run(agent: &mut Agent, op: Manual, tenant: &str, machine: &str) -> Result<()>
     if let Some(p) = agent.probing.as_mut() {
         p.known.forget(id);
     }
-    let now = now_ms();
+    let now = wall_ms();
     let mut stored = agent.dp.tenant_health(id)?.unwrap_or_default();
     let ids = machines(&t);
     let mut avail: Vec<Availability> = ids

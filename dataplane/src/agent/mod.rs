@@ -1093,7 +1093,7 @@ pub fn run(cfg: HostConfig, mode: XdpMode) -> Result<std::process::ExitCode> {
                     // Results come 40,000 a second at scale, in batches
                     // (one per turn of the checker).
                     // One clock read per batch: a batch is a millisecond's.
-                    let now = probing::now_ms();
+                    let now = crate::clock::wall_ms();
                     for r in batch.into_iter().flatten() {
                         agent.on_probe(r, now);
                     }

@@ -22,14 +22,6 @@ use crate::health::apply::{Outcome, record_probe};
 use crate::health::known::Known;
 use crate::health::{Machine, Probe, Role, State};
 
-/// Wall-clock milliseconds, the time base of `HEALTH` (`since`, switches).
-pub(super) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Every probe in flight holds a socket: 40,000 machines probed every
 /// second, each probe open up to its timeout, would run past the usual soft
 /// limit of 1,024 descriptors as soon as answers slow down. The soft limit

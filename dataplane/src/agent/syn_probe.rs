@@ -33,6 +33,10 @@ use super::sys::setsockopt;
 /// The tables keyed by machine, consulted for every probe and answer: a
 /// fast hash (the keys are the agent's own, not anyone's input).
 type FastHash = foldhash::fast::FixedState;
+
+/// One timeout's probes in deadline order: (deadline, probe key, source
+/// port, initial sequence number).
+type Deadlines = VecDeque<(u64, u64, u16, u32)>;
 use super::target::Target;
 use crate::clock::monotonic_ns;
 use crate::health::Probe;
@@ -163,7 +167,7 @@ pub struct Flights {
     /// (deadline, probe key, source port, initial sequence number), one
     /// queue per timeout: each is in deadline order as probes are sent, so
     /// timing out is a look at the queues' heads.
-    deadlines: HashMap<u64, VecDeque<(u64, u64, u16, u32)>, FastHash>,
+    deadlines: HashMap<u64, Deadlines, FastHash>,
     /// The last round of each machine (the low bits of its source port).
     rounds: HashMap<u64, u32, FastHash>,
     /// Frames to send, and the probe each SYN is (key, port) for.
