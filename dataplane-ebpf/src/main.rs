@@ -174,6 +174,12 @@ pub fn carwash_bench_tunnel_out(ctx: TcContext) -> i32 {
     bench::tunnel_out(&ctx)
 }
 
+/// Tests only: the fabric's probe resets lost before `carwash_probe_reset`.
+#[classifier]
+pub fn carwash_bench_lose_resets(ctx: TcContext) -> i32 {
+    bench::lose_resets(&ctx)
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -192,6 +192,12 @@ pub static PROBE_HOST: Array<dataplane_common::types::ProbeHost> = Array::with_m
 pub static PROBE_REPLIES: aya_ebpf::maps::RingBuf =
     aya_ebpf::maps::RingBuf::with_byte_size(dataplane_common::types::PROBE_RING_BYTES, 0);
 
+/// The resets the fabric program wrote (slot 0) and those the fabric's TC
+/// ingress sent back (slot 1): where the two part, the metadata does not
+/// reach TC, and the agent sends the resets (`crate::send_probe`).
+#[map(name = "PROBE_RESETS")]
+pub static PROBE_RESETS: aya_ebpf::maps::PerCpuArray<u64> = aya_ebpf::maps::PerCpuArray::with_max_entries(2, 0);
+
 /// This host's peers in a fleet (`crate::send_fleet`).
 #[map(name = "FLEET")]
 pub static FLEET: Array<dataplane_common::types::Fleet> = Array::with_max_entries(1, 0);

@@ -37,7 +37,7 @@ use dataplane_common::{
 use aya_log_ebpf::debug;
 
 use crate::allow_choose as steer;
-use crate::maps::{PROBE_HOST, PROBE_REPLIES, active_gen, host_config};
+use crate::maps::{PROBE_HOST, PROBE_REPLIES, PROBE_RESETS, active_gen, host_config};
 use crate::packet::{ETH_LEN, ETH_P_IPV4, IPPROTO_TCP, frame_len, ptr_at_mut, read, write};
 use crate::parse::Flow;
 use crate::send_encap::ENCAP_OVERHEAD;
@@ -158,6 +158,9 @@ pub fn syn_reply(ctx: &XdpContext, inner: &Flow, tenant: u32, origin: u32, in_pa
     let ack = u32::from_be_bytes([nums[4], nums[5], nums[6], nums[7]]);
     let synack = inner.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
     let reset = in_path && synack && mark_for_reset(ctx) && reset_in_place(ctx, ack);
+    if reset {
+        count_reset(0);
+    }
     if let Some(mut entry) = PROBE_REPLIES.reserve::<SynProbeReply>(0) {
         entry.write(SynProbeReply {
             // SAFETY: plain helper call.
@@ -315,8 +318,19 @@ pub fn bounce(ctx: &TcContext) -> i32 {
     if unsafe { core::ptr::read_unaligned(meta as *const u32) } != PROBE_RESET_META {
         return TC_ACT_UNSPEC;
     }
+    count_reset(1);
     // SAFETY: plain helper call; egress of the receiving device.
     unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
+
+/// Counts a reset in `PROBE_RESETS` slot `i`: 0 written by the fabric
+/// program, 1 sent back by the TC program.
+#[inline(always)]
+fn count_reset(i: u32) {
+    if let Some(n) = PROBE_RESETS.get_ptr_mut(i) {
+        // SAFETY: this CPU's slot; the program is not preempted.
+        unsafe { *n += 1 };
+    }
 }
 
 /// Strips the tunnel headers of a probe reply (whose inner Ethernet header

@@ -198,6 +198,10 @@ pub struct ProbeStatus {
     /// (`[probes] resets = "fabric"`).
     #[serde(default)]
     pub resets_in_path: u64,
+    /// The fabric's resets stopped reaching the program that sends them
+    /// back; the agent sends them since.
+    #[serde(default)]
+    pub fabric_resets_failed: bool,
     /// Probe packets the kernel would not send.
     pub send_errors: u64,
     /// Probes through a socket of their own (TLS checks).

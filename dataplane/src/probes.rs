@@ -61,6 +61,13 @@ impl Dataplane {
         self.attach_tc(programs::BENCH_TUNNEL_OUT, iface, TcAttachType::Egress)
     }
 
+    /// Tests only: on the fabric `iface`'s ingress, ahead of the agent's
+    /// `carwash_probe_reset`, a program that drops the resets the fabric
+    /// program wrote (attached for as long as this value lives).
+    pub fn attach_bench_lose_resets(&mut self, iface: &str) -> Result<()> {
+        self.attach_tc(programs::BENCH_LOSE_RESETS, iface, TcAttachType::Ingress)
+    }
+
     /// Benchmarks only: the tunnel of the answers from `key`.
     pub fn set_bench_tunnel(&mut self, key: BenchTunnelKey, tunnel: BenchTunnel) -> Result<()> {
         let map = self

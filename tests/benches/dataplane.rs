@@ -133,10 +133,10 @@ fn health_at_scale(n: u32) -> anyhow::Result<()> {
         Ok("agent") => vec![ProbeResets::Agent],
         _ => vec![ProbeResets::Agent, ProbeResets::Fabric],
     };
-    let off = probe_scale::run(n, None, window / 3)?;
+    let off = probe_scale::run(n, None, window / 3, false)?;
     let mut on = Vec::new();
     for m in &modes {
-        on.push(probe_scale::run(n, Some(*m), window)?);
+        on.push(probe_scale::run(n, Some(*m), window, false)?);
     }
     println!("\n### The health checker at {n} tenants × 4 machines, interval 1 s, TCP checks\n");
     let names: Vec<&str> = modes

@@ -5,7 +5,9 @@
 //! full computation), marked for `carwash_probe_reset` by the metadata word
 //! in front of it, and passed; its record reaches the ring either way.
 //! Without the TC program (resets by the agent), or for an answer that is
-//! not a SYN-ACK, the frame is dropped untouched.
+//! not a SYN-ACK, the frame is dropped untouched. `PROBE_RESETS` counts
+//! what the fabric program wrote (the TC program's count is shown by the
+//! `health_scale` tests).
 use std::net::{IpAddr, Ipv4Addr};
 
 use carwash_policy::Tenant;
@@ -70,6 +72,10 @@ fn a_probe_syn_ack_becomes_its_reset_in_place_and_is_passed_to_the_tc_program() 
     let fab = FabricNs::new(&ts).unwrap();
     let mut dp = loaded(&fab, &ts).unwrap();
     let mut ring = dp.take_probe_replies().unwrap();
+    let counts = dp.take_probe_resets().unwrap();
+    // The resets the fabric program wrote, and those the TC program sent.
+    let written = || counts.get(&0, 0).unwrap().iter().sum::<u64>();
+    let sent = || counts.get(&1, 0).unwrap().iter().sum::<u64>();
     let (vip, m, port) = (vip(acme), &acme.connectors[0], acme.https_ports[0]);
     // Linux's SYN-ACK, options and all: sequence 0x12345678, acknowledging
     // 0x0badcafe (the probe's ISN + 1).
@@ -116,6 +122,7 @@ fn a_probe_syn_ack_becomes_its_reset_in_place_and_is_passed_to_the_tc_program() 
         ),
         (1, 0x1234_5678, 0x0bad_cafe, vip.octets(), port, PORT, 0x12, 1)
     );
+    assert_eq!((written(), sent()), (1, 0));
 
     // Resets by the agent: the same SYN-ACK is dropped as it came, and
     // its record says no reset was sent.
@@ -141,4 +148,6 @@ fn a_probe_syn_ack_becomes_its_reset_in_place_and_is_passed_to_the_tc_program() 
     assert_eq!(out, frame);
     let r = drain(&mut ring);
     assert_eq!((r.len(), r[0].reset, r[0].flags), (1, 0, 0x14));
+    // Neither of the last two was written.
+    assert_eq!((written(), sent()), (1, 0));
 }

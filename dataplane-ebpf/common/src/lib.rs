@@ -49,6 +49,10 @@ pub mod programs {
     /// Benchmarks only, TC egress on that device: an answer goes back into
     /// its tenant's tunnel (`BENCH_TUNNELS`).
     pub const BENCH_TUNNEL_OUT: &str = "carwash_bench_tunnel_out";
+    /// Tests only: TC ingress on the fabric ahead of `PROBE_RESET`, drops
+    /// the resets the fabric program wrote (as a driver that does not
+    /// hand XDP metadata to TC loses them).
+    pub const BENCH_LOSE_RESETS: &str = "carwash_bench_lose_resets";
     /// Never attached: writes the kernel's tick counter over the first
     /// eight bytes of the packet, for the agent to learn the tick length.
     pub const CLOCK: &str = "carwash_clock";
@@ -200,6 +204,10 @@ pub mod maps {
     /// Ring buffer of [`crate::types::SynProbeReply`]: the answers to the
     /// agent's half-open probes (never pinned: each agent reads its own).
     pub const PROBE_REPLIES: &str = "PROBE_REPLIES";
+    /// Per-CPU array of two `u64`: the probe SYN-ACKs the fabric program
+    /// turned into resets and passed on, and those `carwash_probe_reset`
+    /// sent back (never pinned: each agent compares its own).
+    pub const PROBE_RESETS: &str = "PROBE_RESETS";
     /// Per-CPU array of [`crate::deny::DenySlot`] (never pinned: a stale
     /// slot is a miss anyway, and each load starts empty).
     pub const DENY_CACHE: &str = "DENY_CACHE";

@@ -240,6 +240,7 @@ async fn run(source: Ipv4Addr, mut rx: watch::Receiver<Arc<Targets>>, out: Resul
         }
         last_turn = Instant::now();
         if let Some(p) = syn.as_mut() {
+            p.check_fabric_resets();
             p.read(&|k| targets.get(&k).cloned(), &mut results);
             p.flush(&mut results);
             p.flights.expire(monotonic_ns(), &mut results);
@@ -249,6 +250,7 @@ async fn run(source: Ipv4Addr, mut rx: watch::Receiver<Arc<Targets>>, out: Resul
             status.stale_answers = st.stale;
             status.resets_sent = st.resets;
             status.resets_in_path = st.resets_in_path;
+            status.fabric_resets_failed = st.fabric_resets_failed;
             status.send_errors = st.send_errors;
             status.in_flight = p.flights.in_flight() as u64;
         }

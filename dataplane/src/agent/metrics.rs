@@ -288,6 +288,12 @@ fn probe_metrics(e: &mut DescriptorEncoder, p: &crate::api::ProbeStatus) -> std:
             (vec![("by", "fabric".to_string())], p.resets_in_path),
         ],
     )?;
+    gauge(
+        e,
+        "carwash_probe_fabric_resets_failed",
+        "1 once the fabric program's probe resets stopped reaching the TC program that sends them (the agent sends them since).",
+        one(u64::from(p.fabric_resets_failed)),
+    )?;
     counters(
         e,
         "carwash_probe_send_errors",

@@ -94,6 +94,13 @@ impl Agent {
     /// The half-open prober of the TCP checks (`super::syn_probe`).
     fn syn_prober(&mut self) -> Result<SynProber> {
         let ring = self.dp.take_probe_replies()?;
+        let resets = match self.dp.take_probe_resets() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                warn!("the fabric's probe resets are not checked: {e:#}");
+                None
+            }
+        };
         SynProber::new(
             HostSide {
                 vtep: self.cfg.vtep,
@@ -101,6 +108,7 @@ impl Agent {
                 source: self.cfg.probes.source,
             },
             ring,
+            resets,
         )
     }
 

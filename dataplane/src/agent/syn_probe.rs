@@ -24,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
 use dataplane_common::checksum;
 use dataplane_common::types::{SYN_PROBE_PORT_BASE, SYN_PROBE_PORTS, SynProbeReply, VXLAN_PORT, syn_probe_port};
 
@@ -155,6 +155,9 @@ pub struct SynStats {
     pub resets: u64,
     /// SYN-ACKs the fabric's programs turned into resets themselves.
     pub resets_in_path: u64,
+    /// The fabric program's resets did not reach the TC program that sends
+    /// them (`fabric_resets_lost`): the agent sends every reset since.
+    pub fabric_resets_failed: bool,
     pub send_errors: u64,
 }
 
@@ -176,9 +179,35 @@ pub struct Flights {
     pub stats: SynStats,
 }
 
+/// Whether the fabric's resets are lost between the fabric program, which
+/// wrote `written` of them, and the TC program that sends them back, which
+/// saw `sent` (over the same few seconds): where the driver keeps XDP
+/// metadata but does not hand it to TC, or the TC program is gone.
+pub fn fabric_resets_lost(written: u64, sent: u64) -> bool {
+    written >= 64 && sent.saturating_mul(2) < written
+}
+
+/// How often the checker compares the fabric's reset counts.
+const RESET_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The fabric's reset counts (`PROBE_RESETS`) and the last look at them.
+struct ResetCounts {
+    map: PerCpuArray<MapData, u64>,
+    last: (u64, u64),
+    at: std::time::Instant,
+}
+
+impl ResetCounts {
+    fn read(&self) -> (u64, u64) {
+        let sum = |i: u32| self.map.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+        (sum(0), sum(1))
+    }
+}
+
 /// The half-open prober of one checker.
 pub struct SynProber {
     pub flights: Flights,
+    resets: Option<ResetCounts>,
     sock: UdpSocket,
     /// Polled at every turn of the checker: the fabric program does not
     /// wake anyone for an answer (40,000 wake-ups a second cost more than
@@ -187,16 +216,30 @@ pub struct SynProber {
 }
 
 impl SynProber {
-    /// The prober, with the socket it sends from and the ring buffer the
-    /// answers arrive in.
-    pub fn new(host: HostSide, ring: RingBuf<MapData>) -> anyhow::Result<SynProber> {
+    /// The prober, with the socket it sends from, the ring buffer the
+    /// answers arrive in, and the fabric's reset counts if it has them.
+    pub fn new(
+        host: HostSide,
+        ring: RingBuf<MapData>,
+        resets: Option<PerCpuArray<MapData, u64>>,
+    ) -> anyhow::Result<SynProber> {
         use anyhow::Context;
         let sock = socket(host.vtep).with_context(|| format!("a UDP socket on the VTEP {}", host.vtep))?;
         let mut seed = [0u8; 8];
         // SAFETY: a buffer of the size given.
         unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+        let resets = resets.map(|map| {
+            let mut r = ResetCounts {
+                map,
+                last: (0, 0),
+                at: std::time::Instant::now(),
+            };
+            r.last = r.read();
+            r
+        });
         Ok(SynProber {
             flights: Flights::new(host, u64::from_ne_bytes(seed)),
+            resets,
             sock,
             ring,
         })
@@ -207,6 +250,30 @@ impl SynProber {
     pub fn flush(&mut self, failed: &mut Vec<(u64, Probe)>) {
         let sock = &self.sock;
         self.flights.flush(&mut |batch| send_batch(sock, batch), failed);
+    }
+
+    /// Every `RESET_CHECK`, compares the resets the fabric program wrote
+    /// with those its TC program sent; if they part, the agent sends the
+    /// resets from then on (said once, in the log and the status).
+    pub fn check_fabric_resets(&mut self) {
+        let Some(r) = self.resets.as_mut() else {
+            return;
+        };
+        if self.flights.stats.fabric_resets_failed || r.at.elapsed() < RESET_CHECK {
+            return;
+        }
+        let now = r.read();
+        let (written, sent) = (now.0.wrapping_sub(r.last.0), now.1.wrapping_sub(r.last.1));
+        r.last = now;
+        r.at = std::time::Instant::now();
+        if fabric_resets_lost(written, sent) {
+            self.flights.stats.fabric_resets_failed = true;
+            tracing::warn!(
+                written,
+                sent,
+                "the fabric program's probe resets do not reach carwash_probe_reset (XDP metadata lost on the way to TC?): the agent sends the resets from now on; [probes] resets = \"agent\" stops the fabric program writing them"
+            );
+        }
     }
 
     /// Takes every answer out of the ring buffer: results to `out`, resets
@@ -385,7 +452,7 @@ impl Flights {
             return;
         }
         let synack = r.flags & (TCP_SYN_FLAG | TCP_ACK) == TCP_SYN_FLAG | TCP_ACK;
-        if synack && r.reset == 1 {
+        if synack && r.reset == 1 && !self.stats.fabric_resets_failed {
             self.stats.resets_in_path += 1;
         } else if synack {
             // Whatever probe it answers, the machine forgets it.
@@ -731,6 +798,26 @@ mod tests {
         flush(&mut f, &mut sent, None);
         assert!(sent.is_empty());
         assert_eq!((f.stats.stale, f.stats.resets_in_path), (1, 2));
+        // Once the fabric's resets are known lost, the agent sends them.
+        f.stats.fabric_resets_failed = true;
+        f.answer(a, &lookup, &mut out);
+        flush(&mut f, &mut sent, None);
+        assert_eq!(seq_of(&sent[0]), (port, isn.wrapping_add(1), TCP_RST_FLAG));
+        assert_eq!((f.stats.resets, f.stats.resets_in_path), (1, 2));
+    }
+
+    #[test]
+    fn the_fabric_s_resets_are_lost_when_fewer_than_half_reach_tc() {
+        // Too few to say.
+        assert!(!fabric_resets_lost(0, 0));
+        assert!(!fabric_resets_lost(63, 0));
+        // None, or under half, sent back.
+        assert!(fabric_resets_lost(64, 0));
+        assert!(fabric_resets_lost(1000, 499));
+        // All, or a few counted on either side of the look.
+        assert!(!fabric_resets_lost(1000, 1000));
+        assert!(!fabric_resets_lost(1000, 990));
+        assert!(!fabric_resets_lost(1000, 1003));
     }
 
     #[test]

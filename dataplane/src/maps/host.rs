@@ -109,6 +109,17 @@ impl Dataplane {
         Ok(())
     }
 
+    /// The counts of the resets the fabric's programs wrote and sent
+    /// (`maps::PROBE_RESETS`), taken out of the object: the checker
+    /// compares them.
+    pub fn take_probe_resets(&mut self) -> Result<aya::maps::PerCpuArray<MapData, u64>> {
+        let map = self
+            .ebpf
+            .take_map(maps::PROBE_RESETS)
+            .ok_or_else(|| anyhow!("no map {} in the eBPF object (taken already?)", maps::PROBE_RESETS))?;
+        Ok(aya::maps::PerCpuArray::try_from(map)?)
+    }
+
     /// The ring buffer of the answers to the half-open probes, taken out
     /// of the object: the checker owns it.
     pub fn take_probe_replies(&mut self) -> Result<aya::maps::RingBuf<MapData>> {

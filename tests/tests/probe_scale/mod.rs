@@ -50,6 +50,8 @@ pub struct Figures {
     pub probes: bool,
     /// Who sent the resets (`[probes] resets`), with probes on.
     pub resets: Option<ProbeResets>,
+    /// Whether the fabric program's resets were dropped before they left.
+    pub lose_fabric_resets: bool,
     /// From the binary's start to every machine up with a passing probe
     /// (probes), or to the uplink's addresses in place (no probes).
     pub ready: Duration,
@@ -104,7 +106,9 @@ struct Responder {
 }
 
 impl Responder {
-    fn new(host: &NetNs, n: u32) -> Result<Responder> {
+    /// `lose_resets`: a program on the host's fabric, ahead of the
+    /// agent's, drops the resets the fabric program writes.
+    fn new(host: &NetNs, n: u32, lose_resets: bool) -> Result<Responder> {
         let ns = NetNs::new("cwresp")?;
         veth_pair(host, "fabric", None, &ns, "fpeer", None)?;
         host.addr("fabric", &format!("{HOST_VTEP}/24"))?;
@@ -173,6 +177,9 @@ impl Responder {
             }
         }
         ns.enter(|| dp.attach_bench_tunnel("vx0"))??;
+        if lose_resets {
+            host.enter(|| dp.attach_bench_lose_resets("fabric"))??;
+        }
         let listeners = ns.enter(|| -> Result<Vec<TcpListener>> {
             PORTS
                 .iter()
@@ -324,8 +331,10 @@ fn machines(h: &HashMap<MapData, u32, TenantHealth>) -> Vec<(u32, u8, u32, bool)
 /// One run: the agent at `n` tenants (TCP checks, interval 1 s, the other
 /// `[health]` defaults), probes off (`None`) or on with the resets sent as
 /// `resets` says, measured over `window` once every machine is up (probes)
-/// or the agent has settled (no probes).
-pub fn run(n: u32, resets: Option<ProbeResets>, window: Duration) -> Result<Figures> {
+/// or the agent has settled (no probes). `lose_fabric_resets`: the resets
+/// the fabric program writes are dropped before they can leave (the agent
+/// must notice and send them itself).
+pub fn run(n: u32, resets: Option<ProbeResets>, window: Duration, lose_fabric_resets: bool) -> Result<Figures> {
     let probes = resets.is_some();
     let resets_name = match resets.unwrap_or_default() {
         ProbeResets::Fabric => "fabric",
@@ -333,7 +342,7 @@ pub fn run(n: u32, resets: Option<ProbeResets>, window: Duration) -> Result<Figu
     };
     let host = NetNs::new("cwhb")?;
     veth_pair(&host, "uplink", None, &host, "upeer", None)?;
-    let responder = Responder::new(&host, n)?;
+    let responder = Responder::new(&host, n, lose_fabric_resets)?;
     let dir = TempDir::new("probe-scale");
     let policy_dir = dir.path().join("policies");
     std::fs::create_dir_all(&policy_dir)?;
@@ -414,6 +423,11 @@ pub fn run(n: u32, resets: Option<ProbeResets>, window: Duration) -> Result<Figu
         // The same settling time as a probing run gets, roughly.
         std::thread::sleep(Duration::from_secs(3));
     }
+    if lose_fabric_resets {
+        // The half-open connections of the probes made before the agent
+        // noticed get its resets at their next SYN-ACK, within seconds.
+        std::thread::sleep(Duration::from_secs(6));
+    }
     let ready = t0.elapsed();
     let before = machines(&health);
     let (cpu0, acc0, seg0, w0) = (
@@ -462,6 +476,7 @@ pub fn run(n: u32, resets: Option<ProbeResets>, window: Duration) -> Result<Figu
         tenants: n,
         probes,
         resets,
+        lose_fabric_resets,
         ready,
         all_up,
         window: elapsed,
@@ -512,15 +527,24 @@ pub fn check(f: &Figures) -> Result<()> {
             p.results_skipped
         );
     }
-    // The resets came from where the configuration says.
+    // The resets came from where the configuration says; where the
+    // fabric's were lost, the agent noticed and sent them.
     if let (Some(p), Some(resets)) = (&f.probe_status, f.resets) {
-        let (agent, fabric) = (p.resets_sent, p.resets_in_path);
+        let (agent, fabric, failed) = (p.resets_sent, p.resets_in_path, p.fabric_resets_failed);
         let right = match resets {
-            ProbeResets::Fabric => fabric > 0 && agent == 0,
-            ProbeResets::Agent => agent > 0 && fabric == 0,
+            ProbeResets::Fabric if f.lose_fabric_resets => failed && agent > 0,
+            ProbeResets::Fabric => fabric > 0 && agent == 0 && !failed,
+            ProbeResets::Agent => agent > 0 && fabric == 0 && !failed,
         };
         if !right {
-            bail!("resets = {resets:?}, but the agent sent {agent} resets and the fabric's programs {fabric}");
+            bail!(
+                "resets = {resets:?}{}, but the agent sent {agent} resets and the fabric's programs {fabric}; fabric resets failed: {failed}",
+                if f.lose_fabric_resets {
+                    " (the fabric's lost)"
+                } else {
+                    ""
+                }
+            );
         }
     }
     // Every SYN-ACK answered: a machine keeps nothing of a probe.
