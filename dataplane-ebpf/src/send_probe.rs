@@ -228,10 +228,10 @@ fn reset_in_place(ctx: &XdpContext, ack: u32) -> bool {
         return false;
     }
     let (Some(eth), Some(oip), Some(udp), Some(ieth), Some(iip), Some(tcp)) = (
-        ptr_at_mut::<[u8; 12]>(ctx, 0),
+        ptr_at_mut::<[u8; 14]>(ctx, 0),
         ptr_at_mut::<[u8; 20]>(ctx, O_IP),
         ptr_at_mut::<[u8; 8]>(ctx, O_UDP),
-        ptr_at_mut::<[u8; 12]>(ctx, I_ETH),
+        ptr_at_mut::<[u8; 14]>(ctx, I_ETH),
         ptr_at_mut::<[u8; 20]>(ctx, I_IP),
         ptr_at_mut::<[u8; 20]>(ctx, I_TCP),
     ) else {
@@ -241,7 +241,16 @@ fn reset_in_place(ctx: &XdpContext, ack: u32) -> bool {
     // not overlap, and nothing else refers to the packet meanwhile.
     let (eth, oip, udp, ieth, iip, tcp) =
         unsafe { (&mut *eth, &mut *oip, &mut *udp, &mut *ieth, &mut *iip, &mut *tcp) };
-    if oip[0] != 0x45 || iip[0] != 0x45 || oip[9] != 17 || iip[9] != IPPROTO_TCP {
+    // Untagged IPv4 without options on both levels, UDP outside, TCP
+    // inside: the offsets above hold.
+    let ipv4 = ETH_P_IPV4.to_be_bytes();
+    if eth[12..14] != ipv4
+        || ieth[12..14] != ipv4
+        || oip[0] != 0x45
+        || iip[0] != 0x45
+        || oip[9] != 17
+        || iip[9] != IPPROTO_TCP
+    {
         return false;
     }
     swap6(eth);
@@ -287,8 +296,9 @@ fn reset_in_place(ctx: &XdpContext, ack: u32) -> bool {
     unsafe { bpf_xdp_adjust_tail(ctx.ctx, RST_LEN as i32 - core::ptr::read_volatile(&cur)) == 0 }
 }
 
+/// Swaps an Ethernet header's destination and source.
 #[inline(always)]
-fn swap6(h: &mut [u8; 12]) {
+fn swap6(h: &mut [u8; 14]) {
     for i in 0..6 {
         h.swap(i, i + 6);
     }

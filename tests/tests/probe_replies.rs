@@ -124,6 +124,17 @@ fn a_probe_syn_ack_becomes_its_reset_in_place_and_is_passed_to_the_tc_program() 
     );
     assert_eq!((written(), sent()), (1, 0));
 
+    // A VLAN tag (whose first byte looks like an IPv4 header's): not a
+    // frame the rewrite knows the offsets of; the agent sends the reset.
+    let mut tagged = frame.clone();
+    tagged.splice(12..12, [0x81, 0x00, 0x45, 0x00]);
+    let (action, out) = dp.run(programs::FABRIC, &tagged).unwrap();
+    assert_eq!(action_name(action), action_name(XDP_DROP));
+    assert_eq!(&out[out.len() - tagged.len()..], &tagged[..]);
+    let r = drain(&mut ring);
+    assert_eq!((r.len(), r[0].reset, r[0].flags), (1, 0, 0x12));
+    assert_eq!((written(), sent()), (1, 0));
+
     // Resets by the agent: the same SYN-ACK is dropped as it came, and
     // its record says no reset was sent.
     probe_host(&mut dp, false);
