@@ -29,6 +29,10 @@ use dataplane_common::checksum;
 use dataplane_common::types::{SYN_PROBE_PORT_BASE, SYN_PROBE_PORTS, SynProbeReply, VXLAN_PORT, syn_probe_port};
 
 use super::sys::setsockopt;
+use super::target::Target;
+use crate::clock::monotonic_ns;
+use crate::health::Probe;
+use crate::health::store::slot;
 
 /// The tables keyed by machine, consulted for every probe and answer: a
 /// fast hash (the keys are the agent's own, not anyone's input).
@@ -37,10 +41,6 @@ type FastHash = foldhash::fast::FixedState;
 /// One timeout's probes in deadline order: (deadline, probe key, source
 /// port, initial sequence number).
 type Deadlines = VecDeque<(u64, u64, u16, u32)>;
-use super::target::Target;
-use crate::clock::monotonic_ns;
-use crate::health::Probe;
-use crate::health::store::slot;
 
 /// The host's side of every probe packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
