@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use super::syn_probe::SynProber;
 use super::sys::setsockopt as set_sockopt;
 use crate::api::ProbeStatus;
-use crate::clock::{monotonic_ns, wall_ms};
+use crate::clock::monotonic_ns;
 use crate::health::{Machine, Probe, Role, Schedule};
 
 pub use super::target::Target;
@@ -161,6 +161,13 @@ impl Checker {
     }
 }
 
+/// The schedule's clock: CLOCK_MONOTONIC in milliseconds. Not the wall
+/// clock: stepped back, that would hold every probe until it caught up
+/// (and with them every failover).
+fn schedule_ms() -> u64 {
+    monotonic_ns() / 1_000_000
+}
+
 /// The checker's turn: probes due meanwhile are sent together, answers
 /// read, time-outs decided, at most this often.
 const TURN: Duration = Duration::from_millis(1);
@@ -188,7 +195,7 @@ async fn run(source: Ipv4Addr, mut rx: watch::Receiver<Arc<Targets>>, out: Resul
     let mut last_turn = Instant::now();
     loop {
         let mut wait = match schedule.next_due() {
-            Some(t) => Duration::from_millis(t.saturating_sub(wall_ms())),
+            Some(t) => Duration::from_millis(t.saturating_sub(schedule_ms())),
             None => Duration::from_secs(3600),
         };
         if let Some(p) = syn.as_ref()
@@ -209,7 +216,7 @@ async fn run(source: Ipv4Addr, mut rx: watch::Receiver<Arc<Targets>>, out: Resul
                     return;
                 }
                 let new = rx.borrow_and_update().clone();
-                let now = wall_ms();
+                let now = schedule_ms();
                 for key in targets.keys() {
                     if !new.contains_key(key) {
                         schedule.remove(*key);
@@ -225,7 +232,7 @@ async fn run(source: Ipv4Addr, mut rx: watch::Receiver<Arc<Targets>>, out: Resul
             }
             _ = tokio::time::sleep(wait) => {
                 due.clear();
-                schedule.due(wall_ms(), &mut due);
+                schedule.due(schedule_ms(), &mut due);
                 for key in &due {
                     let Some(t) = targets.get(key) else { continue };
                     match syn.as_mut() {
