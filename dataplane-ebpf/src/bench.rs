@@ -125,14 +125,7 @@ pub fn tunnel_out(ctx: &TcContext) -> i32 {
 /// sees a reset; lets everything else go on.
 #[inline(always)]
 pub fn lose_resets(ctx: &TcContext) -> i32 {
-    let skb = ctx.skb.skb;
-    // SAFETY: the context's socket buffer, valid for the program's run.
-    let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
-    if meta + 4 > data {
-        return aya_ebpf::bindings::TC_ACT_UNSPEC;
-    }
-    // SAFETY: the metadata's first four bytes, checked just above.
-    if unsafe { core::ptr::read_unaligned(meta as *const u32) } == dataplane_common::types::PROBE_RESET_META {
+    if crate::send_probe::marked_for_reset(ctx) {
         TC_ACT_SHOT as i32
     } else {
         aya_ebpf::bindings::TC_ACT_UNSPEC

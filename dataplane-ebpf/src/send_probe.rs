@@ -318,19 +318,26 @@ fn swap4(h: &mut [u8; 20]) {
 /// fabric it came in on. Everything else goes on untouched.
 #[inline(always)]
 pub fn bounce(ctx: &TcContext) -> i32 {
-    let skb = ctx.skb.skb;
-    // SAFETY: the context's socket buffer, valid for the program's run.
-    let (meta, data, ifindex) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize, (*skb).ifindex) };
-    if meta + 4 > data {
-        return TC_ACT_UNSPEC;
-    }
-    // SAFETY: the metadata's first four bytes, checked just above.
-    if unsafe { core::ptr::read_unaligned(meta as *const u32) } != PROBE_RESET_META {
+    if !marked_for_reset(ctx) {
         return TC_ACT_UNSPEC;
     }
     count_reset(1);
+    // SAFETY: the context's socket buffer, valid for the program's run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: plain helper call; egress of the receiving device.
     unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
+
+/// Whether the socket buffer carries `PROBE_RESET_META` (`mark_for_reset`)
+/// in front of its frame.
+#[inline(always)]
+pub fn marked_for_reset(ctx: &TcContext) -> bool {
+    let skb = ctx.skb.skb;
+    // SAFETY: the context's socket buffer, valid for the program's run.
+    let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
+    // SAFETY: the metadata's first four bytes, checked to lie before the
+    // frame first.
+    meta + 4 <= data && unsafe { core::ptr::read_unaligned(meta as *const u32) } == PROBE_RESET_META
 }
 
 /// Counts a reset in `PROBE_RESETS` slot `i`: 0 written by the fabric
