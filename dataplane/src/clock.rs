@@ -29,6 +29,12 @@ pub fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Wall-clock seconds since the epoch: the status's and the fleet's
+/// timestamps.
+pub fn wall_secs() -> u64 {
+    wall_ms() / 1000
+}
+
 /// `times(2)`: the kernel's tick counter in `USER_HZ` units.
 pub fn clock_ticks() -> u64 {
     let mut t = libc::tms {

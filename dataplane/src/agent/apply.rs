@@ -30,7 +30,7 @@
 //! re-installs everything.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use carwash_policy::{PolicySet, Tenant};
@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::Dataplane;
+use crate::clock::wall_secs;
 use crate::maps::policy::entries::{TenantEntries, carried_health};
 use crate::maps::policy::tenants::allow_masks;
 
@@ -146,13 +147,6 @@ fn unhex32(s: &str) -> [u8; 32] {
             .unwrap_or(0);
     }
     out
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// A limit of the maps a policy set would exceed: which tenant (none: the
@@ -731,7 +725,7 @@ impl Engine {
 
     fn finish(&mut self, dp: &mut Dataplane, digest: &str) -> Result<()> {
         self.generation += 1;
-        self.applied_at = now_secs();
+        self.applied_at = wall_secs();
         self.digest = digest.to_string();
         dp.set_meta(&Meta {
             layout_version: LAYOUT_VERSION,

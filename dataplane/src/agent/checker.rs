@@ -19,7 +19,7 @@ use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, watch};
 
 use super::syn_probe::SynProber;
-use super::sys::setsockopt as set_sockopt;
+use super::sys::setsockopt;
 use crate::api::ProbeStatus;
 use crate::clock::monotonic_ns;
 use crate::health::{Machine, Probe, Role, Schedule};
@@ -286,16 +286,16 @@ async fn probe_one(source: Ipv4Addr, t: Target, tls: Arc<tokio_rustls::TlsConnec
 async fn check(source: Ipv4Addr, t: &Target, tls: &tokio_rustls::TlsConnector) -> Result<(), String> {
     let sock = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     let fd = sock.as_raw_fd();
-    set_sockopt(fd, libc::SOL_SOCKET, libc::SO_MARK, &t.mark()).map_err(|e| format!("SO_MARK: {e}"))?;
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_MARK, &t.mark()).map_err(|e| format!("SO_MARK: {e}"))?;
     // The source port is chosen by connect, by the whole four-tuple: a
     // bind to port 0 searches the bind table for a port no socket on the
     // probe address holds, and with thousands of probes in flight that
     // search was nearly all of the checker's CPU.
-    set_sockopt(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, &1i32)
+    setsockopt(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, &1i32)
         .map_err(|e| format!("IP_BIND_ADDRESS_NO_PORT: {e}"))?;
     // A probe leaves nothing behind: closed with a reset, no TIME_WAIT
     // (40,000 probes a second would otherwise keep a few million).
-    set_sockopt(
+    setsockopt(
         fd,
         libc::SOL_SOCKET,
         libc::SO_LINGER,

@@ -3,8 +3,8 @@ use std::collections::BTreeMap;
 
 use carwash_policy::IncrementalSet;
 
-use super::status::now_secs;
 use crate::api::EtcdStatus;
+use crate::clock::wall_secs;
 use crate::etcd::EtcdConfig;
 
 /// The agent's copy of the tenants in etcd, valid or not: each document
@@ -25,7 +25,7 @@ pub fn initial_status(cfg: &EtcdConfig) -> EtcdStatus {
         endpoints: cfg.endpoints.clone(),
         prefix: cfg.prefix.clone(),
         host: cfg.host_name(),
-        since: now_secs(),
+        since: wall_secs(),
         ..Default::default()
     }
 }

@@ -8,9 +8,9 @@ use carwash_policy::Prepared;
 use tracing::info;
 
 use super::apply::{Target, check_capacity_of, write_atomic};
-use super::status::now_secs;
 use super::{Agent, capacity_errors};
 use crate::api::Response;
+use crate::clock::wall_secs;
 use crate::etcd::{HostError, HostRecord, Update};
 
 /// The name a tenant's document has in error messages and in `policy_dir`.
@@ -33,13 +33,13 @@ impl Agent {
                         info!(reconnects = st.reconnects, "etcd reachable again");
                     }
                     st.connected = true;
-                    st.since = now_secs();
+                    st.since = wall_secs();
                     st.error = None;
                 }
             }
             Update::Down(error) => {
                 if st.connected {
-                    st.since = now_secs();
+                    st.since = wall_secs();
                 }
                 st.connected = false;
                 st.error = Some(error);
@@ -198,7 +198,7 @@ impl Agent {
                 } == record
             });
             if !same {
-                record.updated_at = now_secs();
+                record.updated_at = wall_secs();
                 *cur = Some(record);
             }
             !same

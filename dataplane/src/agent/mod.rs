@@ -33,8 +33,8 @@ pub mod server;
 pub mod status;
 pub mod syn_probe;
 pub mod target;
+use crate::clock::wall_secs;
 use messages::Manual;
-use status::now_secs;
 pub(crate) mod sys;
 pub mod watch;
 
@@ -202,7 +202,7 @@ impl Agent {
     /// `policy_dir`. An invalid `policy_dir` does not stop the agent: what
     /// is pinned stays in force and the errors are logged.
     pub async fn start(cfg: HostConfig, mode: XdpMode) -> Result<Agent> {
-        let started_at = now_secs();
+        let started_at = wall_secs();
         raise_fd_limit();
         crate::pin::ensure_bpffs(&cfg.pin_path)?;
         std::fs::create_dir_all(&cfg.pin_path).with_context(|| format!("creating {}", cfg.pin_path.display()))?;
@@ -537,7 +537,7 @@ impl Agent {
             list.len()
         );
         self.last_error = Some(LastError {
-            at: now_secs(),
+            at: wall_secs(),
             source: source.to_string(),
             error: msg.clone(),
             errors: list.clone(),
@@ -556,7 +556,7 @@ impl Agent {
         error!(source, "{msg}");
         self.policy_event_refused(source, &msg, &[]);
         self.last_error = Some(LastError {
-            at: now_secs(),
+            at: wall_secs(),
             source: source.to_string(),
             error: msg.clone(),
             errors: Vec::new(),
@@ -749,7 +749,7 @@ impl Agent {
         if let Ok(r) = &result {
             let (lo, hi) = self.cfg.snat_ports().unwrap_or((1, 0));
             self.ct_fill = Some(crate::api::ConntrackStatus {
-                at: now_secs(),
+                at: wall_secs(),
                 capacity: self.dp.conntrack_capacity().unwrap_or(0),
                 entries: r.fill.entries,
                 snat_port_range: u32::from(hi).saturating_sub(u32::from(lo)) + 1,

@@ -135,11 +135,3 @@ pub fn pinned_status(pin: &Path) -> Result<PinnedStatus> {
         redirect_failures,
     })
 }
-
-/// Seconds since the epoch, for the status's timestamps.
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}

@@ -52,10 +52,7 @@ fn when(secs: u64) -> String {
     if secs == 0 {
         return "never".into();
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = dataplane::clock::wall_secs();
     format!("{}s ago (unix {secs})", now.saturating_sub(secs))
 }
 
