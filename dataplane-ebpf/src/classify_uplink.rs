@@ -26,11 +26,28 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let Some(stats) = Counters::this_cpu(SIDE_UPLINK) else {
         return xdp_action::XDP_PASS;
     };
-    stats.around(frame_len(ctx), || try_uplink(ctx, &stats))
+    // One read of the word gives the generation and the denial cache's
+    // epoch, before any policy lookup (`deny_cache`).
+    let epoch = generation_word();
+    // A flood's packets stop here: a denial remembered for the frame,
+    // found without the full parse, counted and reported as the full path
+    // would.
+    let fast = deny_cache::fast(ctx, epoch);
+    if fast.tenant != 0 {
+        let why = fast.class_why & 0xff;
+        let bytes = frame_len(ctx);
+        stats.remembered_drop(fast.v6, fast.proto, why, bytes);
+        tenant_dropped(fast.tenant, (fast.class_why >> 8) as u8, why, bytes as u64);
+        events::dropped_remembered(ctx, fast.tenant, fast.class_why, epoch & 1);
+        return xdp_action::XDP_DROP;
+    }
+    stats.around(frame_len(ctx), || try_uplink(ctx, &stats, epoch, fast.looked))
 }
 
+/// The full path; `looked`: the fast path consulted the denial cache for
+/// this frame already, and it had nothing.
 #[inline(always)]
-fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
+fn try_uplink(ctx: &XdpContext, stats: &Counters, epoch: u32, looked: bool) -> u32 {
     let Some(flow) = stats.parse(ctx) else {
         return xdp_action::XDP_PASS;
     };
@@ -40,9 +57,6 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
         shared_fabric(ctx, &flow);
     }
 
-    // One read of the word gives the generation and the denial cache's
-    // epoch, before any policy lookup (`deny_cache`).
-    let epoch = generation_word();
     let generation = epoch & 1;
     if !steer::maybe_ours(&flow.dst, generation) {
         return xdp_action::XDP_PASS;
@@ -51,7 +65,7 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
     // only lookup by address. Only a miss asks whose address it is.
     // Counted as the packet arrived, before any encapsulation.
     let bytes = frame_len(ctx) as u64;
-    if let Some(hit) = deny_cache::lookup(&flow, epoch) {
+    if !looked && let Some(hit) = deny_cache::lookup(&flow, epoch) {
         let r = Refused {
             why: hit.why,
             action: xdp_action::XDP_DROP,

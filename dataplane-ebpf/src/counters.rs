@@ -87,6 +87,23 @@ impl Counters {
         });
     }
 
+    /// Counts a frame the uplink's fast path dropped on a remembered
+    /// denial (`deny_cache::fast`: untagged, not a later fragment, TCP or
+    /// UDP) as `around`, `parse` and `drop` count one the full path drops.
+    #[inline(always)]
+    pub fn remembered_drop(&self, v6: bool, proto: u8, why: u32, bytes: usize) {
+        self.inc(Counter::Packets);
+        self.add(Counter::Bytes, bytes as u64);
+        self.inc(if v6 { Counter::Ipv6 } else { Counter::Ipv4 });
+        self.inc(if proto == IPPROTO_TCP {
+            Counter::Tcp
+        } else {
+            Counter::Udp
+        });
+        self.drop(why);
+        self.inc(Counter::ActionDrop);
+    }
+
     #[inline(always)]
     fn bump(&self, slot: usize, n: u64) {
         // SAFETY: the block belongs to this CPU and the program is not

@@ -24,7 +24,10 @@ use dataplane_common::{
     types::{CLASS_NONE, CLASSES},
 };
 
-use crate::packet::{IPPROTO_TCP, IPPROTO_UDP};
+use aya_ebpf::programs::XdpContext;
+use dataplane_common::types::VXLAN_PORT;
+
+use crate::packet::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_LEN, load_half, load_words};
 use crate::parse::Flow;
 
 #[map(name = "DENY_CACHE")]
@@ -94,6 +97,133 @@ pub fn lookup(flow: &Flow, epoch: u32) -> Option<Hit> {
         class: class as u8,
         why: e.class_why & 0xff,
     })
+}
+
+/// What [`fast`] found.
+pub struct Fast {
+    /// The tenant of a remembered denial; 0: none.
+    pub tenant: u32,
+    /// Its `class << 8 | reason`, the class below `CLASSES`.
+    pub class_why: u32,
+    pub v6: bool,
+    pub proto: u8,
+    /// The cache was consulted for this packet (hit or miss): the full
+    /// path need not look again.
+    pub looked: bool,
+}
+
+/// The uplink's fast path: the denial remembered under `epoch` for a frame
+/// of the shape a flood has, read straight from the frame without the
+/// full parse: untagged IPv4 without options or IPv6 without extension
+/// headers, not a later fragment, TCP or UDP, well formed as
+/// `parse::parse` would find it. Any other frame (VLAN tags, options,
+/// extension headers, other protocols, anything `parse` would count as
+/// malformed, VXLAN that may be the fabric's) is left to the full path,
+/// which consults the cache itself.
+#[inline(always)]
+pub fn fast(ctx: &XdpContext, epoch: u32) -> Fast {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let p = start as *const u8;
+    // The shortest frame read below: Ethernet, IPv4 and UDP.
+    if start + ETH_LEN + 20 + 8 > end {
+        return OTHER;
+    }
+    // SAFETY (every read below): inside the bounds checked before it.
+    let ethertype = load_half(unsafe { p.add(12) });
+    if ethertype == ETH_P_IPV4.swap_bytes() {
+        let (vihl, tot_len, frag, proto) = unsafe {
+            (
+                *p.add(ETH_LEN),
+                u16::from_be(load_half(p.add(ETH_LEN + 2))),
+                load_half(p.add(ETH_LEN + 6)),
+                *p.add(ETH_LEN + 9),
+            )
+        };
+        // Version 4, no options; a length `parse` accepts; the fragment
+        // offset (0x1fff, as the bytes read little-endian) zero.
+        if vihl != 0x45 || tot_len < 20 || frag & 0xff1f != 0 {
+            return OTHER;
+        }
+        let [s, d] = load_words::<2>(unsafe { p.add(ETH_LEN + 12) });
+        probe::<{ ETH_LEN + 20 }>(start, end, [s, 0, 0, 0], [d, 0, 0, 0], proto, false, epoch)
+    } else if ethertype == ETH_P_IPV6.swap_bytes() {
+        if start + ETH_LEN + IPV6_LEN + 8 > end {
+            return OTHER;
+        }
+        let (version, proto) = unsafe { (*p.add(ETH_LEN) >> 4, *p.add(ETH_LEN + 6)) };
+        if version != 6 {
+            return OTHER;
+        }
+        let s = load_words::<4>(unsafe { p.add(ETH_LEN + 8) });
+        let d = load_words::<4>(unsafe { p.add(ETH_LEN + 24) });
+        probe::<{ ETH_LEN + IPV6_LEN }>(start, end, s, d, proto, true, epoch)
+    } else {
+        OTHER
+    }
+}
+
+const OTHER: Fast = Fast {
+    tenant: 0,
+    class_why: 0,
+    v6: false,
+    proto: 0,
+    looked: false,
+};
+
+/// [`fast`] from the transport header at `L4` on: its checks, the slot.
+#[inline(always)]
+fn probe<const L4: usize>(start: usize, end: usize, s: [u32; 4], d: [u32; 4], proto: u8, v6: bool, epoch: u32) -> Fast {
+    let p = start as *const u8;
+    if proto == IPPROTO_TCP {
+        // The whole header, with a data offset `parse` accepts.
+        if start + L4 + 20 > end || unsafe { *p.add(L4 + 12) } >> 4 < 5 {
+            return OTHER;
+        }
+    } else if proto != IPPROTO_UDP {
+        return OTHER;
+    }
+    let dport = u16::from_be(load_half(unsafe { p.add(L4 + 2) }));
+    // Perhaps the fabric's, when the fabric is the uplink.
+    if !v6 && proto == IPPROTO_UDP && dport == VXLAN_PORT {
+        return OTHER;
+    }
+    let Some(e) = DENY_CACHE.get_ptr_mut(deny_slot_words(&s, &d, dport, proto)) else {
+        return OTHER;
+    };
+    // SAFETY: this CPU's slot; the program is not preempted while it runs.
+    let e = unsafe { &mut *e };
+    let (es, ed) = (words(&e.src), words(&e.dst));
+    let pair = |a: u32, b: u32| a as u64 | (b as u64) << 32;
+    // `dport`, `proto`, `v6` and `epoch`, in the slot's order, as one word.
+    let key = dport as u64 | (proto as u64) << 16 | (v6 as u64) << 24 | (epoch as u64) << 32;
+    // SAFETY: the four fields fill bytes 32..40 of the align(8) slot.
+    let slot_key = unsafe { *(core::ptr::addr_of!(e.dport) as *const u64) };
+    let miss = Fast { looked: true, ..OTHER };
+    if e.tenant == 0
+        || slot_key != key
+        || es[0] != pair(s[0], s[1])
+        || es[1] != pair(s[2], s[3])
+        || ed[0] != pair(d[0], d[1])
+        || ed[1] != pair(d[2], d[3])
+    {
+        return miss;
+    }
+    e.hits += 1;
+    // Bounded here, where the verifier sees it (as in `lookup`).
+    let class = (e.class_why >> 8) & 0xff;
+    let class = if class < CLASSES as u32 {
+        class
+    } else {
+        CLASS_NONE as u32
+    };
+    Fast {
+        tenant: e.tenant,
+        class_why: class << 8 | (e.class_why & 0xff),
+        v6,
+        proto,
+        looked: true,
+    }
 }
 
 /// Whether a verdict may be remembered (see the module's notes).

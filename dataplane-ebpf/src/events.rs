@@ -249,20 +249,54 @@ fn report(
     generation: u32,
     fill: impl FnOnce(&mut DataEvent),
 ) {
+    if budget(kind, tenant) {
+        write(ctx, kind, reason, class, tenant, generation, fill);
+    }
+}
+
+/// Reports a drop the uplink's fast path made on a remembered denial
+/// (`deny_cache::fast`): the budget is taken here, in line; only an event
+/// the budget lets through pays for the call that parses the frame again
+/// and writes it, so a flood costs the bucket's arithmetic alone.
+#[inline(always)]
+pub fn dropped_remembered(ctx: &XdpContext, tenant: u32, class_why: u32, generation: u32) {
+    if budget(drop_kind(class_why & 0xff), tenant) {
+        write_remembered(ctx, tenant, class_why, generation);
+    }
+}
+
+#[inline(never)]
+fn write_remembered(ctx: &XdpContext, tenant: u32, class_why: u32, generation: u32) {
+    let (class, why) = split(class_why);
+    // The fast path read this frame as IPv4 or IPv6 with TCP or UDP: the
+    // full parse reads it too.
+    let Ok(flow) = crate::parse::parse(ctx) else {
+        return;
+    };
+    write(ctx, drop_kind(why), why as u8, class, tenant, generation, |e| {
+        fill_flow(e, &flow, &flow.dst, flow.dport)
+    });
+}
+
+/// Takes one event's worth of `tenant`'s budget on this CPU: `true` when an
+/// event may be written. `false` when events are off, or when the budget
+/// holds this one back (counted as suppressed, in the bucket and by kind).
+#[inline(always)]
+fn budget(kind: u8, tenant: u32) -> bool {
     let (interval, burst) = match EVENT_CONFIG.get(0) {
         Some(c) if c.ready != 0 => {
             if c.disabled != 0 {
-                return;
+                return false;
             }
             (c.interval_ns, c.burst as u64)
         }
         _ => (1_000_000_000 / DEFAULT_EVENT_RATE as u64, DEFAULT_EVENT_BURST as u64),
     };
     let Some(b) = EVENT_BUCKETS.get_ptr_mut(tenant) else {
-        return;
+        return false;
     };
     let Some(stats) = EVENT_STATS.get_ptr_mut(kind as u32) else {
-        return;
+        return false;
     };
     // SAFETY: this CPU's slots; the program is not preempted while it runs.
     let (b, stats) = unsafe { (&mut *b, &mut *stats) };
@@ -286,9 +320,32 @@ fn report(
         b.credit_ns = credit;
         b.suppressed += 1;
         stats.suppressed += 1;
-        return;
+        return false;
     }
     b.credit_ns = credit - interval;
+    true
+}
+
+/// Reserves a record the budget allowed, writes what every event has and
+/// has `fill` write the rest, and counts it (or counts it lost).
+#[inline(always)]
+fn write(
+    ctx: &XdpContext,
+    kind: u8,
+    reason: u8,
+    class: u8,
+    tenant: u32,
+    generation: u32,
+    fill: impl FnOnce(&mut DataEvent),
+) {
+    let Some(b) = EVENT_BUCKETS.get_ptr_mut(tenant) else {
+        return;
+    };
+    let Some(stats) = EVENT_STATS.get_ptr_mut(kind as u32) else {
+        return;
+    };
+    // SAFETY: this CPU's slots; the program is not preempted while it runs.
+    let (b, stats) = unsafe { (&mut *b, &mut *stats) };
     let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
         // The agent falls behind: counted as lost, and in the bucket's
         // suppressed count too, so that its summaries still add up.

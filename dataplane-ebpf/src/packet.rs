@@ -77,6 +77,24 @@ pub fn load_words<const N: usize>(p: *const u8) -> [u32; N] {
     out
 }
 
+/// A 16-bit word at `p` as it sits in memory (network order read as a
+/// little-endian `u16`: compare with swapped constants, or swap it), by
+/// one load (see [`load_words`]). The caller has bounds-checked `p .. p + 2`.
+#[inline(always)]
+pub fn load_half(p: *const u8) -> u16 {
+    let v: u64;
+    // SAFETY: reads 2 bytes the caller bounds-checked; no side effects.
+    unsafe {
+        core::arch::asm!(
+            "{v} = *(u16 *)({p} + 0)",
+            v = lateout(reg) v,
+            p = in(reg) p,
+            options(readonly, nostack, preserves_flags)
+        )
+    };
+    v as u16
+}
+
 /// Reads a copy of the `T` at `off`.
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {

@@ -79,6 +79,7 @@ fn scenarios(i: u32) -> Vec<Scenario> {
 /// named (`packets` includes `handoff`, the reply hand-off between the hosts of a fleet).
 fn main() -> anyhow::Result<()> {
     carwash_tests::require_root();
+    let _stats = carwash_tests::bench::BpfStatsOff::new();
     let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let wants = |part: &str| only.is_empty() || only.iter().any(|a| a == part);
     if wants("packets") {

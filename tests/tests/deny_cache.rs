@@ -281,3 +281,124 @@ fn flows_sharing_a_slot_never_take_each_others_verdict() {
         })
         .unwrap();
 }
+
+/// `frame` with `f` applied to its bytes.
+fn edited(frame: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut v = frame.to_vec();
+    f(&mut v);
+    v
+}
+
+/// The IPv4 header checksum of `frame` (Ethernet, IPv4) written again.
+fn ip_checksum(v: &mut [u8]) {
+    let ihl = (v[14] & 0x0f) as usize * 4;
+    v[24..26].copy_from_slice(&[0, 0]);
+    let sum = v[14..14 + ihl]
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    v[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
+/// The uplink's fast path reads only untagged IPv4 without options or IPv6
+/// without extension headers, TCP or UDP, well formed: a frame with the
+/// key of a remembered denial but another shape takes the full parse,
+/// which still finds the denial where the frame is sound (VLAN tags, IP
+/// options, an extension header) and counts what is wrong with the rest
+/// (and passes it, as for any malformed frame) instead of dropping it on
+/// the remembered verdict. UDP's remembered denials count as UDP.
+#[test]
+fn the_fast_path_leaves_other_shapes_to_the_full_parse() {
+    use carwash_tests::fixture::XDP_PASS;
+    use carwash_tests::inbound_cases::{ACME6, DENIED6};
+    use carwash_tests::packets::{fragments4, tcp4_vlan, tcp6_hop_by_hop, udp4};
+    use dataplane_common::Counter;
+    require_root();
+    let ts = tenants();
+    let fab = FabricNs::new(&ts).unwrap();
+    let mut dp = loaded(&fab, &ts).unwrap();
+    let mut ring = dp.take_events().unwrap();
+    report_every_drop(&mut dp);
+    fab.ns
+        .enter(|| {
+            on_cpu0();
+            let (src, dst) = (IpAddr::V4(DENIED4), IpAddr::V4(ACME4));
+            let slot = slot_of(src, dst, 443);
+            let frame = tcp4(DENIED4, ACME4, 40000, 443, &[0u8; 40]);
+            let full = send(&dp, &mut ring, &frame);
+            assert_eq!(full.action, XDP_DROP);
+            assert_eq!(full.counters.dropped(DropReason::NotAllowed), 1);
+            let hit = send(&dp, &mut ring, &frame);
+            assert_eq!(hit, full, "the fast path's drop differs from the full path's");
+            assert_eq!(cpu0(&dp, slot).hits, 1);
+
+            // Sound frames of other shapes: dropped on the remembered
+            // verdict by the full path, which counts their shape too.
+            let tagged = tcp4_vlan(&[100], DENIED4, ACME4, 40000, 443);
+            let e = send(&dp, &mut ring, &tagged);
+            assert_eq!(e.action, XDP_DROP);
+            assert_eq!(e.counters.dropped(DropReason::NotAllowed), 1);
+            assert_eq!(e.counters.get(Counter::Vlan), 1);
+            assert_eq!(cpu0(&dp, slot).hits, 2, "a tagged frame: the full path's lookup");
+            // Four bytes of options (NOPs): IHL 6.
+            let options = edited(&frame, |v| {
+                v.splice(34..34, [1u8; 4]);
+                v[14] = 0x46;
+                let len = u16::from_be_bytes([v[16], v[17]]) + 4;
+                v[16..18].copy_from_slice(&len.to_be_bytes());
+                ip_checksum(v);
+            });
+            let e = send(&dp, &mut ring, &options);
+            assert_eq!(e.action, XDP_DROP);
+            assert_eq!(e.counters.dropped(DropReason::NotAllowed), 1);
+            assert_eq!(cpu0(&dp, slot).hits, 3, "IPv4 options: the full path's lookup");
+
+            // Unsound frames with the same key: never dropped on the
+            // remembered verdict.
+            let bad_offset = edited(&frame, |v| v[46] = 0x40);
+            let short_total = edited(&frame, |v| {
+                v[16..18].copy_from_slice(&19u16.to_be_bytes());
+                ip_checksum(v);
+            });
+            let cut = frame[..50].to_vec();
+            for (name, f, counter) in [
+                ("a TCP data offset of 4", &bad_offset, Counter::MalformedTcpHeader),
+                ("an IPv4 total length of 19", &short_total, Counter::MalformedIpHeader),
+                ("a TCP header cut short", &cut, Counter::MalformedTruncated),
+            ] {
+                let e = send(&dp, &mut ring, f);
+                assert_eq!(e.action, XDP_PASS, "{name}");
+                assert_eq!(e.counters.get(counter), 1, "{name}: {:#?}", e.counters);
+                assert!(e.counters.drops.values().all(|&n| n == 0), "{name}: {:#?}", e.counters);
+                assert!(e.events.is_empty(), "{name}");
+            }
+            // A later fragment carries no ports: the full path decides it.
+            let (_, later) = fragments4(&frame, 16);
+            let e = send(&dp, &mut ring, &later);
+            assert_eq!(e.counters.get(Counter::Fragment), 1);
+            assert_eq!(cpu0(&dp, slot).hits, 3, "no frame above came from the cache");
+
+            // IPv6 with a hop-by-hop header: the full path's lookup.
+            let (src6, dst6) = (IpAddr::V6(DENIED6), IpAddr::V6(ACME6));
+            let slot6 = slot_of(src6, dst6, 443);
+            let hbh = tcp6_hop_by_hop(DENIED6, ACME6, 40000, 443, &[0u8; 10]);
+            let first = send(&dp, &mut ring, &hbh);
+            assert_eq!(first.action, XDP_DROP);
+            assert_eq!(send(&dp, &mut ring, &hbh), first);
+            assert_eq!(cpu0(&dp, slot6).hits, 1);
+
+            // UDP to a VIP port without a service: remembered, and counted
+            // as UDP on the fast path.
+            let udp = udp4(DENIED4, ACME4, 40000, 9999, &[0u8; 10]);
+            let udp_slot = deny_slot(&addr16(src), &addr16(dst), 9999, 17);
+            let full = send(&dp, &mut ring, &udp);
+            assert_eq!(full.action, XDP_DROP);
+            assert_eq!(full.counters.get(Counter::Udp), 1);
+            assert_eq!(full.counters.dropped(DropReason::NoService), 1);
+            assert_eq!(send(&dp, &mut ring, &udp), full);
+            assert_eq!(cpu0(&dp, udp_slot).hits, 1);
+        })
+        .unwrap();
+}

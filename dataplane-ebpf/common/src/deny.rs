@@ -31,6 +31,14 @@ pub struct DenySlot {
     pub _pad: [u64; 1],
 }
 
+// The uplink's fast path compares these four fields as one word.
+const _: () = assert!(
+    core::mem::offset_of!(DenySlot, dport) == 32
+        && core::mem::offset_of!(DenySlot, proto) == 34
+        && core::mem::offset_of!(DenySlot, v6) == 35
+        && core::mem::offset_of!(DenySlot, epoch) == 36
+);
+
 /// The slot of a flow: addresses as little-endian words (what a word load
 /// gives on the little-endian BPF target; IPv4 in the first word, the rest
 /// zero). Not the flow hash: no source port (the verdict does not depend
