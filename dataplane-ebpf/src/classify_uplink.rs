@@ -34,11 +34,10 @@ pub fn run(ctx: &XdpContext) -> u32 {
     // would.
     let fast = deny_cache::fast(ctx, epoch);
     if fast.tenant != 0 {
-        let why = fast.class_why & 0xff;
         let bytes = frame_len(ctx);
-        stats.remembered_drop(fast.v6, fast.proto, why, bytes);
-        tenant_dropped(fast.tenant, (fast.class_why >> 8) as u8, why, bytes as u64);
-        events::dropped_remembered(ctx, fast.tenant, fast.class_why, epoch & 1);
+        stats.remembered_drop(fast.v6, fast.udp, fast.why, bytes);
+        tenant_dropped(fast.tenant, fast.class as u8, fast.why, bytes as u64);
+        events::dropped_remembered(ctx, fast.tenant, fast.class << 8 | fast.why, epoch & 1);
         return xdp_action::XDP_DROP;
     }
     stats.around(frame_len(ctx), || try_uplink(ctx, &stats, epoch, fast.looked))

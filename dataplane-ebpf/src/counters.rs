@@ -6,6 +6,9 @@ use dataplane_common::{
     types::{CLASS_NONE, CLASSES},
 };
 
+const _: () =
+    assert!(Counter::Ipv6.index() == Counter::Ipv4.index() + 1 && Counter::Udp.index() == Counter::Tcp.index() + 1);
+
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
 use crate::maps::{COUNTERS, TENANT_STATS};
@@ -91,15 +94,12 @@ impl Counters {
     /// denial (`deny_cache::fast`: untagged, not a later fragment, TCP or
     /// UDP) as `around`, `parse` and `drop` count one the full path drops.
     #[inline(always)]
-    pub fn remembered_drop(&self, v6: bool, proto: u8, why: u32, bytes: usize) {
+    pub fn remembered_drop(&self, v6: bool, udp: bool, why: u32, bytes: usize) {
         self.inc(Counter::Packets);
         self.add(Counter::Bytes, bytes as u64);
-        self.inc(if v6 { Counter::Ipv6 } else { Counter::Ipv4 });
-        self.inc(if proto == IPPROTO_TCP {
-            Counter::Tcp
-        } else {
-            Counter::Udp
-        });
+        // Neighbours in the block: an index, not a choice.
+        self.bump(Counter::Ipv4.index() as usize + v6 as usize, 1);
+        self.bump(Counter::Tcp.index() as usize + udp as usize, 1);
         self.drop(why);
         self.inc(Counter::ActionDrop);
     }

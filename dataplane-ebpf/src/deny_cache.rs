@@ -103,14 +103,26 @@ pub fn lookup(flow: &Flow, epoch: u32) -> Option<Hit> {
 pub struct Fast {
     /// The tenant of a remembered denial; 0: none.
     pub tenant: u32,
-    /// Its `class << 8 | reason`, the class below `CLASSES`.
-    pub class_why: u32,
+    /// Its class, below `CLASSES`.
+    pub class: u32,
+    /// Its reason (a `DropReason`'s index), below `DropReason::COUNT`.
+    pub why: u32,
     pub v6: bool,
-    pub proto: u8,
+    /// UDP (else TCP).
+    pub udp: bool,
     /// The cache was consulted for this packet (hit or miss): the full
     /// path need not look again.
     pub looked: bool,
 }
+
+const OTHER: Fast = Fast {
+    tenant: 0,
+    class: 0,
+    why: 0,
+    v6: false,
+    udp: false,
+    looked: false,
+};
 
 /// The uplink's fast path: the denial remembered under `epoch` for a frame
 /// of the shape a flood has, read straight from the frame without the
@@ -120,6 +132,10 @@ pub struct Fast {
 /// extension headers, other protocols, anything `parse` would count as
 /// malformed, VXLAN that may be the fabric's) is left to the full path,
 /// which consults the cache itself.
+///
+/// Fields are checked by words, several at a time (`x ^ expected`, or'ed,
+/// one branch): on this path every instruction counts, and a chain of
+/// separate conditions costs the BPF target four or five each.
 #[inline(always)]
 pub fn fast(ctx: &XdpContext, epoch: u32) -> Fast {
     let start = ctx.data();
@@ -130,29 +146,34 @@ pub fn fast(ctx: &XdpContext, epoch: u32) -> Fast {
         return OTHER;
     }
     // SAFETY (every read below): inside the bounds checked before it.
-    let ethertype = load_half(unsafe { p.add(12) });
-    if ethertype == ETH_P_IPV4.swap_bytes() {
-        let (vihl, tot_len, frag, proto) = unsafe {
-            (
-                *p.add(ETH_LEN),
-                u16::from_be(load_half(p.add(ETH_LEN + 2))),
-                load_half(p.add(ETH_LEN + 6)),
-                *p.add(ETH_LEN + 9),
-            )
-        };
-        // Version 4, no options; a length `parse` accepts; the fragment
-        // offset (0x1fff, as the bytes read little-endian) zero.
-        if vihl != 0x45 || tot_len < 20 || frag & 0xff1f != 0 {
+    // The ethertype and the byte after it, as they sit in memory.
+    let [head] = load_words::<1>(unsafe { p.add(12) });
+    if head & 0xffff == ETH_P_IPV4.swap_bytes() as u32 {
+        // Version 4 and no options (0x45); the fragment offset (0x1fff,
+        // as the bytes read little-endian) zero; a total length `parse`
+        // accepts; TTL and protocol in the same word as the offset.
+        let [frag_proto] = load_words::<1>(unsafe { p.add(ETH_LEN + 6) });
+        let tot_len = u16::from_be(load_half(unsafe { p.add(ETH_LEN + 2) }));
+        if ((head & 0x00ff_0000) ^ 0x0045_0000) | (frag_proto & 0xff1f) != 0 || tot_len < 20 {
             return OTHER;
         }
         let [s, d] = load_words::<2>(unsafe { p.add(ETH_LEN + 12) });
-        probe::<{ ETH_LEN + 20 }>(start, end, [s, 0, 0, 0], [d, 0, 0, 0], proto, false, epoch)
-    } else if ethertype == ETH_P_IPV6.swap_bytes() {
+        probe::<{ ETH_LEN + 20 }>(
+            start,
+            end,
+            [s, 0, 0, 0],
+            [d, 0, 0, 0],
+            (frag_proto >> 24) as u8,
+            false,
+            epoch,
+        )
+    } else if head & 0xffff == ETH_P_IPV6.swap_bytes() as u32 {
         if start + ETH_LEN + IPV6_LEN + 8 > end {
             return OTHER;
         }
-        let (version, proto) = unsafe { (*p.add(ETH_LEN) >> 4, *p.add(ETH_LEN + 6)) };
-        if version != 6 {
+        // Version 6: the high nibble of the byte after the ethertype.
+        let proto = unsafe { *p.add(ETH_LEN + 6) };
+        if head & 0x00f0_0000 != 0x0060_0000 {
             return OTHER;
         }
         let s = load_words::<4>(unsafe { p.add(ETH_LEN + 8) });
@@ -163,29 +184,20 @@ pub fn fast(ctx: &XdpContext, epoch: u32) -> Fast {
     }
 }
 
-const OTHER: Fast = Fast {
-    tenant: 0,
-    class_why: 0,
-    v6: false,
-    proto: 0,
-    looked: false,
-};
-
 /// [`fast`] from the transport header at `L4` on: its checks, the slot.
 #[inline(always)]
 fn probe<const L4: usize>(start: usize, end: usize, s: [u32; 4], d: [u32; 4], proto: u8, v6: bool, epoch: u32) -> Fast {
     let p = start as *const u8;
-    if proto == IPPROTO_TCP {
-        // The whole header, with a data offset `parse` accepts.
-        if start + L4 + 20 > end || unsafe { *p.add(L4 + 12) } >> 4 < 5 {
+    let udp = proto == IPPROTO_UDP;
+    if !udp {
+        // TCP: the whole header, with a data offset `parse` accepts.
+        if proto != IPPROTO_TCP || start + L4 + 20 > end || unsafe { *p.add(L4 + 12) } < 0x50 {
             return OTHER;
         }
-    } else if proto != IPPROTO_UDP {
-        return OTHER;
     }
     let dport = u16::from_be(load_half(unsafe { p.add(L4 + 2) }));
     // Perhaps the fabric's, when the fabric is the uplink.
-    if !v6 && proto == IPPROTO_UDP && dport == VXLAN_PORT {
+    if !v6 && udp && dport == VXLAN_PORT {
         return OTHER;
     }
     let Some(e) = DENY_CACHE.get_ptr_mut(deny_slot_words(&s, &d, dport, proto)) else {
@@ -199,29 +211,24 @@ fn probe<const L4: usize>(start: usize, end: usize, s: [u32; 4], d: [u32; 4], pr
     let key = dport as u64 | (proto as u64) << 16 | (v6 as u64) << 24 | (epoch as u64) << 32;
     // SAFETY: the four fields fill bytes 32..40 of the align(8) slot.
     let slot_key = unsafe { *(core::ptr::addr_of!(e.dport) as *const u64) };
-    let miss = Fast { looked: true, ..OTHER };
-    if e.tenant == 0
-        || slot_key != key
-        || es[0] != pair(s[0], s[1])
-        || es[1] != pair(s[2], s[3])
-        || ed[0] != pair(d[0], d[1])
-        || ed[1] != pair(d[2], d[3])
-    {
-        return miss;
+    let differs = (slot_key ^ key)
+        | (es[0] ^ pair(s[0], s[1]))
+        | (es[1] ^ pair(s[2], s[3]))
+        | (ed[0] ^ pair(d[0], d[1]))
+        | (ed[1] ^ pair(d[2], d[3]));
+    let (class, why) = ((e.class_why >> 8) & 0xff, e.class_why & 0xff);
+    // The bounds, where the verifier sees them (the counters index by
+    // them); only the full path writes a slot, with both in range.
+    if differs != 0 || e.tenant == 0 || class >= CLASSES as u32 || why >= DropReason::COUNT {
+        return Fast { looked: true, ..OTHER };
     }
     e.hits += 1;
-    // Bounded here, where the verifier sees it (as in `lookup`).
-    let class = (e.class_why >> 8) & 0xff;
-    let class = if class < CLASSES as u32 {
-        class
-    } else {
-        CLASS_NONE as u32
-    };
     Fast {
         tenant: e.tenant,
-        class_why: class << 8 | (e.class_why & 0xff),
+        class,
+        why,
         v6,
-        proto,
+        udp,
         looked: true,
     }
 }

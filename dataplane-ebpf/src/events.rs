@@ -260,7 +260,9 @@ fn report(
 /// and writes it, so a flood costs the bucket's arithmetic alone.
 #[inline(always)]
 pub fn dropped_remembered(ctx: &XdpContext, tenant: u32, class_why: u32, generation: u32) {
-    if budget(drop_kind(class_why & 0xff), tenant) {
+    // Only plain denials are remembered (`deny_cache::cacheable`: not
+    // allowed, no service): always a `drop` event.
+    if budget(KIND_DROP, tenant) {
         write_remembered(ctx, tenant, class_why, generation);
     }
 }
@@ -273,7 +275,7 @@ fn write_remembered(ctx: &XdpContext, tenant: u32, class_why: u32, generation: u
     let Ok(flow) = crate::parse::parse(ctx) else {
         return;
     };
-    write(ctx, drop_kind(why), why as u8, class, tenant, generation, |e| {
+    write(ctx, KIND_DROP, why as u8, class, tenant, generation, |e| {
         fill_flow(e, &flow, &flow.dst, flow.dport)
     });
 }

@@ -26,7 +26,7 @@ use carwash_policy::{Class, Tenant};
 use ipnetwork::IpNetwork;
 
 const LIVE_FRAMES: u32 = 1_000_000;
-const LIVE_ROUNDS: usize = 5;
+const LIVE_ROUNDS: usize = 9;
 const RUNS: u32 = 100_000;
 const ROUNDS: usize = 5;
 
