@@ -65,6 +65,7 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters, epoch: u32, looked: bool) -> u
     // Counted as the packet arrived, before any encapsulation.
     let bytes = frame_len(ctx) as u64;
     if !looked && let Some(hit) = deny_cache::lookup(&flow, epoch) {
+        deny_cache::arm_fast();
         let r = Refused {
             why: hit.why,
             action: xdp_action::XDP_DROP,

@@ -33,6 +33,24 @@ use crate::parse::Flow;
 #[map(name = "DENY_CACHE")]
 pub static DENY_CACHE: PerCpuArray<DenySlot> = PerCpuArray::with_max_entries(DENY_CACHE_SLOTS, 0);
 
+/// Per CPU: `[tick until which the fast path runs, frames it dropped]`.
+#[map(name = "DENY_FAST")]
+pub static DENY_FAST: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Ticks (1 to 10 ms each) the fast path stays on after the full path
+/// last dropped a frame on a remembered denial: while a flood lasts.
+const FAST_TICKS: u64 = 256;
+
+/// Turns the fast path on for this CPU (a remembered denial was just used:
+/// a flood may be on).
+#[inline(always)]
+pub fn arm_fast() {
+    if let Some(f) = DENY_FAST.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; plain helper call (a load, inlined).
+        unsafe { (*f)[0] = aya_ebpf::helpers::bpf_jiffies64() + FAST_TICKS };
+    }
+}
+
 /// A remembered denial.
 pub struct Hit {
     pub tenant: u32,
@@ -136,8 +154,28 @@ const OTHER: Fast = Fast {
 /// Fields are checked by words, several at a time (`x ^ expected`, or'ed,
 /// one branch): on this path every instruction counts, and a chain of
 /// separate conditions costs the BPF target four or five each.
+///
+/// It runs only while armed ([`arm_fast`]): outside a flood, traffic that
+/// is not denied (nearly all of it) would pay for reading the frame twice.
 #[inline(always)]
 pub fn fast(ctx: &XdpContext, epoch: u32) -> Fast {
+    let Some(armed) = DENY_FAST.get_ptr_mut(0) else {
+        return OTHER;
+    };
+    // SAFETY: this CPU's slot; plain helper call (a load, inlined).
+    let armed = unsafe { &mut *armed };
+    if unsafe { aya_ebpf::helpers::bpf_jiffies64() } >= armed[0] {
+        return OTHER;
+    }
+    let found = fast_probe(ctx, epoch);
+    if found.tenant != 0 {
+        armed[1] += 1;
+    }
+    found
+}
+
+#[inline(always)]
+fn fast_probe(ctx: &XdpContext, epoch: u32) -> Fast {
     let start = ctx.data();
     let end = ctx.data_end();
     let p = start as *const u8;

@@ -290,8 +290,9 @@ pub fn run() -> Result<()> {
         "events of the flood: {emitted} reported, {suppressed} held back by the budget ({DEFAULT_EVENT_RATE}/s, burst {DEFAULT_EVENT_BURST}, per CPU)"
     );
     println!(
-        "denial cache: {hits} of {} carwash frames dropped on a remembered verdict",
-        2 * LIVE_ROUNDS as u64 * LIVE_FRAMES as u64
+        "denial cache: {hits} of {} carwash frames dropped on a remembered verdict, {} of them by the fast path",
+        2 * LIVE_ROUNDS as u64 * LIVE_FRAMES as u64,
+        dp.deny_fast_drops()?
     );
 
     // The allowed path: an accepted SYN steered to a connector.
@@ -331,6 +332,8 @@ pub fn run() -> Result<()> {
         ),
     ] {
         dp.set_event_limits(limits)?;
+        // No flood now: the denial fast path off, as outside one.
+        dp.disarm_deny_fast()?;
         let (base, ns) = fab.ns.enter(|| -> Result<_> {
             let base = ns_per_packet(&dp, programs::BENCH_PASS, &allowed, XDP_PASS, RUNS, ROUNDS)?;
             let ns = ns_per_packet(&dp, programs::UPLINK, &allowed, XDP_REDIRECT, RUNS, ROUNDS)?;

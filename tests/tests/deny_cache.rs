@@ -140,11 +140,17 @@ fn a_remembered_denial_counts_and_reports_as_the_full_path() {
                 let e = cpu0(&dp, slot);
                 assert_eq!((e.tenant, e.hits), (full.events[0].tenant, 0), "{}: {e:#?}", c.name);
                 assert_eq!(e.class_why & 0xff, why.index(), "{}", c.name);
+                // The first case's first hit is the full path's lookup,
+                // which turns the fast path on; every later one is the fast
+                // path's (on for 256 ticks).
+                let fast0 = dp.deny_fast_drops().unwrap();
                 for _ in 0..3 {
                     let hit = send(&dp, &mut ring, &packet);
                     assert_eq!(hit, full, "{}: the remembered verdict differs", c.name);
                 }
                 assert_eq!(cpu0(&dp, slot).hits, 3, "{}: not taken from the cache", c.name);
+                let fast = dp.deny_fast_drops().unwrap() - fast0;
+                assert!(fast == 2 || fast == 3, "{}: {fast} of 3 by the fast path", c.name);
             }
         })
         .unwrap();
@@ -330,9 +336,15 @@ fn the_fast_path_leaves_other_shapes_to_the_full_parse() {
             let full = send(&dp, &mut ring, &frame);
             assert_eq!(full.action, XDP_DROP);
             assert_eq!(full.counters.dropped(DropReason::NotAllowed), 1);
-            let hit = send(&dp, &mut ring, &frame);
-            assert_eq!(hit, full, "the fast path's drop differs from the full path's");
-            assert_eq!(cpu0(&dp, slot).hits, 1);
+            // The full path's lookup (which turns the fast path on), then
+            // the fast path.
+            let fast0 = dp.deny_fast_drops().unwrap();
+            for _ in 0..2 {
+                let hit = send(&dp, &mut ring, &frame);
+                assert_eq!(hit, full, "the remembered drop differs from the full path's");
+            }
+            assert_eq!(cpu0(&dp, slot).hits, 2);
+            assert_eq!(dp.deny_fast_drops().unwrap() - fast0, 1, "not dropped by the fast path");
 
             // Sound frames of other shapes: dropped on the remembered
             // verdict by the full path, which counts their shape too.
@@ -341,7 +353,7 @@ fn the_fast_path_leaves_other_shapes_to_the_full_parse() {
             assert_eq!(e.action, XDP_DROP);
             assert_eq!(e.counters.dropped(DropReason::NotAllowed), 1);
             assert_eq!(e.counters.get(Counter::Vlan), 1);
-            assert_eq!(cpu0(&dp, slot).hits, 2, "a tagged frame: the full path's lookup");
+            assert_eq!(cpu0(&dp, slot).hits, 3, "a tagged frame: the full path's lookup");
             // Four bytes of options (NOPs): IHL 6.
             let options = edited(&frame, |v| {
                 v.splice(34..34, [1u8; 4]);
@@ -353,7 +365,7 @@ fn the_fast_path_leaves_other_shapes_to_the_full_parse() {
             let e = send(&dp, &mut ring, &options);
             assert_eq!(e.action, XDP_DROP);
             assert_eq!(e.counters.dropped(DropReason::NotAllowed), 1);
-            assert_eq!(cpu0(&dp, slot).hits, 3, "IPv4 options: the full path's lookup");
+            assert_eq!(cpu0(&dp, slot).hits, 4, "IPv4 options: the full path's lookup");
 
             // Unsound frames with the same key: never dropped on the
             // remembered verdict.
@@ -378,7 +390,12 @@ fn the_fast_path_leaves_other_shapes_to_the_full_parse() {
             let (_, later) = fragments4(&frame, 16);
             let e = send(&dp, &mut ring, &later);
             assert_eq!(e.counters.get(Counter::Fragment), 1);
-            assert_eq!(cpu0(&dp, slot).hits, 3, "no frame above came from the cache");
+            assert_eq!(cpu0(&dp, slot).hits, 4, "no frame above came from the cache");
+            assert_eq!(
+                dp.deny_fast_drops().unwrap() - fast0,
+                1,
+                "only sound untagged frames take the fast path"
+            );
 
             // IPv6 with a hop-by-hop header: the full path's lookup.
             let (src6, dst6) = (IpAddr::V6(DENIED6), IpAddr::V6(ACME6));

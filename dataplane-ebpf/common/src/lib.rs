@@ -211,4 +211,8 @@ pub mod maps {
     /// Per-CPU array of [`crate::deny::DenySlot`] (never pinned: a stale
     /// slot is a miss anyway, and each load starts empty).
     pub const DENY_CACHE: &str = "DENY_CACHE";
+    /// Per-CPU array of two `u64`: the tick until which the uplink's fast
+    /// path for remembered denials runs, and the frames it dropped (never
+    /// pinned, as `DENY_CACHE`).
+    pub const DENY_FAST: &str = "DENY_FAST";
 }

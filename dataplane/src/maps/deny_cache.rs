@@ -25,4 +25,21 @@ impl Dataplane {
         }
         Ok(hits)
     }
+
+    /// Frames the uplink's fast path dropped on a remembered denial, over
+    /// every CPU (part of [`Dataplane::deny_cache_hits`]).
+    pub fn deny_fast_drops(&self) -> Result<u64> {
+        let m: PerCpuArray<_, [u64; 2]> = PerCpuArray::try_from(self.map_ref(maps::DENY_FAST)?)?;
+        Ok(m.get(&0, 0)?.iter().map(|v| v[1]).sum())
+    }
+
+    /// Turns the fast path off on every CPU until the full path next drops
+    /// a frame on a remembered denial: for benchmarks of traffic outside a
+    /// flood, after one.
+    pub fn disarm_deny_fast(&mut self) -> Result<()> {
+        let mut m: PerCpuArray<_, [u64; 2]> = PerCpuArray::try_from(self.map_mut(maps::DENY_FAST)?)?;
+        let v: Vec<[u64; 2]> = m.get(&0, 0)?.iter().map(|c| [0, c[1]]).collect();
+        m.set(0, aya::maps::PerCpuValues::try_from(v)?, 0)?;
+        Ok(())
+    }
 }
