@@ -345,13 +345,8 @@ pub fn fragments4(frame: &[u8], at: usize) -> (Vec<u8>, Vec<u8>) {
         let frag = (offset / 8) as u16 | if more { 0x2000 } else { 0 } | (u16::from_be_bytes([h[6], h[7]]) & 0x4000);
         h[6..8].copy_from_slice(&frag.to_be_bytes());
         h[10..12].copy_from_slice(&[0, 0]);
-        let sum = h
-            .chunks(2)
-            .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
-            .sum::<u32>();
-        let sum = (sum & 0xffff) + (sum >> 16);
-        let sum = (sum & 0xffff) + (sum >> 16);
-        h[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        let sum = crate::model::checksum(&h);
+        h[10..12].copy_from_slice(&sum.to_be_bytes());
         [eth, &h, data].concat()
     };
     (part(&payload[..at], 0, true), part(&payload[at..], at, false))

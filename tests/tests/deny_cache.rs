@@ -299,13 +299,8 @@ fn edited(frame: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 fn ip_checksum(v: &mut [u8]) {
     let ihl = (v[14] & 0x0f) as usize * 4;
     v[24..26].copy_from_slice(&[0, 0]);
-    let sum = v[14..14 + ihl]
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
-        .sum::<u32>();
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = (sum & 0xffff) + (sum >> 16);
-    v[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let sum = carwash_tests::model::checksum(&v[14..14 + ihl]);
+    v[24..26].copy_from_slice(&sum.to_be_bytes());
 }
 
 /// The uplink's fast path reads only untagged IPv4 without options or IPv6
