@@ -26,27 +26,35 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let Some(stats) = Counters::this_cpu(SIDE_UPLINK) else {
         return xdp_action::XDP_PASS;
     };
-    // One read of the word gives the generation and the denial cache's
-    // epoch, before any policy lookup (`deny_cache`).
-    let epoch = generation_word();
     // A flood's packets stop here: a denial remembered for the frame,
     // found without the full parse, counted and reported as the full path
     // would.
-    let fast = deny_cache::fast(ctx, epoch);
-    if fast.tenant != 0 {
-        let bytes = frame_len(ctx);
-        stats.remembered_drop(fast.v6, fast.udp, fast.why, bytes);
-        tenant_dropped(fast.tenant, fast.class as u8, fast.why, bytes as u64);
-        events::dropped_remembered(ctx, fast.tenant, fast.class << 8 | fast.why, epoch & 1);
-        return xdp_action::XDP_DROP;
+    if let Some(action) = remembered(ctx, &stats) {
+        return action;
     }
-    stats.around(frame_len(ctx), || try_uplink(ctx, &stats, epoch, fast.looked))
+    stats.around(frame_len(ctx), || try_uplink(ctx, &stats))
 }
 
-/// The full path; `looked`: the fast path consulted the denial cache for
-/// this frame already, and it had nothing.
+/// The fast path for remembered denials (`deny_cache::fast`): the verdict
+/// of a hit, after counting and reporting it; `None` for the full path.
 #[inline(always)]
-fn try_uplink(ctx: &XdpContext, stats: &Counters, epoch: u32, looked: bool) -> u32 {
+fn remembered(ctx: &XdpContext, stats: &Counters) -> Option<u32> {
+    let epoch = generation_word();
+    let fast = deny_cache::fast(ctx, epoch);
+    if fast.tenant == 0 {
+        return None;
+    }
+    let bytes = frame_len(ctx);
+    stats.remembered_drop(fast.v6, fast.udp, fast.why, bytes);
+    tenant_dropped(fast.tenant, fast.class as u8, fast.why, bytes as u64);
+    events::dropped_remembered(ctx, fast.tenant, fast.class << 8 | fast.why, epoch & 1);
+    Some(xdp_action::XDP_DROP)
+}
+
+/// The full path. It consults the denial cache itself: the fast path is
+/// off outside a flood, and leaves frames of other shapes to it.
+#[inline(always)]
+fn try_uplink(ctx: &XdpContext, stats: &Counters) -> u32 {
     let Some(flow) = stats.parse(ctx) else {
         return xdp_action::XDP_PASS;
     };
@@ -56,6 +64,9 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters, epoch: u32, looked: bool) -> u
         shared_fabric(ctx, &flow);
     }
 
+    // One read of the word gives the generation and the denial cache's
+    // epoch, before any policy lookup (`deny_cache`).
+    let epoch = generation_word();
     let generation = epoch & 1;
     if !steer::maybe_ours(&flow.dst, generation) {
         return xdp_action::XDP_PASS;
@@ -64,7 +75,7 @@ fn try_uplink(ctx: &XdpContext, stats: &Counters, epoch: u32, looked: bool) -> u
     // only lookup by address. Only a miss asks whose address it is.
     // Counted as the packet arrived, before any encapsulation.
     let bytes = frame_len(ctx) as u64;
-    if !looked && let Some(hit) = deny_cache::lookup(&flow, epoch) {
+    if let Some(hit) = deny_cache::lookup(&flow, epoch) {
         deny_cache::arm_fast();
         let r = Refused {
             why: hit.why,

@@ -128,9 +128,6 @@ pub struct Fast {
     pub v6: bool,
     /// UDP (else TCP).
     pub udp: bool,
-    /// The cache was consulted for this packet (hit or miss): the full
-    /// path need not look again.
-    pub looked: bool,
 }
 
 const OTHER: Fast = Fast {
@@ -139,7 +136,6 @@ const OTHER: Fast = Fast {
     why: 0,
     v6: false,
     udp: false,
-    looked: false,
 };
 
 /// The uplink's fast path: the denial remembered under `epoch` for a frame
@@ -258,7 +254,7 @@ fn probe<const L4: usize>(start: usize, end: usize, s: [u32; 4], d: [u32; 4], pr
     // The bounds, where the verifier sees them (the counters index by
     // them); only the full path writes a slot, with both in range.
     if differs != 0 || e.tenant == 0 || class >= CLASSES as u32 || why >= DropReason::COUNT {
-        return Fast { looked: true, ..OTHER };
+        return OTHER;
     }
     e.hits += 1;
     Fast {
@@ -267,7 +263,6 @@ fn probe<const L4: usize>(start: usize, end: usize, s: [u32; 4], d: [u32; 4], pr
         why,
         v6,
         udp,
-        looked: true,
     }
 }
 
