@@ -47,7 +47,15 @@ fn remembered(ctx: &XdpContext, stats: &Counters) -> Option<u32> {
     let bytes = frame_len(ctx);
     stats.remembered_drop(fast.v6, fast.udp, fast.why, bytes);
     tenant_dropped(fast.tenant, fast.class as u8, fast.why, bytes as u64);
-    events::dropped_remembered(ctx, fast.tenant, fast.class << 8 | fast.why, epoch & 1);
+    // SAFETY: the hit's slot, this CPU's (set with every hit).
+    let quiet = unsafe { &mut *fast.quiet };
+    events::dropped_remembered(
+        ctx,
+        (fast.tenant, fast.class << 8 | fast.why),
+        epoch & 1,
+        fast.now_tick,
+        quiet,
+    );
     Some(xdp_action::XDP_DROP)
 }
 

@@ -128,6 +128,10 @@ pub struct Fast {
     pub v6: bool,
     /// UDP (else TCP).
     pub udp: bool,
+    /// The tick counter, read once.
+    pub now_tick: u64,
+    /// The hit's `DenySlot::quiet_until` (null without a hit).
+    pub quiet: *mut u64,
 }
 
 const OTHER: Fast = Fast {
@@ -136,6 +140,8 @@ const OTHER: Fast = Fast {
     why: 0,
     v6: false,
     udp: false,
+    now_tick: 0,
+    quiet: core::ptr::null_mut(),
 };
 
 /// The uplink's fast path: the denial remembered under `epoch` for a frame
@@ -160,14 +166,15 @@ pub fn fast(ctx: &XdpContext, epoch: u32) -> Fast {
     };
     // SAFETY: this CPU's slot; plain helper call (a load, inlined).
     let armed = unsafe { &mut *armed };
-    if unsafe { aya_ebpf::helpers::bpf_jiffies64() } >= armed[0] {
+    let now_tick = unsafe { aya_ebpf::helpers::bpf_jiffies64() };
+    if now_tick >= armed[0] {
         return OTHER;
     }
     let found = fast_probe(ctx, epoch);
     if found.tenant != 0 {
         armed[1] += 1;
     }
-    found
+    Fast { now_tick, ..found }
 }
 
 #[inline(always)]
@@ -263,6 +270,8 @@ fn probe<const L4: usize>(start: usize, end: usize, s: [u32; 4], d: [u32; 4], pr
         why,
         v6,
         udp,
+        now_tick: 0,
+        quiet: core::ptr::addr_of_mut!(e.quiet_until),
     }
 }
 
@@ -296,4 +305,5 @@ pub fn remember(flow: &Flow, epoch: u32, tenant: u32, class_why: u32, action: u3
     e.tenant = tenant;
     e.class_why = class_why;
     e.hits = 0;
+    e.quiet_until = 0;
 }

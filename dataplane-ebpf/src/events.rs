@@ -257,13 +257,46 @@ fn report(
 /// Reports a drop the uplink's fast path made on a remembered denial
 /// (`deny_cache::fast`): the budget is taken here, in line; only an event
 /// the budget lets through pays for the call that parses the frame again
-/// and writes it, so a flood costs the bucket's arithmetic alone.
+/// and writes it. When the budget holds one back, the slot remembers until
+/// which tick the bucket stays empty (`quiet`, rounded up to a whole tick),
+/// and until then the event is counted as held back at once: a flood then
+/// costs two counters, not the bucket's arithmetic.
 #[inline(always)]
-pub fn dropped_remembered(ctx: &XdpContext, tenant: u32, class_why: u32, generation: u32) {
+pub fn dropped_remembered(
+    ctx: &XdpContext,
+    (tenant, class_why): (u32, u32),
+    generation: u32,
+    now_tick: u64,
+    quiet: &mut u64,
+) {
     // Only plain denials are remembered (`deny_cache::cacheable`: not
     // allowed, no service): always a `drop` event.
-    if budget(KIND_DROP, tenant) {
-        write_remembered(ctx, tenant, class_why, generation);
+    if now_tick < *quiet {
+        held_back(KIND_DROP, tenant);
+        return;
+    }
+    match budget_wait(KIND_DROP, tenant) {
+        0 => write_remembered(ctx, tenant, class_why, generation),
+        OFF => {}
+        wait => {
+            if let Some(c) = crate::maps::CONFIG.get(0)
+                && c.ns_per_tick != 0
+            {
+                *quiet = now_tick + wait.div_ceil(c.ns_per_tick as u64);
+            }
+        }
+    }
+}
+
+/// Counts one event of `kind` for `tenant` as held back by the budget.
+#[inline(always)]
+fn held_back(kind: u8, tenant: u32) {
+    if let (Some(b), Some(s)) = (EVENT_BUCKETS.get_ptr_mut(tenant), EVENT_STATS.get_ptr_mut(kind as u32)) {
+        // SAFETY: this CPU's slots.
+        unsafe {
+            (*b).suppressed += 1;
+            (*s).suppressed += 1;
+        }
     }
 }
 
@@ -285,20 +318,32 @@ fn write_remembered(ctx: &XdpContext, tenant: u32, class_why: u32, generation: u
 /// holds this one back (counted as suppressed, in the bucket and by kind).
 #[inline(always)]
 fn budget(kind: u8, tenant: u32) -> bool {
+    budget_wait(kind, tenant) == 0
+}
+
+/// [`budget_wait`]: events are off.
+const OFF: u64 = u64::MAX;
+
+/// [`budget`], saying more: 0 when an event may be written; [`OFF`] when
+/// events are off; else the event is held back (and counted), and the
+/// value is how many nanoseconds of carwash's clock pass before the bucket
+/// has an event's credit again.
+#[inline(always)]
+fn budget_wait(kind: u8, tenant: u32) -> u64 {
     let (interval, burst) = match EVENT_CONFIG.get(0) {
         Some(c) if c.ready != 0 => {
             if c.disabled != 0 {
-                return false;
+                return OFF;
             }
             (c.interval_ns, c.burst as u64)
         }
         _ => (1_000_000_000 / DEFAULT_EVENT_RATE as u64, DEFAULT_EVENT_BURST as u64),
     };
     let Some(b) = EVENT_BUCKETS.get_ptr_mut(tenant) else {
-        return false;
+        return OFF;
     };
     let Some(stats) = EVENT_STATS.get_ptr_mut(kind as u32) else {
-        return false;
+        return OFF;
     };
     // SAFETY: this CPU's slots; the program is not preempted while it runs.
     let (b, stats) = unsafe { (&mut *b, &mut *stats) };
@@ -322,10 +367,10 @@ fn budget(kind: u8, tenant: u32) -> bool {
         b.credit_ns = credit;
         b.suppressed += 1;
         stats.suppressed += 1;
-        return false;
+        return interval - credit;
     }
     b.credit_ns = credit - interval;
-    true
+    0
 }
 
 /// Reserves a record the budget allowed, writes what every event has and

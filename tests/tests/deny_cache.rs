@@ -414,3 +414,59 @@ fn the_fast_path_leaves_other_shapes_to_the_full_parse() {
         })
         .unwrap();
 }
+
+/// While a tenant's event budget is empty, the fast path counts a drop's
+/// event as held back without the bucket (the slot's `quiet_until`, in
+/// ticks); once that tick passes the bucket is consulted again and lets
+/// the next event through. Every drop is an event reported or held back.
+#[test]
+fn held_back_events_skip_the_bucket_until_it_has_credit() {
+    use dataplane_common::events::KIND_DROP;
+    require_root();
+    let ts = tenants();
+    let fab = FabricNs::new(&ts).unwrap();
+    let mut dp = loaded(&fab, &ts).unwrap();
+    let mut ring = dp.take_events().unwrap();
+    // One event a millisecond, no burst: the bucket is empty after each.
+    dp.set_event_limits(EventLimits {
+        rate: 1000,
+        burst: 1,
+        flow_sample: 0,
+    })
+    .unwrap();
+    fab.ns
+        .enter(|| {
+            on_cpu0();
+            let slot = slot_of(IpAddr::V4(DENIED4), IpAddr::V4(ACME4), 443);
+            let frame = tcp4(DENIED4, ACME4, 40000, 443, &[0u8; 40]);
+            let (e0, fast0, t0) = (
+                dp.event_counts().unwrap()[KIND_DROP as usize],
+                dp.deny_fast_drops().unwrap(),
+                dp.kernel_ticks().unwrap(),
+            );
+            let mut reported = 0;
+            for _ in 0..20 {
+                reported += send(&dp, &mut ring, &frame).events.len();
+            }
+            let e = dp.event_counts().unwrap()[KIND_DROP as usize];
+            let (emitted, held) = (e.emitted - e0.emitted, e.suppressed + e.lost - e0.suppressed - e0.lost);
+            assert_eq!(emitted + held, 20, "{e:?}");
+            assert_eq!(emitted as usize, reported);
+            // A tick is 1 to 10 ms: a few events at most in 20 quick drops.
+            assert!((1..=3).contains(&emitted), "{emitted} events");
+            assert!(
+                dp.deny_fast_drops().unwrap() - fast0 >= 18,
+                "the fast path dropped them"
+            );
+            let quiet = cpu0(&dp, slot).quiet_until;
+            assert!(quiet > t0, "the slot knows the bucket is empty ({quiet} ≤ {t0})");
+            // The bucket has credit again after the quiet tick.
+            std::thread::sleep(std::time::Duration::from_millis(60));
+            assert!(dp.kernel_ticks().unwrap() >= quiet);
+            let after = send(&dp, &mut ring, &frame);
+            assert_eq!(after.events.len(), 1, "{:#?}", after.events);
+            let e1 = dp.event_counts().unwrap()[KIND_DROP as usize];
+            assert_eq!(e1.emitted - e.emitted, 1);
+        })
+        .unwrap();
+}

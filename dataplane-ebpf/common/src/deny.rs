@@ -28,7 +28,11 @@ pub struct DenySlot {
     pub class_why: u32,
     /// Packets dropped on this entry since it was written.
     pub hits: u64,
-    pub _pad: [u64; 1],
+    /// The tick (`bpf_jiffies64`) before which the tenant's event budget
+    /// on this CPU is known to be empty: the fast path counts a drop's
+    /// event as held back without the bucket's arithmetic until then. 0:
+    /// not known.
+    pub quiet_until: u64,
 }
 
 // The uplink's fast path compares these four fields as one word.
