@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use aya::maps::{MapData, RingBuf};
-use carwash_policy::{Allow, Class};
+use carwash_policy::{Allow, Class, Tenant};
 use carwash_tests::fabric::{FabricNs, loaded};
 use carwash_tests::fixture::{XDP_DROP, XDP_REDIRECT};
 use carwash_tests::inbound_cases::{ACME4, ALLOWED4, BETA4, DENIED4, Expect, addr16, inbound_cases, tenants};
@@ -43,14 +43,21 @@ fn on_cpu0() {
     }
 }
 
-/// Every event reported, so that each packet's can be compared.
-fn report_every_drop(dp: &mut Dataplane) {
+/// The test tenants' programs loaded in their namespace, the event ring
+/// taken, and every event reported, so that each packet's can be compared.
+fn uplink() -> (Vec<Tenant>, FabricNs, Dataplane, RingBuf<MapData>) {
+    require_root();
+    let ts = tenants();
+    let fab = FabricNs::new(&ts).unwrap();
+    let mut dp = loaded(&fab, &ts).unwrap();
+    let ring = dp.take_events().unwrap();
     dp.set_event_limits(EventLimits {
         rate: 1_000_000,
         burst: 1_000_000,
         flow_sample: 0,
     })
     .unwrap();
+    (ts, fab, dp, ring)
 }
 
 /// What one packet did: its verdict, the global and per-tenant counters
@@ -109,12 +116,7 @@ fn cpu0(dp: &Dataplane, slot: u32) -> DenySlot {
 
 #[test]
 fn a_remembered_denial_counts_and_reports_as_the_full_path() {
-    require_root();
-    let ts = tenants();
-    let fab = FabricNs::new(&ts).unwrap();
-    let mut dp = loaded(&fab, &ts).unwrap();
-    let mut ring = dp.take_events().unwrap();
-    report_every_drop(&mut dp);
+    let (_ts, fab, dp, mut ring) = uplink();
     let cases: Vec<_> = inbound_cases()
         .into_iter()
         .filter(|c| {
@@ -158,12 +160,7 @@ fn a_remembered_denial_counts_and_reports_as_the_full_path() {
 
 #[test]
 fn a_policy_change_takes_effect_on_the_next_packet() {
-    require_root();
-    let ts = tenants();
-    let fab = FabricNs::new(&ts).unwrap();
-    let mut dp = loaded(&fab, &ts).unwrap();
-    let mut ring = dp.take_events().unwrap();
-    report_every_drop(&mut dp);
+    let (ts, fab, mut dp, mut ring) = uplink();
     let acme = ts[0].clone();
     let mut opened = acme.clone();
     opened.allow.push(Allow {
@@ -229,12 +226,7 @@ fn colliding(slot: u32, dst: Ipv4Addr, dport: u16, not: &[Ipv4Addr]) -> Ipv4Addr
 
 #[test]
 fn flows_sharing_a_slot_never_take_each_others_verdict() {
-    require_root();
-    let ts = tenants();
-    let fab = FabricNs::new(&ts).unwrap();
-    let mut dp = loaded(&fab, &ts).unwrap();
-    let mut ring = dp.take_events().unwrap();
-    report_every_drop(&mut dp);
+    let (_ts, fab, dp, mut ring) = uplink();
     // An allowed flow, and denied ones in its slot: to the same VIP and
     // port, to another tenant's VIP, to a port with no service.
     let slot = slot_of(ALLOWED4.into(), ACME4.into(), 443);
@@ -316,12 +308,7 @@ fn the_fast_path_leaves_other_shapes_to_the_full_parse() {
     use carwash_tests::inbound_cases::{ACME6, DENIED6};
     use carwash_tests::packets::{fragments4, tcp4_vlan, tcp6_hop_by_hop, udp4};
     use dataplane_common::Counter;
-    require_root();
-    let ts = tenants();
-    let fab = FabricNs::new(&ts).unwrap();
-    let mut dp = loaded(&fab, &ts).unwrap();
-    let mut ring = dp.take_events().unwrap();
-    report_every_drop(&mut dp);
+    let (_ts, fab, dp, mut ring) = uplink();
     fab.ns
         .enter(|| {
             on_cpu0();
@@ -422,11 +409,7 @@ fn the_fast_path_leaves_other_shapes_to_the_full_parse() {
 #[test]
 fn held_back_events_skip_the_bucket_until_it_has_credit() {
     use dataplane_common::events::KIND_DROP;
-    require_root();
-    let ts = tenants();
-    let fab = FabricNs::new(&ts).unwrap();
-    let mut dp = loaded(&fab, &ts).unwrap();
-    let mut ring = dp.take_events().unwrap();
+    let (_ts, fab, mut dp, mut ring) = uplink();
     // One event a millisecond, no burst: the bucket is empty after each.
     dp.set_event_limits(EventLimits {
         rate: 1000,
