@@ -48,13 +48,13 @@ fn remembered(ctx: &XdpContext, stats: &Counters) -> Option<u32> {
     stats.remembered_drop(fast.v6, fast.udp, fast.why, bytes);
     tenant_dropped(fast.tenant, fast.class as u8, fast.why, bytes as u64);
     // SAFETY: the hit's slot, this CPU's (set with every hit).
-    let quiet = unsafe { &mut *fast.quiet };
+    let slot = unsafe { &mut *fast.slot };
     events::dropped_remembered(
         ctx,
         (fast.tenant, fast.class << 8 | fast.why),
         epoch & 1,
         fast.now_tick,
-        quiet,
+        slot,
     );
     Some(xdp_action::XDP_DROP)
 }

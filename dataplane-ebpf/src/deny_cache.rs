@@ -21,7 +21,7 @@ use aya_ebpf::{macros::map, maps::PerCpuArray};
 use dataplane_common::{
     DropReason,
     deny::{DENY_CACHE_SLOTS, DenySlot, deny_slot_words},
-    types::{CLASS_NONE, CLASSES},
+    types::{CLASS_NONE, CLASSES, MAX_TENANTS},
 };
 
 use aya_ebpf::programs::XdpContext;
@@ -33,21 +33,27 @@ use crate::parse::Flow;
 #[map(name = "DENY_CACHE")]
 pub static DENY_CACHE: PerCpuArray<DenySlot> = PerCpuArray::with_max_entries(DENY_CACHE_SLOTS, 0);
 
-/// Per CPU: `[tick until which the fast path runs, frames it dropped]`.
-#[map(name = "DENY_FAST")]
-pub static DENY_FAST: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+/// The tick until which the fast path runs, on every CPU (`maps::DENY_FAST`):
+/// a global of its own data section, read with one load rather than a map
+/// lookup. Written only when the full path drops a frame on a remembered
+/// denial; CPUs racing to write it write values a tick apart.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data.deny_fast")]
+static mut DENY_FAST_UNTIL: u64 = 0;
 
 /// Ticks (1 to 10 ms each) the fast path stays on after the full path
 /// last dropped a frame on a remembered denial: while a flood lasts.
 const FAST_TICKS: u64 = 256;
 
-/// Turns the fast path on for this CPU (a remembered denial was just used:
-/// a flood may be on).
+/// Turns the fast path on (a remembered denial was just used: a flood may
+/// be on).
 #[inline(always)]
 pub fn arm_fast() {
-    if let Some(f) = DENY_FAST.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot; plain helper call (a load, inlined).
-        unsafe { (*f)[0] = aya_ebpf::helpers::bpf_jiffies64() + FAST_TICKS };
+    // SAFETY: a plain helper call (a load, inlined), and a store to the
+    // global: any value a CPU writes is a valid tick.
+    unsafe {
+        let until = aya_ebpf::helpers::bpf_jiffies64() + FAST_TICKS;
+        core::ptr::write_volatile(&raw mut DENY_FAST_UNTIL, until);
     }
 }
 
@@ -100,20 +106,20 @@ pub fn lookup(flow: &Flow, epoch: u32) -> Option<Hit> {
     if e.tenant == 0 || e.epoch != epoch || !same_key(e, flow) {
         return None;
     }
-    e.hits += 1;
+    e.hits = e.hits.wrapping_add(1);
     // Bounded where the verifier sees it: the counters index by class, and
     // a bound checked on a copy of the register does not reach it. Only
     // the full path writes the slot, with a class below `CLASSES`.
-    let class = (e.class_why >> 8) & 0xff;
+    let class = (e.class_why >> 8) as u32;
     let class = if class < CLASSES as u32 {
         class
     } else {
         CLASS_NONE as u32
     };
     Some(Hit {
-        tenant: e.tenant,
+        tenant: e.tenant as u32,
         class: class as u8,
-        why: e.class_why & 0xff,
+        why: (e.class_why & 0xff) as u32,
     })
 }
 
@@ -130,8 +136,8 @@ pub struct Fast {
     pub udp: bool,
     /// The tick counter, read once.
     pub now_tick: u64,
-    /// The hit's `DenySlot::quiet_until` (null without a hit).
-    pub quiet: *mut u64,
+    /// The hit's slot, this CPU's (null without a hit).
+    pub slot: *mut DenySlot,
 }
 
 const OTHER: Fast = Fast {
@@ -141,7 +147,7 @@ const OTHER: Fast = Fast {
     v6: false,
     udp: false,
     now_tick: 0,
-    quiet: core::ptr::null_mut(),
+    slot: core::ptr::null_mut(),
 };
 
 /// The uplink's fast path: the denial remembered under `epoch` for a frame
@@ -161,20 +167,20 @@ const OTHER: Fast = Fast {
 /// is not denied (nearly all of it) would pay for reading the frame twice.
 #[inline(always)]
 pub fn fast(ctx: &XdpContext, epoch: u32) -> Fast {
-    let Some(armed) = DENY_FAST.get_ptr_mut(0) else {
-        return OTHER;
+    // SAFETY: plain helper call (a load, inlined); a load of the global.
+    let (now_tick, until) = unsafe {
+        (
+            aya_ebpf::helpers::bpf_jiffies64(),
+            core::ptr::read_volatile(&raw const DENY_FAST_UNTIL),
+        )
     };
-    // SAFETY: this CPU's slot; plain helper call (a load, inlined).
-    let armed = unsafe { &mut *armed };
-    let now_tick = unsafe { aya_ebpf::helpers::bpf_jiffies64() };
-    if now_tick >= armed[0] {
+    if now_tick >= until {
         return OTHER;
     }
-    let found = fast_probe(ctx, epoch);
-    if found.tenant != 0 {
-        armed[1] += 1;
+    Fast {
+        now_tick,
+        ..fast_probe(ctx, epoch)
     }
-    Fast { now_tick, ..found }
 }
 
 #[inline(always)]
@@ -257,21 +263,21 @@ fn probe<const L4: usize>(start: usize, end: usize, s: [u32; 4], d: [u32; 4], pr
         | (es[1] ^ pair(s[2], s[3]))
         | (ed[0] ^ pair(d[0], d[1]))
         | (ed[1] ^ pair(d[2], d[3]));
-    let (class, why) = ((e.class_why >> 8) & 0xff, e.class_why & 0xff);
+    let (class, why) = ((e.class_why >> 8) as u32, (e.class_why & 0xff) as u32);
     // The bounds, where the verifier sees them (the counters index by
     // them); only the full path writes a slot, with both in range.
     if differs != 0 || e.tenant == 0 || class >= CLASSES as u32 || why >= DropReason::COUNT {
         return OTHER;
     }
-    e.hits += 1;
+    e.fast_hits = e.fast_hits.wrapping_add(1);
     Fast {
-        tenant: e.tenant,
+        tenant: e.tenant as u32,
         class,
         why,
         v6,
         udp,
         now_tick: 0,
-        quiet: core::ptr::addr_of_mut!(e.quiet_until),
+        slot: e,
     }
 }
 
@@ -285,10 +291,11 @@ fn cacheable(flow: &Flow, why: u32, action: u32) -> bool {
 }
 
 /// Remembers the full path's denial of the packet's flow, reached under
-/// `epoch`; replaces whatever the slot held.
+/// `epoch`; replaces whatever the slot held, after moving the events its
+/// budget held back into their tenant's bucket.
 #[inline(always)]
 pub fn remember(flow: &Flow, epoch: u32, tenant: u32, class_why: u32, action: u32) {
-    if tenant == 0 || !cacheable(flow, class_why & 0xff, action) {
+    if tenant == 0 || tenant >= MAX_TENANTS || !cacheable(flow, class_why & 0xff, action) {
         return;
     }
     let Some(e) = slot_of(flow) else {
@@ -296,14 +303,21 @@ pub fn remember(flow: &Flow, epoch: u32, tenant: u32, class_why: u32, action: u3
     };
     // SAFETY: this CPU's slot.
     let e = unsafe { &mut *e };
+    if e.held != 0 {
+        crate::events::fold_held(e.tenant as u32, e.held);
+        e.held = 0;
+    }
     e.src = flow.src;
     e.dst = flow.dst;
     e.dport = flow.dport;
     e.proto = flow.proto;
     e.v6 = flow.v6 as u8;
     e.epoch = epoch;
-    e.tenant = tenant;
-    e.class_why = class_why;
+    // Below `MAX_TENANTS` (at most 2^16), and a class and reason of a
+    // byte each.
+    e.tenant = tenant as u16;
+    e.class_why = class_why as u16;
     e.hits = 0;
+    e.fast_hits = 0;
     e.quiet_until = 0;
 }

@@ -21,6 +21,7 @@ use dataplane_common::{
 };
 
 use crate::parse::Flow;
+use dataplane_common::deny::DenySlot;
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
@@ -255,25 +256,33 @@ fn report(
 }
 
 /// Reports a drop the uplink's fast path made on a remembered denial
-/// (`deny_cache::fast`): the budget is taken here, in line; only an event
-/// the budget lets through pays for the call that parses the frame again
-/// and writes it. When the budget holds one back, the slot remembers until
-/// which tick the bucket stays empty (`quiet`, rounded up to a whole tick),
-/// and until then the event is counted as held back at once: a flood then
-/// costs two counters, not the bucket's arithmetic.
+/// (`deny_cache::fast`) in `slot`: the budget is taken here, in line; only
+/// an event the budget lets through pays for the call that parses the
+/// frame again and writes it. When the budget holds one back, the slot
+/// remembers until which tick the bucket stays empty (`quiet_until`,
+/// rounded up to a whole tick), and until then the event is counted in the
+/// slot's `held`, on the line the fast path has just read: a flood then
+/// costs one counter, not the bucket's arithmetic nor its lookups. The
+/// first drop after that tick moves `held` into the bucket and the kind's
+/// counters, before its own event is written, so that the event's
+/// `suppressed_total` covers them.
 #[inline(always)]
 pub fn dropped_remembered(
     ctx: &XdpContext,
     (tenant, class_why): (u32, u32),
     generation: u32,
     now_tick: u64,
-    quiet: &mut u64,
+    slot: &mut DenySlot,
 ) {
     // Only plain denials are remembered (`deny_cache::cacheable`: not
     // allowed, no service): always a `drop` event.
-    if now_tick < *quiet {
-        held_back(KIND_DROP, tenant);
+    if now_tick < slot.quiet_until {
+        slot.held = slot.held.wrapping_add(1);
         return;
+    }
+    if slot.held != 0 {
+        fold_held(tenant, slot.held);
+        slot.held = 0;
     }
     match budget_wait(KIND_DROP, tenant) {
         0 => write_remembered(ctx, tenant, class_why, generation),
@@ -282,20 +291,27 @@ pub fn dropped_remembered(
             if let Some(c) = crate::maps::CONFIG.get(0)
                 && c.ns_per_tick != 0
             {
-                *quiet = now_tick + wait.div_ceil(c.ns_per_tick as u64);
+                slot.quiet_until = now_tick + wait.div_ceil(c.ns_per_tick as u64);
             }
         }
     }
 }
 
-/// Counts one event of `kind` for `tenant` as held back by the budget.
-#[inline(always)]
-fn held_back(kind: u8, tenant: u32) {
-    if let (Some(b), Some(s)) = (EVENT_BUCKETS.get_ptr_mut(tenant), EVENT_STATS.get_ptr_mut(kind as u32)) {
+/// Moves `held` drop events a denial-cache slot held back into `tenant`'s
+/// bucket on this CPU and into the `drop` kind's counters. Added there
+/// before the slot is cleared: a reader that reads the counters, then the
+/// slots, never counts them twice. Rare (once per quiet spell, or when a
+/// slot is replaced): a call of its own.
+#[inline(never)]
+pub fn fold_held(tenant: u32, held: u32) {
+    if let (Some(b), Some(s)) = (
+        EVENT_BUCKETS.get_ptr_mut(tenant),
+        EVENT_STATS.get_ptr_mut(KIND_DROP as u32),
+    ) {
         // SAFETY: this CPU's slots.
         unsafe {
-            (*b).suppressed += 1;
-            (*s).suppressed += 1;
+            (*b).suppressed += held as u64;
+            (*s).suppressed += held as u64;
         }
     }
 }

@@ -51,6 +51,7 @@ pub const ALL_MAPS: &[&str] = &[
     maps::EVENT_BUCKETS,
     maps::EVENT_STATS,
     maps::EVENT_CONFIG,
+    maps::DENY_CACHE,
 ];
 
 /// How much the programs log through aya-log (`ebpf_log` in the host
@@ -456,6 +457,12 @@ pub fn expected_shapes() -> Vec<(&'static str, usize, usize, u32)> {
         (maps::CONNTRACK, size_of::<CtKey>(), size_of::<CtValue>(), 0),
         (maps::CT_EVICT, 4, size_of::<EvictCandidate>(), 2 * CT_EVICT_MAX),
         (maps::CT_EVICT_CURSOR, 4, size_of::<EvictCursor>(), 1),
+        (
+            maps::DENY_CACHE,
+            4,
+            size_of::<dataplane_common::deny::DenySlot>(),
+            dataplane_common::deny::DENY_CACHE_SLOTS,
+        ),
     ]
 }
 

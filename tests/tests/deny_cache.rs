@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use aya::maps::{MapData, RingBuf};
 use carwash_policy::{Allow, Class, Tenant};
-use carwash_tests::fabric::{FabricNs, loaded};
+use carwash_tests::fabric::{FabricNs, loaded, loaded_at};
 use carwash_tests::fixture::{XDP_DROP, XDP_REDIRECT};
 use carwash_tests::inbound_cases::{ACME4, ALLOWED4, BETA4, DENIED4, Expect, addr16, inbound_cases, tenants};
 use carwash_tests::packets::tcp4;
@@ -19,6 +19,7 @@ use dataplane_common::deny::{DenySlot, deny_slot};
 use dataplane_common::events::DataEvent;
 use dataplane_common::types::{SIDE_UPLINK, TenantStats};
 use dataplane_common::{DropReason, programs};
+use netlab::netns::PinDir;
 
 const TENANTS: u32 = 3;
 
@@ -110,6 +111,11 @@ fn slot_of(src: IpAddr, dst: IpAddr, dport: u16) -> u32 {
 }
 
 /// CPU 0's copy of a slot.
+/// A slot's drops on its remembered verdict, by either path.
+fn hits(s: &DenySlot) -> u32 {
+    s.hits + s.fast_hits
+}
+
 fn cpu0(dp: &Dataplane, slot: u32) -> DenySlot {
     dp.deny_slots(slot).unwrap()[0]
 }
@@ -140,8 +146,13 @@ fn a_remembered_denial_counts_and_reports_as_the_full_path() {
                 assert_eq!(full.counters.dropped(why), 1, "{}", c.name);
                 assert_eq!(full.events.len(), 1, "{}: {:#?}", c.name, full.events);
                 let e = cpu0(&dp, slot);
-                assert_eq!((e.tenant, e.hits), (full.events[0].tenant, 0), "{}: {e:#?}", c.name);
-                assert_eq!(e.class_why & 0xff, why.index(), "{}", c.name);
+                assert_eq!(
+                    (u32::from(e.tenant), hits(&e)),
+                    (full.events[0].tenant, 0),
+                    "{}: {e:#?}",
+                    c.name
+                );
+                assert_eq!(u32::from(e.class_why & 0xff), why.index(), "{}", c.name);
                 // The first case's first hit is the full path's lookup,
                 // which turns the fast path on; every later one is the fast
                 // path's (on for 256 ticks).
@@ -150,7 +161,7 @@ fn a_remembered_denial_counts_and_reports_as_the_full_path() {
                     let hit = send(&dp, &mut ring, &packet);
                     assert_eq!(hit, full, "{}: the remembered verdict differs", c.name);
                 }
-                assert_eq!(cpu0(&dp, slot).hits, 3, "{}: not taken from the cache", c.name);
+                assert_eq!(hits(&cpu0(&dp, slot)), 3, "{}: not taken from the cache", c.name);
                 let fast = dp.deny_fast_drops().unwrap() - fast0;
                 assert!(fast == 2 || fast == 3, "{}: {fast} of 3 by the fast path", c.name);
             }
@@ -180,7 +191,7 @@ fn a_policy_change_takes_effect_on_the_next_packet() {
             for _ in 0..3 {
                 denied(&dp, &mut ring, DropReason::NotAllowed);
             }
-            assert_eq!(cpu0(&dp, slot).hits, 2);
+            assert_eq!(hits(&cpu0(&dp, slot)), 2);
 
             // A policy transaction allowing the source, as the agent applies
             // one: the next packet is steered.
@@ -196,9 +207,9 @@ fn a_policy_change_takes_effect_on_the_next_packet() {
             dp.install_tenant(1, &acme).unwrap();
             dp.commit_policy().unwrap();
             denied(&dp, &mut ring, DropReason::NotAllowed);
-            assert_eq!(cpu0(&dp, slot).hits, 0);
+            assert_eq!(hits(&cpu0(&dp, slot)), 0);
             denied(&dp, &mut ring, DropReason::NotAllowed);
-            assert_eq!(cpu0(&dp, slot).hits, 1);
+            assert_eq!(hits(&cpu0(&dp, slot)), 1);
 
             // A write outside a transaction (a tenant failing closed): the
             // next packet has the new reason, not the remembered one.
@@ -260,19 +271,19 @@ fn flows_sharing_a_slot_never_take_each_others_verdict() {
             };
             drop(&dp, &mut ring, &to_acme, DropReason::NotAllowed, 1);
             drop(&dp, &mut ring, &to_acme, DropReason::NotAllowed, 1);
-            assert_eq!(cpu0(&dp, slot).hits, 1);
+            assert_eq!(hits(&cpu0(&dp, slot)), 1);
             // The allowed flow misses the slot (another key) and leaves it.
             steered(&dp, &mut ring);
-            assert_eq!((cpu0(&dp, slot).hits, cpu0(&dp, slot).tenant), (1, 1));
+            assert_eq!((hits(&cpu0(&dp, slot)), cpu0(&dp, slot).tenant), (1, 1));
             // Another tenant's denial takes the slot over; the first flow
             // then gets its own verdict from the full path again.
             drop(&dp, &mut ring, &to_beta, DropReason::NotAllowed, 2);
             assert_eq!(cpu0(&dp, slot).tenant, 2);
             drop(&dp, &mut ring, &to_acme, DropReason::NotAllowed, 1);
-            assert_eq!((cpu0(&dp, slot).tenant, cpu0(&dp, slot).hits), (1, 0));
+            assert_eq!((cpu0(&dp, slot).tenant, hits(&cpu0(&dp, slot))), (1, 0));
             drop(&dp, &mut ring, &no_service, DropReason::NoService, 1);
             drop(&dp, &mut ring, &no_service, DropReason::NoService, 1);
-            assert_eq!(cpu0(&dp, slot).hits, 1);
+            assert_eq!(hits(&cpu0(&dp, slot)), 1);
             drop(&dp, &mut ring, &to_beta, DropReason::NotAllowed, 2);
             steered(&dp, &mut ring);
             drop(&dp, &mut ring, &to_acme, DropReason::NotAllowed, 1);
@@ -325,7 +336,7 @@ fn the_fast_path_leaves_other_shapes_to_the_full_parse() {
                 let hit = send(&dp, &mut ring, &frame);
                 assert_eq!(hit, full, "the remembered drop differs from the full path's");
             }
-            assert_eq!(cpu0(&dp, slot).hits, 2);
+            assert_eq!(hits(&cpu0(&dp, slot)), 2);
             assert_eq!(dp.deny_fast_drops().unwrap() - fast0, 1, "not dropped by the fast path");
 
             // Sound frames of other shapes: dropped on the remembered
@@ -335,7 +346,7 @@ fn the_fast_path_leaves_other_shapes_to_the_full_parse() {
             assert_eq!(e.action, XDP_DROP);
             assert_eq!(e.counters.dropped(DropReason::NotAllowed), 1);
             assert_eq!(e.counters.get(Counter::Vlan), 1);
-            assert_eq!(cpu0(&dp, slot).hits, 3, "a tagged frame: the full path's lookup");
+            assert_eq!(hits(&cpu0(&dp, slot)), 3, "a tagged frame: the full path's lookup");
             // Four bytes of options (NOPs): IHL 6.
             let options = edited(&frame, |v| {
                 v.splice(34..34, [1u8; 4]);
@@ -347,7 +358,7 @@ fn the_fast_path_leaves_other_shapes_to_the_full_parse() {
             let e = send(&dp, &mut ring, &options);
             assert_eq!(e.action, XDP_DROP);
             assert_eq!(e.counters.dropped(DropReason::NotAllowed), 1);
-            assert_eq!(cpu0(&dp, slot).hits, 4, "IPv4 options: the full path's lookup");
+            assert_eq!(hits(&cpu0(&dp, slot)), 4, "IPv4 options: the full path's lookup");
 
             // Unsound frames with the same key: never dropped on the
             // remembered verdict.
@@ -372,7 +383,7 @@ fn the_fast_path_leaves_other_shapes_to_the_full_parse() {
             let (_, later) = fragments4(&frame, 16);
             let e = send(&dp, &mut ring, &later);
             assert_eq!(e.counters.get(Counter::Fragment), 1);
-            assert_eq!(cpu0(&dp, slot).hits, 4, "no frame above came from the cache");
+            assert_eq!(hits(&cpu0(&dp, slot)), 4, "no frame above came from the cache");
             assert_eq!(
                 dp.deny_fast_drops().unwrap() - fast0,
                 1,
@@ -386,7 +397,7 @@ fn the_fast_path_leaves_other_shapes_to_the_full_parse() {
             let first = send(&dp, &mut ring, &hbh);
             assert_eq!(first.action, XDP_DROP);
             assert_eq!(send(&dp, &mut ring, &hbh), first);
-            assert_eq!(cpu0(&dp, slot6).hits, 1);
+            assert_eq!(hits(&cpu0(&dp, slot6)), 1);
 
             // UDP to a VIP port without a service: remembered, and counted
             // as UDP on the fast path.
@@ -397,7 +408,7 @@ fn the_fast_path_leaves_other_shapes_to_the_full_parse() {
             assert_eq!(full.counters.get(Counter::Udp), 1);
             assert_eq!(full.counters.dropped(DropReason::NoService), 1);
             assert_eq!(send(&dp, &mut ring, &udp), full);
-            assert_eq!(cpu0(&dp, udp_slot).hits, 1);
+            assert_eq!(hits(&cpu0(&dp, udp_slot)), 1);
         })
         .unwrap();
 }
@@ -443,6 +454,11 @@ fn held_back_events_skip_the_bucket_until_it_has_credit() {
             );
             let quiet = cpu0(&dp, slot).quiet_until;
             assert!(quiet > t0, "the slot knows the bucket is empty ({quiet} ≤ {t0})");
+            // The held-back events wait in the slot; the readers count them.
+            let waiting = cpu0(&dp, slot).held;
+            assert!(waiting >= 1, "held back in the slot: {:?}", cpu0(&dp, slot));
+            assert_eq!(dp.held_events().unwrap().total(), waiting as u64);
+            let bucket = dp.event_buckets(1).unwrap()[0].suppressed;
             // The bucket has credit again after the quiet tick.
             std::thread::sleep(std::time::Duration::from_millis(60));
             assert!(dp.kernel_ticks().unwrap() >= quiet);
@@ -450,6 +466,95 @@ fn held_back_events_skip_the_bucket_until_it_has_credit() {
             assert_eq!(after.events.len(), 1, "{:#?}", after.events);
             let e1 = dp.event_counts().unwrap()[KIND_DROP as usize];
             assert_eq!(e1.emitted - e.emitted, 1);
+            assert_eq!(e1.suppressed, e.suppressed, "held-back events counted once");
+            // The drop after the quiet tick moved them into the bucket,
+            // before its own event: the event's running total covers them.
+            assert_eq!(cpu0(&dp, slot).held, 0);
+            assert_eq!(after.events[0].suppressed_total, bucket);
+            assert_eq!(dp.event_buckets(1).unwrap()[0].suppressed, bucket);
+        })
+        .unwrap();
+}
+
+/// A flood whose events the budget holds back (one a millisecond, no
+/// burst): `n` drops of `frame`, the fast path taking all but the first.
+fn quiet_flood(dp: &mut Dataplane, ring: &mut RingBuf<MapData>, frame: &[u8], n: usize) {
+    dp.set_event_limits(EventLimits {
+        rate: 1000,
+        burst: 1,
+        flow_sample: 0,
+    })
+    .unwrap();
+    for _ in 0..n {
+        assert_eq!(send(dp, ring, frame).action, XDP_DROP);
+    }
+}
+
+/// Drop events emitted plus held back (however counted), of every kind.
+fn accounted(dp: &Dataplane) -> u64 {
+    dp.event_counts()
+        .unwrap()
+        .iter()
+        .map(|c| c.emitted + c.suppressed + c.lost)
+        .sum()
+}
+
+#[test]
+fn held_events_move_to_the_bucket_when_their_slot_is_taken() {
+    let (_ts, fab, mut dp, mut ring) = uplink();
+    let slot = slot_of(IpAddr::V4(DENIED4), IpAddr::V4(ACME4), 443);
+    let other = colliding(slot, BETA4, 443, &[]);
+    let flood = tcp4(DENIED4, ACME4, 40000, 443, b"x");
+    let taker = tcp4(other, BETA4, 40000, 443, b"x");
+    fab.ns
+        .enter(|| {
+            on_cpu0();
+            let a0 = accounted(&dp);
+            quiet_flood(&mut dp, &mut ring, &flood, 30);
+            let held = cpu0(&dp, slot).held;
+            assert!(held >= 1, "{:?}", cpu0(&dp, slot));
+            assert_eq!(accounted(&dp) - a0, 30);
+            let acme = dp.event_buckets(1).unwrap()[0].suppressed;
+            // Another tenant's denial in the same slot: the full path
+            // replaces the entry, moving its held events to acme's bucket.
+            let fx = send(&dp, &mut ring, &taker);
+            assert_eq!(fx.action, XDP_DROP);
+            let s = cpu0(&dp, slot);
+            assert_eq!((s.tenant, s.held), (2, 0), "{s:?}");
+            assert_eq!(dp.held_events().unwrap().total(), 0);
+            assert_eq!(dp.event_buckets(1).unwrap()[0].suppressed, acme, "none lost");
+            assert_eq!(accounted(&dp) - a0, 31);
+        })
+        .unwrap();
+}
+
+#[test]
+fn held_events_outlive_the_agent_that_loaded_the_programs() {
+    require_root();
+    let ts = tenants();
+    let fab = FabricNs::new(&ts).unwrap();
+    let pins = PinDir::new().unwrap();
+    let mut dp = loaded_at(&fab, &ts, Some(pins.path())).unwrap();
+    let mut ring = dp.take_events().unwrap();
+    let slot = slot_of(IpAddr::V4(DENIED4), IpAddr::V4(ACME4), 443);
+    let flood = tcp4(DENIED4, ACME4, 40000, 443, b"x");
+    fab.ns
+        .enter(|| {
+            on_cpu0();
+            quiet_flood(&mut dp, &mut ring, &flood, 30);
+            let held = cpu0(&dp, slot).held;
+            assert!(held >= 1, "{:?}", cpu0(&dp, slot));
+            let (counts, buckets) = (dp.event_counts().unwrap(), dp.event_buckets(1).unwrap());
+            drop(ring);
+            drop(dp);
+            // The next agent loads its programs over the same pins.
+            let dp = Dataplane::load(Some(pins.path())).unwrap();
+            assert_eq!(cpu0(&dp, slot).held, held);
+            assert_eq!(dp.event_counts().unwrap(), counts);
+            assert_eq!(dp.event_buckets(1).unwrap(), buckets);
+            // So do the read commands, from the pins alone.
+            let p = dataplane::maps::pins::Pins::open(pins.path()).unwrap();
+            assert_eq!(p.event_counts().unwrap(), counts);
         })
         .unwrap();
 }

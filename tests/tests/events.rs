@@ -242,7 +242,14 @@ fn a_flood_reports_the_budget_and_summaries_that_add_up() {
         d.decode(e, &|_| None, &|_| None, &mut out);
     }
     d.flush(
-        &|id| Some(dp.event_buckets(id).unwrap().iter().map(|b| b.suppressed).collect()),
+        &|ids| {
+            let all = dp.event_buckets_of(ids).unwrap();
+            Some(
+                all.into_iter()
+                    .map(|(id, b)| (id, b.iter().map(|b| b.suppressed).collect()))
+                    .collect(),
+            )
+        },
         &|_| None,
         &mut out,
     );

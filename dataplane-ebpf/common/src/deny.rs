@@ -23,15 +23,27 @@ pub struct DenySlot {
     pub v6: u8,
     pub epoch: u32,
     /// The tenant the packet was addressed to; 0: an empty slot.
-    pub tenant: u32,
+    pub tenant: u16,
     /// `class << 8 | reason` (`DropReason` index), as events carry it.
-    pub class_why: u32,
-    /// Packets dropped on this entry since it was written.
-    pub hits: u64,
+    pub class_why: u16,
+    /// Drop events of this entry's fast-path drops that the tenant's
+    /// budget held back while `quiet_until` was ahead, and that are not in
+    /// the tenant's bucket yet (`EventBucket::suppressed`) nor in
+    /// `EventCounts::suppressed` of `drop` events. The fast path moves them
+    /// there at its next drop after `quiet_until` (and the full path when
+    /// it replaces the entry): until then, readers add them (the map is
+    /// pinned, so an agent's restart loses none).
+    pub held: u32,
+    /// Packets the full path dropped on this entry since it was written
+    /// (wrapping).
+    pub hits: u32,
+    /// Frames the uplink's fast path dropped on this entry since it was
+    /// written (wrapping).
+    pub fast_hits: u32,
     /// The tick (`bpf_jiffies64`) before which the tenant's event budget
     /// on this CPU is known to be empty: the fast path counts a drop's
-    /// event as held back without the bucket's arithmetic until then. 0:
-    /// not known.
+    /// event in `held` without the bucket's arithmetic until then. 0: not
+    /// known.
     pub quiet_until: u64,
 }
 
@@ -42,6 +54,17 @@ const _: () = assert!(
         && core::mem::offset_of!(DenySlot, v6) == 35
         && core::mem::offset_of!(DenySlot, epoch) == 36
 );
+
+impl DenySlot {
+    /// Whether `other` holds the same remembered flow (the same key and
+    /// tenant, whatever its counts): a reader that sees a slot's `held`
+    /// fall, or its flow change, between two reads knows the data path
+    /// moved held events into the bucket meanwhile.
+    pub fn same_entry(&self, other: &DenySlot) -> bool {
+        (self.src, self.dst, self.dport, self.proto, self.v6, self.tenant)
+            == (other.src, other.dst, other.dport, other.proto, other.v6, other.tenant)
+    }
+}
 
 /// The slot of a flow: addresses as little-endian words (what a word load
 /// gives on the little-endian BPF target; IPv4 in the first word, the rest

@@ -208,11 +208,14 @@ pub mod maps {
     /// turned into resets and passed on, and those `carwash_probe_reset`
     /// sent back (never pinned: each agent compares its own).
     pub const PROBE_RESETS: &str = "PROBE_RESETS";
-    /// Per-CPU array of [`crate::deny::DenySlot`] (never pinned: a stale
-    /// slot is a miss anyway, and each load starts empty).
+    /// Per-CPU array of [`crate::deny::DenySlot`]. Pinned for the drop
+    /// events its slots hold back (`DenySlot::held`), which an agent's
+    /// restart must not lose; its verdicts stay valid across a restart
+    /// as long as the pinned `GENERATION` word says so.
     pub const DENY_CACHE: &str = "DENY_CACHE";
-    /// Per-CPU array of two `u64`: the tick until which the uplink's fast
-    /// path for remembered denials runs, and the frames it dropped (never
-    /// pinned, as `DENY_CACHE`).
-    pub const DENY_FAST: &str = "DENY_FAST";
+    /// The data section holding one `u64`, the tick until which the
+    /// uplink's fast path for remembered denials runs on every CPU (a
+    /// global the programs read without a map lookup; never pinned, as
+    /// `DENY_CACHE`).
+    pub const DENY_FAST: &str = ".data.deny_fast";
 }

@@ -242,6 +242,10 @@ pub struct Decoder {
     boot: Option<SystemTime>,
 }
 
+/// Of the tenants given, what their buckets held back on each CPU, read
+/// together: `(tenant, [suppressed on CPU 0, 1, ...])`.
+pub type SuppressedOf<'a> = dyn Fn(&[u32]) -> Option<Vec<(u32, Vec<u64>)>> + 'a;
+
 /// How long a tenant's buckets are checked after its last event.
 const RECENT: Duration = Duration::from_secs(120);
 
@@ -313,17 +317,16 @@ impl Decoder {
     }
 
     /// Summaries of what the buckets of recently reporting tenants held
-    /// back since (`buckets`: a tenant's suppressed count on each CPU).
-    pub fn flush(
-        &mut self,
-        buckets: &dyn Fn(u32) -> Option<Vec<u64>>,
-        name: &dyn Fn(u32) -> Option<String>,
-        out: &mut Vec<Event>,
-    ) {
+    /// back since (`buckets`: of the tenants given, their suppressed count
+    /// on each CPU, read together).
+    pub fn flush(&mut self, buckets: &SuppressedOf, name: &dyn Fn(u32) -> Option<String>, out: &mut Vec<Event>) {
         self.recent.retain(|_, t| t.elapsed() < RECENT);
         let tenants: Vec<u32> = self.recent.keys().copied().collect();
-        for id in tenants {
-            let Some(per_cpu) = buckets(id) else { continue };
+        if tenants.is_empty() {
+            return;
+        }
+        let Some(all) = buckets(&tenants) else { return };
+        for (id, per_cpu) in all {
             let n = name(id);
             for (cpu, total) in per_cpu.into_iter().enumerate() {
                 let last = self.reported.get(&(id, cpu as u32)).copied().unwrap_or(0);
@@ -397,8 +400,9 @@ mod tests {
         d.note(7, 0, 0, Some("acme"), &mut out);
         d.note(7, 0, 40, Some("acme"), &mut out);
         d.note(7, 1, 5, Some("acme"), &mut out);
-        d.flush(&|_| Some(vec![100, 5]), &|_| Some("acme".into()), &mut out);
-        d.flush(&|_| Some(vec![100, 5]), &|_| Some("acme".into()), &mut out);
+        let buckets = |ids: &[u32]| Some(ids.iter().map(|&id| (id, vec![100, 5])).collect());
+        d.flush(&buckets, &|_| Some("acme".into()), &mut out);
+        d.flush(&buckets, &|_| Some("acme".into()), &mut out);
         let total: u64 = out.iter().map(|e| e.fields["suppressed"].as_u64().unwrap()).sum();
         assert_eq!(total, 105);
         assert_eq!(out.len(), 3);

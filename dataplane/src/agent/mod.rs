@@ -306,8 +306,9 @@ impl Agent {
         // The buckets are pinned: what they held back before this agent
         // was reported by an earlier one.
         let mut decoder = events::Decoder::default();
-        for id in std::iter::once(0).chain(engine.installed.keys().copied()) {
-            if let Ok(b) = dp.event_buckets(id) {
+        let ids: Vec<u32> = std::iter::once(0).chain(engine.installed.keys().copied()).collect();
+        if let Ok(all) = dp.event_buckets_of(&ids) {
+            for (id, b) in all {
                 decoder.seed(id, &b.iter().map(|b| b.suppressed).collect::<Vec<_>>());
             }
         }
@@ -969,11 +970,13 @@ impl Agent {
         let mut out = Vec::new();
         let mut decoder = std::mem::take(&mut self.decoder);
         decoder.flush(
-            &|id| {
-                self.dp
-                    .event_buckets(id)
-                    .ok()
-                    .map(|b| b.iter().map(|b| b.suppressed).collect())
+            &|ids| {
+                let all = self.dp.event_buckets_of(ids).ok()?;
+                Some(
+                    all.into_iter()
+                        .map(|(id, b)| (id, b.iter().map(|b| b.suppressed).collect()))
+                        .collect(),
+                )
             },
             &|id| self.tenant_name(id),
             &mut out,

@@ -3,10 +3,11 @@
 //! the metrics read (from the loaded object or from the pins).
 use anyhow::{Context, Result, anyhow};
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
-use dataplane_common::events::{EVENT_KINDS, EventBucket, EventConfig, EventCounts};
+use dataplane_common::events::{EVENT_KINDS, EventBucket, EventConfig, EventCounts, KIND_DROP};
 use dataplane_common::maps;
 
 use crate::Dataplane;
+use crate::maps::deny_cache::HeldEvents;
 use crate::maps::pins::Pins;
 
 /// The event limits as the host config gives them (`[events]`).
@@ -68,26 +69,49 @@ impl Dataplane {
         a.set(0, limits.to_config(), 0).context("writing EVENT_CONFIG")
     }
 
+    /// Every kind's counters, with the drop events the denial cache's
+    /// slots hold back counted as suppressed.
     pub fn event_counts(&self) -> Result<Vec<EventCounts>> {
-        let map = self
-            .ebpf
-            .map(maps::EVENT_STATS)
-            .ok_or_else(|| anyhow!("no map {}", maps::EVENT_STATS))?;
-        sum_counts(&PerCpuArray::try_from(map)?)
+        let stats = PerCpuArray::try_from(self.map_ref(maps::EVENT_STATS)?)?;
+        let cache = PerCpuArray::try_from(self.map_ref(maps::DENY_CACHE)?)?;
+        let (mut counts, held) = HeldEvents::around(&cache, || sum_counts(&stats))?;
+        add_held(&mut counts, &held);
+        Ok(counts)
     }
 
-    /// Tenant `id`'s bucket on each CPU.
+    /// Tenant `id`'s bucket on each CPU (see [`Dataplane::event_buckets_of`]).
     pub fn event_buckets(&self, id: u32) -> Result<Vec<EventBucket>> {
-        let map = self
-            .ebpf
-            .map(maps::EVENT_BUCKETS)
-            .ok_or_else(|| anyhow!("no map {}", maps::EVENT_BUCKETS))?;
-        let a: PerCpuArray<_, EventBucket> = PerCpuArray::try_from(map)?;
-        Ok(a.get(&id, 0)
-            .context("reading EVENT_BUCKETS")?
-            .iter()
-            .copied()
-            .collect())
+        Ok(self.event_buckets_of(&[id])?.pop().map(|(_, b)| b).unwrap_or_default())
+    }
+
+    /// The buckets of tenants `ids` on each CPU, with the drop events the
+    /// denial cache's slots hold back for them counted as suppressed: what
+    /// the budgets held back, whichever place counts it yet.
+    pub fn event_buckets_of(&self, ids: &[u32]) -> Result<Vec<(u32, Vec<EventBucket>)>> {
+        let buckets: PerCpuArray<_, EventBucket> = PerCpuArray::try_from(self.map_ref(maps::EVENT_BUCKETS)?)?;
+        let cache = PerCpuArray::try_from(self.map_ref(maps::DENY_CACHE)?)?;
+        let (mut all, held) = HeldEvents::around(&cache, || {
+            ids.iter()
+                .map(|&id| {
+                    let per_cpu = buckets.get(&id, 0).context("reading EVENT_BUCKETS")?;
+                    Ok((id, per_cpu.iter().copied().collect::<Vec<EventBucket>>()))
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        for (id, per_cpu) in &mut all {
+            let of = held.of(*id, per_cpu.len());
+            for (b, n) in per_cpu.iter_mut().zip(of) {
+                b.suppressed += n;
+            }
+        }
+        Ok(all)
+    }
+}
+
+/// The held drop events into the `drop` kind's suppressed count.
+fn add_held(counts: &mut [EventCounts], held: &HeldEvents) {
+    if let Some(c) = counts.get_mut(KIND_DROP as usize) {
+        c.suppressed += held.total();
     }
 }
 
@@ -97,6 +121,14 @@ impl Pins {
         if !self.has(maps::EVENT_STATS) {
             return Ok(Vec::new());
         }
-        sum_counts(&PerCpuArray::try_from(Map::PerCpuArray(self.map(maps::EVENT_STATS)?))?)
+        let stats = PerCpuArray::try_from(Map::PerCpuArray(self.map(maps::EVENT_STATS)?))?;
+        // Pinned by carwash since the fast path held events in it.
+        if !self.has(maps::DENY_CACHE) {
+            return sum_counts(&stats);
+        }
+        let cache = PerCpuArray::try_from(Map::PerCpuArray(self.map(maps::DENY_CACHE)?))?;
+        let (mut counts, held) = HeldEvents::around(&cache, || sum_counts(&stats))?;
+        add_held(&mut counts, &held);
+        Ok(counts)
     }
 }
