@@ -421,9 +421,11 @@ fn the_fast_path_leaves_other_shapes_to_the_full_parse() {
 fn held_back_events_skip_the_bucket_until_it_has_credit() {
     use dataplane_common::events::KIND_DROP;
     let (_ts, fab, mut dp, mut ring) = uplink();
-    // One event a millisecond, no burst: the bucket is empty after each.
+    // Ten events a second, no burst: the bucket is empty for 100 ms after
+    // each, longer than the 20 drops take, so that they all fall in one
+    // quiet spell.
     dp.set_event_limits(EventLimits {
-        rate: 1000,
+        rate: 10,
         burst: 1,
         flow_sample: 0,
     })
@@ -446,7 +448,7 @@ fn held_back_events_skip_the_bucket_until_it_has_credit() {
             let (emitted, held) = (e.emitted - e0.emitted, e.suppressed + e.lost - e0.suppressed - e0.lost);
             assert_eq!(emitted + held, 20, "{e:?}");
             assert_eq!(emitted as usize, reported);
-            // A tick is 1 to 10 ms: a few events at most in 20 quick drops.
+            // Ten a second: one or two events in 20 quick drops.
             assert!((1..=3).contains(&emitted), "{emitted} events");
             assert!(
                 dp.deny_fast_drops().unwrap() - fast0 >= 18,
@@ -460,7 +462,7 @@ fn held_back_events_skip_the_bucket_until_it_has_credit() {
             assert_eq!(dp.held_events().unwrap().total(), waiting as u64);
             let bucket = dp.event_buckets(1).unwrap()[0].suppressed;
             // The bucket has credit again after the quiet tick.
-            std::thread::sleep(std::time::Duration::from_millis(60));
+            std::thread::sleep(std::time::Duration::from_millis(150));
             assert!(dp.kernel_ticks().unwrap() >= quiet);
             let after = send(&dp, &mut ring, &frame);
             assert_eq!(after.events.len(), 1, "{:#?}", after.events);
@@ -476,11 +478,11 @@ fn held_back_events_skip_the_bucket_until_it_has_credit() {
         .unwrap();
 }
 
-/// A flood whose events the budget holds back (one a millisecond, no
-/// burst): `n` drops of `frame`, the fast path taking all but the first.
+/// A flood whose events the budget holds back (ten a second, no burst:
+/// all but the first in one quiet spell): `n` drops of `frame`, the fast path taking all but the first.
 fn quiet_flood(dp: &mut Dataplane, ring: &mut RingBuf<MapData>, frame: &[u8], n: usize) {
     dp.set_event_limits(EventLimits {
-        rate: 1000,
+        rate: 10,
         burst: 1,
         flow_sample: 0,
     })
