@@ -304,8 +304,9 @@ pub fn remember(flow: &Flow, epoch: u32, tenant: u32, class_why: u32, action: u3
     // SAFETY: this CPU's slot.
     let e = unsafe { &mut *e };
     if e.held != 0 {
-        crate::events::fold_held(e.tenant as u32, e.held);
+        let held = e.held;
         e.held = 0;
+        crate::events::fold_held(e.tenant as u32, held);
     }
     e.src = flow.src;
     e.dst = flow.dst;

@@ -281,8 +281,9 @@ pub fn dropped_remembered(
         return;
     }
     if slot.held != 0 {
-        fold_held(tenant, slot.held);
+        let held = slot.held;
         slot.held = 0;
+        fold_held(tenant, held);
     }
     match budget_wait(KIND_DROP, tenant) {
         0 => write_remembered(ctx, tenant, class_why, generation),
@@ -298,9 +299,10 @@ pub fn dropped_remembered(
 }
 
 /// Moves `held` drop events a denial-cache slot held back into `tenant`'s
-/// bucket on this CPU and into the `drop` kind's counters. Added there
-/// before the slot is cleared: a reader that reads the counters, then the
-/// slots, never counts them twice. Rare (once per quiet spell, or when a
+/// bucket on this CPU and into the `drop` kind's counters. The caller
+/// clears the slot first: a reader that reads the slots, the counters and
+/// the slots again sees the count fall whenever a move overlaps its reads,
+/// and reads again, so that none is counted twice. Rare (once per quiet spell, or when a
 /// slot is replaced): a call of its own.
 #[inline(never)]
 pub fn fold_held(tenant: u32, held: u32) {

@@ -215,7 +215,7 @@ pub mod maps {
     pub const DENY_CACHE: &str = "DENY_CACHE";
     /// The data section holding one `u64`, the tick until which the
     /// uplink's fast path for remembered denials runs on every CPU (a
-    /// global the programs read without a map lookup; never pinned, as
-    /// `DENY_CACHE`).
+    /// global the programs read without a map lookup; never pinned: each
+    /// load starts with the fast path off).
     pub const DENY_FAST: &str = ".data.deny_fast";
 }
